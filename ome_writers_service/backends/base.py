@@ -1,0 +1,132 @@
+"""The contract every format writer fulfils, and what they share.
+
+A backend receives frames already routed (position, storage-order index) and knows nothing of
+acquisition order. Two promises make it safe to put behind a ring buffer:
+
+* ``write()`` copies or fully consumes ``frame`` before it returns, so the caller may reuse
+  (or hand back to a camera) the same buffer immediately;
+* ``finalize()`` returns only once every accepted frame is on disk with complete metadata,
+  or raises. It never gives up silently.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from ..schema import AcquisitionSettings
+
+#: Per-frame metadata keys OME knows by name; every other key is kept as a free-form annotation.
+KNOWN_FRAME_KEYS = ("delta_t", "exposure_time", "position_x", "position_y", "position_z")
+
+
+class BackendError(RuntimeError):
+    """A backend could not do what was asked; the message names the path and frame concerned."""
+
+
+class ArrayBackend(ABC):
+    """Writes routed frames of one acquisition into one format."""
+
+    def __init__(self, settings: AcquisitionSettings) -> None:
+        self.settings = settings
+        self.dtype = np.dtype(settings.dtype)
+        self.frame_shape = settings.frame_shape
+        self.storage_dims = settings.storage_dimensions
+        outer = self.storage_dims[:-2]
+        self.outer_shape: list[int | None] = [d.count for d in outer]
+        first = settings.dimensions[0]
+        #: storage axis that grows (the unbounded acquisition axis), or None
+        self.grow_axis: int | None = (
+            next(i for i, d in enumerate(outer) if d.name == first.name)
+            if settings.is_unbounded else None
+        )
+        #: extent seen so far along grow_axis (frames written or skipped)
+        self.grown = 0
+        self.positions = settings.positions
+        self.global_metadata: dict[str, dict[str, Any]] = {}
+        #: per position: storage index -> per-frame metadata given with append()
+        self.frame_metadata: list[dict[tuple[int, ...], dict[str, Any]]] = [
+            {} for _ in self.positions
+        ]
+        self.frames_written = 0
+        self._finalized = False
+
+    # ---- the contract ----
+
+    @abstractmethod
+    def create(self) -> None:
+        """Create the files/arrays and the initial metadata. Raises if the target is unusable."""
+
+    @abstractmethod
+    def write(
+        self,
+        position: int,
+        index: tuple[int, ...],
+        frame: np.ndarray,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Store one frame; ``frame`` is copied or consumed before this returns."""
+
+    def skip(self, position: int, index: tuple[int, ...]) -> None:
+        """A frame that will never come: the slot keeps the fill value (zero)."""
+        self._note_index(index)
+
+    @abstractmethod
+    def finalize(self) -> None:
+        """Flush everything and write the final metadata; returns when all is on disk."""
+
+    @abstractmethod
+    def read(self, position: int, index: tuple[int, ...]) -> np.ndarray | None:
+        """A frame written so far (for live views), or None where nothing was written."""
+
+    @property
+    @abstractmethod
+    def paths(self) -> list[str]:
+        """Where each position's image is stored."""
+
+    # ---- shared behaviour ----
+
+    def set_global_metadata(self, namespace: str, metadata: Mapping[str, Any]) -> None:
+        if not namespace or namespace == "ome":
+            raise ValueError(f"global metadata namespace {namespace!r} is reserved or empty")
+        self.global_metadata[namespace] = dict(metadata)
+
+    def current_shape(self) -> tuple[int, ...]:
+        """Storage shape of each image now (the grow axis at its extent so far)."""
+        shape = list(self.outer_shape)
+        if self.grow_axis is not None:
+            shape[self.grow_axis] = self.grown
+        return (*shape, *self.frame_shape)  # type: ignore[return-value]
+
+    def _note_index(self, index: tuple[int, ...]) -> None:
+        if self.grow_axis is not None and index[self.grow_axis] >= self.grown:
+            self.grown = index[self.grow_axis] + 1
+
+    def _note_metadata(self, position: int, index: tuple[int, ...], md: Mapping | None) -> None:
+        if md:
+            self.frame_metadata[position][index] = dict(md)
+
+
+def prepare_output(path: str | os.PathLike, overwrite: bool) -> Path:
+    """Make ``path`` ready to be created: refuse to clobber data unless told, check writability."""
+    p = Path(path)
+    if p.exists() or p.is_symlink():
+        if not overwrite:
+            raise FileExistsError(f"{p} already exists; pass overwrite=True to replace it")
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        else:
+            p.unlink()
+    parent = p.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise PermissionError(f"cannot create the directory {parent}: {e.strerror}") from e
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise PermissionError(f"{parent} is not writable: cannot create {p.name}")
+    return p

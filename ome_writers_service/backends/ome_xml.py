@@ -1,0 +1,160 @@
+"""OME-XML for one position's OME-TIFF file, built with ome-types.
+
+Pages are written in the order frames arrive; ``TiffData`` elements map each page (IFD) to its
+plane (T, C, Z), so any storage order is described exactly. When arrival order already equals
+the plane order of ``DimensionOrder``, a single ``TiffData`` covers every page.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+from ome_types import model as m
+
+from .. import __version__
+from ..schema import AcquisitionSettings, Dimension, Position
+from ..units import ome_unit, unit_kind
+from .base import KNOWN_FRAME_KEYS
+
+_LETTER = {"time": "T", "channel": "C", "space": "Z"}
+_PIXEL_TYPE = {"float32": "float", "float64": "double"}
+FRAME_NS = "ome_writers.frame_metadata"
+
+
+def tiff_axes(storage_dims: Sequence[Dimension]) -> list[str]:
+    """OME letter (T, C or Z) of each non-frame storage axis, slowest first."""
+    return [_LETTER[d.type] for d in storage_dims[:-2]]
+
+
+def dimension_order(storage_dims: Sequence[Dimension]) -> str:
+    """DimensionOrder whose plane raster order equals the storage order of the pages."""
+    letters = tiff_axes(storage_dims)[::-1]  # OME lists the fastest-varying first
+    return "XY" + "".join(letters) + "".join(c for c in "ZCT" if c not in letters)
+
+
+def build_ome(
+    settings: AcquisitionSettings,
+    position_index: int,
+    position: Position,
+    outer_shape: Sequence[int],
+    page_indices: Sequence[tuple[int, ...]],
+    frame_metadata: Mapping[tuple[int, ...], Mapping[str, Any]],
+    global_metadata: Mapping[str, Mapping[str, Any]],
+) -> m.OME:
+    """The complete OME document for one file whose page k holds plane ``page_indices[k]``."""
+    dims = settings.storage_dimensions
+    letters = tiff_axes(dims)
+    sizes = {"T": 1, "C": 1, "Z": 1}
+    for letter, n in zip(letters, outer_shape):
+        sizes[letter] = int(n)
+    by_letter = {_LETTER[d.type]: d for d in dims[:-2]}
+    ydim, xdim = dims[-2:]
+
+    def plane_coords(idx: tuple[int, ...]) -> dict[str, int]:
+        c = dict(zip(letters, idx))
+        return {"first_t": c.get("T", 0), "first_c": c.get("C", 0), "first_z": c.get("Z", 0)}
+
+    raster = [int(np.ravel_multi_index(i, outer_shape)) if outer_shape else 0 for i in page_indices]
+    if raster == list(range(len(raster))):
+        tiff_data = [m.TiffData(ifd=0, plane_count=len(raster))]
+    else:
+        tiff_data = [m.TiffData(ifd=k, plane_count=1, **plane_coords(i))
+                     for k, i in enumerate(page_indices)]
+
+    annotations: list[Any] = []
+    planes = []
+    for idx, md in sorted(frame_metadata.items()):
+        pc = plane_coords(idx)
+        plane: dict[str, Any] = {"the_t": pc["first_t"], "the_c": pc["first_c"], "the_z": pc["first_z"]}
+        if "delta_t" in md:
+            plane.update(delta_t=float(md["delta_t"]), delta_t_unit="s")
+        if "exposure_time" in md:
+            plane.update(exposure_time=float(md["exposure_time"]), exposure_time_unit="s")
+        for axis in "xyz":
+            key = f"position_{axis}"
+            if key in md:
+                plane[key] = float(md[key])
+                plane[f"{key}_unit"] = "µm"
+        extra = {k: v for k, v in md.items() if k not in KNOWN_FRAME_KEYS}
+        if extra:
+            ann = m.MapAnnotation(
+                id=f"Annotation:{position_index}:{len(annotations)}", namespace=FRAME_NS,
+                value=m.Map(ms=[m.Map.M(k=k, value=_text(v)) for k, v in extra.items()]),
+            )
+            annotations.append(ann)
+            plane["annotation_refs"] = [m.AnnotationRef(id=ann.id)]
+        planes.append(m.Plane(**plane))
+
+    image_refs = []
+    for ns, mapping in global_metadata.items():
+        ann = m.MapAnnotation(
+            id=f"Annotation:{position_index}:{len(annotations)}", namespace=ns,
+            value=m.Map(ms=[m.Map.M(k=str(k), value=_text(v)) for k, v in mapping.items()]),
+        )
+        annotations.append(ann)
+        image_refs.append(m.AnnotationRef(id=ann.id))
+
+    pixels: dict[str, Any] = dict(
+        id=f"Pixels:{position_index}",
+        dimension_order=dimension_order(dims),
+        type=_PIXEL_TYPE.get(settings.dtype, settings.dtype),
+        size_x=int(xdim.count), size_y=int(ydim.count),
+        size_t=sizes["T"], size_c=sizes["C"], size_z=sizes["Z"],
+        big_endian=False, interleaved=False,
+        channels=_channels(by_letter.get("C"), sizes["C"], position_index),
+        tiff_data_blocks=tiff_data,
+        planes=planes,
+    )
+    for letter, dim in (("X", xdim), ("Y", ydim), ("Z", by_letter.get("Z"))):
+        if dim is not None and dim.scale is not None:
+            pixels[f"physical_size_{letter.lower()}"] = dim.scale
+            if unit_kind(dim.unit) == "space":
+                pixels[f"physical_size_{letter.lower()}_unit"] = ome_unit(dim.unit)
+    tdim = by_letter.get("T")
+    if tdim is not None and tdim.scale is not None:
+        pixels["time_increment"] = tdim.scale
+        if unit_kind(tdim.unit) == "time":
+            pixels["time_increment_unit"] = ome_unit(tdim.unit)
+
+    image = m.Image(
+        id=f"Image:{position_index}", name=position.name, pixels=m.Pixels(**pixels),
+        annotation_refs=image_refs,
+    )
+    if position.x_coord is not None or position.y_coord is not None:
+        image.stage_label = m.StageLabel(
+            name=position.name, x=position.x_coord, y=position.y_coord, z=position.z_coord,
+        )
+    return m.OME(
+        images=[image],
+        creator=f"ome-writers-service {__version__}",
+        structured_annotations=m.StructuredAnnotations(map_annotations=annotations)
+        if annotations else None,
+    )
+
+
+def _channels(cdim: Dimension | None, size_c: int, pos: int) -> list[m.Channel]:
+    named = (cdim.channels if cdim is not None else None) or []
+    out = []
+    for i in range(size_c):
+        kw: dict[str, Any] = {"id": f"Channel:{pos}:{i}", "samples_per_pixel": 1}
+        if i < len(named):
+            ch = named[i]
+            kw["name"] = ch.name
+            if ch.excitation_wavelength_nm:
+                kw.update(excitation_wavelength=ch.excitation_wavelength_nm,
+                          excitation_wavelength_unit="nm")
+            if ch.emission_wavelength_nm:
+                kw.update(emission_wavelength=ch.emission_wavelength_nm,
+                          emission_wavelength_unit="nm")
+            if ch.fluorophore:
+                kw["fluor"] = ch.fluorophore
+            if ch.color is not None:
+                kw["color"] = ch.color.as_rgb_tuple(alpha=True)
+        out.append(m.Channel(**kw))
+    return out
+
+
+def _text(v: Any) -> str:
+    return v if isinstance(v, str) else json.dumps(v)

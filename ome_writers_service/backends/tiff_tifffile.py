@@ -1,0 +1,144 @@
+"""OME-TIFF through tifffile: one file per position, written page by page.
+
+Each frame becomes one TIFF page the moment it arrives (no contiguous-series mode), so a file
+cut short by a crash still holds a readable IFD chain of every page written. The first page
+carries the OME-XML declared at creation; ``finalize`` replaces it with the complete document
+(true plane counts, per-plane metadata, annotations) through ``tifffile.tiffcomment``.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import tifffile
+
+from ..schema import AcquisitionSettings
+from .base import ArrayBackend, BackendError, prepare_output
+from .ome_xml import build_ome
+
+#: Classic TIFF addresses 4 GiB; leave room for IFDs and the OME-XML.
+_CLASSIC_TIFF_LIMIT = 2**32 - 2**26
+_COMPRESSION = {None: None, "none": None, "lzw": "lzw", "zstd": "zstd"}
+
+
+def tiff_paths(settings: AcquisitionSettings) -> list[Path]:
+    """One file per position: ``name.ome.tiff``, or ``name_p000.ome.tiff``... for several."""
+    root = Path(settings.output_path)
+    if settings.position_dimension is None:
+        return [root]
+    name = root.name
+    match = re.search(r"(\.ome)?\.tiff?$", name, re.IGNORECASE)
+    stem, suffix = (name[: match.start()], name[match.start():]) if match else (name, ".ome.tiff")
+    n = len(settings.positions)
+    width = max(3, len(str(n - 1)))
+    return [root.with_name(f"{stem}_p{i:0{width}d}{suffix}") for i in range(n)]
+
+
+class TifffileBackend(ArrayBackend):
+    """Writes one OME-TIFF file per position with tifffile."""
+
+    def __init__(self, settings: AcquisitionSettings) -> None:
+        super().__init__(settings)
+        self._paths = tiff_paths(settings)
+        self._writers: list[tifffile.TiffWriter] = []
+        #: per position: storage index of each page, in page order
+        self._pages: list[list[tuple[int, ...]]] = [[] for _ in self._paths]
+        self._page_of: list[dict[tuple[int, ...], int]] = [{} for _ in self._paths]
+        self._compression = _COMPRESSION[settings.compression]
+        per_file = (settings.num_frames or 0) // max(1, len(self._paths)) * settings.frame_nbytes
+        self._bigtiff = settings.is_unbounded or per_file > _CLASSIC_TIFF_LIMIT
+
+    @property
+    def paths(self) -> list[str]:
+        return [str(p) for p in self._paths]
+
+    def _xml(self, pos: int, outer_shape) -> str:
+        ome = build_ome(
+            self.settings, pos, self.positions[pos], outer_shape, self._pages[pos],
+            self.frame_metadata[pos], self.global_metadata,
+        )
+        return ome.to_xml()
+
+    def create(self) -> None:
+        if self._compression is not None:
+            try:
+                import imagecodecs  # noqa: F401  (tifffile encodes LZW/zstd through it)
+            except ImportError as e:
+                raise BackendError(
+                    f"compression {self.settings.compression!r} for OME-TIFF needs the "
+                    "'imagecodecs' package: pip install imagecodecs"
+                ) from e
+        for path in self._paths:
+            prepare_output(path, self.settings.overwrite)
+        try:
+            for path in self._paths:
+                self._writers.append(tifffile.TiffWriter(path, bigtiff=self._bigtiff, ome=False))
+        except OSError as e:
+            raise BackendError(f"cannot create {e.filename or self._paths[0]}: {e.strerror}") from e
+
+    def write(self, position, index, frame, metadata=None) -> None:
+        self._note_index(index)
+        self._note_metadata(position, index, metadata)
+        if index in self._page_of[position]:
+            raise BackendError(f"{self._paths[position]}: plane {index} written twice")
+        self._write_page(position, index, frame)
+        self.frames_written += 1
+
+    def _write_page(self, position: int, index: tuple[int, ...], frame: np.ndarray) -> None:
+        pages = self._pages[position]
+        first = not pages
+        try:
+            self._writers[position].write(
+                frame,
+                photometric="minisblack",
+                compression=self._compression,
+                contiguous=False,
+                metadata=None,
+                description=self._xml(position, self._declared_shape()).encode() if first else None,
+                software=False,
+            )
+        except OSError as e:
+            raise BackendError(
+                f"writing page {len(pages)} of {self._paths[position]} failed: {e.strerror or e}"
+            ) from e
+        self._page_of[position][index] = len(pages)
+        pages.append(index)
+
+    def _declared_shape(self) -> list[int]:
+        return [1 if n is None else n for n in self.outer_shape]
+
+    def read(self, position, index) -> np.ndarray | None:
+        page = self._page_of[position].get(index)
+        if page is None:
+            return None
+        self._writers[position]._fh.flush()
+        with tifffile.TiffFile(self._paths[position]) as tf:
+            return tf.pages[page].asarray()
+
+    def finalize(self) -> None:
+        if self._finalized:
+            return
+        shape = list(self.current_shape()[:-2])
+        zero = np.zeros(self.frame_shape, self.dtype)
+        errors = []
+        for pos, path in enumerate(self._paths):
+            try:
+                # every plane gets a page: skipped frames and the unfilled tail of an
+                # unbounded acquisition are stored as zeros (ome-writers' fill value)
+                written = self._page_of[pos]
+                if shape and all(shape):
+                    for idx in np.ndindex(*shape):
+                        if idx not in written:
+                            self._write_page(pos, idx, zero)
+                self._writers[pos].close()
+                if not self._pages[pos]:  # an unbounded stream closed before its first frame
+                    path.unlink(missing_ok=True)
+                    continue
+                tifffile.tiffcomment(path, comment=self._xml(pos, shape).encode(), pageindex=0)
+            except (OSError, BackendError) as e:
+                errors.append(f"{path}: {e}")
+        self._finalized = True
+        if errors:
+            raise BackendError("finalizing OME-TIFF failed: " + "; ".join(errors))

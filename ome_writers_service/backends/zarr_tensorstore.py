@@ -1,0 +1,374 @@
+"""OME-Zarr v0.5 through tensorstore (arrays) and yaozarrs (metadata models).
+
+Layout of the store:
+
+* one position, no plate: the root group is the image, its full-resolution array is ``0``;
+* several positions: a bioformats2raw layout, one image group per position (``0``, ``1``, ...),
+  and an ``OME`` group listing the series;
+* a plate: an HCS plate, ``<row>/<column>/<field>`` for each position.
+
+Frames are assembled into whole write units (a shard, or a chunk when unsharded) before they go
+to tensorstore, so a chunk that spans several frames is encoded once, not rewritten per frame.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import deque
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import tensorstore as ts
+from yaozarrs import v05
+
+from .. import __version__
+from ..schema import Dimension, Position
+from ..units import ngff_unit
+from .base import ArrayBackend, BackendError, prepare_output
+
+#: How many encoded-but-uncommitted write units may be in flight before write() waits.
+MAX_PENDING_WRITES = 16
+DATASET = "0"
+#: Custom attribute (outside "ome") holding what OME-Zarr has no field for.
+ATTR_NAMESPACE = "ome_writers"
+
+_DEFAULT_COLORS = ["00FF00", "FF00FF", "00FFFF", "FFFF00", "FF0000", "0000FF", "FFFFFF"]
+
+
+def _axis(d: Dimension) -> Any:
+    unit = ngff_unit(d.unit)
+    if d.type == "time":
+        return v05.TimeAxis(name=d.name, type="time", unit=unit)
+    if d.type == "space":
+        return v05.SpaceAxis(name=d.name, type="space", unit=unit)
+    if d.type == "channel":
+        return v05.ChannelAxis(name=d.name, type="channel")
+    return v05.CustomAxis(name=d.name, type=d.type if d.type != "other" else None, unit=d.unit)
+
+
+def _write_group(path: Path, attributes: Mapping[str, Any]) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    doc = {"zarr_format": 3, "node_type": "group", "attributes": dict(attributes)}
+    tmp = path / "zarr.json.tmp"
+    tmp.write_text(json.dumps(doc, indent=2))
+    tmp.replace(path / "zarr.json")  # atomic: a reader never sees half a document
+
+
+def _dump(model: Any) -> dict[str, Any]:
+    return model.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+class _Block:
+    """One write unit being assembled from frames."""
+
+    __slots__ = ("data", "expected", "filled", "origin")
+
+    def __init__(self, origin: tuple[int, ...], shape: tuple[int, ...], dtype: np.dtype) -> None:
+        self.origin = origin
+        self.data = np.zeros(shape, dtype=dtype)
+        self.expected = math.prod(shape[:-2])
+        self.filled = 0
+
+
+class TensorstoreZarrBackend(ArrayBackend):
+    """Writes an OME-Zarr v0.5 store with tensorstore's zarr3 driver."""
+
+    def __init__(self, settings) -> None:
+        super().__init__(settings)
+        self.root = Path(settings.output_path)
+        self._image_paths = self._layout()
+        outer = self.storage_dims[:-2]
+        chunks = [d.chunk_size or 1 for d in outer]
+        self._sharded = any(d.shard_size_chunks for d in self.storage_dims)
+        self._unit = [
+            c * (d.shard_size_chunks or 1) if self._sharded else c for c, d in zip(chunks, outer)
+        ]
+        # a write unit never exceeds the axis, so a complete unit can always fill up
+        self._unit = [u if n is None else min(u, n) for u, n in zip(self._unit, self.outer_shape)]
+        self._frame_per_unit = all(u == 1 for u in self._unit)
+        self._arrays: list[ts.TensorStore] = []
+        self._blocks: list[dict[tuple[int, ...], _Block]] = [{} for _ in self.positions]
+        self._pending: deque[tuple[Any, str]] = deque()
+        self._capacity = 0  # allocated extent of the grow axis (all positions alike)
+        self._context = ts.Context({"file_io_sync": False})
+
+    # ---- layout and metadata ----
+
+    def _layout(self) -> list[str]:
+        """Relative path of each position's image group."""
+        s = self.settings
+        if s.plate is not None:
+            fields: dict[tuple[str, str], int] = {}
+            out = []
+            for p in self.positions:
+                key = (p.plate_row, p.plate_column)
+                fields[key] = fields.get(key, -1) + 1
+                out.append(f"{p.plate_row}/{p.plate_column}/{fields[key]}")
+            return out
+        if s.position_dimension is None:
+            return [""]
+        return [str(i) for i in range(len(self.positions))]
+
+    @property
+    def paths(self) -> list[str]:
+        return [str(self.root / p) if p else str(self.root) for p in self._image_paths]
+
+    def _image_model(self, position: Position) -> v05.Image:
+        dims = self.storage_dims
+        scale = [float(d.scale) if d.scale is not None else 1.0 for d in dims]
+        transforms: list[Any] = [v05.ScaleTransformation(scale=scale)]
+        if any(d.translation for d in dims):
+            transforms.append(
+                v05.TranslationTransformation(translation=[float(d.translation or 0) for d in dims])
+            )
+        multiscale = v05.Multiscale(
+            name=position.name,
+            axes=[_axis(d) for d in dims],
+            datasets=[v05.Dataset(path=DATASET, coordinateTransformations=transforms)],
+        )
+        return v05.Image(multiscales=[multiscale], omero=self._omero())
+
+    def _omero(self) -> v05.Omero | None:
+        cdim = next((d for d in self.storage_dims if d.type == "channel"), None)
+        if cdim is None:
+            return None
+        if np.issubdtype(self.dtype, np.integer):
+            info = np.iinfo(self.dtype)
+            lo, hi = float(info.min), float(info.max)
+        else:
+            lo, hi = 0.0, 1.0
+        names = cdim.channels or []
+        chans = []
+        for i in range(int(cdim.count or len(names))):
+            ch = names[i] if i < len(names) else None
+            color = ch.color.as_hex(format="long").lstrip("#").upper()[:6] if ch and ch.color else \
+                _DEFAULT_COLORS[i % len(_DEFAULT_COLORS)]
+            chans.append(v05.OmeroChannel(
+                label=ch.name if ch else f"Channel {i}", color=color, active=True,
+                window=v05.OmeroWindow(start=lo, end=hi, min=lo, max=hi),
+            ))
+        return v05.Omero(channels=chans)
+
+    def _image_attributes(self, pos: int) -> dict[str, Any]:
+        attrs: dict[str, Any] = {"ome": _dump(self._image_model(self.positions[pos]))}
+        extra: dict[str, Any] = {"writer": f"ome-writers-service {__version__}"}
+        p = self.positions[pos]
+        stage = {k: v for k, v in p.model_dump().items() if v is not None and k != "name"}
+        if stage:
+            extra["position"] = {"name": p.name, **stage}
+        table = self.frame_metadata[pos]
+        if table:
+            names = [d.name for d in self.storage_dims[:-2]]
+            extra["frame_metadata"] = [
+                {"index": dict(zip(names, idx)), **md} for idx, md in sorted(table.items())
+            ]
+        attrs[ATTR_NAMESPACE] = extra
+        if pos == 0 and not self._image_paths[0]:  # the image is the root: global metadata here
+            attrs.update(self.global_metadata)
+        return attrs
+
+    def _write_hierarchy(self) -> None:
+        s = self.settings
+        if s.plate is not None:
+            rows = s.plate.row_names
+            cols = s.plate.column_names
+            wells: dict[tuple[str, str], list[str]] = {}
+            for path in self._image_paths:
+                r, c, f = path.split("/")
+                wells.setdefault((r, c), []).append(f)
+            plate = v05.Plate(plate=v05.PlateDef(
+                name=s.plate.name,
+                rows=[v05.Row(name=r) for r in rows],
+                columns=[v05.Column(name=c) for c in cols],
+                wells=[
+                    v05.PlateWell(path=f"{r}/{c}", rowIndex=rows.index(r), columnIndex=cols.index(c))
+                    for (r, c) in wells
+                ],
+                field_count=max(len(f) for f in wells.values()),
+            ))
+            _write_group(self.root, {"ome": _dump(plate), **self.global_metadata})
+            for (r, c), fields in wells.items():
+                _write_group(self.root / r, {})
+                well = v05.Well(well=v05.WellDef(images=[v05.FieldOfView(path=f) for f in fields]))
+                _write_group(self.root / r / c, {"ome": _dump(well)})
+        elif self._image_paths != [""]:
+            _write_group(self.root, {"ome": _dump(v05.Bf2Raw(bioformats2raw_layout=3)),
+                                     **self.global_metadata})
+            _write_group(self.root / "OME", {"ome": _dump(v05.Series(series=self._image_paths))})
+        for i, path in enumerate(self._image_paths):
+            _write_group(self.root / path, self._image_attributes(i))
+
+    # ---- arrays ----
+
+    def _array_spec(self, path: Path) -> dict[str, Any]:
+        dims = self.storage_dims
+        chunk = [d.chunk_size or (d.count if j >= len(dims) - 2 else 1) for j, d in enumerate(dims)]
+        chunk = [min(c, d.count) if d.count else c for c, d in zip(chunk, dims)]
+        inner: list[dict[str, Any]] = [{"name": "bytes", "configuration": {"endian": "little"}}]
+        comp = self.settings.compression
+        if comp in ("blosc-zstd", "blosc-lz4"):
+            inner.append({"name": "blosc", "configuration": {
+                "cname": comp.split("-")[1], "clevel": 5, "shuffle": "shuffle",
+                "typesize": self.dtype.itemsize, "blocksize": 0}})
+        elif comp == "zstd":
+            inner.append({"name": "zstd", "configuration": {"level": 3, "checksum": False}})
+        if self._sharded:
+            grid = [c * (d.shard_size_chunks or 1) for c, d in zip(chunk, dims)]
+            codecs = [{"name": "sharding_indexed", "configuration": {
+                "chunk_shape": chunk, "codecs": inner,
+                "index_codecs": [{"name": "bytes", "configuration": {"endian": "little"}},
+                                 {"name": "crc32c"}],
+                "index_location": "end"}}]
+        else:
+            grid, codecs = chunk, inner
+        shape = [0 if n is None else n for n in self.outer_shape] + list(self.frame_shape)
+        return {
+            "driver": "zarr3",
+            "kvstore": {"driver": "file", "path": str(path)},
+            "metadata": {
+                "shape": shape,
+                "data_type": self.dtype.name,
+                "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": grid}},
+                "chunk_key_encoding": {"name": "default"},
+                "fill_value": 0,
+                "codecs": codecs,
+                "dimension_names": [d.name for d in dims],
+            },
+            "create": True,
+        }
+
+    def create(self) -> None:
+        prepare_output(self.root, self.settings.overwrite)
+        try:
+            self._write_hierarchy()
+            for path in self._image_paths:
+                spec = self._array_spec(self.root / path / DATASET)
+                self._arrays.append(ts.open(spec, context=self._context).result())
+        except OSError as e:
+            raise BackendError(f"cannot create {self.root}: {e}") from e
+        except ValueError as e:  # tensorstore reports bad specs and I/O failures as ValueError
+            raise BackendError(f"cannot create the arrays of {self.root}: {e}") from e
+
+    def _ensure_capacity(self, needed: int) -> None:
+        if needed <= self._capacity:
+            return
+        unit = self._unit[self.grow_axis]  # type: ignore[index]
+        new = max(needed, self._capacity + self._capacity // 8)
+        new = -(-new // unit) * unit
+        self._resize_all(new, expand=True)
+        self._capacity = new
+
+    def _resize_all(self, extent: int, *, expand: bool) -> None:
+        ax = self.grow_axis
+        for i, arr in enumerate(self._arrays):
+            shape = list(arr.shape)
+            shape[ax] = extent  # type: ignore[index]
+            self._arrays[i] = arr.resize(
+                exclusive_max=shape, resize_metadata_only=True,
+                expand_only=expand, shrink_only=not expand,
+            ).result()
+
+    def write(self, position, index, frame, metadata=None) -> None:
+        self._raise_failed_writes()
+        self._note_index(index)
+        self._note_metadata(position, index, metadata)
+        if self.grow_axis is not None:
+            self._ensure_capacity(index[self.grow_axis] + 1)
+        if self._frame_per_unit:
+            fut = self._arrays[position][index].write(frame)
+            fut.copy.result()  # the frame has been read; the caller may reuse its buffer
+            self._track(fut, position, index)
+        else:
+            self._add_to_block(position, index, frame)
+        self.frames_written += 1
+
+    def skip(self, position, index) -> None:
+        super().skip(position, index)
+        if self.grow_axis is not None:
+            self._ensure_capacity(index[self.grow_axis] + 1)
+        if not self._frame_per_unit:
+            self._add_to_block(position, index, None)
+
+    def _add_to_block(self, position: int, index: tuple[int, ...], frame: np.ndarray | None):
+        key = tuple(i // u for i, u in zip(index, self._unit))
+        blocks = self._blocks[position]
+        block = blocks.get(key)
+        if block is None:
+            origin = tuple(k * u for k, u in zip(key, self._unit))
+            shape = tuple(
+                u if n is None else min(u, n - o)
+                for u, n, o in zip(self._unit, self.outer_shape, origin)
+            )
+            block = blocks[key] = _Block(origin, (*shape, *self.frame_shape), self.dtype)
+        if frame is not None:
+            block.data[tuple(i - o for i, o in zip(index, block.origin))] = frame
+        block.filled += 1
+        if block.filled == block.expected:
+            del blocks[key]
+            self._submit_block(position, block)
+
+    def _submit_block(self, position: int, block: _Block) -> None:
+        region = tuple(slice(o, o + n) for o, n in zip(block.origin, block.data.shape))
+        arr = self._arrays[position]
+        if self.grow_axis is not None:  # a partial last block at finalize may overhang the extent
+            ax = self.grow_axis
+            stop = min(region[ax].stop, arr.shape[ax])
+            region = (*region[:ax], slice(region[ax].start, stop), *region[ax + 1:])
+            data = block.data[(slice(None),) * ax + (slice(0, stop - block.origin[ax]),)]
+        else:
+            data = block.data
+        self._track(arr[region].write(data), position, block.origin)
+
+    def _track(self, fut: Any, position: int, where: tuple[int, ...]) -> None:
+        self._pending.append((fut, f"{self.paths[position]} at index {where}"))
+        while len(self._pending) > MAX_PENDING_WRITES or (self._pending and self._pending[0][0].done()):
+            self._wait_oldest()
+
+    def _wait_oldest(self) -> None:
+        fut, where = self._pending.popleft()
+        try:
+            fut.result()
+        except Exception as e:  # noqa: BLE001 - tensorstore raises ValueError/OSError variants
+            raise BackendError(f"writing {where} failed: {e}") from e
+
+    def _raise_failed_writes(self) -> None:
+        while self._pending and self._pending[0][0].done():
+            self._wait_oldest()
+
+    def read(self, position, index) -> np.ndarray | None:
+        if not self._frame_per_unit:
+            key = tuple(i // u for i, u in zip(index, self._unit))
+            block = self._blocks[position].get(key)
+            if block is not None:
+                return block.data[tuple(i - o for i, o in zip(index, block.origin))].copy()
+        arr = self._arrays[position]
+        if any(i >= n for i, n in zip(index, arr.shape)):
+            return None
+        return arr[index].read().result()
+
+    def finalize(self) -> None:
+        if self._finalized:
+            return
+        try:
+            for pos, blocks in enumerate(self._blocks):
+                for key in sorted(blocks):  # partial units: the rest keeps the fill value
+                    self._submit_block(pos, blocks.pop(key))
+            while self._pending:
+                self._wait_oldest()
+            if self.grow_axis is not None:
+                self._resize_all(self.grown, expand=False)
+            for i, path in enumerate(self._image_paths):
+                _write_group(self.root / path, self._image_attributes(i))
+            if self._image_paths != [""]:
+                self._write_hierarchy_roots()
+        except OSError as e:
+            raise BackendError(f"finalizing {self.root} failed: {e}") from e
+        self._finalized = True
+
+    def _write_hierarchy_roots(self) -> None:
+        """Root attributes hold the global metadata of multi-image stores; rewrite them."""
+        meta = json.loads((self.root / "zarr.json").read_text())
+        meta["attributes"] = {"ome": meta["attributes"]["ome"], **self.global_metadata}
+        _write_group(self.root, meta["attributes"])

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+import os
+from typing import Any, Literal, Mapping
 
 from .schema import AcquisitionSettings
 from .stream import OMEStream
@@ -11,12 +12,26 @@ from .stream import OMEStream
 def create_stream(
     settings: AcquisitionSettings | Mapping[str, Any],
     *,
-    in_process: bool = True,
-) -> OMEStream:
+    endpoint: str | None = None,
+    token: str | None = None,
+    transport: Literal["shm", "inline"] = "shm",
+    in_process: bool = False,
+    runtime_dir: str | os.PathLike | None = None,
+):
     """Open a stream for ``settings``.
 
-    ``in_process=True`` writes from this process (the ome-writers behaviour).
+    By default frames go to the local writer daemon through shared memory, and a daemon is
+    started when none runs. ``endpoint`` (e.g. ``"tcp://127.0.0.1:5555"``) uses a running
+    daemon; its token comes from ``token``, ``$OME_WRITERS_SERVICE_TOKEN`` or the local
+    connection file. ``transport="inline"`` sends pixels inside the messages (no shared
+    memory: another machine or a container without shared IPC). ``in_process=True`` writes
+    from this process instead, as ome-writers does.
     """
     if not isinstance(settings, AcquisitionSettings):
         settings = AcquisitionSettings.model_validate(settings)
-    return OMEStream(settings)
+    if in_process:
+        return OMEStream(settings)
+    from .client import connect_stream
+
+    return connect_stream(settings, endpoint=endpoint, token=token, transport=transport,
+                          runtime_dir_path=runtime_dir)

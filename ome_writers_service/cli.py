@@ -80,6 +80,18 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    import logging
+
+    from .daemon import run
+
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    run(args.endpoint, rt_dir=args.runtime_dir, idle_exit=args.idle_exit,
+        allow_remote=args.allow_remote)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="ome-writers-service",
@@ -95,6 +107,18 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--size", type=int, default=512, help="frame height and width")
     demo.add_argument("--positions", type=int, default=2, help="stage positions")
     demo.set_defaults(func=cmd_demo)
+
+    serve = sub.add_parser("serve", help="run the writer daemon in the foreground")
+    serve.add_argument("--endpoint", help="ipc://PATH or tcp://127.0.0.1:PORT (default: an ipc "
+                                          "socket in the runtime directory)")
+    serve.add_argument("--runtime-dir", help="directory for the connection file and socket "
+                                             "(default: $XDG_RUNTIME_DIR/ome-writers-service-UID)")
+    serve.add_argument("--idle-exit", type=float, default=None, metavar="SECONDS",
+                       help="exit after this long without open streams")
+    serve.add_argument("--allow-remote", action="store_true",
+                       help="allow a non-loopback TCP endpoint")
+    serve.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    serve.set_defaults(func=cmd_serve)
 
     val = sub.add_parser("validate", help="check datasets with independent validators")
     val.add_argument("paths", nargs="+", help="OME-Zarr stores or OME-TIFF files")

@@ -1,0 +1,413 @@
+"""The Python client: a stream whose frames go to the writer daemon through shared memory.
+
+``append()`` is the camera's hot path: it copies the frame into a free ring slot and sends one
+small notice; it never waits for disk. Slots come back in ``release`` messages, which are read
+only when the client runs out of free slots, so the steady-state cost is one memcpy and one
+ZeroMQ send.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import numpy as np
+import zmq
+
+from . import protocol as P
+from .connection import ConnectionInfo, pid_alive, runtime_dir
+from .ring import FrameRing
+from .schema import AcquisitionSettings
+from .stream import FrameCountError, check_frame
+
+#: How long to wait for a reply the daemon should give at once (open, status).
+REPLY_TIMEOUT = 30.0
+#: How often a blocked call checks that the daemon is still alive.
+LIVENESS_INTERVAL = 0.25
+
+
+class ServiceError(RuntimeError):
+    """The daemon reported an error; ``code`` is the protocol error code."""
+
+    def __init__(self, message: str, code: str = "") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class DaemonGoneError(ServiceError):
+    """The daemon died or stopped answering."""
+
+
+class RingFullError(ServiceError):
+    """Every ring slot is in use (``backpressure="raise"``, or "block" after its timeout)."""
+
+
+class ServiceStream:
+    """A daemon-backed stream with the `OMEStream` API plus `claim()` and `status()`."""
+
+    def __init__(self, settings: AcquisitionSettings, *, endpoint: str, token: str,
+                 transport: str = "shm", daemon_pid: int | None = None,
+                 ctx: zmq.Context | None = None) -> None:
+        settings.validate_for_writing()
+        # the daemon's working directory is not ours: send an absolute path
+        settings = settings.model_copy(update={"root_path": settings.output_path})
+        self._settings = settings
+        self._ctx = ctx or zmq.Context.instance()
+        self._sock = self._ctx.socket(zmq.DEALER)
+        self._sock.setsockopt(zmq.LINGER, 0)
+        self._sock.connect(endpoint)
+        self._endpoint = endpoint
+        self._daemon_pid = daemon_pid
+        self._closed = False
+        self._ring: FrameRing | None = None
+        self._error: ServiceError | None = None
+        self.report: dict[str, Any] | None = None
+        try:
+            self._send({"type": P.OPEN, "version": P.PROTOCOL_VERSION, "token": token,
+                        "transport": transport, "settings": settings.model_dump(mode="json")})
+            reply = self._await(P.OPENED, REPLY_TIMEOUT, what="open")
+        except BaseException:
+            self._sock.close(linger=0)
+            raise
+        self._sid: int = reply["stream"]
+        self._daemon_pid = reply.get("pid", daemon_pid) if _is_local(endpoint) else None
+        self.paths: list[str] = reply["paths"]
+        self._shape = settings.frame_shape
+        self._dtype = np.dtype(settings.dtype)
+        self._total = settings.num_frames
+        self._free: list[int] = list(range(reply["credits"]))[::-1]
+        self._credits = reply["credits"]
+        self._inline = reply["ring"] is None
+        if not self._inline:
+            self._ring = FrameRing.attach(reply["ring"]["name"])
+            self._slots = self._ring.slots(self._shape, self._dtype)
+            self._err_flag = self._ring._error
+        else:
+            self._slots = None
+            self._err_flag = np.zeros(1, np.uint32)
+        self._scratch = np.empty(self._shape, self._dtype)  # claim() target for dropped frames
+        self._seq = 0
+        self._dropped = 0
+        self._policy = settings.backpressure
+        self._block_timeout = settings.backpressure_timeout
+        self._notice = b'{"type":"frame","stream":%d,"seq":%%d,"slot":%%d}' % self._sid
+
+    # ---- frames (hot path) ----
+
+    def append(self, frame: np.ndarray, *, frame_metadata: Mapping | None = None) -> None:
+        """Copy ``frame`` into the next free slot and notify the daemon; returns at once."""
+        if self._err_flag[0] or self._error is not None:
+            self._raise_remote()
+        seq = self._seq
+        if self._total is not None and seq >= self._total:
+            self._too_many(seq)
+        if type(frame) is not np.ndarray or frame.shape != self._shape or frame.dtype != self._dtype:
+            check_frame(frame, self._shape, self._dtype, seq)
+        free = self._free
+        if not free and not self._wait_for_slot():
+            self._seq = seq + 1
+            self._dropped += 1
+            return
+        slot = free.pop()
+        if self._inline:
+            self._send_frame(seq, slot, frame_metadata, np.ascontiguousarray(frame))
+        else:
+            np.copyto(self._slots[slot], frame)
+            self._send_frame(seq, slot, frame_metadata)
+        self._seq = seq + 1
+
+    @contextmanager
+    def claim(self, *, frame_metadata: Mapping | None = None) -> Iterator[np.ndarray]:
+        """A writable view of the next slot: fill it in place (zero-copy) and leave the block
+        to send it. If the block raises, the slot is returned unsent. Under the "drop"
+        policy a full ring yields a scratch buffer and the frame is counted as dropped."""
+        if self._err_flag[0] or self._error is not None:
+            self._raise_remote()
+        seq = self._seq
+        if self._total is not None and seq >= self._total:
+            self._too_many(seq)
+        if not self._free and not self._wait_for_slot():
+            yield self._scratch
+            self._seq = seq + 1
+            self._dropped += 1
+            return
+        slot = self._free.pop()
+        view = self._scratch if self._inline else self._slots[slot]
+        try:
+            yield view
+        except BaseException:
+            self._free.append(slot)
+            raise
+        self._send_frame(seq, slot, frame_metadata, view if self._inline else None)
+        self._seq = seq + 1
+
+    def _send_frame(self, seq: int, slot: int, meta: Mapping | None, payload=None) -> None:
+        if meta is None:
+            header = self._notice % (seq, slot)
+        else:
+            header = P.encode({"type": P.FRAME, "stream": self._sid, "seq": seq, "slot": slot,
+                               "meta": dict(meta)})[1]
+        if payload is None:
+            self._sock.send_multipart((P.TAG, header))
+        else:
+            self._sock.send_multipart((P.TAG, header, payload), copy=True)
+
+    def skip(self, *, frames: int = 1) -> None:
+        """Advance ``frames`` frames without data (they keep the fill value)."""
+        self._check_usable()
+        if frames < 0:
+            raise ValueError("skip: frames must be >= 0")
+        if self._total is not None and self._seq + frames > self._total:
+            self._too_many(self._seq + frames - 1)
+        self._send({"type": P.SKIP, "stream": self._sid, "seq": self._seq, "count": frames})
+        self._seq += frames
+
+    def _too_many(self, seq: int) -> None:
+        raise FrameCountError(f"frame {seq}: the acquisition declares {self._total} frames; "
+                              "nothing more can be appended")
+
+    # ---- slots and replies ----
+
+    def _wait_for_slot(self) -> bool:
+        """Get at least one slot back. False means: drop this frame (policy "drop")."""
+        self._pump(0)
+        if self._free:
+            return True
+        if self._policy == "drop":
+            return False
+        if self._policy == "raise":
+            raise RingFullError(f"frame {self._seq}: all {self._credits} ring slots are in use "
+                                "(backpressure='raise')")
+        deadline = time.monotonic() + self._block_timeout
+        while not self._free:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise RingFullError(
+                    f"frame {self._seq}: no ring slot came free within {self._block_timeout} s "
+                    f"(all {self._credits} in use; the daemon is behind or stalled)")
+            self._pump(min(remaining, LIVENESS_INTERVAL))
+            if not self._free:
+                self._check_daemon_alive()
+        return True
+
+    def _pump(self, timeout: float) -> dict | None:
+        """Handle whatever the daemon sent, waiting up to ``timeout`` s for the first message.
+        Returns the last non-release message (a reply), if any."""
+        reply = None
+        sock = self._sock
+        if timeout > 0 and not sock.poll(int(timeout * 1000)):
+            return None
+        while True:
+            try:
+                parts = sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return reply
+            header, _ = P.decode(parts)
+            kind = header["type"]
+            if kind == P.RELEASE:
+                self._free.extend(header["slots"])
+            elif kind == P.ERROR:
+                self._error = ServiceError(f"daemon: {header['message']}", header.get("code", ""))
+                reply = header
+            elif kind == P.CLOSED and not self._closed:  # the daemon shut down under us
+                self._error = DaemonGoneError(
+                    f"the daemon closed the stream ({header.get('reason')}) after writing "
+                    f"{header.get('frames_written')} frames to {self._settings.root_path}")
+                reply = header
+            else:
+                reply = header
+
+    def _await(self, kind: str, timeout: float | None, *, what: str) -> dict:
+        """Wait for a reply of type ``kind``, handling releases; raise on error or death."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            step = LIVENESS_INTERVAL if deadline is None else \
+                min(LIVENESS_INTERVAL, max(0.0, deadline - time.monotonic()))
+            reply = self._pump(step)
+            if reply is not None:
+                if reply["type"] == kind:
+                    return reply
+                if reply["type"] == P.ERROR:
+                    self._error = None
+                    raise ServiceError(f"{what}: {reply['message']}", reply.get("code", ""))
+                if reply["type"] == P.CLOSED and kind != P.CLOSED:
+                    raise ServiceError(f"{what}: the daemon closed the stream "
+                                       f"({reply.get('reason')}): {reply.get('errors')}")
+            self._check_daemon_alive()
+            if deadline is not None and time.monotonic() >= deadline:
+                raise DaemonGoneError(f"{what}: no answer from the daemon at {self._endpoint} "
+                                      f"within {timeout} s")
+
+    def _check_daemon_alive(self) -> None:
+        if self._daemon_pid is not None and not pid_alive(self._daemon_pid):
+            raise DaemonGoneError(f"the writer daemon (pid {self._daemon_pid}) is gone; frames "
+                                  f"it acknowledged are on disk at {self._settings.root_path}")
+
+    def _raise_remote(self) -> None:
+        if self._error is None:
+            self._pump(0.05)
+        err = self._error or ServiceError("daemon reported an error on this stream")
+        raise err
+
+    def _check_usable(self) -> None:
+        if self._closed:
+            raise RuntimeError(f"the stream to {self._settings.root_path} is closed")
+        if self._err_flag[0] or self._error is not None:
+            self._raise_remote()
+
+    def _send(self, header: dict) -> None:
+        self._sock.send_multipart(P.encode(header))
+
+    # ---- control ----
+
+    def status(self) -> dict[str, Any]:
+        """The daemon's view of this stream: frames written, dropped, backlog, rate, errors."""
+        if self._closed and self.report is not None:
+            return dict(self.report)
+        self._send({"type": P.STATUS, "stream": self._sid})
+        st = self._await(P.STATUS_REPLY, REPLY_TIMEOUT, what="status")
+        st["frames_sent"] = self._seq
+        st["client_dropped"] = self._dropped
+        st["slots_in_use"] = self._credits - len(self._free)
+        return st
+
+    def set_global_metadata(self, namespace: str, metadata: Mapping[str, Any]) -> None:
+        """Acquisition-wide metadata under ``namespace`` (written at close)."""
+        self._check_usable()
+        self._send({"type": P.METADATA, "stream": self._sid, "namespace": namespace,
+                    "value": dict(metadata)})
+
+    def update_metadata(self, metadata: Mapping[str, Mapping[str, Any]]) -> None:
+        for ns, mapping in metadata.items():
+            self.set_global_metadata(ns, mapping)
+
+    def close(self, timeout: float | None = None) -> dict[str, Any]:
+        """Wait for the daemon to write everything; return its final report, or raise
+        `ServiceError` if any frame could not be written."""
+        if self._closed:
+            return self.report or {}
+        self._closed = True
+        try:
+            self._send({"type": P.CLOSE, "stream": self._sid, "frames": self._seq})
+            self.report = self._await(P.CLOSED, timeout, what="close")
+        finally:
+            self._release_resources()
+        if self.report.get("errors"):
+            raise ServiceError(f"{self._settings.root_path}: " + "; ".join(self.report["errors"]),
+                               P.E_WRITE)
+        return self.report
+
+    def _release_resources(self) -> None:
+        self._slots = None
+        self._err_flag = np.zeros(1, np.uint32)
+        if self._ring is not None:
+            self._ring.close()
+            self._ring = None
+        self._sock.close(linger=0)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def frames_sent(self) -> int:
+        return self._seq
+
+    @property
+    def frames_dropped(self) -> int:
+        return self._dropped
+
+    def __enter__(self) -> ServiceStream:
+        return self
+
+    def __exit__(self, exc_type, *exc: Any) -> None:
+        if exc_type is None:
+            self.close()
+        elif not self._closed:
+            try:  # keep the original exception; still finalize what was written
+                self.close()
+            except Exception:  # noqa: BLE001
+                pass
+
+    def __del__(self) -> None:
+        if not getattr(self, "_closed", True) and getattr(self, "_sock", None) is not None:
+            try:
+                self._release_resources()
+            except Exception:  # noqa: BLE001
+                pass
+
+
+def _is_local(endpoint: str) -> bool:
+    return endpoint.startswith("ipc://") or endpoint.startswith("tcp://127.") or \
+        endpoint.startswith("tcp://localhost")
+
+
+# ---- finding or starting the local daemon ----
+
+def local_daemon(rt_dir: str | os.PathLike | None = None, *, start: bool = True,
+                 idle_exit: float = 300.0, timeout: float = 30.0) -> ConnectionInfo:
+    """The connection of the local daemon, starting one (detached) when none runs."""
+    rt = runtime_dir(rt_dir)
+    info = ConnectionInfo.read(rt)
+    if info is not None and pid_alive(info.pid):
+        return info
+    if not start:
+        raise DaemonGoneError(f"no daemon runs for {rt}")
+    with open(rt / "start.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # two clients starting at once start one daemon
+        info = ConnectionInfo.read(rt)
+        if info is not None and pid_alive(info.pid):
+            return info
+        log_path = rt / "daemon.log"
+        with open(log_path, "ab") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "ome_writers_service", "serve", "--runtime-dir", str(rt),
+                 "--idle-exit", str(idle_exit)],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            info = ConnectionInfo.read(rt)
+            if info is not None and info.pid == proc.pid:
+                return info
+            if proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        raise DaemonGoneError(f"the writer daemon did not start; see {log_path}:\n"
+                              + _tail(log_path))
+
+
+def _tail(path: Path, n: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
+    except OSError:
+        return ""
+
+
+def connect_stream(settings: AcquisitionSettings, *, endpoint: str | None = None,
+                   token: str | None = None, transport: str = "shm",
+                   runtime_dir_path: str | os.PathLike | None = None) -> ServiceStream:
+    """A `ServiceStream` to ``endpoint``, or to the local daemon (started when none runs)."""
+    pid = None
+    if endpoint is None:
+        info = local_daemon(runtime_dir_path)
+        endpoint, pid = info.endpoint, info.pid
+        token = token or info.token
+    elif token is None:
+        token = os.environ.get("OME_WRITERS_SERVICE_TOKEN")
+        if token is None:
+            info = ConnectionInfo.read(runtime_dir(runtime_dir_path))
+            if info is not None and info.endpoint == endpoint:
+                token, pid = info.token, info.pid
+    if token is None:
+        raise ServiceError(f"no token for {endpoint}: pass token=..., set "
+                           "OME_WRITERS_SERVICE_TOKEN, or read it from the daemon's connection "
+                           "file", P.E_AUTH)
+    return ServiceStream(settings, endpoint=endpoint, token=token, transport=transport,
+                         daemon_pid=pid)

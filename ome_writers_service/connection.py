@@ -1,0 +1,78 @@
+"""Where the local daemon listens and how a client proves it may use it.
+
+The daemon writes a connection file (``daemon.json``, mode 0600) into a per-user runtime
+directory (mode 0700), as Jupyter does with its kernel connection files: the endpoint, the
+daemon's pid and a secret token that every ``open`` request must carry.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+CONNECTION_FILE = "daemon.json"
+ENV_RUNTIME_DIR = "OME_WRITERS_SERVICE_RUNTIME_DIR"
+
+
+def runtime_dir(path: str | os.PathLike | None = None) -> Path:
+    """The per-user runtime directory, created 0700; refuses one that others can read."""
+    if path is None:
+        path = os.environ.get(ENV_RUNTIME_DIR)
+    if path is None:
+        base = os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()
+        path = Path(base) / f"ome-writers-service-{os.getuid()}"
+    p = Path(path)
+    p.mkdir(mode=0o700, parents=True, exist_ok=True)
+    st = p.stat()
+    if st.st_uid != os.getuid():
+        raise PermissionError(f"runtime directory {p} belongs to another user")
+    if stat.S_IMODE(st.st_mode) & 0o077:
+        os.chmod(p, 0o700)
+    return p
+
+
+def default_endpoint(rt: Path) -> str:
+    return f"ipc://{rt / 'daemon.sock'}"
+
+
+@dataclass
+class ConnectionInfo:
+    """What a client needs to reach a daemon."""
+
+    endpoint: str
+    token: str
+    pid: int
+    version: str = ""
+
+    def write(self, rt: Path) -> Path:
+        path = rt / CONNECTION_FILE
+        tmp = rt / f".{CONNECTION_FILE}.{os.getpid()}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(asdict(self), f)
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def read(cls, rt: Path) -> ConnectionInfo | None:
+        try:
+            data = json.loads((rt / CONNECTION_FILE).read_text())
+            return cls(**data)
+        except (OSError, ValueError, TypeError):
+            return None
+
+
+def pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -1,0 +1,474 @@
+"""The writer daemon: one ROUTER socket, one writer thread per stream.
+
+The main thread only moves messages: it parses and checks each one, answers what it can
+(open, status, errors) and queues frames to the stream's worker. A worker owns its stream's
+router + backend (an in-process `OMEStream`), writes each frame straight from its ring slot
+and hands the slot back with a ``release`` message. Disk I/O (tensorstore, file writes)
+releases the GIL, so one slow stream does not stall another.
+
+Memory is bounded by construction: a client can only have as many frames in flight as its
+ring has slots (inline frames too: they use the same credits), so a worker's queue never
+holds more than the ring, whatever the backlog.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import secrets
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zmq
+from pydantic import ValidationError
+
+from . import __version__
+from . import protocol as P
+from .connection import ConnectionInfo, default_endpoint, runtime_dir
+from .ring import FrameRing, RingError, clean_stale_rings
+from .schema import AcquisitionSettings
+from .stream import OMEStream
+
+log = logging.getLogger("ome_writers_service.daemon")
+
+#: Default ring size when the settings do not fix ``ring_slots``.
+RING_BYTES = 256 * 2**20
+MIN_SLOTS, MAX_SLOTS = 4, 4096
+OUTBOX = "inproc://ows-outbox"
+
+
+def ring_slots_for(settings: AcquisitionSettings) -> int:
+    if settings.ring_slots:
+        return settings.ring_slots
+    return max(MIN_SLOTS, min(MAX_SLOTS, RING_BYTES // max(1, settings.frame_nbytes)))
+
+
+@dataclass
+class StreamStats:
+    received: int = 0
+    written: int = 0
+    dropped: int = 0
+    skipped: int = 0
+    started: float = field(default_factory=time.monotonic)
+    errors: list[str] = field(default_factory=list)
+
+
+class StreamWorker(threading.Thread):
+    """Writes one stream's frames, in order, on its own thread."""
+
+    def __init__(self, sid: int, peer: bytes, settings: AcquisitionSettings,
+                 ring: FrameRing | None, slots: int, ctx: zmq.Context) -> None:
+        super().__init__(name=f"ows-stream-{sid}", daemon=True)
+        self.sid = sid
+        self.peer = peer
+        self.settings = settings
+        self.ring = ring
+        self.slots = slots
+        self.stats = StreamStats()
+        self.stream = OMEStream(settings)  # creates the dataset; raises if it cannot
+        self.queue: queue.SimpleQueue = queue.SimpleQueue()
+        self.expected_seq = 0  # next sequence number the main thread accepts
+        self.closing = False
+        self.finished = threading.Event()
+        self._pending_error: str | None = None
+        self._ctx = ctx
+        shape, dtype = settings.frame_shape, np.dtype(settings.dtype)
+        self._views = ring.slots(shape, dtype) if ring is not None else None
+        self._shape, self._dtype = shape, dtype
+
+    # ---- worker thread ----
+
+    def run(self) -> None:
+        out = self._ctx.socket(zmq.PUSH)
+        out.connect(OUTBOX)
+        released: list[int] = []
+        try:
+            while True:
+                item = self.queue.get()
+                kind = item[0]
+                if kind == "frame":
+                    _, seq, slot, meta, payload = item
+                    self._write(seq, slot, meta, payload)
+                    released.append(slot)
+                elif kind == "skip":
+                    self._skip_to(item[1] + item[2], dropped=False)
+                elif kind == "metadata":
+                    self._guard(lambda: self.stream.set_global_metadata(item[1], item[2]))
+                elif kind == "close":
+                    self._send_release(out, released)
+                    self._finish(out, total=item[1], reason=item[2])
+                    return
+                # batch releases: flush when nothing else is waiting, or every 64 frames
+                if released and (len(released) >= 64 or self.queue.empty()):
+                    self._send_release(out, released)
+                    released = []
+        except BaseException as e:  # noqa: BLE001 - a worker must report, never vanish
+            log.exception("stream %d: worker crashed", self.sid)
+            self.stats.errors.append(f"internal error: {e!r}")
+            self._send(out, {"type": P.CLOSED, "stream": self.sid, **self.report()})
+        finally:
+            out.close(linger=1000)
+            self.finished.set()
+
+    def _write(self, seq: int, slot: int, meta: dict | None, payload: Any) -> None:
+        self.stats.received += 1
+        if self.stats.errors:
+            return  # after a write error nothing more is written; slots still go back
+        if seq > self.stream._router.frames_done:
+            self._skip_to(seq, dropped=True)
+        if payload is not None:
+            frame = np.frombuffer(payload, dtype=self._dtype).reshape(self._shape)
+        else:
+            frame = self._views[slot]
+        if self._guard(lambda: self.stream.append(frame, frame_metadata=meta), seq=seq):
+            self.stats.written += 1
+            if self.ring is not None:
+                self.ring.set_frames_written(self.stats.written)
+
+    def _skip_to(self, seq: int, *, dropped: bool) -> None:
+        gap = seq - self.stream._router.frames_done
+        if gap > 0 and not self.stats.errors:
+            if self._guard(lambda: self.stream.skip(frames=gap)):
+                if dropped:
+                    self.stats.dropped += gap
+                else:
+                    self.stats.skipped += gap
+
+    def _guard(self, fn, seq: int | None = None) -> bool:
+        try:
+            fn()
+            return True
+        except Exception as e:  # noqa: BLE001 - reported to the client, never raised here
+            where = f"frame {seq}: " if seq is not None else ""
+            msg = f"{where}{e}"
+            log.error("stream %d (%s): %s", self.sid, self.settings.root_path, msg)
+            self.stats.errors.append(msg)
+            if self.ring is not None:
+                self.ring.set_error(1)
+            self._pending_error = msg
+            return False
+
+    def _finish(self, out: zmq.Socket, total: int | None, reason: str) -> None:
+        if total is not None and not self.stats.errors:
+            self._skip_to(total, dropped=True)  # frames the client dropped at the very end
+        try:
+            self.stream.close()
+        except Exception as e:  # noqa: BLE001
+            log.exception("stream %d: finalize failed", self.sid)
+            self.stats.errors.append(f"finalize: {e}")
+        self._send(out, {"type": P.CLOSED, "stream": self.sid, "reason": reason, **self.report()})
+
+    def _send_release(self, out: zmq.Socket, slots: list[int]) -> None:
+        if slots:
+            self._send(out, {"type": P.RELEASE, "stream": self.sid, "slots": slots})
+        err = self._pending_error
+        if err is not None:
+            self._pending_error = None
+            self._send(out, {"type": P.ERROR, "code": P.E_WRITE, "stream": self.sid,
+                             "message": err})
+
+    def _send(self, out: zmq.Socket, header: dict) -> None:
+        out.send_multipart([self.peer, *P.encode(header)])
+
+    # ---- read by the main thread ----
+
+    def report(self) -> dict[str, Any]:
+        s = self.stats
+        elapsed = time.monotonic() - s.started
+        n = self.settings.num_frames
+        return {
+            "root_path": self.settings.root_path,
+            "paths": self.stream.paths,
+            "frames_expected": n,
+            "frames_received": s.received,
+            "frames_written": s.written,
+            "frames_dropped": s.dropped,
+            "frames_skipped": s.skipped,
+            "backlog": self.queue.qsize(),
+            "ring_slots": self.slots,
+            "elapsed_s": round(elapsed, 3),
+            "rate_fps": round(s.written / elapsed, 1) if elapsed > 0 else 0.0,
+            "errors": list(s.errors),
+        }
+
+
+class Daemon:
+    """Serves any number of streams on one endpoint until stopped."""
+
+    def __init__(self, endpoint: str | None = None, *, rt_dir: str | os.PathLike | None = None,
+                 idle_exit: float | None = None, allow_remote: bool = False) -> None:
+        self.rt = runtime_dir(rt_dir)
+        self.endpoint = endpoint or default_endpoint(self.rt)
+        _check_endpoint(self.endpoint, allow_remote)
+        self.token = secrets.token_hex(16)
+        self.idle_exit = idle_exit
+        self.ctx = zmq.Context()
+        self.streams: dict[int, StreamWorker] = {}
+        self._next_sid = 1
+        self._stop = threading.Event()
+        self._last_active = time.monotonic()
+
+    # ---- lifecycle ----
+
+    def serve(self) -> None:
+        removed = clean_stale_rings()
+        if removed:
+            log.info("removed %d stale ring(s) of dead daemons: %s", len(removed), removed)
+        router = self.ctx.socket(zmq.ROUTER)
+        router.setsockopt(zmq.ROUTER_MANDATORY, 0)
+        router.setsockopt(zmq.LINGER, 2000)
+        _bind(router, self.endpoint)
+        outbox = self.ctx.socket(zmq.PULL)
+        outbox.bind(OUTBOX)
+        info = ConnectionInfo(self.endpoint, self.token, os.getpid(), __version__)
+        conn_file = info.write(self.rt)
+        log.info("ome-writers-service %s listening on %s (connection file %s)",
+                 __version__, self.endpoint, conn_file)
+        poller = zmq.Poller()
+        poller.register(router, zmq.POLLIN)
+        poller.register(outbox, zmq.POLLIN)
+        try:
+            while not self._stop.is_set():
+                events = dict(poller.poll(200))
+                if router in events:
+                    self._drain(router, outbox)
+                if outbox in events:
+                    self._forward(outbox, router)
+                self._reap()
+                if self.idle_exit is not None and not self.streams and \
+                        time.monotonic() - self._last_active > self.idle_exit:
+                    log.info("idle for %.0f s: exiting", self.idle_exit)
+                    break
+            self._shutdown(router, outbox)
+        finally:
+            if ConnectionInfo.read(self.rt) == info:
+                (self.rt / "daemon.json").unlink(missing_ok=True)
+            if self.endpoint.startswith("ipc://"):
+                Path(self.endpoint[len("ipc://"):]).unlink(missing_ok=True)
+            router.close(linger=1000)
+            outbox.close(linger=0)
+            self.ctx.term()
+
+    def stop(self, *_: Any) -> None:
+        self._stop.set()
+
+    def _shutdown(self, router: zmq.Socket, outbox: zmq.Socket) -> None:
+        """Finalize every open stream with what it received, tell its client, then exit."""
+        for w in list(self.streams.values()):
+            if not w.closing:
+                w.closing = True
+                w.queue.put(("close", None, "shutdown"))
+        while any(not w.finished.is_set() for w in self.streams.values()):
+            if outbox.poll(100):
+                self._forward(outbox, router)
+        self._forward(outbox, router)
+        self._reap()
+
+    def _reap(self) -> None:
+        for sid, w in list(self.streams.items()):
+            if w.finished.is_set():
+                w.join()
+                w._views = None  # let the ring unmap
+                if w.ring is not None:
+                    w.ring.close()
+                del self.streams[sid]
+                self._last_active = time.monotonic()
+
+    # ---- message handling (main thread) ----
+
+    def _forward(self, outbox: zmq.Socket, router: zmq.Socket) -> None:
+        while True:
+            try:
+                parts = outbox.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            router.send_multipart(parts)
+
+    def _drain(self, router: zmq.Socket, outbox: zmq.Socket) -> None:
+        for _ in range(10000):
+            try:
+                parts = router.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            peer = parts[0].bytes
+            try:
+                header, payload = P.decode([p.buffer for p in parts[1:]])
+                reply = self._handle(peer, header, payload)
+            except P.ProtocolError as e:
+                log.warning("peer %s: %s", peer.hex(), e)
+                reply = P.error(e.code, str(e))
+            except Exception as e:  # noqa: BLE001 - never let a client's message kill us
+                log.exception("peer %s: unexpected error", peer.hex())
+                reply = P.error(P.E_MALFORMED, f"internal error handling the message: {e!r}")
+            if reply is not None:
+                router.send_multipart([peer, *reply])
+            self._forward(outbox, router)
+
+    def _handle(self, peer: bytes, h: dict, payload: Any) -> list | None:
+        kind = h["type"]
+        if kind == P.FRAME:
+            return self._on_frame(peer, h, payload)
+        if kind == P.OPEN:
+            return self._on_open(peer, h)
+        if kind == P.SKIP:
+            w = self._stream_of(peer, h)
+            seq = P.field(h, "seq", int)
+            count = P.field(h, "count", int)
+            if seq != w.expected_seq or count < 0:
+                raise P.ProtocolError(P.E_SEQUENCE, f"skip: expected seq {w.expected_seq}, "
+                                                    f"count >= 0; got seq {seq}, count {count}")
+            self._check_room(w, seq + count)
+            w.expected_seq = seq + count
+            w.queue.put(("skip", seq, count))
+            return None
+        if kind == P.METADATA:
+            w = self._stream_of(peer, h)
+            ns = P.field(h, "namespace", str)
+            value = P.field(h, "value", dict)
+            w.queue.put(("metadata", ns, value))
+            return None
+        if kind == P.STATUS:
+            sid = P.field(h, "stream", int, required=False)
+            if sid is not None:
+                w = self._stream_of(peer, h)
+                return P.encode({"type": P.STATUS_REPLY, "stream": sid, **w.report()})
+            return P.encode({"type": P.STATUS_REPLY, "pid": os.getpid(), "version": __version__,
+                             "streams": {str(k): v.report() for k, v in self.streams.items()}})
+        if kind == P.CLOSE:
+            w = self._stream_of(peer, h)
+            total = P.field(h, "frames", int)
+            if total < w.expected_seq:
+                raise P.ProtocolError(P.E_SEQUENCE, f"close: frames={total} but "
+                                                    f"{w.expected_seq} were sent")
+            self._check_room(w, total)
+            w.closing = True
+            w.queue.put(("close", total, "closed by client"))
+            return None
+        if kind == P.PING:
+            return P.encode({"type": P.PONG, "pid": os.getpid()})
+        raise P.ProtocolError(P.E_UNKNOWN_TYPE, f"unknown message type {kind!r}")
+
+    def _on_open(self, peer: bytes, h: dict) -> list:
+        token = h.get("token")
+        if not isinstance(token, str) or not secrets.compare_digest(token, self.token):
+            log.warning("peer %s: open refused: missing or wrong token", peer.hex())
+            raise P.ProtocolError(P.E_AUTH, "open refused: missing or wrong token "
+                                            "(see the daemon's connection file)")
+        version = h.get("version", P.PROTOCOL_VERSION)
+        if version != P.PROTOCOL_VERSION:
+            raise P.ProtocolError(P.E_VERSION, f"protocol version {version!r} not supported")
+        raw = P.field(h, "settings", dict)
+        transport = h.get("transport", "shm")
+        if transport not in ("shm", "inline"):
+            raise P.ProtocolError(P.E_MALFORMED, "open: transport must be 'shm' or 'inline'")
+        try:
+            settings = AcquisitionSettings.model_validate(raw)
+            settings.validate_for_writing()
+        except (ValidationError, ValueError) as e:
+            raise P.ProtocolError(P.E_SETTINGS, f"invalid settings: {e}") from None
+        slots = ring_slots_for(settings)
+        ring = None
+        try:
+            if transport == "shm":
+                ring = FrameRing.create(settings.frame_nbytes, slots)
+            worker = StreamWorker(self._next_sid, peer, settings, ring, slots, self.ctx)
+        except RingError as e:
+            raise P.ProtocolError(P.E_RESOURCES, str(e)) from None
+        except Exception as e:  # noqa: BLE001 - e.g. FileExistsError, PermissionError
+            if ring is not None:
+                ring.close()
+            raise P.ProtocolError(P.E_SETTINGS, f"cannot create {settings.root_path}: {e}") \
+                from None
+        sid = self._next_sid
+        self._next_sid += 1
+        self.streams[sid] = worker
+        worker.start()
+        self._last_active = time.monotonic()
+        log.info("stream %d opened: %s (%s, %s frames, %d slots)", sid, settings.root_path,
+                 settings.format_name, settings.num_frames or "unbounded", slots)
+        ring_info = None
+        if ring is not None:
+            ring_info = {"name": ring.name, "path": str(ring.path), "slots": ring.slot_count,
+                         "slot_size": ring.slot_size, "header_size": ring.header_size,
+                         "frame_nbytes": ring.frame_nbytes}
+        return P.encode({
+            "type": P.OPENED, "stream": sid, "pid": os.getpid(), "transport": transport,
+            "credits": slots, "ring": ring_info, "frame_shape": list(settings.frame_shape),
+            "dtype": settings.dtype, "frames": settings.num_frames, "paths": worker.stream.paths,
+        })
+
+    def _on_frame(self, peer: bytes, h: dict, payload: Any) -> list | None:
+        w = self._stream_of(peer, h)
+        seq = P.field(h, "seq", int)
+        slot = P.field(h, "slot", int)
+        meta = P.field(h, "meta", dict, required=False)
+        if not 0 <= slot < w.slots:
+            raise P.ProtocolError(P.E_SLOT, f"frame {seq}: slot {slot} is not in 0..{w.slots - 1}")
+        if seq < w.expected_seq:
+            raise P.ProtocolError(P.E_SEQUENCE, f"frame {seq}: out of order, expected >= "
+                                                f"{w.expected_seq}")
+        self._check_room(w, seq + 1)
+        if w.ring is None:
+            if payload is None or len(payload) != w.settings.frame_nbytes:
+                size = None if payload is None else len(payload)
+                raise P.ProtocolError(P.E_FRAME, f"frame {seq}: inline payload of {size} bytes, "
+                                                 f"expected {w.settings.frame_nbytes}")
+            payload = bytes(payload)  # the worker owns a copy; the zmq buffer is recycled
+        elif payload is not None:
+            raise P.ProtocolError(P.E_FRAME, f"frame {seq}: shared-memory stream got a payload")
+        w.expected_seq = seq + 1
+        w.queue.put(("frame", seq, slot, meta, payload))
+        return None
+
+    def _stream_of(self, peer: bytes, h: dict) -> StreamWorker:
+        sid = P.field(h, "stream", int)
+        w = self.streams.get(sid)
+        if w is None or w.peer != peer:
+            raise P.ProtocolError(P.E_NO_STREAM, f"{h['type']}: no open stream {sid} of yours")
+        if w.closing or w.finished.is_set():
+            raise P.ProtocolError(P.E_NO_STREAM, f"{h['type']}: stream {sid} is closing")
+        return w
+
+    @staticmethod
+    def _check_room(w: StreamWorker, end: int) -> None:
+        n = w.settings.num_frames
+        if n is not None and end > n:
+            raise P.ProtocolError(P.E_SEQUENCE, f"frame {end - 1}: the acquisition declares "
+                                                f"{n} frames")
+
+
+def _check_endpoint(endpoint: str, allow_remote: bool) -> None:
+    if endpoint.startswith("ipc://"):
+        return
+    if endpoint.startswith("tcp://"):
+        host = endpoint[len("tcp://"):].rsplit(":", 1)[0].strip("[]")
+        if host in ("127.0.0.1", "localhost", "::1") or host.startswith("127.") or allow_remote:
+            return
+        raise ValueError(f"refusing to listen on {endpoint}: not a loopback address "
+                         "(pass --allow-remote to expose the daemon to the network)")
+    raise ValueError(f"unsupported endpoint {endpoint!r}: use ipc://PATH or tcp://127.0.0.1:PORT")
+
+
+def _bind(sock: zmq.Socket, endpoint: str) -> None:
+    if endpoint.startswith("ipc://"):
+        path = Path(endpoint[len("ipc://"):])
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        path.unlink(missing_ok=True)  # a stale socket of a dead daemon
+    sock.bind(endpoint)
+    if endpoint.startswith("ipc://"):
+        os.chmod(path, 0o600)
+
+
+def run(endpoint: str | None = None, *, rt_dir: str | None = None, idle_exit: float | None = None,
+        allow_remote: bool = False) -> None:
+    """Run a daemon in this process until SIGTERM/SIGINT (finalizing every open stream)."""
+    daemon = Daemon(endpoint, rt_dir=rt_dir, idle_exit=idle_exit, allow_remote=allow_remote)
+    signal.signal(signal.SIGTERM, daemon.stop)
+    signal.signal(signal.SIGINT, daemon.stop)
+    daemon.serve()

@@ -1,0 +1,106 @@
+"""The wire protocol between clients and the writer daemon (see PROTOCOL.md, the normative text).
+
+Every message is a ZeroMQ multipart message: ``[TAG, header]`` or ``[TAG, header, payload]``.
+``TAG`` names the protocol and its major version; ``header`` is a UTF-8 JSON object with a
+``type`` field; ``payload`` is raw frame bytes (inline frames only). The client socket is a
+DEALER, the daemon's a ROUTER (which prepends the peer identity on receipt).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+TAG = b"OWS1"
+PROTOCOL_VERSION = 1
+
+#: Largest header the daemon accepts; frames travel as payload, never in the header.
+MAX_HEADER_BYTES = 1 << 20
+
+# message types, client -> daemon
+OPEN = "open"
+FRAME = "frame"
+SKIP = "skip"
+METADATA = "metadata"
+STATUS = "status"
+CLOSE = "close"
+PING = "ping"
+# daemon -> client
+OPENED = "opened"
+RELEASE = "release"
+STATUS_REPLY = "status_reply"
+CLOSED = "closed"
+ERROR = "error"
+PONG = "pong"
+
+# error codes (the ``code`` of an ``error`` message)
+E_MALFORMED = "malformed"          # not [TAG, JSON object(, payload)]
+E_VERSION = "unsupported_version"  # TAG of another protocol version
+E_UNKNOWN_TYPE = "unknown_type"
+E_AUTH = "unauthorized"            # missing or wrong token
+E_SETTINGS = "invalid_settings"
+E_NO_STREAM = "no_such_stream"
+E_SEQUENCE = "bad_sequence"        # frame number out of order or beyond the acquisition
+E_SLOT = "bad_slot"
+E_FRAME = "bad_frame"              # inline payload of the wrong size
+E_WRITE = "write_failed"           # the backend failed (disk full, permission...)
+E_RESOURCES = "resources"          # e.g. /dev/shm too small for the ring
+E_SHUTDOWN = "shutdown"
+
+
+class ProtocolError(ValueError):
+    """A message that does not follow the protocol; ``code`` is one of the E_* codes."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def encode(header: dict[str, Any], payload: bytes | memoryview | None = None) -> list:
+    """Multipart frames of one message."""
+    parts: list = [TAG, json.dumps(header, separators=(",", ":")).encode()]
+    if payload is not None:
+        parts.append(payload)
+    return parts
+
+
+def decode(parts: list) -> tuple[dict[str, Any], Any]:
+    """(header, payload or None) of a received message; raises `ProtocolError`."""
+    if len(parts) not in (2, 3):
+        raise ProtocolError(E_MALFORMED, f"expected 2 or 3 message parts, got {len(parts)}")
+    tag = bytes(parts[0])
+    if tag != TAG:
+        if tag[:3] == TAG[:3]:
+            raise ProtocolError(E_VERSION, f"protocol {tag!r} is not supported; this daemon "
+                                           f"speaks {TAG.decode()}")
+        raise ProtocolError(E_MALFORMED, f"first part must be {TAG!r}, got {tag[:16]!r}")
+    raw = parts[1]
+    if len(raw) > MAX_HEADER_BYTES:
+        raise ProtocolError(E_MALFORMED, f"header of {len(raw)} bytes exceeds {MAX_HEADER_BYTES}")
+    try:
+        header = json.loads(bytes(raw))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ProtocolError(E_MALFORMED, f"header is not UTF-8 JSON: {e}") from None
+    if not isinstance(header, dict) or not isinstance(header.get("type"), str):
+        raise ProtocolError(E_MALFORMED, "header must be a JSON object with a string 'type'")
+    return header, (parts[2] if len(parts) == 3 else None)
+
+
+def field(header: dict[str, Any], name: str, kind: type | tuple[type, ...], *, required=True):
+    """A header field of the right JSON type, or a `ProtocolError` naming it."""
+    if name not in header:
+        if required:
+            raise ProtocolError(E_MALFORMED, f"{header.get('type')}: missing field {name!r}")
+        return None
+    value = header[name]
+    if value is None and not required:
+        return None
+    if isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,)):
+        raise ProtocolError(E_MALFORMED, f"{header.get('type')}: field {name!r} has the wrong type")
+    if not isinstance(value, kind):
+        raise ProtocolError(E_MALFORMED, f"{header.get('type')}: field {name!r} has the wrong type")
+    return value
+
+
+def error(code: str, message: str, **extra: Any) -> list:
+    return encode({"type": ERROR, "code": code, "message": message, **extra})

@@ -1,0 +1,210 @@
+"""A ring of equal frame slots in POSIX shared memory (a file in /dev/shm, mapped by both sides).
+
+The daemon creates and owns a ring per stream; the client maps it by name. We map the
+/dev/shm file directly instead of using ``multiprocessing.shared_memory`` because, on Python
+3.11/3.12, merely *attaching* to a SharedMemory registers it with the resource tracker, which
+unlinks it when the attaching process exits (CPython issue 82300) — a client exiting would
+delete the daemon's ring. ``shm_open(name)`` in C opens the same file, so a C client maps it
+the same way.
+
+Layout (little-endian), version 1::
+
+    offset  size  field
+    0       8     magic  b"OWSRING1"
+    8       4     layout version (1)
+    12      4     header size in bytes (4096; slot 0 starts here)
+    16      4     slot count
+    20      4     owner pid (the daemon)
+    24      8     slot size in bytes (frame bytes rounded up to 4096)
+    32      8     frame size in bytes
+    40      4     error flag: 0 = healthy, else the daemon hit an error (details in an
+                  ``error`` message); clients check it on every append
+    44      4     reserved (0)
+    48      8     frames written by the daemon so far
+    56   4040     reserved (0)
+    4096          slot 0, then slot 1 at 4096 + slot_size, ...
+
+Slots are handed back and forth by protocol messages (``frame`` and ``release``), never by
+flags in memory, so neither side spins on shared memory.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import secrets
+import struct
+from pathlib import Path
+
+import numpy as np
+
+from .connection import pid_alive
+
+SHM_DIR = Path("/dev/shm")
+PREFIX = "ows-"
+MAGIC = b"OWSRING1"
+LAYOUT_VERSION = 1
+HEADER_SIZE = 4096
+SLOT_ALIGN = 4096
+_HEADER = struct.Struct("<8sIIIIQQII Q")
+OFF_ERROR = 40
+OFF_WRITTEN = 48
+
+
+class RingError(OSError):
+    """The ring cannot be created or attached; the message says why and what to change."""
+
+
+def slot_size_for(frame_nbytes: int) -> int:
+    return -(-frame_nbytes // SLOT_ALIGN) * SLOT_ALIGN
+
+
+class FrameRing:
+    """A mapped ring: ``slot(i)`` is a numpy view of slot ``i`` shaped as one frame."""
+
+    def __init__(self, name: str, fd: int, mm: mmap.mmap, owner: bool) -> None:
+        self.name = name
+        self._fd = fd
+        self._mm = mm
+        self.owner = owner
+        magic, version, header, slots, pid, slot_size, frame_nbytes, _, _, _ = _HEADER.unpack_from(mm)
+        if magic != MAGIC or version != LAYOUT_VERSION:
+            raise RingError(f"{self.path}: not a version-{LAYOUT_VERSION} frame ring")
+        self.header_size = header
+        self.slot_count = slots
+        self.owner_pid = pid
+        self.slot_size = slot_size
+        self.frame_nbytes = frame_nbytes
+        self._buf = np.frombuffer(mm, dtype=np.uint8)
+        self._error = self._buf[OFF_ERROR:OFF_ERROR + 4].view("<u4")
+        self._written = self._buf[OFF_WRITTEN:OFF_WRITTEN + 8].view("<u8")
+
+    @property
+    def path(self) -> Path:
+        return SHM_DIR / self.name
+
+    # ---- creation / attachment ----
+
+    @classmethod
+    def create(cls, frame_nbytes: int, slots: int, *, prefault: bool = True) -> FrameRing:
+        """Create a new ring (mode 0600) with its space reserved, so a too-small /dev/shm
+        fails here with a clear error instead of SIGBUS on a later write."""
+        slot_size = slot_size_for(frame_nbytes)
+        total = HEADER_SIZE + slot_size * slots
+        name = f"{PREFIX}{os.getpid()}-{secrets.token_hex(6)}"
+        path = SHM_DIR / name
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        except OSError as e:
+            raise RingError(f"cannot create shared memory {path}: {e.strerror}") from e
+        try:
+            try:
+                os.posix_fallocate(fd, 0, total)
+            except OSError as e:
+                free = _shm_free()
+                raise RingError(
+                    f"/dev/shm has {free / 2**20:.0f} MiB free but the frame ring needs "
+                    f"{total / 2**20:.0f} MiB ({slots} slots of {slot_size / 2**20:.2f} MiB). "
+                    "Give the container more shared memory (docker: --shm-size / compose: "
+                    "shm_size), or lower ring_slots in the settings."
+                ) from e
+            flags = mmap.MAP_SHARED | (getattr(mmap, "MAP_POPULATE", 0) if prefault else 0)
+            mm = mmap.mmap(fd, total, flags=flags)
+            _HEADER.pack_into(mm, 0, MAGIC, LAYOUT_VERSION, HEADER_SIZE, slots, os.getpid(),
+                              slot_size, frame_nbytes, 0, 0, 0)
+        except BaseException:
+            os.close(fd)
+            path.unlink(missing_ok=True)
+            raise
+        return cls(name, fd, mm, owner=True)
+
+    @classmethod
+    def attach(cls, name: str, *, prefault: bool = True) -> FrameRing:
+        """Map an existing ring by name (client side). Never unlinks it."""
+        if "/" in name or not name.startswith(PREFIX):
+            raise RingError(f"{name!r} is not a frame ring name")
+        path = SHM_DIR / name
+        try:
+            fd = os.open(path, os.O_RDWR)
+        except OSError as e:
+            raise RingError(f"cannot open shared memory {path}: {e.strerror}") from e
+        try:
+            size = os.fstat(fd).st_size
+            flags = mmap.MAP_SHARED | (getattr(mmap, "MAP_POPULATE", 0) if prefault else 0)
+            mm = mmap.mmap(fd, size, flags=flags)
+        except OSError:
+            os.close(fd)
+            raise
+        ring = cls(name, fd, mm, owner=False)
+        if prefault:
+            ring.prefault()
+        return ring
+
+    def prefault(self) -> None:
+        """Touch every page for writing now, so the first frames cost a warm copy."""
+        view = self._buf[self.header_size:]
+        view[:: mmap.PAGESIZE] = view[:: mmap.PAGESIZE]
+
+    # ---- access ----
+
+    def slot(self, i: int, shape: tuple[int, ...] | None = None, dtype=np.uint8) -> np.ndarray:
+        start = self.header_size + i * self.slot_size
+        raw = self._buf[start:start + self.frame_nbytes]
+        return raw.view(dtype).reshape(shape) if shape is not None else raw
+
+    def slots(self, shape: tuple[int, ...], dtype) -> list[np.ndarray]:
+        """One frame-shaped view per slot (make once, index on the hot path)."""
+        return [self.slot(i, shape, dtype) for i in range(self.slot_count)]
+
+    @property
+    def error_flag(self) -> int:
+        return int(self._error[0])
+
+    def set_error(self, code: int = 1) -> None:
+        self._error[0] = code
+
+    @property
+    def frames_written(self) -> int:
+        return int(self._written[0])
+
+    def set_frames_written(self, n: int) -> None:
+        self._written[0] = n
+
+    def close(self) -> None:
+        """Unmap; the owner also removes the segment."""
+        if self._mm is None:
+            return
+        self._buf = self._error = self._written = None  # drop exported views before unmapping
+        try:
+            self._mm.close()
+        except BufferError:
+            pass  # a caller still holds a slot view; the mapping goes when it does
+        self._mm = None
+        os.close(self._fd)
+        if self.owner:
+            self.path.unlink(missing_ok=True)
+
+
+def _shm_free() -> int:
+    st = os.statvfs(SHM_DIR)
+    return st.f_bavail * st.f_frsize
+
+
+def clean_stale_rings() -> list[str]:
+    """Remove rings of ours whose owner process is gone; returns their names."""
+    removed = []
+    if not SHM_DIR.is_dir():
+        return removed
+    for path in SHM_DIR.glob(PREFIX + "*"):
+        try:
+            if path.stat().st_uid != os.getuid():
+                continue
+            with open(path, "rb") as f:
+                head = f.read(_HEADER.size)
+            pid = _HEADER.unpack(head)[4] if len(head) == _HEADER.size and head[:8] == MAGIC else 0
+        except OSError:
+            continue
+        if not pid_alive(pid):
+            path.unlink(missing_ok=True)
+            removed.append(path.name)
+    return removed

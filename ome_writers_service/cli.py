@@ -39,33 +39,58 @@ def _synthetic_frame(i: int, shape: tuple[int, int]) -> np.ndarray:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    """Start a daemon, stream into both formats at once from this process, validate."""
+    import subprocess
+    import tempfile
+
+    from .client import local_daemon
     from .api import create_stream
     from .validate import validate
 
-    out = Path(args.out)
+    out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     sizes = {"t": args.t, "z": args.z, "y": args.size, "x": args.size}
+    rt = tempfile.mkdtemp(prefix="ows-demo-")
+    info = local_daemon(rt, idle_exit=60)
+    print(f"daemon pid {info.pid} listening on {info.endpoint}")
     ok = True
-    for suffix in (".ome.zarr", ".ome.tiff"):
-        settings = _demo_settings(str(out / f"demo{suffix}"), sizes, args.positions)
-        n = settings.num_frames
-        frames = [_synthetic_frame(i, settings.frame_shape) for i in range(8)]
+    try:
+        settings = [_demo_settings(str(out / f"demo{sfx}"), sizes, args.positions)
+                    for sfx in (".ome.zarr", ".ome.tiff")]
+        streams = [create_stream(s, endpoint=info.endpoint, token=info.token) for s in settings]
+        n = settings[0].num_frames
+        frames = [_synthetic_frame(i, settings[0].frame_shape) for i in range(16)]
+        nbytes = settings[0].frame_nbytes
         t0 = time.perf_counter()
-        with create_stream(settings) as stream:
-            for i in range(n):
-                stream.append(frames[i % 8], frame_metadata={"delta_t": i * 0.01})
-                if (i + 1) % max(1, n // 10) == 0 or i + 1 == n:
-                    rate = (i + 1) / (time.perf_counter() - t0)
-                    print(f"\r{suffix}: {i + 1}/{n} frames, {rate:,.0f} frames/s", end="", flush=True)
-            paths = stream.paths if suffix == ".ome.tiff" else [settings.root_path]
+        last = t0
+        for i in range(n):
+            for s in streams:
+                s.append(frames[i % 16], frame_metadata={"delta_t": i * 0.01} if i % 50 == 0 else None)
+            now = time.perf_counter()
+            if now - last > 0.5 or i + 1 == n:
+                last = now
+                rate = (i + 1) * len(streams) * nbytes / (now - t0) / 1e6
+                parts = [f"{s._settings.format_name}: lag {s.lag:3d} dropped {s.frames_dropped}"
+                         for s in streams]
+                print(f"  {i + 1:5d}/{n} frames per stream  {rate:6.0f} MB/s  " + "  ".join(parts),
+                      flush=True)
+        reports = [s.close() for s in streams]
         dt = time.perf_counter() - t0
-        mb = n * settings.frame_nbytes / 1e6
-        print(f"\r{suffix}: {n} frames, {mb:.0f} MB in {dt:.2f} s ({mb / dt:,.0f} MB/s)        ")
-        for path in paths:
-            report = validate(path)
-            print(report)
-            ok &= report.ok
-    print("demo:", "all datasets valid" if ok else "VALIDATION FAILED")
+        mb = n * len(streams) * nbytes / 1e6
+        print(f"{len(streams)} streams, {n} frames each, {mb:.0f} MB in {dt:.2f} s "
+              f"({mb / dt:.0f} MB/s through close)")
+        for s, rep in zip(settings, reports):
+            print(f"{s.root_path}: {rep['frames_written']} written, {rep['frames_dropped']} "
+                  f"dropped, errors: {rep['errors'] or 'none'}")
+            ok &= rep["frames_written"] == n and not rep["errors"]
+            targets = rep["paths"] if s.format_name == "ome-tiff" else [s.root_path]
+            for path in targets:
+                report = validate(path)
+                print(report)
+                ok &= report.ok
+    finally:
+        subprocess.run(["kill", "-TERM", str(info.pid)], check=False)
+    print("demo:", "all datasets written and valid" if ok else "FAILED")
     return 0 if ok else 1
 
 
@@ -102,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="write a realistic 5D acquisition in both formats and "
                                        "validate it")
     demo.add_argument("--out", default="out/demo", help="directory for the datasets")
-    demo.add_argument("--t", type=int, default=20, help="time points")
+    demo.add_argument("--t", type=int, default=50, help="time points")
     demo.add_argument("--z", type=int, default=10, help="z planes")
     demo.add_argument("--size", type=int, default=512, help="frame height and width")
     demo.add_argument("--positions", type=int, default=2, help="stage positions")

@@ -61,6 +61,7 @@ class ServiceStream:
         self._ctx = ctx or zmq.Context.instance()
         self._sock = self._ctx.socket(zmq.DEALER)
         self._sock.setsockopt(zmq.LINGER, 0)
+        self._sock.setsockopt(zmq.SNDHWM, 0)  # never block in send: credits bound the backlog
         self._sock.connect(endpoint)
         self._endpoint = endpoint
         self._daemon_pid = daemon_pid
@@ -321,7 +322,15 @@ class ServiceStream:
 
     @property
     def frames_dropped(self) -> int:
+        """Frames dropped on this side because the ring was full (policy "drop")."""
         return self._dropped
+
+    @property
+    def lag(self) -> int:
+        """Frames sent but not yet written by the daemon (read from the ring, no message)."""
+        if self._ring is None:
+            return self._credits - len(self._free)
+        return self._seq - self._dropped - self._ring.frames_written
 
     def __enter__(self) -> ServiceStream:
         return self

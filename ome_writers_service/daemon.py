@@ -157,6 +157,8 @@ class StreamWorker(threading.Thread):
     def _finish(self, out: zmq.Socket, total: int | None, reason: str) -> None:
         if total is not None and not self.stats.errors:
             self._skip_to(total, dropped=True)  # frames the client dropped at the very end
+        if reason == "shutdown" and self.ring is not None:
+            self.ring.set_error(2)  # the client's next append learns it without a socket read
         try:
             self.stream.close()
         except Exception as e:  # noqa: BLE001

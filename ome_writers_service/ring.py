@@ -17,8 +17,8 @@ Layout (little-endian), version 1::
     20      4     owner pid (the daemon)
     24      8     slot size in bytes (frame bytes rounded up to 4096)
     32      8     frame size in bytes
-    40      4     error flag: 0 = healthy, else the daemon hit an error (details in an
-                  ``error`` message); clients check it on every append
+    40      4     error flag: 0 = healthy, 1 = the daemon failed to write (details in an
+                  ``error`` message), 2 = the daemon shut down; clients check it on append
     44      4     reserved (0)
     48      8     frames written by the daemon so far
     56   4040     reserved (0)
@@ -91,6 +91,9 @@ class FrameRing:
         fails here with a clear error instead of SIGBUS on a later write."""
         slot_size = slot_size_for(frame_nbytes)
         total = HEADER_SIZE + slot_size * slots
+        free = _shm_free()
+        if total > free:  # fail before allocating anything
+            raise RingError(_too_small(free, total, slots, slot_size))
         name = f"{PREFIX}{os.getpid()}-{secrets.token_hex(6)}"
         path = SHM_DIR / name
         try:
@@ -101,13 +104,7 @@ class FrameRing:
             try:
                 os.posix_fallocate(fd, 0, total)
             except OSError as e:
-                free = _shm_free()
-                raise RingError(
-                    f"/dev/shm has {free / 2**20:.0f} MiB free but the frame ring needs "
-                    f"{total / 2**20:.0f} MiB ({slots} slots of {slot_size / 2**20:.2f} MiB). "
-                    "Give the container more shared memory (docker: --shm-size / compose: "
-                    "shm_size), or lower ring_slots in the settings."
-                ) from e
+                raise RingError(_too_small(_shm_free(), total, slots, slot_size)) from e
             flags = mmap.MAP_SHARED | (getattr(mmap, "MAP_POPULATE", 0) if prefault else 0)
             mm = mmap.mmap(fd, total, flags=flags)
             _HEADER.pack_into(mm, 0, MAGIC, LAYOUT_VERSION, HEADER_SIZE, slots, os.getpid(),
@@ -183,6 +180,13 @@ class FrameRing:
         os.close(self._fd)
         if self.owner:
             self.path.unlink(missing_ok=True)
+
+
+def _too_small(free: int, total: int, slots: int, slot_size: int) -> str:
+    return (f"/dev/shm has {free / 2**20:.0f} MiB free but the frame ring needs "
+            f"{total / 2**20:.0f} MiB ({slots} slots of {slot_size / 2**20:.2f} MiB). Give the "
+            "container more shared memory (docker: --shm-size / compose: shm_size), or lower "
+            "ring_slots in the settings.")
 
 
 def _shm_free() -> int:

@@ -1,0 +1,393 @@
+"""The writer service end to end: real daemon processes, real ZeroMQ sockets, real shared
+memory, datasets read back by independent readers and the conformance checker."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zmq
+
+from ome_writers_service import AcquisitionSettings, Dimension, PositionDimension, create_stream
+from ome_writers_service import protocol as P
+from ome_writers_service.client import DaemonGoneError, RingFullError, ServiceError
+from ome_writers_service.stream import FrameCountError, FrameMismatchError
+
+from service_util import (CLIENT_SCRIPT, expected_images, frame_pixels, read_image, run_checker,
+                          shm_rings, start_daemon)
+
+FORMATS = [".ome.zarr", ".ome.tiff"]
+
+
+@pytest.fixture
+def daemon(tmp_path):
+    d = start_daemon(tmp_path / "rt")
+    yield d
+    code = d.stop()
+    assert code == 0, d.log_text()
+    assert not any(n.startswith(f"ows-{d.pid}-") for n in shm_rings()), "daemon left a ring"
+
+
+def settings_5d(root: Path, **kw) -> AcquisitionSettings:
+    dims = kw.pop("dimensions", None) or [
+        Dimension(name="t", count=3, type="time"),
+        PositionDimension(coords=["A", "B"]),
+        Dimension(name="z", count=3, type="space"),
+        Dimension(name="c", count=2, type="channel"),
+        Dimension(name="y", count=48, type="space"),
+        Dimension(name="x", count=40, type="space"),
+    ]
+    return AcquisitionSettings(root_path=str(root), dimensions=dims, dtype=kw.pop("dtype", "uint16"),
+                               overwrite=True, **kw)
+
+
+def check_dataset(settings: AcquisitionSettings, paths: list[str], seed: int, **kw) -> None:
+    want = expected_images(settings, seed, **kw)
+    assert len(paths) == len(want)
+    for path, arr in zip(paths, want):
+        got = read_image(path)
+        assert got.shape == arr.shape, path
+        np.testing.assert_array_equal(got, arr, err_msg=path)
+    if settings.format_name == "ome-zarr":
+        run_checker(settings.root_path, shape=want[0].shape, dtype=settings.dtype)
+    else:
+        for path, arr in zip(paths, want):
+            run_checker(path, shape=arr.shape, dtype=settings.dtype)
+
+
+def run_client(d, settings: AcquisitionSettings, tmp_path: Path, seed: int, *args: str):
+    sfile = tmp_path / f"settings-{seed}.json"
+    sfile.write_text(settings.model_dump_json())
+    return subprocess.Popen(
+        [sys.executable, str(CLIENT_SCRIPT), str(sfile), d.endpoint, d.token, str(seed), *args],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+
+
+def finish(proc: subprocess.Popen) -> dict:
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    return json.loads(out.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("suffix", FORMATS)
+@pytest.mark.parametrize("mode", [[], ["--claim"], ["--transport", "inline"]],
+                         ids=["append", "claim", "inline"])
+def test_client_process_writes_exact_valid_dataset(daemon, tmp_path, suffix, mode):
+    settings = settings_5d(tmp_path / f"data{suffix}", ring_slots=5)
+    report = finish(run_client(daemon, settings, tmp_path, 7, *mode))
+    assert report["frames_written"] == settings.num_frames
+    assert report["frames_dropped"] == 0 and report["errors"] == []
+    check_dataset(settings, report["paths"], 7)
+
+
+def test_two_clients_stream_at_once(daemon, tmp_path):
+    a = settings_5d(tmp_path / "cam1.ome.zarr")
+    b = settings_5d(tmp_path / "cam2.ome.tiff", dimensions=[
+        Dimension(name="t", count=40), Dimension(name="y", count=64), Dimension(name="x", count=64)])
+    pa = run_client(daemon, a, tmp_path, 1)
+    pb = run_client(daemon, b, tmp_path, 2)
+    ra, rb = finish(pa), finish(pb)
+    check_dataset(a, ra["paths"], 1)
+    check_dataset(b, rb["paths"], 2)
+
+
+def test_in_test_process_client_claim_and_status(daemon, tmp_path):
+    settings = settings_5d(tmp_path / "c.ome.zarr")
+    stream = create_stream(settings, endpoint=daemon.endpoint, token=daemon.token)
+    n = settings.num_frames
+    for i in range(n):
+        with stream.claim() as slot:
+            assert slot.shape == settings.frame_shape and slot.dtype == np.uint16
+            slot[...] = frame_pixels(3, i, settings.frame_shape, np.uint16)
+    st = stream.status()
+    assert st["frames_expected"] == n and st["frames_sent"] == n
+    report = stream.close()
+    assert report["frames_written"] == n
+    check_dataset(settings, report["paths"], 3)
+
+
+def test_claim_block_that_raises_sends_nothing(daemon, tmp_path):
+    settings = settings_5d(tmp_path / "c.ome.tiff", dimensions=[
+        Dimension(name="t", count=3), Dimension(name="y", count=16), Dimension(name="x", count=16)])
+    with create_stream(settings, endpoint=daemon.endpoint, token=daemon.token) as stream:
+        with pytest.raises(KeyError):
+            with stream.claim() as slot:
+                slot[...] = 99
+                raise KeyError("camera timeout")
+        for i in range(3):
+            stream.append(frame_pixels(5, i, (16, 16), np.uint16))
+    check_dataset(settings, stream.report["paths"], 5)
+
+
+def test_bad_frames_raise_in_client_and_stream_survives(daemon, tmp_path):
+    settings = settings_5d(tmp_path / "b.ome.zarr", dimensions=[
+        Dimension(name="t", count=2), Dimension(name="y", count=16), Dimension(name="x", count=16)])
+    stream = create_stream(settings, endpoint=daemon.endpoint, token=daemon.token)
+    stream.append(frame_pixels(9, 0, (16, 16), np.uint16))
+    with pytest.raises(FrameMismatchError, match=r"frame 1: shape \(16, 15\)"):
+        stream.append(np.zeros((16, 15), np.uint16))
+    with pytest.raises(FrameMismatchError, match="frame 1: dtype float32"):
+        stream.append(np.zeros((16, 16), np.float32))
+    stream.append(frame_pixels(9, 1, (16, 16), np.uint16))
+    with pytest.raises(FrameCountError, match="declares 2 frames"):
+        stream.append(np.zeros((16, 16), np.uint16))
+    report = stream.close()
+    check_dataset(settings, report["paths"], 9)
+
+
+def test_daemon_errors_reach_the_client(daemon, tmp_path):
+    target = tmp_path / "exists.ome.zarr"
+    target.mkdir()
+    (target / "precious.txt").write_text("keep me")
+    settings = AcquisitionSettings(root_path=str(target), dtype="uint8", dimensions=[
+        Dimension(name="t", count=2), Dimension(name="y", count=8), Dimension(name="x", count=8)])
+    with pytest.raises(ServiceError, match="already exists") as err:
+        create_stream(settings, endpoint=daemon.endpoint, token=daemon.token)
+    assert err.value.code == P.E_SETTINGS and str(target) in str(err.value)
+    assert (target / "precious.txt").read_text() == "keep me"
+    with pytest.raises(ServiceError, match="token"):
+        create_stream(settings.model_copy(update={"overwrite": True}),
+                      endpoint=daemon.endpoint, token="0" * 32)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root")
+def test_disk_full_reaches_client_and_keeps_written_frames(daemon, tmp_path):
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=600k", "tmpfs", str(mnt)], check=True)
+    try:
+        settings = settings_5d(mnt / "full.ome.tiff", dimensions=[
+            Dimension(name="t", count=40), Dimension(name="y", count=128),
+            Dimension(name="x", count=128)], ring_slots=4)  # 32 KiB frames: ~18 fit
+        stream = create_stream(settings, endpoint=daemon.endpoint, token=daemon.token)
+        with pytest.raises(ServiceError, match="No space left|full") as err:
+            for i in range(40):
+                stream.append(frame_pixels(4, i, (128, 128), np.uint16))
+                time.sleep(0.002)
+            stream.close()
+        assert str(mnt / "full.ome.tiff") in str(err.value)
+        if not stream.closed:
+            with pytest.raises(ServiceError):
+                stream.close()
+        report = stream.report
+        assert report is not None and report["errors"]
+        written = report["frames_written"]
+        assert 5 < written < 40
+        import tifffile
+        with tifffile.TiffFile(mnt / "full.ome.tiff") as tf:
+            pages = [p.asarray() for p in tf.pages[:written]]
+        for i, page in enumerate(pages):  # every frame acknowledged before the error is intact
+            np.testing.assert_array_equal(page, frame_pixels(4, i, (128, 128), np.uint16))
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_backpressure_raise(daemon, tmp_path):
+    settings = settings_5d(tmp_path / "r.ome.zarr", ring_slots=4, backpressure="raise",
+                           dimensions=[Dimension(name="t", count=10), Dimension(name="y", count=32),
+                                       Dimension(name="x", count=32)])
+    stream = create_stream(settings, endpoint=daemon.endpoint, token=daemon.token)
+    os.kill(daemon.pid, signal.SIGSTOP)
+    try:
+        for i in range(4):
+            stream.append(frame_pixels(1, i, (32, 32), np.uint16))
+        with pytest.raises(RingFullError, match="frame 4: all 4 ring slots"):
+            stream.append(frame_pixels(1, 4, (32, 32), np.uint16))
+    finally:
+        os.kill(daemon.pid, signal.SIGCONT)
+    for i in range(4, 10):  # the refused frame can be appended again once slots come back
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                stream.append(frame_pixels(1, i, (32, 32), np.uint16))
+                break
+            except RingFullError:
+                assert time.monotonic() < deadline
+                time.sleep(0.01)
+    report = stream.close()
+    assert report["frames_written"] == 10 and report["frames_dropped"] == 0
+    check_dataset(settings, report["paths"], 1)
+
+
+def test_backpressure_drop_counts_and_reports(daemon, tmp_path):
+    settings = settings_5d(tmp_path / "d.ome.tiff", ring_slots=4, backpressure="drop",
+                           dimensions=[Dimension(name="t", count=12), Dimension(name="y", count=32),
+                                       Dimension(name="x", count=32)])
+    stream = create_stream(settings, endpoint=daemon.endpoint, token=daemon.token)
+    os.kill(daemon.pid, signal.SIGSTOP)
+    try:
+        for i in range(10):  # 4 fit, 6 are dropped
+            stream.append(frame_pixels(2, i, (32, 32), np.uint16))
+    finally:
+        os.kill(daemon.pid, signal.SIGCONT)
+    assert stream.frames_dropped == 6
+    time.sleep(0.5)  # let the daemon release the slots
+    for i in range(10, 12):
+        stream.append(frame_pixels(2, i, (32, 32), np.uint16))
+    report = stream.close()
+    assert report["frames_written"] == 6 and report["frames_dropped"] == 6
+    # dropped frames are not data: they keep the fill value, the others are exact
+    check_dataset(settings, report["paths"], 2, missing=set(range(4, 10)))
+
+
+def test_backpressure_block_waits_then_times_out(daemon, tmp_path):
+    settings = settings_5d(tmp_path / "k.ome.zarr", ring_slots=4, backpressure_timeout=0.5,
+                           dimensions=[Dimension(name="t", count=10), Dimension(name="y", count=32),
+                                       Dimension(name="x", count=32)])
+    stream = create_stream(settings, endpoint=daemon.endpoint, token=daemon.token)
+    os.kill(daemon.pid, signal.SIGSTOP)
+    resume = threading.Timer(0.3, os.kill, (daemon.pid, signal.SIGCONT))
+    resume.start()
+    for i in range(6):  # blocks on frame 4 until the daemon resumes, then goes on
+        stream.append(frame_pixels(6, i, (32, 32), np.uint16))
+    resume.join()
+    os.kill(daemon.pid, signal.SIGSTOP)
+    try:
+        with pytest.raises(RingFullError, match="within 0.5 s"):
+            for i in range(6, 10):
+                stream.append(frame_pixels(6, i, (32, 32), np.uint16))
+    finally:
+        os.kill(daemon.pid, signal.SIGCONT)
+    report = stream.close()
+    assert report["errors"] == []
+    assert report["frames_written"] == stream.frames_sent - stream.frames_dropped
+
+
+def test_sigterm_finalizes_open_streams(tmp_path):
+    d = start_daemon(tmp_path / "rt")
+    settings = settings_5d(tmp_path / "s.ome.tiff", dimensions=[
+        Dimension(name="t", count=None), Dimension(name="y", count=32), Dimension(name="x", count=32)])
+    stream = create_stream(settings, endpoint=d.endpoint, token=d.token)
+    for i in range(7):
+        stream.append(frame_pixels(8, i, (32, 32), np.uint16))
+    deadline = time.monotonic() + 10
+    while stream.status()["frames_written"] < 7:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    assert d.stop(signal.SIGTERM) == 0
+    with pytest.raises((DaemonGoneError, ServiceError)):
+        stream.append(frame_pixels(8, 7, (32, 32), np.uint16))
+    check_dataset(settings, [str(tmp_path / "s.ome.tiff")], 8, frames=7)
+    assert not any(n.startswith(f"ows-{d.pid}-") for n in shm_rings())
+
+
+def test_malformed_messages_get_errors_and_do_not_disturb_a_stream(daemon, tmp_path):
+    settings = settings_5d(tmp_path / "m.ome.zarr", dimensions=[
+        Dimension(name="t", count=20), Dimension(name="y", count=16), Dimension(name="x", count=16)])
+    stream = create_stream(settings, endpoint=daemon.endpoint, token=daemon.token)
+    ctx = zmq.Context.instance()
+    bad = ctx.socket(zmq.DEALER)
+    bad.connect(daemon.endpoint)
+    cases = [
+        ([b"OWS1"], P.E_MALFORMED),
+        ([b"XXXX", b"{}"], P.E_MALFORMED),
+        ([b"OWS2", b'{"type":"ping"}'], P.E_VERSION),
+        ([b"OWS1", b"\xff\xfe not json"], P.E_MALFORMED),
+        ([b"OWS1", b"[1,2]"], P.E_MALFORMED),
+        ([b"OWS1", b'{"type":"dance"}'], P.E_UNKNOWN_TYPE),
+        ([b"OWS1", b'{"type":"open","token":"nope","settings":{}}'], P.E_AUTH),
+        ([b"OWS1", json.dumps({"type": "open", "token": daemon.token,
+                               "settings": {"root_path": "x.ome.zarr", "dtype": "uint16",
+                                            "dimensions": [{"name": "y", "count": 4, "chunk_size": 9},
+                                                           {"name": "x", "count": 4}]}}).encode()],
+         P.E_SETTINGS),
+        # another client's stream: refused even with the right id
+        ([b"OWS1", json.dumps({"type": "frame", "stream": stream._sid, "seq": 0,
+                               "slot": 0}).encode()], P.E_NO_STREAM),
+        ([b"OWS1", b'{"type":"frame","stream":"1","seq":0,"slot":0}'], P.E_MALFORMED),
+    ]
+    for i, (parts, code) in enumerate(cases):
+        stream.append(frame_pixels(11, i, (16, 16), np.uint16))
+        bad.send_multipart(parts)
+        assert bad.poll(5000), f"no reply to {parts}"
+        header, _ = P.decode(bad.recv_multipart())
+        assert header["type"] == "error" and header["code"] == code, (parts, header)
+    bad.close(0)
+    for i in range(len(cases), 20):
+        stream.append(frame_pixels(11, i, (16, 16), np.uint16))
+    report = stream.close()
+    assert report["frames_written"] == 20
+    check_dataset(settings, report["paths"], 11)
+
+
+def test_wrong_slot_and_sequence_from_a_raw_client(daemon, tmp_path):
+    settings = settings_5d(tmp_path / "w.ome.zarr", dimensions=[
+        Dimension(name="t", count=3), Dimension(name="y", count=8), Dimension(name="x", count=8)])
+    ctx = zmq.Context.instance()
+    sock = ctx.socket(zmq.DEALER)
+    sock.connect(daemon.endpoint)
+
+    def call(header, payload=None):
+        sock.send_multipart(P.encode(header, payload))
+        assert sock.poll(5000)
+        return P.decode(sock.recv_multipart())[0]
+
+    opened = call({"type": "open", "token": daemon.token, "transport": "inline",
+                   "settings": settings.model_dump(mode="json")})
+    sid = opened["stream"]
+    frame = frame_pixels(12, 0, (8, 8), np.uint16)
+    bad_slot = opened["credits"]
+    assert call({"type": "frame", "stream": sid, "seq": 0, "slot": bad_slot},
+                frame.tobytes())["code"] == P.E_SLOT
+    assert call({"type": "frame", "stream": sid, "seq": 0, "slot": 0}, b"short")["code"] == P.E_FRAME
+    assert call({"type": "frame", "stream": sid, "seq": 5, "slot": 0}, frame.tobytes())["code"] \
+        == P.E_SEQUENCE
+    for i in range(3):
+        sock.send_multipart(P.encode({"type": "frame", "stream": sid, "seq": i, "slot": i},
+                                     frame_pixels(12, i, (8, 8), np.uint16).tobytes()))
+    sock.send_multipart(P.encode({"type": "close", "stream": sid, "frames": 3}))
+    while True:
+        assert sock.poll(10000)
+        h = P.decode(sock.recv_multipart())[0]
+        if h["type"] == "closed":
+            break
+    assert h["frames_written"] == 3 and h["errors"] == []
+    sock.close(0)
+    check_dataset(settings, h["paths"], 12)
+
+
+def test_create_stream_starts_a_daemon_when_none_runs(tmp_path, monkeypatch):
+    rt = tmp_path / "auto-rt"
+    monkeypatch.setenv("OME_WRITERS_SERVICE_RUNTIME_DIR", str(rt))
+    settings = settings_5d(tmp_path / "auto.ome.zarr", dimensions=[
+        Dimension(name="t", count=4), Dimension(name="y", count=16), Dimension(name="x", count=16)])
+    with create_stream(settings) as stream:
+        for i in range(4):
+            stream.append(frame_pixels(13, i, (16, 16), np.uint16))
+    info = json.loads((rt / "daemon.json").read_text())
+    assert info["pid"] != os.getpid()
+    assert (rt.stat().st_mode & 0o777) == 0o700
+    assert ((rt / "daemon.json").stat().st_mode & 0o777) == 0o600
+    try:
+        check_dataset(settings, stream.report["paths"], 13)
+        # a second stream reuses the running daemon
+        with create_stream(settings) as again:
+            for i in range(4):
+                again.append(frame_pixels(13, i, (16, 16), np.uint16))
+        assert json.loads((rt / "daemon.json").read_text())["pid"] == info["pid"]
+    finally:
+        os.kill(info["pid"], signal.SIGTERM)
+        for _ in range(200):
+            if not (rt / "daemon.json").exists():
+                break
+            time.sleep(0.05)
+
+
+def test_ring_too_big_for_dev_shm_is_a_clear_error(daemon, tmp_path):
+    free = os.statvfs("/dev/shm")
+    free_bytes = free.f_bavail * free.f_frsize
+    slots = int(free_bytes // (512 * 512 * 2)) + 16
+    settings = settings_5d(tmp_path / "big.ome.zarr", ring_slots=slots, dimensions=[
+        Dimension(name="t", count=2), Dimension(name="y", count=512), Dimension(name="x", count=512)])
+    with pytest.raises(ServiceError, match="shm_size") as err:
+        create_stream(settings, endpoint=daemon.endpoint, token=daemon.token)
+    assert err.value.code == P.E_RESOURCES

@@ -154,10 +154,14 @@ class ServiceStream:
         else:
             header = P.encode({"type": P.FRAME, "stream": self._sid, "seq": seq, "slot": slot,
                                "meta": dict(meta)})[1]
-        if payload is None:
-            self._sock.send_multipart((P.TAG, header))
+        sock = self._sock
+        if payload is None:  # two plain sends: half the cost of send_multipart
+            sock.send(P.TAG, zmq.SNDMORE)
+            sock.send(header)
         else:
-            self._sock.send_multipart((P.TAG, header, payload), copy=True)
+            sock.send(P.TAG, zmq.SNDMORE)
+            sock.send(header, zmq.SNDMORE)
+            sock.send(payload, copy=True)
 
     def skip(self, *, frames: int = 1) -> None:
         """Advance ``frames`` frames without data (they keep the fill value)."""

@@ -1,4 +1,4 @@
-"""Command line: ``ome-writers-service {serve,demo,validate,status}``."""
+"""Command line: ``ome-writers-service {serve,status,demo,validate}``."""
 
 from __future__ import annotations
 
@@ -117,6 +117,60 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def daemon_status(endpoint: str, timeout: float = 5.0) -> dict:
+    """The daemon's status reply for all streams (raises TimeoutError if it does not answer)."""
+    import zmq
+
+    from . import protocol as P
+
+    ctx = zmq.Context.instance()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    try:
+        sock.connect(endpoint)
+        sock.send_multipart(P.encode({"type": P.STATUS}))
+        if not sock.poll(int(timeout * 1000)):
+            raise TimeoutError(f"no answer from the daemon at {endpoint} within {timeout} s")
+        header, _ = P.decode(sock.recv_multipart())
+        return header
+    finally:
+        sock.close(0)
+
+
+def _format_status(st: dict) -> str:
+    lines = [f"daemon pid {st.get('pid')} (version {st.get('version')}): "
+             f"{len(st.get('streams', {}))} open stream(s)"]
+    for sid, r in st.get("streams", {}).items():
+        total = r["frames_expected"]
+        done = r["frames_written"]
+        pct = f"{100 * done / total:5.1f}%" if total else "  unbounded"
+        lines.append(f"  [{sid}] {r['root_path']}: {done}/{total or '?'} written {pct}, "
+                     f"{r['rate_fps']:.0f} frames/s, backlog {r['backlog']}, "
+                     f"dropped {r['frames_dropped']}, errors {len(r['errors'])}")
+    return "\n".join(lines)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    import json
+
+    from .connection import ConnectionInfo, runtime_dir
+
+    endpoint = args.endpoint
+    if endpoint is None:
+        info = ConnectionInfo.read(runtime_dir(args.runtime_dir))
+        if info is None:
+            print("no daemon is running (no connection file)", file=sys.stderr)
+            return 1
+        endpoint = info.endpoint
+    try:
+        st = daemon_status(endpoint)
+    except TimeoutError as e:
+        print(e, file=sys.stderr)
+        return 1
+    print(json.dumps(st, indent=2) if args.json else _format_status(st))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="ome-writers-service",
@@ -144,6 +198,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="allow a non-loopback TCP endpoint")
     serve.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     serve.set_defaults(func=cmd_serve)
+
+    status = sub.add_parser("status", help="show the daemon's open streams")
+    status.add_argument("--endpoint", help="daemon endpoint (default: the local daemon)")
+    status.add_argument("--runtime-dir", help="runtime directory of the local daemon")
+    status.add_argument("--json", action="store_true", help="print the raw status as JSON")
+    status.set_defaults(func=cmd_status)
 
     val = sub.add_parser("validate", help="check datasets with independent validators")
     val.add_argument("paths", nargs="+", help="OME-Zarr stores or OME-TIFF files")

@@ -391,3 +391,19 @@ def test_ring_too_big_for_dev_shm_is_a_clear_error(daemon, tmp_path):
     with pytest.raises(ServiceError, match="shm_size") as err:
         create_stream(settings, endpoint=daemon.endpoint, token=daemon.token)
     assert err.value.code == P.E_RESOURCES
+
+
+def test_status_command_lists_open_streams(daemon, tmp_path):
+    settings = settings_5d(tmp_path / "st.ome.zarr", dimensions=[
+        Dimension(name="t", count=10), Dimension(name="y", count=16), Dimension(name="x", count=16)])
+    stream = create_stream(settings, endpoint=daemon.endpoint, token=daemon.token)
+    for i in range(4):
+        stream.append(frame_pixels(14, i, (16, 16), np.uint16))
+    while stream.status()["frames_written"] < 4:
+        time.sleep(0.01)
+    res = subprocess.run([sys.executable, "-m", "ome_writers_service", "status", "--runtime-dir",
+                          str(daemon.rt)], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert "1 open stream" in res.stdout and "4/10 written" in res.stdout, res.stdout
+    stream.skip(frames=6)
+    stream.close()

@@ -61,15 +61,35 @@ def _dump(model: Any) -> dict[str, Any]:
 
 
 class _Block:
-    """One write unit being assembled from frames."""
+    """One write unit being assembled from frames.
 
-    __slots__ = ("data", "expected", "filled", "origin")
+    The buffer is not zeroed up front (that would cost a pass over it per block): every plane
+    is a frame or zeroed when skipped, and planes never filled are zeroed before a partial
+    block is written.
+    """
 
-    def __init__(self, origin: tuple[int, ...], shape: tuple[int, ...], dtype: np.dtype) -> None:
+    __slots__ = ("data", "expected", "filled", "mask", "origin")
+
+    def __init__(self, origin: tuple[int, ...], data: np.ndarray) -> None:
         self.origin = origin
-        self.data = np.zeros(shape, dtype=dtype)
-        self.expected = math.prod(shape[:-2])
+        self.data = data
+        self.mask = np.zeros(data.shape[:-2], dtype=bool)  # planes holding a frame or a skip
+        self.expected = self.mask.size
         self.filled = 0
+
+    def put(self, index: tuple[int, ...], frame: np.ndarray | None) -> None:
+        local = tuple(i - o for i, o in zip(index, self.origin))
+        if frame is None:
+            self.data[local] = 0
+        else:
+            self.data[local] = frame
+        if not self.mask[local]:
+            self.mask[local] = True
+            self.filled += 1
+
+    def zero_unfilled(self) -> None:
+        if self.filled < self.expected:
+            self.data[~self.mask] = 0
 
 
 class TensorstoreZarrBackend(ArrayBackend):
@@ -301,15 +321,15 @@ class TensorstoreZarrBackend(ArrayBackend):
                 u if n is None else min(u, n - o)
                 for u, n, o in zip(self._unit, self.outer_shape, origin)
             )
-            block = blocks[key] = _Block(origin, (*shape, *self.frame_shape), self.dtype)
-        if frame is not None:
-            block.data[tuple(i - o for i, o in zip(index, block.origin))] = frame
-        block.filled += 1
+            data = np.empty((*shape, *self.frame_shape), self.dtype)
+            block = blocks[key] = _Block(origin, data)
+        block.put(index, frame)
         if block.filled == block.expected:
             del blocks[key]
             self._submit_block(position, block)
 
     def _submit_block(self, position: int, block: _Block) -> None:
+        block.zero_unfilled()
         region = tuple(slice(o, o + n) for o, n in zip(block.origin, block.data.shape))
         arr = self._arrays[position]
         if self.grow_axis is not None:  # a partial last block at finalize may overhang the extent
@@ -319,7 +339,9 @@ class TensorstoreZarrBackend(ArrayBackend):
             data = block.data[(slice(None),) * ax + (slice(0, stop - block.origin[ax]),)]
         else:
             data = block.data
-        self._track(arr[region].write(data), position, block.origin)
+        # the block buffer is handed over: tensorstore may encode straight from it (no copy)
+        fut = arr[region].write(data, can_reference_source_data_indefinitely=True)
+        self._track(fut, position, block.origin)
 
     def _track(self, fut: Any, position: int, where: tuple[int, ...]) -> None:
         self._pending.append((fut, f"{self.paths[position]} at index {where}"))

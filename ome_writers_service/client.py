@@ -12,6 +12,7 @@ import fcntl
 import os
 import subprocess
 import sys
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -71,7 +72,8 @@ class ServiceStream:
         self.report: dict[str, Any] | None = None
         try:
             self._send({"type": P.OPEN, "version": P.PROTOCOL_VERSION, "token": token,
-                        "transport": transport, "settings": settings.model_dump(mode="json")})
+                        "transport": transport, "settings": settings.model_dump(mode="json"),
+                        "pid": os.getpid(), "pidns": _pid_namespace()})
             reply = self._await(P.OPENED, REPLY_TIMEOUT, what="open")
         except BaseException:
             self._sock.close(linger=0)
@@ -98,6 +100,10 @@ class ServiceStream:
         self._policy = settings.backpressure
         self._block_timeout = settings.backpressure_timeout
         self._notice = b'{"type":"frame","stream":%d,"seq":%%d,"slot":%%d}' % self._sid
+        self._heartbeat: _Heartbeat | None = None
+        if reply.get("liveness") == "heartbeat":
+            self._heartbeat = _Heartbeat(self._ctx, endpoint, self._sid, reply["heartbeat_key"],
+                                         reply.get("heartbeat_interval", 0.5))
 
     # ---- frames (hot path) ----
 
@@ -309,6 +315,8 @@ class ServiceStream:
         return self.report
 
     def _release_resources(self) -> None:
+        if self._heartbeat is not None:
+            self._heartbeat.stop()
         self._slots = None
         self._err_flag = np.zeros(1, np.uint32)
         if self._ring is not None:
@@ -354,6 +362,42 @@ class ServiceStream:
                 self._release_resources()
             except Exception:  # noqa: BLE001
                 pass
+
+
+class _Heartbeat(threading.Thread):
+    """Tells a daemon that cannot see our pid (another pid namespace, another host) that
+    this client is alive; its own socket, so the camera thread's socket stays single-threaded."""
+
+    def __init__(self, ctx: zmq.Context, endpoint: str, sid: int, key: str, interval: float):
+        super().__init__(name=f"ows-heartbeat-{sid}", daemon=True)
+        self._ctx, self._endpoint, self._interval = ctx, endpoint, interval
+        self._msg = P.encode({"type": P.HEARTBEAT, "stream": sid, "key": key})
+        self._stopped = threading.Event()
+        self.start()
+
+    def run(self) -> None:
+        sock = self._ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(self._endpoint)
+        try:
+            while not self._stopped.is_set():
+                sock.send_multipart(self._msg)
+                while sock.poll(0):
+                    sock.recv_multipart()  # an error reply (stream gone) needs no action here
+                self._stopped.wait(self._interval)
+        finally:
+            sock.close(0)
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self.join(timeout=2)
+
+
+def _pid_namespace() -> str:
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return ""
 
 
 def _is_local(endpoint: str) -> bool:

@@ -30,12 +30,18 @@ from pydantic import ValidationError
 
 from . import __version__
 from . import protocol as P
-from .connection import ConnectionInfo, default_endpoint, runtime_dir
+from .connection import ConnectionInfo, default_endpoint, pid_alive, runtime_dir
 from .ring import FrameRing, RingError, clean_stale_rings
 from .schema import AcquisitionSettings
 from .stream import OMEStream
 
 log = logging.getLogger("ome_writers_service.daemon")
+
+#: A client whose liveness rests on heartbeats is declared dead after this much silence.
+HEARTBEAT_TIMEOUT = 1.5
+#: How often the main loop checks client liveness.
+LIVENESS_INTERVAL = 0.25
+PID_NAMESPACE = os.readlink("/proc/self/ns/pid") if os.path.exists("/proc/self/ns/pid") else ""
 
 #: Default ring size when the settings do not fix ``ring_slots``.
 RING_BYTES = 256 * 2**20
@@ -74,6 +80,10 @@ class StreamWorker(threading.Thread):
         self.stream = OMEStream(settings)  # creates the dataset; raises if it cannot
         self.queue: queue.SimpleQueue = queue.SimpleQueue()
         self.expected_seq = 0  # next sequence number the main thread accepts
+        #: liveness: the client's pid when it shares our pid namespace, else heartbeats
+        self.client_pid: int | None = None
+        self.heartbeat_key = secrets.token_hex(8)
+        self.last_heartbeat = time.monotonic()
         self.closing = False
         self.finished = threading.Event()
         self._pending_error: str | None = None
@@ -235,6 +245,7 @@ class Daemon:
         poller = zmq.Poller()
         poller.register(router, zmq.POLLIN)
         poller.register(outbox, zmq.POLLIN)
+        next_liveness = time.monotonic() + LIVENESS_INTERVAL
         try:
             while not self._stop.is_set():
                 events = dict(poller.poll(200))
@@ -243,6 +254,9 @@ class Daemon:
                 if outbox in events:
                     self._forward(outbox, router)
                 self._reap()
+                if time.monotonic() >= next_liveness:
+                    self._check_clients()
+                    next_liveness = time.monotonic() + LIVENESS_INTERVAL
                 if self.idle_exit is not None and not self.streams and \
                         time.monotonic() - self._last_active > self.idle_exit:
                     log.info("idle for %.0f s: exiting", self.idle_exit)
@@ -271,6 +285,24 @@ class Daemon:
                 self._forward(outbox, router)
         self._forward(outbox, router)
         self._reap()
+
+    def _check_clients(self) -> None:
+        """Finalize the streams of clients that died (SIGKILL, crash) with what arrived."""
+        now = time.monotonic()
+        for w in self.streams.values():
+            if w.closing:
+                continue
+            if w.client_pid is not None:
+                dead = not pid_alive(w.client_pid)
+                why = f"client pid {w.client_pid} is gone"
+            else:
+                dead = now - w.last_heartbeat > HEARTBEAT_TIMEOUT
+                why = f"no heartbeat from the client for {now - w.last_heartbeat:.1f} s"
+            if dead:
+                log.warning("stream %d (%s): %s; finalizing the %d frames received",
+                            w.sid, w.settings.root_path, why, w.expected_seq)
+                w.closing = True
+                w.queue.put(("close", None, f"client lost: {why}"))
 
     def _reap(self) -> None:
         for sid, w in list(self.streams.items()):
@@ -352,6 +384,14 @@ class Daemon:
             w.closing = True
             w.queue.put(("close", total, "closed by client"))
             return None
+        if kind == P.HEARTBEAT:
+            sid = P.field(h, "stream", int)
+            key = P.field(h, "key", str)
+            w = self.streams.get(sid)
+            if w is None or not secrets.compare_digest(key, w.heartbeat_key):
+                raise P.ProtocolError(P.E_NO_STREAM, f"heartbeat: no stream {sid} with that key")
+            w.last_heartbeat = time.monotonic()
+            return None
         if kind == P.PING:
             return P.encode({"type": P.PONG, "pid": os.getpid()})
         raise P.ProtocolError(P.E_UNKNOWN_TYPE, f"unknown message type {kind!r}")
@@ -387,6 +427,10 @@ class Daemon:
                 ring.close()
             raise P.ProtocolError(P.E_SETTINGS, f"cannot create {settings.root_path}: {e}") \
                 from None
+        pid, pidns = h.get("pid"), h.get("pidns")
+        if isinstance(pid, int) and not isinstance(pid, bool) and pidns == PID_NAMESPACE \
+                and PID_NAMESPACE:
+            worker.client_pid = pid
         sid = self._next_sid
         self._next_sid += 1
         self.streams[sid] = worker
@@ -403,6 +447,8 @@ class Daemon:
             "type": P.OPENED, "stream": sid, "pid": os.getpid(), "transport": transport,
             "credits": slots, "ring": ring_info, "frame_shape": list(settings.frame_shape),
             "dtype": settings.dtype, "frames": settings.num_frames, "paths": worker.stream.paths,
+            "liveness": "pid" if worker.client_pid is not None else "heartbeat",
+            "heartbeat_key": worker.heartbeat_key, "heartbeat_interval": HEARTBEAT_TIMEOUT / 4,
         })
 
     def _on_frame(self, peer: bytes, h: dict, payload: Any) -> list | None:

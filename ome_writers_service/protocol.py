@@ -25,6 +25,7 @@ METADATA = "metadata"
 STATUS = "status"
 CLOSE = "close"
 PING = "ping"
+HEARTBEAT = "heartbeat"
 # daemon -> client
 OPENED = "opened"
 RELEASE = "release"

@@ -113,8 +113,19 @@ class OMEStream:
         if self._closed:
             return
         self._closed = True
+        done, expected = self._router.frames_done, self._router.num_frames
+        backend = self._backend
+        backend.acquisition_summary = {
+            "frames_expected": expected, "frames_written": backend.frames_written,
+            "frames_without_data": done - backend.frames_written,  # skipped or dropped
+            "complete": expected in (None, done),
+        }
+        if expected is not None and done < expected and backend.first_axis is not None:
+            # ended early: describe only what arrived (the last step of the slowest axis
+            # may be partial; its missing frames keep the fill value)
+            backend.truncate(self._router.extent_after(done)[backend.first_axis])
         with self._lock:
-            self._backend.finalize()
+            backend.finalize()
 
     @property
     def closed(self) -> bool:

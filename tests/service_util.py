@@ -74,10 +74,13 @@ def expected_images(settings, seed: int, frames: int | None = None,
     """Each position's array in storage order, as frame_pixels() frames routed by hand."""
     outer = list(settings.dimensions[:-2])
     sizes = [d.count for d in outer]
-    if sizes and sizes[0] is None:
-        sizes[0] = -(-frames // int(np.prod(sizes[1:], dtype=int)))
     names = [d.name for d in outer]
     pos_axis = next((i for i, d in enumerate(outer) if d.type == "position"), None)
+    if frames is not None and pos_axis != 0:
+        # an unbounded or ended-early acquisition stores only the steps of its slowest axis
+        # that frames reached
+        steps = -(-frames // int(np.prod(sizes[1:], dtype=int)))
+        sizes[0] = steps if sizes[0] is None else min(sizes[0], steps)
     storage = [d.name for d in settings.storage_dimensions[:-2]]
     perm = [names.index(n) for n in storage]
     npos = sizes[pos_axis] if pos_axis is not None else 1

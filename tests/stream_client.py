@@ -27,7 +27,15 @@ def main() -> int:
     ap.add_argument("seed", type=int)
     ap.add_argument("--transport", default="shm")
     ap.add_argument("--claim", action="store_true")
+    ap.add_argument("--hang-after", type=int, default=None,
+                    help="after this many frames print 'ready' and wait to be killed")
+    ap.add_argument("--foreign-pidns", action="store_true",
+                    help="pretend to live in another pid namespace (heartbeat liveness)")
     a = ap.parse_args()
+    if a.foreign_pidns:
+        import ome_writers_service.client as client
+
+        client._pid_namespace = lambda: "pid:[elsewhere]"
 
     from ome_writers_service import AcquisitionSettings, create_stream
 
@@ -37,6 +45,11 @@ def main() -> int:
     with create_stream(settings, endpoint=a.endpoint, token=a.token,
                        transport=a.transport) as stream:
         for i in range(settings.num_frames):
+            if i == a.hang_after:
+                print("ready", flush=True)
+                import time
+
+                time.sleep(3600)
             if a.claim:
                 with stream.claim() as slot:
                     slot[...] = frame_pixels(a.seed, i, shape, dtype)

@@ -407,3 +407,48 @@ def test_status_command_lists_open_streams(daemon, tmp_path):
     assert "1 open stream" in res.stdout and "4/10 written" in res.stdout, res.stdout
     stream.skip(frames=6)
     stream.close()
+
+
+@pytest.mark.parametrize("liveness", ["pid", "heartbeat"])
+def test_killed_client_is_noticed_and_its_dataset_finalized(daemon, tmp_path, liveness):
+    other = settings_5d(tmp_path / "other.ome.zarr", dimensions=[
+        Dimension(name="t", count=30), Dimension(name="y", count=16), Dimension(name="x", count=16)])
+    survivor = create_stream(other, endpoint=daemon.endpoint, token=daemon.token)
+    victim = settings_5d(tmp_path / "victim.ome.tiff", dimensions=[
+        Dimension(name="t", count=10), Dimension(name="c", count=2),
+        Dimension(name="y", count=16), Dimension(name="x", count=16)])
+    extra = ["--hang-after", "7"] + (["--foreign-pidns"] if liveness == "heartbeat" else [])
+    proc = run_client(daemon, victim, tmp_path, 21, *extra)
+    assert proc.stdout.readline().strip() == "ready"
+    from ome_writers_service.cli import daemon_status
+
+    def victim_state():
+        return next((r for r in daemon_status(daemon.endpoint)["streams"].values()
+                     if r["root_path"].endswith("victim.ome.tiff")), None)
+
+    while victim_state()["frames_written"] < 7:
+        time.sleep(0.01)
+    ring_names = shm_rings()
+    proc.kill()
+    proc.wait()
+    killed = time.monotonic()
+    while victim_state() is not None:
+        assert time.monotonic() - killed < 4, "daemon did not notice the dead client"
+        time.sleep(0.05)
+    noticed = time.monotonic() - killed
+    assert len(shm_rings()) == len(ring_names) - 1  # the victim's ring is freed
+    # frames 0-6 arrived: t=0..3 (the last with one channel); nothing else is shown as data
+    check_dataset(victim, [str(tmp_path / "victim.ome.tiff")], 21, frames=7)
+    import tifffile
+    from ome_types import from_xml
+    with tifffile.TiffFile(tmp_path / "victim.ome.tiff") as tf:
+        ome = from_xml(tf.ome_metadata)
+    assert ome.images[0].pixels.size_t == 4
+    summary = {m.k: m.value for a in ome.structured_annotations.map_annotations
+               if a.namespace == "ome_writers.acquisition" for m in a.value.ms}
+    assert summary["frames_written"] == "7" and summary["complete"] == "false"
+    # the other stream never noticed
+    for i in range(30):
+        survivor.append(frame_pixels(22, i, (16, 16), np.uint16))
+    check_dataset(other, survivor.close()["paths"], 22)
+    print(f"dead client ({liveness}) noticed after {noticed:.2f} s")

@@ -40,13 +40,17 @@ class ArrayBackend(ABC):
         outer = self.storage_dims[:-2]
         self.outer_shape: list[int | None] = [d.count for d in outer]
         first = settings.dimensions[0]
+        #: storage axis of the slowest acquisition axis (None when that is the position axis)
+        self.first_axis: int | None = next(
+            (i for i, d in enumerate(outer) if d.name == first.name), None)
         #: storage axis that grows (the unbounded acquisition axis), or None
-        self.grow_axis: int | None = (
-            next(i for i, d in enumerate(outer) if d.name == first.name)
-            if settings.is_unbounded else None
-        )
+        self.grow_axis: int | None = self.first_axis if settings.is_unbounded else None
         #: extent seen so far along grow_axis (frames written or skipped)
         self.grown = 0
+        #: set by truncate(): the acquisition ended early, first_axis ends here
+        self.final_extent: int | None = None
+        #: frames expected / written, recorded in the metadata at finalize
+        self.acquisition_summary: dict[str, Any] = {}
         self.positions = settings.positions
         self.global_metadata: dict[str, dict[str, Any]] = {}
         #: per position: storage index -> per-frame metadata given with append()
@@ -96,10 +100,20 @@ class ArrayBackend(ABC):
             raise ValueError(f"global metadata namespace {namespace!r} is reserved or empty")
         self.global_metadata[namespace] = dict(metadata)
 
+    def truncate(self, extent: int) -> None:
+        """The acquisition ended before all declared frames: store and describe only
+        ``extent`` steps of the slowest acquisition axis, so that frames never received are
+        not presented as data."""
+        if self.first_axis is None:
+            raise ValueError("cannot truncate along the position axis")
+        self.final_extent = extent
+
     def current_shape(self) -> tuple[int, ...]:
         """Storage shape of each image now (the grow axis at its extent so far)."""
         shape = list(self.outer_shape)
-        if self.grow_axis is not None:
+        if self.final_extent is not None:
+            shape[self.first_axis] = self.final_extent  # type: ignore[index]
+        elif self.grow_axis is not None:
             shape[self.grow_axis] = self.grown
         return (*shape, *self.frame_shape)  # type: ignore[return-value]
 

@@ -20,6 +20,8 @@ from .ome_xml import build_ome
 
 #: Classic TIFF addresses 4 GiB; leave room for IFDs and the OME-XML.
 _CLASSIC_TIFF_LIMIT = 2**32 - 2**26
+#: MapAnnotation namespace of the frames expected/written summary
+SUMMARY_NS = "ome_writers.acquisition"
 _COMPRESSION = {None: None, "none": None, "lzw": "lzw", "zstd": "zstd"}
 
 
@@ -55,9 +57,12 @@ class TifffileBackend(ArrayBackend):
         return [str(p) for p in self._paths]
 
     def _xml(self, pos: int, outer_shape) -> str:
+        annotations = dict(self.global_metadata)
+        if self.acquisition_summary:
+            annotations[SUMMARY_NS] = self.acquisition_summary
         ome = build_ome(
             self.settings, pos, self.positions[pos], outer_shape, self._pages[pos],
-            self.frame_metadata[pos], self.global_metadata,
+            self.frame_metadata[pos], annotations,
         )
         return ome.to_xml()
 

@@ -184,6 +184,8 @@ class TensorstoreZarrBackend(ArrayBackend):
             extra["frame_metadata"] = [
                 {"index": dict(zip(names, idx)), **md} for idx, md in sorted(table.items())
             ]
+        if self.acquisition_summary:
+            extra["acquisition"] = dict(self.acquisition_summary)
         attrs[ATTR_NAMESPACE] = extra
         if pos == 0 and not self._image_paths[0]:  # the image is the root: global metadata here
             attrs.update(self.global_metadata)
@@ -277,11 +279,10 @@ class TensorstoreZarrBackend(ArrayBackend):
         unit = self._unit[self.grow_axis]  # type: ignore[index]
         new = max(needed, self._capacity + self._capacity // 8)
         new = -(-new // unit) * unit
-        self._resize_all(new, expand=True)
+        self._resize_all(self.grow_axis, new, expand=True)  # type: ignore[arg-type]
         self._capacity = new
 
-    def _resize_all(self, extent: int, *, expand: bool) -> None:
-        ax = self.grow_axis
+    def _resize_all(self, ax: int, extent: int, *, expand: bool) -> None:
         for i, arr in enumerate(self._arrays):
             shape = list(arr.shape)
             shape[ax] = extent  # type: ignore[index]
@@ -379,8 +380,10 @@ class TensorstoreZarrBackend(ArrayBackend):
                     self._submit_block(pos, blocks.pop(key))
             while self._pending:
                 self._wait_oldest()
-            if self.grow_axis is not None:
-                self._resize_all(self.grown, expand=False)
+            final = self.current_shape()
+            for ax in {self.grow_axis, self.first_axis if self.final_extent is not None else None}:
+                if ax is not None and final[ax] != self._arrays[0].shape[ax]:
+                    self._resize_all(ax, final[ax], expand=False)
             for i, path in enumerate(self._image_paths):
                 _write_group(self.root / path, self._image_attributes(i))
             if self._image_paths != [""]:

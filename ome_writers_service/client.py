@@ -21,6 +21,8 @@ from typing import Any, Iterator, Mapping
 import numpy as np
 import zmq
 
+_monotonic = time.monotonic
+
 from . import protocol as P
 from .connection import ConnectionInfo, pid_alive, runtime_dir
 from .ring import FrameRing
@@ -79,7 +81,9 @@ class ServiceStream:
             self._sock.close(linger=0)
             raise
         self._sid: int = reply["stream"]
-        self._daemon_pid = reply.get("pid", daemon_pid) if _is_local(endpoint) else None
+        same_ns = reply.get("pidns") == _pid_namespace() != ""
+        self._daemon_pid = reply.get("pid", daemon_pid) if same_ns else None
+        self._next_liveness = 0.0
         self.paths: list[str] = reply["paths"]
         self._shape = settings.frame_shape
         self._dtype = np.dtype(settings.dtype)
@@ -111,6 +115,8 @@ class ServiceStream:
         """Copy ``frame`` into the next free slot and notify the daemon; returns at once."""
         if self._err_flag[0] or self._error is not None:
             self._raise_remote()
+        if _monotonic() >= self._next_liveness:  # a clock read; a syscall only every 0.25 s
+            self._check_daemon_alive()
         seq = self._seq
         if self._total is not None and seq >= self._total:
             self._too_many(seq)
@@ -136,6 +142,8 @@ class ServiceStream:
         policy a full ring yields a scratch buffer and the frame is counted as dropped."""
         if self._err_flag[0] or self._error is not None:
             self._raise_remote()
+        if _monotonic() >= self._next_liveness:
+            self._check_daemon_alive()
         seq = self._seq
         if self._total is not None and seq >= self._total:
             self._too_many(seq)
@@ -256,6 +264,7 @@ class ServiceStream:
                                       f"within {timeout} s")
 
     def _check_daemon_alive(self) -> None:
+        self._next_liveness = _monotonic() + LIVENESS_INTERVAL
         if self._daemon_pid is not None and not pid_alive(self._daemon_pid):
             raise DaemonGoneError(f"the writer daemon (pid {self._daemon_pid}) is gone; frames "
                                   f"it acknowledged are on disk at {self._settings.root_path}")
@@ -398,11 +407,6 @@ def _pid_namespace() -> str:
         return os.readlink("/proc/self/ns/pid")
     except OSError:
         return ""
-
-
-def _is_local(endpoint: str) -> bool:
-    return endpoint.startswith("ipc://") or endpoint.startswith("tcp://127.") or \
-        endpoint.startswith("tcp://localhost")
 
 
 # ---- finding or starting the local daemon ----

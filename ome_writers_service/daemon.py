@@ -444,7 +444,8 @@ class Daemon:
                          "slot_size": ring.slot_size, "header_size": ring.header_size,
                          "frame_nbytes": ring.frame_nbytes}
         return P.encode({
-            "type": P.OPENED, "stream": sid, "pid": os.getpid(), "transport": transport,
+            "type": P.OPENED, "stream": sid, "pid": os.getpid(), "pidns": PID_NAMESPACE,
+            "transport": transport,
             "credits": slots, "ring": ring_info, "frame_shape": list(settings.frame_shape),
             "dtype": settings.dtype, "frames": settings.num_frames, "paths": worker.stream.paths,
             "liveness": "pid" if worker.client_pid is not None else "heartbeat",

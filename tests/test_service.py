@@ -452,3 +452,33 @@ def test_killed_client_is_noticed_and_its_dataset_finalized(daemon, tmp_path, li
         survivor.append(frame_pixels(22, i, (16, 16), np.uint16))
     check_dataset(other, survivor.close()["paths"], 22)
     print(f"dead client ({liveness}) noticed after {noticed:.2f} s")
+
+
+def test_killed_daemon_makes_the_next_call_raise(tmp_path):
+    d = start_daemon(tmp_path / "rt")
+    settings = settings_5d(tmp_path / "k.ome.tiff", ring_slots=64, dimensions=[
+        Dimension(name="t", count=50), Dimension(name="y", count=32), Dimension(name="x", count=32)])
+    stream = create_stream(settings, endpoint=d.endpoint, token=d.token)
+    for i in range(5):
+        stream.append(frame_pixels(15, i, (32, 32), np.uint16))
+    while stream.status()["frames_written"] < 5:
+        time.sleep(0.01)
+    d.stop(signal.SIGKILL)
+    time.sleep(0.3)  # one liveness interval: the next call must notice, slots or not
+    t0 = time.monotonic()
+    with pytest.raises(DaemonGoneError, match=f"pid {d.pid}"):
+        stream.append(frame_pixels(15, 5, (32, 32), np.uint16))
+    assert time.monotonic() - t0 < 1.0
+    with pytest.raises(ServiceError):
+        stream.close(timeout=2)
+    # the pages the daemon wrote are readable from the file cut short
+    import tifffile
+    with tifffile.TiffFile(tmp_path / "k.ome.tiff") as tf:
+        for i in range(5):
+            np.testing.assert_array_equal(tf.pages[i].asarray(),
+                                          frame_pixels(15, i, (32, 32), np.uint16))
+    for name in shm_rings():  # the dead daemon's ring is cleaned by the next daemon
+        if name.startswith(f"ows-{d.pid}-"):
+            d2 = start_daemon(tmp_path / "rt2")
+            assert name not in shm_rings()
+            d2.stop()

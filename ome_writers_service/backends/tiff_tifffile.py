@@ -94,8 +94,9 @@ class TifffileBackend(ArrayBackend):
     def _write_page(self, position: int, index: tuple[int, ...], frame: np.ndarray) -> None:
         pages = self._pages[position]
         first = not pages
+        writer = self._writers[position]
         try:
-            self._writers[position].write(
+            writer.write(
                 frame,
                 photometric="minisblack",
                 compression=self._compression,
@@ -104,6 +105,7 @@ class TifffileBackend(ArrayBackend):
                 description=self._xml(position, self._declared_shape()).encode() if first else None,
                 software=False,
             )
+            writer._fh.flush()  # nothing of an acknowledged page waits in a Python buffer
         except OSError as e:
             raise BackendError(
                 f"writing page {len(pages)} of {self._paths[position]} failed: {e.strerror or e}"

@@ -1,0 +1,424 @@
+"""Benchmark: the service against our in-process backends, ome-writers 0.3.2 and the raw disk.
+
+    python benchmarks/run.py                 # W1-W3 at full size, 3 repeats (a few minutes)
+    python benchmarks/run.py --scale 0.05 --repeats 1 --out /tmp/smoke   # tiny, for CI
+
+Every writer runs in a fresh child process (its own peak RSS); the daemon runs for the whole
+benchmark and its peak RSS is reset (/proc/PID/clear_refs) before each run. Writers are
+interleaved within each repeat so that drifting machine speed hits all alike. Results:
+``results.json`` (raw numbers), ``results.md`` (ratios) and ``results.png`` in ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import platform
+import resource
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import workloads as W  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+
+
+def writers() -> list[tuple[str, str, str, dict]]:
+    """(label, function, format, extra kwargs), those whose packages are installed."""
+    out = [
+        ("raw disk", "raw", "raw", {}),
+        ("service tiff", "service", "tiff", {}),
+        ("service zarr", "service", "zarr", {}),
+        ("service zarr claim", "service", "zarr", {"mode": "claim"}),
+        ("in-process tiff", "inprocess", "tiff", {}),
+        ("in-process zarr", "inprocess", "zarr", {}),
+    ]
+    if importlib.util.find_spec("ome_writers"):
+        out += [("ome-writers tifffile", "ome_writers", "tiff", {"backend": "tifffile"}),
+                ("ome-writers tensorstore", "ome_writers", "zarr", {"backend": "tensorstore"})]
+        if importlib.util.find_spec("acquire_zarr"):
+            out.append(("ome-writers acquire-zarr", "ome_writers", "zarr",
+                        {"backend": "acquire-zarr"}))
+        if importlib.util.find_spec("zarr"):
+            out.append(("ome-writers zarr-python", "ome_writers", "zarr",
+                        {"backend": "zarr-python"}))
+    return out
+
+
+# ---------------------------------------------------------------- child process
+
+def child(spec: dict) -> None:
+    """Run one writer once; print its metrics as JSON."""
+    wl = next(w for w in W.workloads(spec["scale"]) if w.name == spec["workload"])
+    rng = np.random.default_rng(0)
+    frames = [rng.integers(0, 4096, wl.frame_shape, dtype=np.uint16) for _ in range(8)]
+    suffix = {"tiff": ".ome.tiff", "zarr": ".ome.zarr", "raw": ".raw"}[spec["format"]]
+    root = Path(spec["workdir"]) / f"{spec['workload']}-{spec['fn']}{suffix}"
+    fn = getattr(W, spec["fn"])
+    kw = dict(spec.get("kwargs", {}))
+    if spec["fn"] == "service":
+        kw.update(endpoint=spec["endpoint"], token=spec["token"])
+        if spec.get("rate_hz"):
+            kw["rate_hz"] = spec["rate_hz"]
+    res = fn(wl, root, frames, spec["format"], **kw)
+    t0 = time.perf_counter()
+    W.fsync_tree(res["paths"])
+    res["durable_s"] = res["close_s"] + time.perf_counter() - t0
+    lat = res.pop("latency_ns")
+    res["latency_us"] = _pct(lat)
+    if "lateness_ns" in res:
+        late = res.pop("lateness_ns")
+        res["lateness_us"] = _pct(late)
+        res["stalled"] = bool((late > 1e9 / spec["rate_hz"]).any())
+    res["memcpy_us"] = _pct(W.memcpy(wl, frames))
+    res["client_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    res["bytes"] = wl.nbytes
+    res["frames"] = wl.n_frames
+    del res["paths"]
+    print(json.dumps(res))
+
+
+def _pct(ns: np.ndarray) -> dict:
+    us = ns / 1e3
+    return {"p50": float(np.percentile(us, 50)), "p99": float(np.percentile(us, 99)),
+            "max": float(us.max())}
+
+
+# ---------------------------------------------------------------- orchestration
+
+class DaemonHandle:
+    def __init__(self) -> None:
+        self.rt = Path(tempfile.mkdtemp(prefix="ows-bench-rt-"))
+        self.proc = subprocess.Popen([sys.executable, "-m", "ome_writers_service", "serve",
+                                      "--runtime-dir", str(self.rt)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 30
+        while not (self.rt / "daemon.json").exists():
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                raise RuntimeError("daemon did not start")
+            time.sleep(0.05)
+        time.sleep(0.1)
+        info = json.loads((self.rt / "daemon.json").read_text())
+        self.endpoint, self.token = info["endpoint"], info["token"]
+
+    def reset_peak(self) -> None:
+        Path(f"/proc/{self.proc.pid}/clear_refs").write_text("5")
+
+    def peak_rss_mb(self) -> float:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+        return float("nan")
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(60)
+        shutil.rmtree(self.rt, ignore_errors=True)
+
+
+def warm_up(workdir: Path, nbytes: int) -> None:
+    """These VMs hand idle RAM back to the host; the first write into it is ~10x slower.
+    Write (then delete) a file as large as the largest dataset so the page cache is warm."""
+    block = np.ones(64 * 2**20 // 2, np.uint16).tobytes()
+    path = workdir / "warmup.bin"
+    with open(path, "wb") as f:
+        for _ in range(max(1, nbytes // len(block))):
+            f.write(block)
+    path.unlink()
+
+
+def run_one(spec: dict, daemon: DaemonHandle) -> dict:
+    daemon.reset_peak()
+    res = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)],
+                         capture_output=True, text=True, timeout=1800)
+    if res.returncode != 0:
+        return {"error": res.stderr.strip().splitlines()[-1] if res.stderr else "failed"}
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    out["daemon_peak_rss_mb"] = daemon.peak_rss_mb() if spec["fn"] == "service" else None
+    return out
+
+
+def summarize(runs: list[dict]) -> dict:
+    ok = [r for r in runs if "error" not in r]
+    if not ok:
+        return {"error": runs[0].get("error", "failed")}
+
+    def stat(get):
+        vals = [get(r) for r in ok if get(r) is not None]
+        if not vals:
+            return None
+        return {"median": statistics.median(vals), "min": min(vals), "max": max(vals)}
+
+    b = ok[0]["bytes"]
+    n = ok[0]["frames"]
+    s = {
+        "runs": len(ok),
+        "fps_close": stat(lambda r: n / r["close_s"]),
+        "MBps_close": stat(lambda r: b / r["close_s"] / 1e6),
+        "MBps_durable": stat(lambda r: b / r["durable_s"] / 1e6),
+        "fps_durable": stat(lambda r: n / r["durable_s"]),
+        "append_p50_us": stat(lambda r: r["latency_us"]["p50"]),
+        "append_p99_us": stat(lambda r: r["latency_us"]["p99"]),
+        "append_max_us": stat(lambda r: r["latency_us"]["max"]),
+        "memcpy_p99_us": stat(lambda r: r["memcpy_us"]["p99"]),
+        "client_peak_rss_mb": stat(lambda r: r["client_peak_rss_mb"]),
+        "daemon_peak_rss_mb": stat(lambda r: r.get("daemon_peak_rss_mb")),
+        "dropped": stat(lambda r: r.get("dropped")),
+        "backlog": stat(lambda r: r.get("backlog")),
+    }
+    if "lateness_us" in ok[0]:
+        s["lateness_p99_us"] = stat(lambda r: r["lateness_us"]["p99"])
+        s["lateness_max_us"] = stat(lambda r: r["lateness_us"]["max"])
+        s["stalled"] = any(r["stalled"] for r in ok)
+    return s
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    ap.add_argument("--scale", type=float, default=1.0, help="multiply frame counts (0-1]")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--workloads", default="W1,W2,W3")
+    ap.add_argument("--out", default=str(HERE / "results"), help="results directory")
+    ap.add_argument("--workdir", default=None, help="where datasets are written (deleted after)")
+    ap.add_argument("--no-camera", action="store_true", help="skip the camera simulation")
+    ap.add_argument("--no-plot", action="store_true")
+    ap.add_argument("--writers", default="", help="only writers whose label contains one of "
+                                                   "these comma-separated words")
+    a = ap.parse_args()
+    if a.child:
+        child(json.loads(a.child))
+        return 0
+
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    workdir = Path(a.workdir or tempfile.mkdtemp(prefix="ows-bench-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    wls = [w for w in W.workloads(a.scale) if w.name in a.workloads.split(",")]
+    print(f"warming up the page cache ({max(w.nbytes for w in wls) / 1e9:.1f} GB)...", flush=True)
+    warm_up(workdir, max(w.nbytes for w in wls))
+    words = [w for w in a.writers.split(",") if w]
+    selected = [w for w in writers() if not words or any(x in w[0] for x in words)]
+    daemon = DaemonHandle()
+    results: dict = {"machine": _machine(), "scale": a.scale, "repeats": a.repeats,
+                     "workloads": {}, "camera": {}, "memory_scaling": {}}
+    try:
+        for wl in wls:
+            print(f"{wl.name} {wl.title}: {wl.n_frames} frames, {wl.nbytes / 1e9:.2f} GB",
+                  flush=True)
+            runs: dict[str, list] = {}
+            for rep in range(a.repeats):
+                for label, fn, fmt, kw in selected:
+                    spec = {"workload": wl.name, "scale": a.scale, "fn": fn, "format": fmt,
+                            "kwargs": kw, "workdir": str(workdir), "endpoint": daemon.endpoint,
+                            "token": daemon.token}
+                    r = run_one(spec, daemon)
+                    runs.setdefault(label, []).append(r)
+                    _clean(workdir)
+                    msg = r.get("error") or (f"{wl.nbytes / r['close_s'] / 1e6:7.0f} MB/s close, "
+                                             f"append p99 {r['latency_us']['p99']:8.1f} us")
+                    print(f"  [{rep + 1}/{a.repeats}] {label:26s} {msg}", flush=True)
+            results["workloads"][wl.name] = {
+                "title": wl.title, "frames": wl.n_frames, "bytes": wl.nbytes,
+                "writers": {k: summarize(v) for k, v in runs.items()}, "raw": runs,
+            }
+        if not a.no_camera:
+            results["camera"] = camera(a.scale, workdir, daemon, a.repeats)
+        results["memory_scaling"] = memory_scaling(a.scale, workdir, daemon)
+    finally:
+        daemon.stop()
+        shutil.rmtree(workdir, ignore_errors=True) if a.workdir is None else _clean(workdir)
+    (out / "results.json").write_text(json.dumps(results, indent=1, default=_np))
+    md = report(results)
+    (out / "results.md").write_text(md)
+    print(md)
+    if not a.no_plot:
+        plot(results, out / "results.png")
+    return 0
+
+
+def camera(scale: float, workdir: Path, daemon: DaemonHandle, repeats: int) -> dict:
+    """Frames produced at a fixed rate; how late does each append start, does it stall?"""
+    cases = [("W1", 100.0, "100 fps 2048x2048"), ("W2", 5000.0, "5 kHz 256x256")]
+    out = {}
+    for wname, rate, title in cases:
+        for fmt in ("tiff", "zarr"):
+            runs = []
+            for _ in range(repeats):
+                spec = {"workload": wname, "scale": scale, "fn": "service", "format": fmt,
+                        "kwargs": {}, "workdir": str(workdir), "endpoint": daemon.endpoint,
+                        "token": daemon.token, "rate_hz": rate}
+                runs.append(run_one(spec, daemon))
+                _clean(workdir)
+            s = summarize(runs)
+            out[f"{title} {fmt}"] = s
+            if "error" not in s:
+                print(f"  camera {title} {fmt}: lateness p99 "
+                      f"{s['lateness_p99_us']['median']:.0f} us, max "
+                      f"{s['lateness_max_us']['max']:.0f} us, stalled={s['stalled']}", flush=True)
+    return out
+
+
+def memory_scaling(scale: float, workdir: Path, daemon: DaemonHandle) -> dict:
+    """Daemon peak RSS for W2 with 1x and 4x the frames: bounded means equal."""
+    out = {}
+    for factor in (1, 4):
+        spec = {"workload": "W2", "scale": scale * factor, "fn": "service", "format": "zarr",
+                "kwargs": {}, "workdir": str(workdir), "endpoint": daemon.endpoint,
+                "token": daemon.token}
+        r = run_one(spec, daemon)
+        _clean(workdir)
+        out[f"x{factor}"] = {"frames": r.get("frames"), "daemon_peak_rss_mb":
+                             r.get("daemon_peak_rss_mb")}
+    return out
+
+
+def report(res: dict) -> str:
+    lines = [f"# Benchmark results ({res['machine']['cpus']} CPUs, {res['machine']['python']}, "
+             f"scale {res['scale']}, {res['repeats']} repeats, medians [min-max])", "",
+             "Throughput is measured from stream creation through close (every frame written, "
+             "metadata final); 'durable' adds fsync of every file. The page cache was warmed "
+             "before timing.", ""]
+    for name, w in res["workloads"].items():
+        ws = w["writers"]
+        lines += [f"## {name}: {w['title']} — {w['frames']} frames, {w['bytes'] / 1e9:.2f} GB", "",
+                  "| writer | MB/s (close) | frames/s | MB/s (durable) | append p50 / p99 / max µs "
+                  "| client RSS MB | daemon RSS MB |",
+                  "|---|---|---|---|---|---|---|"]
+        for label, s in ws.items():
+            if "error" in s:
+                lines.append(f"| {label} | error: {s['error'][:80]} | | | | | |")
+                continue
+            d = s["daemon_peak_rss_mb"]
+            lines.append(
+                f"| {label} | {_f(s['MBps_close'])} | {_f(s['fps_close'])} | "
+                f"{_f(s['MBps_durable'])} | {s['append_p50_us']['median']:.1f} / "
+                f"{s['append_p99_us']['median']:.1f} / {s['append_max_us']['median']:.0f} | "
+                f"{s['client_peak_rss_mb']['median']:.0f} | "
+                f"{d['median']:.0f} |" if d else
+                f"| {label} | {_f(s['MBps_close'])} | {_f(s['fps_close'])} | "
+                f"{_f(s['MBps_durable'])} | {s['append_p50_us']['median']:.1f} / "
+                f"{s['append_p99_us']['median']:.1f} / {s['append_max_us']['median']:.0f} | "
+                f"{s['client_peak_rss_mb']['median']:.0f} | — |")
+        lines += ["", "| ratio (medians) | value |", "|---|---|"]
+        raw_mb = _m(ws.get("raw disk"), "MBps_close")
+        for fmt in ("tiff", "zarr"):
+            ours = _m(ws.get(f"service {fmt}"), "MBps_close")
+            best = max((_m(s, "MBps_close") or 0 for k, s in ws.items()
+                        if k.startswith("ome-writers") and _fmt(k) == fmt), default=0)
+            if ours and raw_mb:
+                lines.append(f"| service {fmt} ÷ raw disk | {ours / raw_mb:.2f} |")
+            if ours and best:
+                lines.append(f"| service {fmt} ÷ best ome-writers {fmt} | {ours / best:.2f} |")
+        for label in ("service tiff", "service zarr"):
+            s = ws.get(label)
+            if s and "error" not in s:
+                lines.append(f"| {label} append p99 ÷ memcpy p99 | "
+                             f"{s['append_p99_us']['median'] / s['memcpy_p99_us']['median']:.2f} |")
+        s = ws.get("service zarr claim")
+        if s and "error" not in s:
+            lines.append(f"| claim() p99 µs | {s['append_p99_us']['median']:.1f} |")
+        lines.append("")
+    if res.get("camera"):
+        lines += ["## Camera simulation (fixed frame rate through the service)", "",
+                  "| case | lateness p99 µs | lateness max µs | dropped | stalled |",
+                  "|---|---|---|---|---|"]
+        for k, s in res["camera"].items():
+            if "error" in s:
+                lines.append(f"| {k} | error | | | |")
+                continue
+            lines.append(f"| {k} | {s['lateness_p99_us']['median']:.0f} | "
+                         f"{s['lateness_max_us']['max']:.0f} | {s['dropped']['max']:.0f} | "
+                         f"{'yes' if s['stalled'] else 'no'} |")
+        lines.append("")
+    if res.get("memory_scaling"):
+        lines += ["## Daemon memory vs. frame count (W2, service zarr)", "",
+                  "| frames | daemon peak RSS MB |", "|---|---|"]
+        for k, v in res["memory_scaling"].items():
+            rss = v.get("daemon_peak_rss_mb")
+            lines.append(f"| {v.get('frames')} | {rss:.0f} |" if rss else f"| {k} | error |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot(res: dict, path: Path) -> None:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib not installed: no plot")
+        return
+    names = list(res["workloads"])
+    fig, axes = plt.subplots(2, len(names), figsize=(6 * len(names), 9), squeeze=False)
+    for i, name in enumerate(names):
+        ws = {k: v for k, v in res["workloads"][name]["writers"].items() if "error" not in v}
+        labels = list(ws)
+        mb = [ws[k]["MBps_close"]["median"] for k in labels]
+        err = [[m - ws[k]["MBps_close"]["min"] for k, m in zip(labels, mb)],
+               [ws[k]["MBps_close"]["max"] - m for k, m in zip(labels, mb)]]
+        ax = axes[0][i]
+        ax.barh(labels, mb, xerr=err, color=[_color(k) for k in labels])
+        ax.set_title(f"{name}: throughput through close (MB/s)")
+        ax.invert_yaxis()
+        ax = axes[1][i]
+        p99 = [ws[k]["append_p99_us"]["median"] for k in labels]
+        ax.barh(labels, p99, color=[_color(k) for k in labels])
+        ax.set_xscale("log")
+        ax.set_title(f"{name}: append/write call p99 (µs, log)")
+        ax.invert_yaxis()
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    print(f"plot: {path}")
+
+
+def _color(label: str) -> str:
+    return ("tab:green" if label.startswith("service") else "tab:gray" if label.startswith("raw")
+            else "tab:blue" if label.startswith("in-process") else "tab:orange")
+
+
+def _fmt(label: str) -> str:
+    return "tiff" if "tiff" in label or "tifffile" in label else "zarr"
+
+
+def _m(s: dict | None, key: str) -> float | None:
+    if not s or "error" in s or s.get(key) is None:
+        return None
+    return s[key]["median"]
+
+
+def _f(s: dict | None) -> str:
+    if s is None:
+        return "—"
+    return f"{s['median']:,.0f} [{s['min']:,.0f}–{s['max']:,.0f}]"
+
+
+def _np(o):
+    if isinstance(o, (np.integer, np.floating)):
+        return o.item()
+    raise TypeError(type(o))
+
+
+def _clean(workdir: Path) -> None:
+    for p in workdir.iterdir():
+        shutil.rmtree(p) if p.is_dir() else p.unlink()
+
+
+def _machine() -> dict:
+    return {"cpus": os.cpu_count(), "python": platform.python_version(),
+            "platform": platform.platform()}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

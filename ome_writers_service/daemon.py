@@ -13,6 +13,7 @@ holds more than the ring, whatever the backlog.
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import queue
@@ -44,8 +45,8 @@ LIVENESS_INTERVAL = 0.25
 PID_NAMESPACE = os.readlink("/proc/self/ns/pid") if os.path.exists("/proc/self/ns/pid") else ""
 
 #: Default ring size when the settings do not fix ``ring_slots``.
-RING_BYTES = 256 * 2**20
-MIN_SLOTS, MAX_SLOTS = 4, 4096
+RING_BYTES = 64 * 2**20
+MIN_SLOTS, MAX_SLOTS = 8, 4096
 OUTBOX = "inproc://ows-outbox"
 
 
@@ -77,9 +78,11 @@ class StreamWorker(threading.Thread):
         self.ring = ring
         self.slots = slots
         self.stats = StreamStats()
-        self.stream = OMEStream(settings)  # creates the dataset; raises if it cannot
+        self.stream: OMEStream | None = None  # created on the worker thread (may rmtree)
+        self.opened_reply: dict[str, Any] = {}
         self.queue: queue.SimpleQueue = queue.SimpleQueue()
         self.expected_seq = 0  # next sequence number the main thread accepts
+        self.num_frames = settings.num_frames
         #: liveness: the client's pid when it shares our pid namespace, else heartbeats
         self.client_pid: int | None = None
         self.heartbeat_key = secrets.token_hex(8)
@@ -87,6 +90,9 @@ class StreamWorker(threading.Thread):
         self.closing = False
         self.finished = threading.Event()
         self._pending_error: str | None = None
+        #: slots handed back by the backend (possibly from its threads), not yet sent
+        self._released: collections.deque[int] = collections.deque()
+        self._lent = 0  # slots lent to the backend and not yet released
         self._ctx = ctx
         shape, dtype = settings.frame_shape, np.dtype(settings.dtype)
         self._views = ring.slots(shape, dtype) if ring is not None else None
@@ -97,27 +103,36 @@ class StreamWorker(threading.Thread):
     def run(self) -> None:
         out = self._ctx.socket(zmq.PUSH)
         out.connect(OUTBOX)
-        released: list[int] = []
         try:
+            try:  # creating the dataset may delete an old one: never on the main thread
+                self.stream = OMEStream(self.settings)
+            except Exception as e:  # noqa: BLE001 - reported to the client
+                log.warning("stream %d: cannot create %s: %s", self.sid,
+                            self.settings.root_path, e)
+                self._send(out, {"type": P.ERROR, "code": P.E_SETTINGS,
+                                 "message": f"cannot create {self.settings.root_path}: {e}"})
+                return
+            self._send(out, {**self.opened_reply, "paths": self.stream.paths})
             while True:
-                item = self.queue.get()
+                try:  # while lent slots are out, wake up to hand them back
+                    item = self.queue.get(timeout=0.005 if self._lent else None)
+                except queue.Empty:
+                    self._send_release(out)
+                    continue
                 kind = item[0]
                 if kind == "frame":
                     _, seq, slot, meta, payload = item
                     self._write(seq, slot, meta, payload)
-                    released.append(slot)
                 elif kind == "skip":
                     self._skip_to(item[1] + item[2], dropped=False)
                 elif kind == "metadata":
                     self._guard(lambda: self.stream.set_global_metadata(item[1], item[2]))
                 elif kind == "close":
-                    self._send_release(out, released)
                     self._finish(out, total=item[1], reason=item[2])
                     return
                 # batch releases: flush when nothing else is waiting, or every 64 frames
-                if released and (len(released) >= 64 or self.queue.empty()):
-                    self._send_release(out, released)
-                    released = []
+                if len(self._released) >= 64 or self.queue.empty():
+                    self._send_release(out)
         except BaseException as e:  # noqa: BLE001 - a worker must report, never vanish
             log.exception("stream %d: worker crashed", self.sid)
             self.stats.errors.append(f"internal error: {e!r}")
@@ -128,15 +143,23 @@ class StreamWorker(threading.Thread):
 
     def _write(self, seq: int, slot: int, meta: dict | None, payload: Any) -> None:
         self.stats.received += 1
+        self._lent += 1
         if self.stats.errors:
-            return  # after a write error nothing more is written; slots still go back
+            self._released.append(slot)  # nothing more is written after an error
+            return
         if seq > self.stream._router.frames_done:
             self._skip_to(seq, dropped=True)
         if payload is not None:
             frame = np.frombuffer(payload, dtype=self._dtype).reshape(self._shape)
         else:
             frame = self._views[slot]
-        if self._guard(lambda: self.stream.append(frame, frame_metadata=meta), seq=seq):
+        released = self._released
+
+        def done() -> None:  # may run on a backend thread; deque.append is thread-safe
+            released.append(slot)
+
+        if self._guard(lambda: self.stream.append_borrowed(frame, done, frame_metadata=meta),
+                       seq=seq):
             self.stats.written += 1
             if self.ring is not None:
                 self.ring.set_frames_written(self.stats.written)
@@ -176,8 +199,13 @@ class StreamWorker(threading.Thread):
             self.stats.errors.append(f"finalize: {e}")
         self._send(out, {"type": P.CLOSED, "stream": self.sid, "reason": reason, **self.report()})
 
-    def _send_release(self, out: zmq.Socket, slots: list[int]) -> None:
+    def _send_release(self, out: zmq.Socket) -> None:
+        slots = []
+        released = self._released
+        while released:
+            slots.append(released.popleft())
         if slots:
+            self._lent -= len(slots)
             self._send(out, {"type": P.RELEASE, "stream": self.sid, "slots": slots})
         err = self._pending_error
         if err is not None:
@@ -196,7 +224,7 @@ class StreamWorker(threading.Thread):
         n = self.settings.num_frames
         return {
             "root_path": self.settings.root_path,
-            "paths": self.stream.paths,
+            "paths": self.stream.paths if self.stream is not None else [],
             "frames_expected": n,
             "frames_received": s.received,
             "frames_written": s.written,
@@ -317,6 +345,7 @@ class Daemon:
     # ---- message handling (main thread) ----
 
     def _forward(self, outbox: zmq.Socket, router: zmq.Socket) -> None:
+        """Send what the workers queued (releases, replies) on to the clients."""
         while True:
             try:
                 parts = outbox.recv_multipart(zmq.NOBLOCK)
@@ -325,14 +354,14 @@ class Daemon:
             router.send_multipart(parts)
 
     def _drain(self, router: zmq.Socket, outbox: zmq.Socket) -> None:
-        for _ in range(10000):
+        for i in range(10000):
             try:
-                parts = router.recv_multipart(zmq.NOBLOCK, copy=False)
+                parts = router.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
-                return
-            peer = parts[0].bytes
+                break
+            peer = parts[0]
             try:
-                header, payload = P.decode([p.buffer for p in parts[1:]])
+                header, payload = P.decode(parts[1:])
                 reply = self._handle(peer, header, payload)
             except P.ProtocolError as e:
                 log.warning("peer %s: %s", peer.hex(), e)
@@ -342,7 +371,9 @@ class Daemon:
                 reply = P.error(P.E_MALFORMED, f"internal error handling the message: {e!r}")
             if reply is not None:
                 router.send_multipart([peer, *reply])
-            self._forward(outbox, router)
+            if i % 64 == 63:
+                self._forward(outbox, router)
+        self._forward(outbox, router)
 
     def _handle(self, peer: bytes, h: dict, payload: Any) -> list | None:
         kind = h["type"]
@@ -396,7 +427,7 @@ class Daemon:
             return P.encode({"type": P.PONG, "pid": os.getpid()})
         raise P.ProtocolError(P.E_UNKNOWN_TYPE, f"unknown message type {kind!r}")
 
-    def _on_open(self, peer: bytes, h: dict) -> list:
+    def _on_open(self, peer: bytes, h: dict) -> None:
         token = h.get("token")
         if not isinstance(token, str) or not secrets.compare_digest(token, self.token):
             log.warning("peer %s: open refused: missing or wrong token", peer.hex())
@@ -419,14 +450,9 @@ class Daemon:
         try:
             if transport == "shm":
                 ring = FrameRing.create(settings.frame_nbytes, slots)
-            worker = StreamWorker(self._next_sid, peer, settings, ring, slots, self.ctx)
         except RingError as e:
             raise P.ProtocolError(P.E_RESOURCES, str(e)) from None
-        except Exception as e:  # noqa: BLE001 - e.g. FileExistsError, PermissionError
-            if ring is not None:
-                ring.close()
-            raise P.ProtocolError(P.E_SETTINGS, f"cannot create {settings.root_path}: {e}") \
-                from None
+        worker = StreamWorker(self._next_sid, peer, settings, ring, slots, self.ctx)
         pid, pidns = h.get("pid"), h.get("pidns")
         if isinstance(pid, int) and not isinstance(pid, bool) and pidns == PID_NAMESPACE \
                 and PID_NAMESPACE:
@@ -434,8 +460,6 @@ class Daemon:
         sid = self._next_sid
         self._next_sid += 1
         self.streams[sid] = worker
-        worker.start()
-        self._last_active = time.monotonic()
         log.info("stream %d opened: %s (%s, %s frames, %d slots)", sid, settings.root_path,
                  settings.format_name, settings.num_frames or "unbounded", slots)
         ring_info = None
@@ -443,14 +467,17 @@ class Daemon:
             ring_info = {"name": ring.name, "path": str(ring.path), "slots": ring.slot_count,
                          "slot_size": ring.slot_size, "header_size": ring.header_size,
                          "frame_nbytes": ring.frame_nbytes}
-        return P.encode({
+        worker.opened_reply = {
             "type": P.OPENED, "stream": sid, "pid": os.getpid(), "pidns": PID_NAMESPACE,
             "transport": transport,
             "credits": slots, "ring": ring_info, "frame_shape": list(settings.frame_shape),
-            "dtype": settings.dtype, "frames": settings.num_frames, "paths": worker.stream.paths,
+            "dtype": settings.dtype, "frames": settings.num_frames,
             "liveness": "pid" if worker.client_pid is not None else "heartbeat",
             "heartbeat_key": worker.heartbeat_key, "heartbeat_interval": HEARTBEAT_TIMEOUT / 4,
-        })
+        }
+        worker.start()  # replies `opened` (with the paths) or `error` once the dataset exists
+        self._last_active = time.monotonic()
+        return None
 
     def _on_frame(self, peer: bytes, h: dict, payload: Any) -> list | None:
         w = self._stream_of(peer, h)
@@ -468,7 +495,6 @@ class Daemon:
                 size = None if payload is None else len(payload)
                 raise P.ProtocolError(P.E_FRAME, f"frame {seq}: inline payload of {size} bytes, "
                                                  f"expected {w.settings.frame_nbytes}")
-            payload = bytes(payload)  # the worker owns a copy; the zmq buffer is recycled
         elif payload is not None:
             raise P.ProtocolError(P.E_FRAME, f"frame {seq}: shared-memory stream got a payload")
         w.expected_seq = seq + 1
@@ -486,7 +512,7 @@ class Daemon:
 
     @staticmethod
     def _check_room(w: StreamWorker, end: int) -> None:
-        n = w.settings.num_frames
+        n = w.num_frames
         if n is not None and end > n:
             raise P.ProtocolError(P.E_SEQUENCE, f"frame {end - 1}: the acquisition declares "
                                                 f"{n} frames")

@@ -78,6 +78,16 @@ class OMEStream:
 
     def append(self, frame: np.ndarray, *, frame_metadata: dict | None = None) -> None:
         """Store the next frame in acquisition order; ``frame`` may be reused on return."""
+        self._append(frame, frame_metadata, None)
+
+    def append_borrowed(self, frame: np.ndarray, done: Callable[[], None], *,
+                        frame_metadata: dict | None = None) -> None:
+        """Like append(), but ``frame`` stays untouched until ``done()`` is called (any
+        thread). For the daemon, which lends ring slots; not part of the ome-writers API."""
+        self._append(frame, frame_metadata, done)
+
+    def _append(self, frame: np.ndarray, frame_metadata: dict | None,
+                done: Callable[[], None] | None) -> None:
         n = self._router.frames_done
         self._check_open()
         check_frame(frame, self._frame_shape, self._dtype, n)
@@ -89,7 +99,10 @@ class OMEStream:
                 "nothing more can be appended"
             ) from None
         with self._lock:
-            self._backend.write(loc.position, loc.index, frame, frame_metadata)
+            if done is None:
+                self._backend.write(loc.position, loc.index, frame, frame_metadata)
+            else:
+                self._backend.write_borrowed(loc.position, loc.index, frame, frame_metadata, done)
         if self._handlers:
             self._emit(n, loc.index)
 

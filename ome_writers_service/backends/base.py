@@ -15,7 +15,7 @@ import os
 import shutil
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
@@ -75,6 +75,20 @@ class ArrayBackend(ABC):
         metadata: Mapping[str, Any] | None = None,
     ) -> None:
         """Store one frame; ``frame`` is copied or consumed before this returns."""
+
+    def write_borrowed(
+        self,
+        position: int,
+        index: tuple[int, ...],
+        frame: np.ndarray,
+        metadata: Mapping[str, Any] | None,
+        done: Callable[[], None],
+    ) -> None:
+        """Store one frame that stays valid until this backend calls ``done()`` (from any
+        thread). The daemon lends ring slots this way, so a backend able to write straight
+        from the slot saves a copy. The default copies/consumes it, as write() does."""
+        self.write(position, index, frame, metadata)
+        done()
 
     def skip(self, position: int, index: tuple[int, ...]) -> None:
         """A frame that will never come: the slot keeps the fill value (zero)."""

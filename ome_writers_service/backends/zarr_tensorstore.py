@@ -305,6 +305,22 @@ class TensorstoreZarrBackend(ArrayBackend):
             self._add_to_block(position, index, frame)
         self.frames_written += 1
 
+    def write_borrowed(self, position, index, frame, metadata, done) -> None:
+        if not self._frame_per_unit:
+            self.write(position, index, frame, metadata)  # copied into its block
+            done()
+            return
+        self._raise_failed_writes()
+        self._note_index(index)
+        self._note_metadata(position, index, metadata)
+        if self.grow_axis is not None:
+            self._ensure_capacity(index[self.grow_axis] + 1)
+        # tensorstore encodes straight from the lent frame; it is handed back on commit
+        fut = self._arrays[position][index].write(frame, can_reference_source_data_indefinitely=True)
+        fut.add_done_callback(lambda _: done())
+        self._track(fut, position, index)
+        self.frames_written += 1
+
     def skip(self, position, index) -> None:
         super().skip(position, index)
         if self.grow_axis is not None:

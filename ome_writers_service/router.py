@@ -56,6 +56,15 @@ class FrameRouter:
         position = acq[self._position_axis] if self._position_axis is not None else 0
         return FrameLocation(position, tuple(acq[a] for a in self._storage_from_acq))
 
+    def frame_number(self, position: int, index: tuple[int, ...]) -> int:
+        """Inverse of locate(): the frame number that goes to ``position``, ``index``."""
+        acq = [0] * len(self._strides)
+        for storage_axis, acq_axis in enumerate(self._storage_from_acq):
+            acq[acq_axis] = index[storage_axis]
+        if self._position_axis is not None:
+            acq[self._position_axis] = position
+        return sum(i * s for i, s in zip(acq, self._strides))
+
     def acquisition_index(self, frame_number: int) -> dict[str, int]:
         """Index of a frame along each named acquisition axis (for metadata and errors)."""
         return dict(zip(self.acquisition_names, self._acq(frame_number)))

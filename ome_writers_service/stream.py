@@ -281,11 +281,12 @@ class StreamView:
         return np.stack(planes).reshape(*out_shape, *frame_part)
 
     def _plane(self, idx: tuple[int, ...]) -> np.ndarray:
-        pos, index = (idx[0], idx[1:]) if self._npos > 1 else (0, idx)
+        pos, index = (idx[0], tuple(idx[1:])) if self._npos > 1 else (0, tuple(idx))
+        router = self._stream._router
+        if self._strict and router.frame_number(pos, index) >= router.frames_done:
+            raise IndexError(f"plane {idx} has not been written")
         with self._stream._lock:
-            frame = self._stream._backend.read(pos, tuple(index))
+            frame = self._stream._backend.read(pos, index)
         if frame is None:
-            if self._strict:
-                raise IndexError(f"plane {idx} has not been written")
             return np.zeros(self._stream._frame_shape, self.dtype)
         return frame

@@ -33,6 +33,9 @@ from .stream import FrameCountError, check_frame
 REPLY_TIMEOUT = 30.0
 #: How often a blocked call checks that the daemon is still alive.
 LIVENESS_INTERVAL = 0.25
+#: A blocked call pings a silent daemon after this long, and gives up on it after HUNG_TIMEOUT.
+PING_AFTER = 1.0
+HUNG_TIMEOUT = 5.0
 
 
 class ServiceError(RuntimeError):
@@ -71,6 +74,7 @@ class ServiceStream:
         self._closed = False
         self._ring: FrameRing | None = None
         self._error: ServiceError | None = None
+        self._last_heard = self._last_ping = _monotonic()
         self.report: dict[str, Any] | None = None
         try:
             self._send({"type": P.OPEN, "version": P.PROTOCOL_VERSION, "token": token,
@@ -213,6 +217,7 @@ class ServiceStream:
             self._pump(min(remaining, LIVENESS_INTERVAL))
             if not self._free:
                 self._check_daemon_alive()
+                self._check_responsive(f"frame {self._seq}")
         return True
 
     def _pump(self, timeout: float) -> dict | None:
@@ -227,6 +232,7 @@ class ServiceStream:
                 parts = sock.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 return reply
+            self._last_heard = _monotonic()
             header, _ = P.decode(parts)
             kind = header["type"]
             if kind == P.RELEASE:
@@ -259,6 +265,7 @@ class ServiceStream:
                     raise ServiceError(f"{what}: the daemon closed the stream "
                                        f"({reply.get('reason')}): {reply.get('errors')}")
             self._check_daemon_alive()
+            self._check_responsive(what)
             if deadline is not None and time.monotonic() >= deadline:
                 raise DaemonGoneError(f"{what}: no answer from the daemon at {self._endpoint} "
                                       f"within {timeout} s")
@@ -268,6 +275,18 @@ class ServiceStream:
         if self._daemon_pid is not None and not pid_alive(self._daemon_pid):
             raise DaemonGoneError(f"the writer daemon (pid {self._daemon_pid}) is gone; frames "
                                   f"it acknowledged are on disk at {self._settings.root_path}")
+
+    def _check_responsive(self, what: str) -> None:
+        """While blocked: ping a silent daemon; give up on one that stays silent (hung,
+        SIGSTOP-ed, or unreachable) instead of waiting forever."""
+        now = _monotonic()
+        silent = now - self._last_heard
+        if silent > HUNG_TIMEOUT:
+            raise DaemonGoneError(f"{what}: the daemon at {self._endpoint} has not answered for "
+                                  f"{silent:.1f} s (hung or unreachable)")
+        if silent > PING_AFTER and now - self._last_ping > PING_AFTER:
+            self._last_ping = now
+            self._send({"type": P.PING})
 
     def _raise_remote(self) -> None:
         if self._error is None:

@@ -482,3 +482,21 @@ def test_killed_daemon_makes_the_next_call_raise(tmp_path):
             d2 = start_daemon(tmp_path / "rt2")
             assert name not in shm_rings()
             d2.stop()
+
+
+def test_hung_daemon_makes_blocking_calls_time_out(daemon, tmp_path):
+    settings = settings_5d(tmp_path / "h.ome.zarr", ring_slots=8, backpressure_timeout=60,
+                           dimensions=[Dimension(name="t", count=20), Dimension(name="y", count=16),
+                                       Dimension(name="x", count=16)])
+    stream = create_stream(settings, endpoint=daemon.endpoint, token=daemon.token)
+    os.kill(daemon.pid, signal.SIGSTOP)
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(DaemonGoneError, match="has not answered"):
+            for i in range(20):  # 8 fit; the 9th waits for a slot that never comes
+                stream.append(frame_pixels(16, i, (16, 16), np.uint16))
+        assert time.monotonic() - t0 < 30  # the hung-daemon limit, not the 60 s block timeout
+        with pytest.raises(DaemonGoneError, match="has not answered"):
+            stream.close()
+    finally:
+        os.kill(daemon.pid, signal.SIGCONT)

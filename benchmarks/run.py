@@ -332,13 +332,20 @@ def report(res: dict) -> str:
         lines.append("")
     if res.get("camera"):
         lines += ["## Camera simulation (fixed frame rate through the service)", "",
-                  "| case | lateness p99 µs | lateness max µs | dropped | stalled |",
-                  "|---|---|---|---|---|"]
+                  "The producer waits for each frame's due time, then calls append(): "
+                  "lateness is how late a frame was handed over, 'stalled' whether any frame "
+                  "was later than one frame period.", "",
+                  "| case | append p50 / p99 / max µs | memcpy p99 µs | append p99 ÷ memcpy p99 "
+                  "| lateness p99 / max µs | dropped | stalled |",
+                  "|---|---|---|---|---|---|---|"]
         for k, s in res["camera"].items():
             if "error" in s:
-                lines.append(f"| {k} | error | | | |")
+                lines.append(f"| {k} | error: {s['error'][:60]} | | | | | |")
                 continue
-            lines.append(f"| {k} | {s['lateness_p99_us']['median']:.0f} | "
+            p99, mc = s["append_p99_us"]["median"], s["memcpy_p99_us"]["median"]
+            lines.append(f"| {k} | {s['append_p50_us']['median']:.1f} / {p99:.1f} / "
+                         f"{s['append_max_us']['max']:.0f} | {mc:.1f} | {p99 / mc:.2f} | "
+                         f"{s['lateness_p99_us']['median']:.0f} / "
                          f"{s['lateness_max_us']['max']:.0f} | {s['dropped']['max']:.0f} | "
                          f"{'yes' if s['stalled'] else 'no'} |")
         lines.append("")

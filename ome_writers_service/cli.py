@@ -171,6 +171,27 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_recover(args: argparse.Namespace) -> int:
+    from .recover import recover
+    from .validate import validate
+
+    ok = True
+    for path in args.paths:
+        try:
+            summary = recover(path)
+        except (OSError, ValueError) as e:
+            print(f"{path}: {e}", file=sys.stderr)
+            ok = False
+            continue
+        print(f"{path}: recovered {summary}")
+        targets = summary["paths"] if summary["format"] == "ome-tiff" else [path]
+        for target in targets:
+            report = validate(target)
+            print(report)
+            ok &= report.ok
+    return 0 if ok else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="ome-writers-service",
@@ -204,6 +225,11 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--runtime-dir", help="runtime directory of the local daemon")
     status.add_argument("--json", action="store_true", help="print the raw status as JSON")
     status.set_defaults(func=cmd_status)
+
+    rec = sub.add_parser("recover", help="finalize datasets whose writer died, from their "
+                                         "journal (<root_path>.ows-journal)")
+    rec.add_argument("paths", nargs="+", help="root paths of the datasets")
+    rec.set_defaults(func=cmd_recover)
 
     val = sub.add_parser("validate", help="check datasets with independent validators")
     val.add_argument("paths", nargs="+", help="OME-Zarr stores or OME-TIFF files")

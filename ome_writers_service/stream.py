@@ -14,6 +14,7 @@ from typing import Any, Callable, Literal, Mapping, Sequence
 import numpy as np
 
 from .backends import ArrayBackend, create_backend
+from .journal import Journal
 from .router import FrameRouter
 from .schema import AcquisitionSettings
 
@@ -67,6 +68,7 @@ class OMEStream:
         self._router = FrameRouter(settings)
         self._backend = backend or create_backend(settings)
         self._backend.create()
+        self._journal = Journal(settings)  # lets `recover` finalize the dataset if we die
         self._frame_shape = settings.frame_shape
         self._dtype = np.dtype(settings.dtype)
         self._handlers: dict[str, list[Callable[[CoordUpdate], None]]] = {}
@@ -115,6 +117,7 @@ class OMEStream:
         except IndexError as e:
             raise FrameCountError(str(e)) from None
         with self._lock:
+            self._journal.skipped(start, frames)
             for loc in locs:
                 self._backend.skip(loc.position, loc.index)
         if self._handlers:
@@ -138,7 +141,12 @@ class OMEStream:
             # may be partial; its missing frames keep the fill value)
             backend.truncate(self._router.extent_after(done)[backend.first_axis])
         with self._lock:
-            backend.finalize()
+            try:
+                backend.finalize()
+            except BaseException:
+                self._journal.close()  # kept: `recover` can retry what finalize could not
+                raise
+            self._journal.remove()
 
     @property
     def closed(self) -> bool:

@@ -500,3 +500,25 @@ def test_hung_daemon_makes_blocking_calls_time_out(daemon, tmp_path):
             stream.close()
     finally:
         os.kill(daemon.pid, signal.SIGCONT)
+
+
+@pytest.mark.parametrize("suffix", FORMATS)
+def test_recover_after_daemon_sigkill(tmp_path, suffix):
+    d = start_daemon(tmp_path / "rt")
+    settings = settings_5d(tmp_path / f"crash{suffix}", dimensions=[
+        Dimension(name="t", count=10), Dimension(name="c", count=2),
+        Dimension(name="y", count=32), Dimension(name="x", count=32)])
+    stream = create_stream(settings, endpoint=d.endpoint, token=d.token)
+    for i in range(9):
+        stream.append(frame_pixels(17, i, (32, 32), np.uint16))
+    while stream.status()["frames_written"] < 9:
+        time.sleep(0.01)
+    d.stop(signal.SIGKILL)
+    journal = Path(str(settings.root_path) + ".ows-journal")
+    assert journal.is_file()
+    res = subprocess.run([sys.executable, "-m", "ome_writers_service", "recover",
+                          settings.root_path], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert not journal.exists()
+    # every frame written before the crash is there; the last step (t=4) lacks its channel 1
+    check_dataset(settings, [settings.root_path], 17, frames=9)

@@ -1,0 +1,174 @@
+"""Finalize a dataset whose writer died (daemon SIGKILL, power loss), from its journal.
+
+What is on disk is the truth: OME-TIFF pages that can be read, OME-Zarr chunks that exist.
+The metadata is rewritten to describe exactly that — the slowest acquisition axis cut to the
+steps the frames reached — and records ``complete: false, recovered: true``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tifffile
+
+from .backends.ome_xml import build_ome
+from .backends.tiff_tifffile import SUMMARY_NS, tiff_paths
+from .backends.zarr_tensorstore import ATTR_NAMESPACE, DATASET, TensorstoreZarrBackend
+from .journal import SUFFIX, read_journal
+from .router import FrameRouter
+from .schema import AcquisitionSettings
+
+
+def recover(path: str) -> dict[str, Any]:
+    """Recover the dataset at ``path`` (its root path or its journal); returns a summary."""
+    jpath = Path(path if path.endswith(SUFFIX) else path.rstrip("/") + SUFFIX)
+    if not jpath.is_file():
+        raise FileNotFoundError(f"{jpath}: no journal — the dataset was finalized, or was not "
+                                "written by ome-writers-service")
+    settings, skipped, _ = read_journal(jpath)
+    if settings.format_name == "ome-tiff":
+        summary = _recover_tiff(settings, skipped)
+    else:
+        summary = _recover_zarr(settings)
+    jpath.unlink()
+    return summary
+
+
+def _first_axis_extent(settings: AcquisitionSettings, frames_done: int, *, whole: bool) -> int:
+    """Steps of the slowest acquisition axis reached by ``frames_done`` frames (only the
+    complete ones when ``whole``)."""
+    outer = settings.dimensions[:-2]
+    per_step = int(np.prod([d.count for d in outer[1:]], dtype=int))
+    steps = frames_done // per_step if whole else -(-frames_done // per_step)
+    declared = outer[0].count
+    return steps if declared is None else min(steps, declared)
+
+
+def _summary(settings: AcquisitionSettings, written: int, done: int) -> dict[str, Any]:
+    return {"frames_expected": settings.num_frames, "frames_written": written,
+            "frames_without_data": done - written, "complete": False, "recovered": True}
+
+
+def _recover_tiff(settings: AcquisitionSettings, skipped: set[int]) -> dict[str, Any]:
+    router = FrameRouter(settings)
+    paths = tiff_paths(settings)
+    good: list[int] = []
+    for path in paths:
+        good.append(_readable_pages(path))
+    # page j of position p's file is the j-th frame of position p that was not skipped
+    pages: list[list[tuple[int, ...]]] = [[] for _ in paths]
+    frame, done, clean_end = 0, 0, True
+    while any(len(pg) < n for pg, n in zip(pages, good)):
+        if router.num_frames is not None and frame >= router.num_frames:
+            break
+        loc = router.locate(frame)
+        if frame not in skipped:
+            if len(pages[loc.position]) >= good[loc.position]:
+                break  # this position's file ends here: later frames never reached it
+            pages[loc.position].append(loc.index)
+        frame += 1
+        done = frame
+    written = sum(len(p) for p in pages)
+    first = _storage_axis_of_first(settings)
+    broken = any(_has_broken_tail(p, n) for p, n in zip(paths, good))
+    extent = _first_axis_extent(settings, done, whole=broken)
+    shape = _outer_shape(settings, first, extent)
+    zero = np.zeros(settings.frame_shape, settings.dtype)
+    for pos, path in enumerate(paths):
+        if not good[pos]:
+            continue
+        keep = [i for i in pages[pos] if first is None or i[first] < extent]
+        pages[pos] = keep
+        if not broken:  # a clean IFD chain can be extended: zero pages for missing planes
+            have = set(keep)
+            missing = [idx for idx in np.ndindex(*shape) if idx not in have]
+            if missing:
+                # tifffile refuses to append to a file with OME-XML: park a plain description
+                # first (the final OME-XML replaces it below)
+                tifffile.tiffcomment(path, comment=b"recovering", pageindex=0)
+                with tifffile.TiffWriter(path, append=True, bigtiff=_is_bigtiff(path)) as tw:
+                    for idx in missing:
+                        tw.write(zero, photometric="minisblack", contiguous=False,
+                                 metadata=None, software=False)
+                        pages[pos].append(idx)
+        ome = build_ome(settings, pos, settings.positions[pos], shape, pages[pos], {},
+                        {SUMMARY_NS: _summary(settings, written, done)})
+        tifffile.tiffcomment(path, comment=ome.to_xml().encode(), pageindex=0)
+    return {"format": "ome-tiff", "paths": [str(p) for p in paths], "frames_recovered": written,
+            "shape": shape, "clean_end": not broken}
+
+
+def _readable_pages(path: Path) -> int:
+    """Pages at the start of the file whose pixels can be read."""
+    if not path.is_file():
+        return 0
+    n = 0
+    try:
+        with tifffile.TiffFile(path) as tf:
+            for page in tf.pages:
+                page.asarray()
+                n += 1
+    except Exception:  # noqa: BLE001 - a page cut off by the crash ends the readable run
+        pass
+    return n
+
+
+def _has_broken_tail(path: Path, good: int) -> bool:
+    try:
+        with tifffile.TiffFile(path) as tf:
+            return len(tf.pages) != good
+    except Exception:  # noqa: BLE001
+        return True
+
+
+def _is_bigtiff(path: Path) -> bool:
+    with tifffile.TiffFile(path) as tf:
+        return tf.is_bigtiff
+
+
+def _storage_axis_of_first(settings: AcquisitionSettings) -> int | None:
+    first = settings.dimensions[0].name
+    names = [d.name for d in settings.storage_dimensions[:-2]]
+    return names.index(first) if first in names else None
+
+
+def _outer_shape(settings: AcquisitionSettings, first: int | None, extent: int) -> list[int]:
+    shape = [d.count for d in settings.storage_dimensions[:-2]]
+    if first is not None:
+        shape[first] = extent
+    return [int(n) for n in shape]  # type: ignore[arg-type]
+
+
+def _recover_zarr(settings: AcquisitionSettings) -> dict[str, Any]:
+    """Cut each array's slowest acquisition axis to the last chunk (or shard) on disk."""
+    backend = TensorstoreZarrBackend(settings)  # for its layout and metadata, not to write
+    first = _storage_axis_of_first(settings)
+    storage = settings.storage_dimensions
+    extent = None
+    if first is not None:
+        d = storage[first]
+        per_key = (d.chunk_size or 1) * (d.shard_size_chunks or 1)
+        extent = 0
+        for img in backend.paths:
+            chunks = Path(img) / DATASET / "c"
+            for key in chunks.rglob("*"):
+                if key.is_file():  # default encoding: c/<i0>/<i1>/...
+                    idx = [int(v) for v in key.relative_to(chunks).parts]
+                    extent = max(extent, (idx[first] + 1) * per_key)
+        if d.count is not None:
+            extent = min(extent, d.count)
+    for img in backend.paths:
+        meta_path = Path(img) / DATASET / "zarr.json"
+        meta = json.loads(meta_path.read_text())
+        if extent is not None:
+            meta["shape"][first] = extent
+        meta_path.write_text(json.dumps(meta, indent=2))
+        group = Path(img) / "zarr.json"
+        doc = json.loads(group.read_text())
+        doc["attributes"].setdefault(ATTR_NAMESPACE, {})["acquisition"] = {
+            "frames_expected": settings.num_frames, "complete": False, "recovered": True}
+        group.write_text(json.dumps(doc, indent=2))
+    return {"format": "ome-zarr", "paths": backend.paths, "extent": extent}

@@ -83,6 +83,8 @@ class StreamWorker(threading.Thread):
         self.queue: queue.SimpleQueue = queue.SimpleQueue()
         self.expected_seq = 0  # next sequence number the main thread accepts
         self.num_frames = settings.num_frames
+        #: frame notices of the current drain, handed over as one queue item (one wake-up)
+        self.batch: list[tuple] = []
         #: liveness: the client's pid when it shares our pid namespace, else heartbeats
         self.client_pid: int | None = None
         self.heartbeat_key = secrets.token_hex(8)
@@ -120,9 +122,9 @@ class StreamWorker(threading.Thread):
                     self._send_release(out)
                     continue
                 kind = item[0]
-                if kind == "frame":
-                    _, seq, slot, meta, payload = item
-                    self._write(seq, slot, meta, payload)
+                if kind == "frames":
+                    for seq, slot, meta, payload in item[1]:
+                        self._write(seq, slot, meta, payload)
                 elif kind == "skip":
                     self._skip_to(item[1] + item[2], dropped=False)
                 elif kind == "metadata":
@@ -216,7 +218,17 @@ class StreamWorker(threading.Thread):
     def _send(self, out: zmq.Socket, header: dict) -> None:
         out.send_multipart([self.peer, *P.encode(header)])
 
-    # ---- read by the main thread ----
+    # ---- called by the main thread ----
+
+    def enqueue(self, item: tuple) -> None:
+        """Queue a control item after the frames that came before it."""
+        self.flush_batch()
+        self.queue.put(item)
+
+    def flush_batch(self) -> None:
+        if self.batch:
+            self.queue.put(("frames", self.batch))
+            self.batch = []
 
     def report(self) -> dict[str, Any]:
         s = self.stats
@@ -307,7 +319,7 @@ class Daemon:
         for w in list(self.streams.values()):
             if not w.closing:
                 w.closing = True
-                w.queue.put(("close", None, "shutdown"))
+                w.enqueue(("close", None, "shutdown"))
         while any(not w.finished.is_set() for w in self.streams.values()):
             if outbox.poll(100):
                 self._forward(outbox, router)
@@ -330,7 +342,7 @@ class Daemon:
                 log.warning("stream %d (%s): %s; finalizing the %d frames received",
                             w.sid, w.settings.root_path, why, w.expected_seq)
                 w.closing = True
-                w.queue.put(("close", None, f"client lost: {why}"))
+                w.enqueue(("close", None, f"client lost: {why}"))
 
     def _reap(self) -> None:
         for sid, w in list(self.streams.items()):
@@ -371,9 +383,15 @@ class Daemon:
                 reply = P.error(P.E_MALFORMED, f"internal error handling the message: {e!r}")
             if reply is not None:
                 router.send_multipart([peer, *reply])
-            if i % 64 == 63:
+            if i % 32 == 31:  # keep the workers and the clients' credits moving
+                self._flush_batches()
                 self._forward(outbox, router)
+        self._flush_batches()
         self._forward(outbox, router)
+
+    def _flush_batches(self) -> None:
+        for w in self.streams.values():
+            w.flush_batch()
 
     def _handle(self, peer: bytes, h: dict, payload: Any) -> list | None:
         kind = h["type"]
@@ -390,13 +408,13 @@ class Daemon:
                                                     f"count >= 0; got seq {seq}, count {count}")
             self._check_room(w, seq + count)
             w.expected_seq = seq + count
-            w.queue.put(("skip", seq, count))
+            w.enqueue(("skip", seq, count))
             return None
         if kind == P.METADATA:
             w = self._stream_of(peer, h)
             ns = P.field(h, "namespace", str)
             value = P.field(h, "value", dict)
-            w.queue.put(("metadata", ns, value))
+            w.enqueue(("metadata", ns, value))
             return None
         if kind == P.STATUS:
             sid = P.field(h, "stream", int, required=False)
@@ -413,7 +431,7 @@ class Daemon:
                                                     f"{w.expected_seq} were sent")
             self._check_room(w, total)
             w.closing = True
-            w.queue.put(("close", total, "closed by client"))
+            w.enqueue(("close", total, "closed by client"))
             return None
         if kind == P.HEARTBEAT:
             sid = P.field(h, "stream", int)
@@ -498,7 +516,7 @@ class Daemon:
         elif payload is not None:
             raise P.ProtocolError(P.E_FRAME, f"frame {seq}: shared-memory stream got a payload")
         w.expected_seq = seq + 1
-        w.queue.put(("frame", seq, slot, meta, payload))
+        w.batch.append((seq, slot, meta, payload))  # queued as one item at the end of _drain
         return None
 
     def _stream_of(self, peer: bytes, h: dict) -> StreamWorker:

@@ -19,5 +19,9 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
+bench: $(STAMP)
+	$(PY) -m pip install -q -e '.[bench]'
+	$(PY) benchmarks/run.py
+
 clean:
 	rm -rf $(VENV) out .pytest_cache .hypothesis

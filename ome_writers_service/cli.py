@@ -50,9 +50,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     sizes = {"t": args.t, "z": args.z, "y": args.size, "x": args.size}
-    rt = tempfile.mkdtemp(prefix="ows-demo-")
-    info = local_daemon(rt, idle_exit=60)
-    print(f"daemon pid {info.pid} listening on {info.endpoint}")
+    if args.use_running:
+        info = local_daemon(start=False)
+        print(f"using the running daemon (pid {info.pid}) at {info.endpoint}")
+    else:
+        info = local_daemon(tempfile.mkdtemp(prefix="ows-demo-"), idle_exit=60)
+        print(f"started daemon pid {info.pid} listening on {info.endpoint}")
     ok = True
     try:
         settings = [_demo_settings(str(out / f"demo{sfx}"), sizes, args.positions)
@@ -89,7 +92,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 print(report)
                 ok &= report.ok
     finally:
-        subprocess.run(["kill", "-TERM", str(info.pid)], check=False)
+        if not args.use_running:
+            subprocess.run(["kill", "-TERM", str(info.pid)], check=False)
     print("demo:", "all datasets written and valid" if ok else "FAILED")
     return 0 if ok else 1
 
@@ -206,6 +210,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--z", type=int, default=10, help="z planes")
     demo.add_argument("--size", type=int, default=512, help="frame height and width")
     demo.add_argument("--positions", type=int, default=2, help="stage positions")
+    demo.add_argument("--use-running", action="store_true",
+                      help="stream to the daemon already running for this runtime directory "
+                           "($OME_WRITERS_SERVICE_RUNTIME_DIR) instead of starting one")
     demo.set_defaults(func=cmd_demo)
 
     serve = sub.add_parser("serve", help="run the writer daemon in the foreground")

@@ -32,7 +32,7 @@ from pydantic import ValidationError
 from . import __version__
 from . import protocol as P
 from .connection import ConnectionInfo, default_endpoint, pid_alive, runtime_dir
-from .ring import FrameRing, RingError, clean_stale_rings
+from .ring import HEADER_SIZE, FrameRing, RingError, clean_stale_rings, shm_free
 from .schema import AcquisitionSettings
 from .stream import OMEStream
 
@@ -269,6 +269,7 @@ class Daemon:
     # ---- lifecycle ----
 
     def serve(self) -> None:
+        check_shm_size()
         removed = clean_stale_rings()
         if removed:
             log.info("removed %d stale ring(s) of dead daemons: %s", len(removed), removed)
@@ -534,6 +535,19 @@ class Daemon:
         if n is not None and end > n:
             raise P.ProtocolError(P.E_SEQUENCE, f"frame {end - 1}: the acquisition declares "
                                                 f"{n} frames")
+
+
+def check_shm_size() -> int:
+    """Warn at start-up when /dev/shm cannot hold even one default ring (docker's default
+    /dev/shm is 64 MiB). Returns the free bytes."""
+    free = shm_free()
+    need = RING_BYTES + HEADER_SIZE
+    if free < need:
+        log.warning("/dev/shm has only %.0f MiB free; a stream's frame ring needs up to %.0f MiB "
+                    "(plus the frames in flight). In a container, raise shm_size (compose) or "
+                    "--shm-size (docker run), e.g. shm_size: 1gb; or set ring_slots lower in the "
+                    "settings.", free / 2**20, need / 2**20)
+    return free
 
 
 def _check_endpoint(endpoint: str, allow_remote: bool) -> None:

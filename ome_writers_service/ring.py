@@ -91,7 +91,7 @@ class FrameRing:
         fails here with a clear error instead of SIGBUS on a later write."""
         slot_size = slot_size_for(frame_nbytes)
         total = HEADER_SIZE + slot_size * slots
-        free = _shm_free()
+        free = shm_free()
         if total > free:  # fail before allocating anything
             raise RingError(_too_small(free, total, slots, slot_size))
         name = f"{PREFIX}{os.getpid()}-{secrets.token_hex(6)}"
@@ -104,7 +104,7 @@ class FrameRing:
             try:
                 os.posix_fallocate(fd, 0, total)
             except OSError as e:
-                raise RingError(_too_small(_shm_free(), total, slots, slot_size)) from e
+                raise RingError(_too_small(shm_free(), total, slots, slot_size)) from e
             flags = mmap.MAP_SHARED | (getattr(mmap, "MAP_POPULATE", 0) if prefault else 0)
             mm = mmap.mmap(fd, total, flags=flags)
             _HEADER.pack_into(mm, 0, MAGIC, LAYOUT_VERSION, HEADER_SIZE, slots, os.getpid(),
@@ -189,7 +189,8 @@ def _too_small(free: int, total: int, slots: int, slot_size: int) -> str:
             "ring_slots in the settings.")
 
 
-def _shm_free() -> int:
+def shm_free() -> int:
+    """Free bytes in /dev/shm."""
     st = os.statvfs(SHM_DIR)
     return st.f_bavail * st.f_frsize
 

@@ -67,6 +67,7 @@ class ConnectionInfo:
 
 
 def pid_alive(pid: int) -> bool:
+    """True while process ``pid`` runs; a zombie (dead, not yet reaped) counts as gone."""
     if pid <= 0:
         return False
     try:
@@ -75,4 +76,8 @@ def pid_alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True  # no procfs: trust kill()
+    return stat[stat.rfind(")") + 2:][:1] not in ("Z", "X")

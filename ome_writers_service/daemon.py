@@ -491,6 +491,8 @@ class Daemon:
             "transport": transport,
             "credits": slots, "ring": ring_info, "frame_shape": list(settings.frame_shape),
             "dtype": settings.dtype, "frames": settings.num_frames,
+            "frame_nbytes": settings.frame_nbytes, "backpressure": settings.backpressure,
+            "backpressure_timeout": settings.backpressure_timeout,
             "liveness": "pid" if worker.client_pid is not None else "heartbeat",
             "heartbeat_key": worker.heartbeat_key, "heartbeat_interval": HEARTBEAT_TIMEOUT / 4,
         }

@@ -1,0 +1,77 @@
+// ows.hpp — a small RAII wrapper around the C library (ows_client.h).
+// ows::Stream opens in its constructor, closes (waiting for the daemon) in close() or its
+// destructor, and turns error codes into ows::Error exceptions carrying the daemon's message.
+#pragma once
+
+#include <cstddef>
+#include <stdexcept>
+#include <string>
+#include <utility>
+
+#include "ows_client.h"
+
+namespace ows {
+
+struct Error : std::runtime_error {
+    int code;
+    Error(int c, const std::string &what) : std::runtime_error(what), code(c) {}
+};
+
+class Stream {
+  public:
+    // endpoint / token empty: the local daemon's connection file.
+    Stream(const std::string &settings_json, const std::string &endpoint = "",
+           const std::string &token = "", bool inline_frames = false) {
+        char err[1024];
+        s_ = ows_open(endpoint.empty() ? nullptr : endpoint.c_str(),
+                      token.empty() ? nullptr : token.c_str(), settings_json.c_str(),
+                      inline_frames ? OWS_TRANSPORT_INLINE : OWS_TRANSPORT_SHM, err, sizeof err);
+        if (!s_) throw Error(OWS_ERR_DAEMON, err);
+    }
+    Stream(const Stream &) = delete;
+    Stream &operator=(const Stream &) = delete;
+    Stream(Stream &&o) noexcept : s_(std::exchange(o.s_, nullptr)) {}
+    ~Stream() {
+        if (s_) ows_close(s_, nullptr, 0);  // never throws; call close() to see errors
+    }
+
+    // Copy a frame in; returns false when the frame was dropped (backpressure "drop").
+    bool append(const void *frame, std::size_t nbytes, const char *meta_json = nullptr) {
+        return check(ows_append(s_, frame, nbytes, meta_json));
+    }
+
+    // Zero-copy: a slot to fill, then commit().
+    void *claim() {
+        void *slot = nullptr;
+        check(ows_claim(s_, &slot));
+        return slot;
+    }
+    bool commit(const char *meta_json = nullptr) { return check(ows_commit(s_, meta_json)); }
+
+    std::string status() {
+        char buf[8192];
+        check(ows_status(s_, buf, sizeof buf));
+        return buf;
+    }
+
+    // Wait for every frame to be on disk; returns the final report (JSON).
+    std::string close() {
+        char buf[16384];
+        int rc = ows_close(std::exchange(s_, nullptr), buf, sizeof buf);
+        if (rc != OWS_OK) throw Error(rc, buf);
+        return buf;
+    }
+
+    std::size_t frame_nbytes() const { return ows_frame_nbytes(s_); }
+    long long frames_dropped() const { return ows_frames_dropped(s_); }
+
+  private:
+    bool check(int rc) {
+        if (rc == OWS_DROPPED) return false;
+        if (rc != OWS_OK) throw Error(rc, ows_last_error(s_));
+        return true;
+    }
+    ows_stream *s_ = nullptr;
+};
+
+}  // namespace ows

@@ -213,7 +213,8 @@ class AcquisitionSettings(_Model):
     backpressure_timeout: float = Field(default=10.0, gt=0)
     """Seconds append() waits for a free slot under the "block" policy before it raises."""
     ring_slots: PositiveInt | None = None
-    """Slots in the shared-memory ring; None picks enough for ~256 MiB (at least 4)."""
+    """Slots in the shared-memory ring; None picks ~256 MiB of frames (less when /dev/shm is
+    small; at least 8)."""
 
     @field_validator("format", mode="before")
     @classmethod

@@ -11,6 +11,8 @@ from .schema import (  # noqa: E402
     AcquisitionSettings,
     Channel,
     Dimension,
+    Instrument,
+    Objective,
     OmeTiffFormat,
     OmeZarrFormat,
     Plate,
@@ -21,13 +23,17 @@ from .schema import (  # noqa: E402
 )
 from .stream import CoordUpdate, OMEStream, StreamView  # noqa: E402
 from .api import create_stream  # noqa: E402
+from .useq_support import dims_from_useq, useq_to_acquisition_settings  # noqa: E402
+from .metadata import dataset_info, read_frame_metadata  # noqa: E402
 
 __all__ = [
     "AcquisitionSettings",
     "Channel",
     "CoordUpdate",
     "Dimension",
+    "Instrument",
     "OMEStream",
+    "Objective",
     "OmeTiffFormat",
     "OmeZarrFormat",
     "Plate",
@@ -37,5 +43,9 @@ __all__ = [
     "StreamView",
     "__version__",
     "create_stream",
+    "dataset_info",
     "dims_from_standard_axes",
+    "dims_from_useq",
+    "read_frame_metadata",
+    "useq_to_acquisition_settings",
 ]

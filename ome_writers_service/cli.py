@@ -1,4 +1,4 @@
-"""Command line: ``ome-writers-service {serve,status,demo,validate}``."""
+"""Command line: ``ome-writers-service {serve,status,demo,validate,recover,info}``."""
 
 from __future__ import annotations
 
@@ -141,16 +141,29 @@ def daemon_status(endpoint: str, timeout: float = 5.0) -> dict:
         sock.close(0)
 
 
+def _bar(fraction: float, width: int = 24) -> str:
+    filled = int(round(max(0.0, min(1.0, fraction)) * width))
+    return "[" + "#" * filled + "." * (width - filled) + "]"
+
+
 def _format_status(st: dict) -> str:
+    """One block per stream: progress bar, rate, lag behind the camera, drops, ring, ETA."""
     lines = [f"daemon pid {st.get('pid')} (version {st.get('version')}): "
              f"{len(st.get('streams', {}))} open stream(s)"]
     for sid, r in st.get("streams", {}).items():
-        total = r["frames_expected"]
-        done = r["frames_written"]
-        pct = f"{100 * done / total:5.1f}%" if total else "  unbounded"
-        lines.append(f"  [{sid}] {r['root_path']}: {done}/{total or '?'} written {pct}, "
-                     f"{r['rate_fps']:.0f} frames/s, backlog {r['backlog']}, "
-                     f"dropped {r['frames_dropped']}, errors {len(r['errors'])}")
+        total, done = r["frames_expected"], r["frames_written"]
+        rate = r["rate_fps"]
+        lag = r["frames_received"] - done
+        if total:
+            eta = f"ETA {(total - done) / rate:6.1f} s" if rate > 0 else "ETA      ?"
+            progress = f"{_bar(done / total)} {done}/{total} written {100 * done / total:5.1f}%"
+        else:
+            eta, progress = "unbounded", f"{done} written"
+        ring = f"ring {r['backlog']}/{r['ring_slots']} ({100 * r['backlog'] / r['ring_slots']:.0f}%)"
+        lines.append(f"  [{sid}] {r['root_path']}")
+        lines.append(f"      {progress}  {rate:,.0f} frames/s  lag {lag}  "
+                     f"dropped {r['frames_dropped']}  {ring}  {eta}"
+                     + (f"  ERRORS: {r['errors']}" if r["errors"] else ""))
     return "\n".join(lines)
 
 
@@ -166,13 +179,26 @@ def cmd_status(args: argparse.Namespace) -> int:
             print("no daemon is running (no connection file)", file=sys.stderr)
             return 1
         endpoint = info.endpoint
-    try:
-        st = daemon_status(endpoint)
-    except TimeoutError as e:
-        print(e, file=sys.stderr)
-        return 1
-    print(json.dumps(st, indent=2) if args.json else _format_status(st))
-    return 0
+    refreshes = 0
+    while True:
+        try:
+            st = daemon_status(endpoint)
+        except TimeoutError as e:
+            print(e, file=sys.stderr)
+            return 1
+        text = json.dumps(st, indent=2) if args.json else _format_status(st)
+        if args.watch is None:
+            print(text)
+            return 0
+        # redraw in place on a terminal; plain successive blocks in a log
+        print(("\x1b[H\x1b[J" if sys.stdout.isatty() else "") + text, flush=True)
+        refreshes += 1
+        if args.count is not None and refreshes >= args.count:
+            return 0
+        try:
+            time.sleep(args.watch)
+        except KeyboardInterrupt:
+            return 0
 
 
 def cmd_recover(args: argparse.Namespace) -> int:
@@ -196,6 +222,22 @@ def cmd_recover(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+def cmd_info(args: argparse.Namespace) -> int:
+    import json
+
+    from .metadata import dataset_info
+
+    for path in args.paths:
+        try:
+            info = dataset_info(path)
+        except (OSError, ValueError, KeyError) as e:
+            print(f"{path}: cannot read: {e}", file=sys.stderr)
+            return 1
+        print(f"{path}:")
+        print(json.dumps(info, indent=2, default=str))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="ome-writers-service",
@@ -203,8 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = ap.add_subparsers(dest="command", required=True)
 
-    demo = sub.add_parser("demo", help="write a realistic 5D acquisition in both formats and "
-                                       "validate it")
+    demo = sub.add_parser("demo", help="start a daemon, stream a realistic acquisition into "
+                                       "OME-Zarr and OME-TIFF at once, validate the result")
     demo.add_argument("--out", default="out/demo", help="directory for the datasets")
     demo.add_argument("--t", type=int, default=50, help="time points")
     demo.add_argument("--z", type=int, default=10, help="z planes")
@@ -231,12 +273,21 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--endpoint", help="daemon endpoint (default: the local daemon)")
     status.add_argument("--runtime-dir", help="runtime directory of the local daemon")
     status.add_argument("--json", action="store_true", help="print the raw status as JSON")
+    status.add_argument("--watch", nargs="?", type=float, const=1.0, default=None,
+                        metavar="SECONDS", help="refresh every SECONDS (default 1) until Ctrl-C")
+    status.add_argument("--count", type=int, default=None, help="with --watch: stop after N "
+                                                               "refreshes")
     status.set_defaults(func=cmd_status)
 
     rec = sub.add_parser("recover", help="finalize datasets whose writer died, from their "
                                          "journal (<root_path>.ows-journal)")
     rec.add_argument("paths", nargs="+", help="root paths of the datasets")
     rec.set_defaults(func=cmd_recover)
+
+    info = sub.add_parser("info", help="shape, axes, channels, scales and acquisition summary "
+                                       "of datasets")
+    info.add_argument("paths", nargs="+", help="OME-Zarr stores or OME-TIFF files")
+    info.set_defaults(func=cmd_info)
 
     val = sub.add_parser("validate", help="check datasets with independent validators")
     val.add_argument("paths", nargs="+", help="OME-Zarr stores or OME-TIFF files")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+from datetime import datetime
 from enum import Enum
 from typing import Annotated, Any, Literal, Mapping, Sequence
 
@@ -90,6 +91,26 @@ class Plate(_Model):
             if len(set(names)) != len(names):
                 raise ValueError(f"Plate.{field} has duplicates: {names}")
         return self
+
+
+class Objective(_Model):
+    """The objective lens (OME Objective / ObjectiveSettings)."""
+
+    model: str | None = None
+    manufacturer: str | None = None
+    nominal_magnification: float | None = Field(default=None, gt=0)
+    lens_na: float | None = Field(default=None, gt=0)
+    immersion: Literal["Oil", "Water", "WaterDipping", "Air", "Multi", "Glycerol", "Other"] \
+        | None = None
+    working_distance_um: float | None = Field(default=None, gt=0)
+
+
+class Instrument(_Model):
+    """The microscope an acquisition ran on (OME Instrument)."""
+
+    microscope_manufacturer: str | None = None
+    microscope_model: str | None = None
+    objective: Objective | None = None
 
 
 class Dimension(_Model):
@@ -208,6 +229,10 @@ class AcquisitionSettings(_Model):
     plate: Plate | None = None
     overwrite: bool = False
     # --- additions of the service (not in ome-writers 0.3.2) ---
+    image_name: str | None = None
+    """Name of the image (with several positions: prefixed to each position's name)."""
+    acquisition_date: datetime | None = None
+    instrument: Instrument | None = None
     backpressure: BackpressurePolicy = "block"
     """What append() does when every ring slot is in use: wait, drop the newest frame, or raise."""
     backpressure_timeout: float = Field(default=10.0, gt=0)
@@ -313,6 +338,14 @@ class AcquisitionSettings(_Model):
             by_name = {d.name: d for d in outer}
             order = [by_name[n] for n in self.storage_order if n in by_name]
         return [*order, *frame]
+
+    def image_name_of(self, position: Position) -> str:
+        """The name each position's image gets in the metadata."""
+        if self.image_name is None:
+            return position.name
+        if self.position_dimension is None:
+            return self.image_name
+        return f"{self.image_name} {position.name}"
 
     @property
     def frame_shape(self) -> tuple[int, int]:

@@ -119,19 +119,46 @@ def build_ome(
             pixels["time_increment_unit"] = ome_unit(tdim.unit)
 
     image = m.Image(
-        id=f"Image:{position_index}", name=position.name, pixels=m.Pixels(**pixels),
-        annotation_refs=image_refs,
+        id=f"Image:{position_index}", name=settings.image_name_of(position),
+        pixels=m.Pixels(**pixels), annotation_refs=image_refs,
+        acquisition_date=settings.acquisition_date,
     )
+    instruments = []
+    if settings.instrument is not None:
+        instrument = _instrument(settings.instrument, position_index)
+        instruments.append(instrument)
+        image.instrument_ref = m.InstrumentRef(id=instrument.id)
+        if instrument.objectives:
+            image.objective_settings = m.ObjectiveSettings(id=instrument.objectives[0].id)
     if position.x_coord is not None or position.y_coord is not None:
         image.stage_label = m.StageLabel(
             name=position.name, x=position.x_coord, y=position.y_coord, z=position.z_coord,
         )
     return m.OME(
         images=[image],
+        instruments=instruments,
         creator=f"ome-writers-service {__version__}",
         structured_annotations=m.StructuredAnnotations(map_annotations=annotations)
         if annotations else None,
     )
+
+
+def _instrument(inst, pos: int) -> m.Instrument:
+    microscope = None
+    if inst.microscope_manufacturer or inst.microscope_model:
+        microscope = m.Microscope(manufacturer=inst.microscope_manufacturer,
+                                  model=inst.microscope_model)
+    objectives = []
+    o = inst.objective
+    if o is not None:
+        kw: dict[str, Any] = {"id": f"Objective:{pos}:0", "model": o.model,
+                              "manufacturer": o.manufacturer,
+                              "nominal_magnification": o.nominal_magnification,
+                              "lens_na": o.lens_na, "immersion": o.immersion}
+        if o.working_distance_um is not None:
+            kw.update(working_distance=o.working_distance_um, working_distance_unit="µm")
+        objectives.append(m.Objective(**kw))
+    return m.Instrument(id=f"Instrument:{pos}", microscope=microscope, objectives=objectives)
 
 
 def _channels(cdim: Dimension | None, size_c: int, pos: int) -> list[m.Channel]:

@@ -144,7 +144,7 @@ class TensorstoreZarrBackend(ArrayBackend):
                 v05.TranslationTransformation(translation=[float(d.translation or 0) for d in dims])
             )
         multiscale = v05.Multiscale(
-            name=position.name,
+            name=self.settings.image_name_of(position),
             axes=[_axis(d) for d in dims],
             datasets=[v05.Dataset(path=DATASET, coordinateTransformations=transforms)],
         )
@@ -186,6 +186,11 @@ class TensorstoreZarrBackend(ArrayBackend):
             ]
         if self.acquisition_summary:
             extra["acquisition"] = dict(self.acquisition_summary)
+        s = self.settings
+        if s.instrument is not None:  # NGFF has no instrument fields: kept alongside
+            extra["instrument"] = s.instrument.model_dump(mode="json", exclude_none=True)
+        if s.acquisition_date is not None:
+            extra["acquisition_date"] = s.acquisition_date.isoformat()
         attrs[ATTR_NAMESPACE] = extra
         if pos == 0 and not self._image_paths[0]:  # the image is the root: global metadata here
             attrs.update(self.global_metadata)

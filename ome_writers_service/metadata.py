@@ -1,0 +1,123 @@
+"""Reading back what was written: per-frame metadata and a dataset summary, for either format.
+
+Uses only the files (ome-types for OME-XML, the zarr.json documents), so it works on any
+dataset this service wrote, in this process or not.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from .backends.base import KNOWN_FRAME_KEYS
+
+_PLANE_KEYS = {"delta_t": "delta_t", "exposure_time": "exposure_time",
+               "position_x": "position_x", "position_y": "position_y", "position_z": "position_z"}
+
+
+def read_frame_metadata(path: str | Path) -> list[dict[str, Any]]:
+    """Per-frame metadata of one image: a list of ``{"index": {axis: i}, key: value, ...}``
+    in storage order. ``path`` is an OME-TIFF file or an OME-Zarr image group."""
+    p = Path(path)
+    if (p / "zarr.json").is_file():
+        attrs = json.loads((p / "zarr.json").read_text())["attributes"]
+        return list(attrs.get("ome_writers", {}).get("frame_metadata", []))
+    import tifffile
+    from ome_types import from_xml
+
+    with tifffile.TiffFile(p) as tf:
+        ome = from_xml(tf.ome_metadata)
+    annotations = {a.id: a for a in (ome.structured_annotations.map_annotations
+                                     if ome.structured_annotations else [])}
+    out = []
+    for plane in ome.images[0].pixels.planes:
+        row: dict[str, Any] = {"index": {"t": plane.the_t, "c": plane.the_c, "z": plane.the_z}}
+        for key, attr in _PLANE_KEYS.items():
+            value = getattr(plane, attr)
+            if value is not None:
+                row[key] = value
+        for ref in plane.annotation_refs:
+            ann = annotations.get(ref.id)
+            if ann is not None:
+                for m in ann.value.ms:
+                    row[m.k] = _parse(m.value)
+        out.append(row)
+    return out
+
+
+def _parse(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except (ValueError, TypeError):
+        return text
+
+
+def dataset_info(path: str | Path) -> dict[str, Any]:
+    """Shape, axes, dtype, channels, scales and acquisition summary of each image."""
+    p = Path(path)
+    if (p / "zarr.json").is_file():
+        return _zarr_info(p)
+    return _tiff_info(p)
+
+
+def _zarr_info(root: Path) -> dict[str, Any]:
+    images = []
+    for zj in sorted(root.rglob("zarr.json")):
+        attrs = json.loads(zj.read_text()).get("attributes", {})
+        ome = attrs.get("ome", {})
+        if "multiscales" not in ome:
+            continue
+        ms = ome["multiscales"][0]
+        arr = json.loads((zj.parent / ms["datasets"][0]["path"] / "zarr.json").read_text())
+        scale = ms["datasets"][0]["coordinateTransformations"][0]["scale"]
+        images.append({
+            "path": str(zj.parent.relative_to(root.parent)), "name": ms.get("name"),
+            "shape": arr["shape"], "dtype": arr["data_type"],
+            "axes": [f"{a['name']}" + (f" [{a['unit']}]" if a.get("unit") else "")
+                     for a in ms["axes"]],
+            "scale": scale,
+            "channels": [c.get("label") for c in ome.get("omero", {}).get("channels", [])],
+            "acquisition": attrs.get("ome_writers", {}).get("acquisition"),
+            "frame_metadata_rows": len(attrs.get("ome_writers", {}).get("frame_metadata", [])),
+        })
+    root_attrs = json.loads((root / "zarr.json").read_text())["attributes"]
+    kind = "plate" if "plate" in root_attrs.get("ome", {}) else \
+        "image" if "multiscales" in root_attrs.get("ome", {}) else "collection"
+    extra = {k: v for k, v in root_attrs.items() if k not in ("ome", "ome_writers")}
+    return {"format": "OME-Zarr " + root_attrs.get("ome", {}).get("version", "?"), "kind": kind,
+            "images": images, "global_metadata": extra}
+
+
+def _tiff_info(path: Path) -> dict[str, Any]:
+    import tifffile
+    from ome_types import from_xml
+
+    with tifffile.TiffFile(path) as tf:
+        ome = from_xml(tf.ome_metadata)
+        pages = len(tf.pages)
+    images = []
+    for img in ome.images:
+        px = img.pixels
+        anns = {a.id: a for a in (ome.structured_annotations.map_annotations
+                                  if ome.structured_annotations else [])}
+        refs = [anns[r.id] for r in img.annotation_refs if r.id in anns]
+        summary = next(({m.k: _parse(m.value) for m in a.value.ms} for a in refs
+                        if a.namespace == "ome_writers.acquisition"), None)
+        images.append({
+            "name": img.name, "dimension_order": px.dimension_order.value,
+            "size": {"T": px.size_t, "C": px.size_c, "Z": px.size_z, "Y": px.size_y,
+                     "X": px.size_x},
+            "dtype": px.type.value, "channels": [c.name for c in px.channels],
+            "physical_size": {k: (getattr(px, f"physical_size_{k}"),
+                                  getattr(px, f"physical_size_{k}_unit").value)
+                              for k in "xyz" if getattr(px, f"physical_size_{k}") is not None},
+            "time_increment": px.time_increment, "planes_with_metadata": len(px.planes),
+            "acquisition": summary,
+            "global_metadata": {a.namespace: {m.k: _parse(m.value) for m in a.value.ms}
+                                for a in refs if a.namespace != "ome_writers.acquisition"},
+        })
+    return {"format": "OME-TIFF", "pages": pages, "images": images}
+
+
+__all__ = ["KNOWN_FRAME_KEYS", "dataset_info", "read_frame_metadata"]

@@ -1,0 +1,176 @@
+"""Metadata round trips read back with independent tools, useq-schema sequences through the
+daemon, and the command line run for real."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+from ome_types import from_xml
+
+from ome_writers_service import (AcquisitionSettings, Channel, Dimension, Instrument, Objective,
+                                 PositionDimension, create_stream, dataset_info,
+                                 read_frame_metadata, useq_to_acquisition_settings)
+
+from service_util import expected_images, frame_pixels, read_image, start_daemon
+
+FORMATS = [".ome.zarr", ".ome.tiff"]
+
+
+def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "ome_writers_service", *args],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture
+def daemon(tmp_path):
+    d = start_daemon(tmp_path / "rt")
+    yield d
+    assert d.stop() == 0, d.log_text()
+
+
+@pytest.mark.parametrize("suffix", FORMATS)
+def test_dataset_and_frame_metadata_round_trip(tmp_path, suffix):
+    s = AcquisitionSettings(
+        root_path=str(tmp_path / f"m{suffix}"), dtype="uint16", overwrite=True,
+        image_name="HeLa mitosis", acquisition_date=datetime.datetime(2026, 11, 25, 9, 30),
+        instrument=Instrument(microscope_manufacturer="Nikon", microscope_model="Ti2",
+                              objective=Objective(model="Plan Apo λ 60x", lens_na=1.4,
+                                                  nominal_magnification=60, immersion="Oil")),
+        dimensions=[Dimension(name="t", count=2, scale=30, unit="s"),
+                    Dimension(name="c", coords=[Channel(name="mCherry", emission_wavelength_nm=610,
+                                                        color="#FF0000")]),
+                    Dimension(name="y", count=8, scale=0.108, unit="um"),
+                    Dimension(name="x", count=8, scale=0.108, unit="um")])
+    with create_stream(s, in_process=True) as stream:
+        stream.set_global_metadata("pymmcore_plus", {"config": "scope.cfg", "binning": 2})
+        for i in range(2):
+            stream.append(frame_pixels(60, i, (8, 8), np.uint16),
+                          frame_metadata={"delta_t": 30.0 * i, "exposure_time": 0.05,
+                                          "position_z": 1.5 + i, "focus_score": 0.9 - i / 10,
+                                          "camera": {"gain": 2}})
+    image = s.root_path if suffix == ".ome.tiff" else s.root_path
+    rows = read_frame_metadata(image)
+    assert [r["index"]["t"] for r in rows] == [0, 1]
+    assert rows[1]["delta_t"] == 30.0 and rows[1]["exposure_time"] == 0.05
+    assert rows[1]["position_z"] == 2.5 and rows[1]["focus_score"] == pytest.approx(0.8)
+    assert rows[1]["camera"] == {"gain": 2}
+    info = dataset_info(s.root_path)
+    if suffix == ".ome.tiff":
+        with tifffile.TiffFile(s.root_path) as tf:
+            ome = from_xml(tf.ome_metadata, validate=True)
+        img = ome.images[0]
+        assert img.name == "HeLa mitosis"
+        assert img.acquisition_date == datetime.datetime(2026, 11, 25, 9, 30)
+        inst = ome.instruments[0]
+        assert inst.microscope.model == "Ti2" and inst.objectives[0].lens_na == 1.4
+        assert img.objective_settings.id == inst.objectives[0].id
+        assert img.pixels.channels[0].emission_wavelength == 610
+        assert img.pixels.time_increment == 30
+        assert info["images"][0]["global_metadata"]["pymmcore_plus"] == {"config": "scope.cfg",
+                                                                         "binning": 2}
+    else:
+        attrs = json.loads((Path(s.root_path) / "zarr.json").read_text())["attributes"]
+        assert attrs["ome"]["multiscales"][0]["name"] == "HeLa mitosis"
+        assert attrs["ome_writers"]["instrument"]["objective"]["lens_na"] == 1.4
+        assert attrs["ome_writers"]["acquisition_date"] == "2026-11-25T09:30:00"
+        assert attrs["ome"]["omero"]["channels"][0]["color"] == "FF0000"
+        assert attrs["pymmcore_plus"] == {"config": "scope.cfg", "binning": 2}
+        assert info["images"][0]["channels"] == ["mCherry"]
+        assert info["images"][0]["axes"][0] == "t [second]"
+
+
+def test_useq_sequence_streams_through_the_daemon(daemon, tmp_path):
+    useq = pytest.importorskip("useq")
+    seq = useq.MDASequence(
+        axis_order="tpcz",
+        stage_positions=[useq.Position(x=100.0, y=200.0, z=5.0, name="A1"),
+                         useq.Position(x=300.0, y=400.0, z=5.0, name="B2")],
+        channels=["DAPI", "FITC"],
+        z_plan={"range": 2, "step": 1.0},
+        time_plan={"interval": 2.5, "loops": 2},
+    )
+    kw = useq_to_acquisition_settings(seq, image_width=48, image_height=32, pixel_size_um=0.65)
+    settings = AcquisitionSettings(root_path=str(tmp_path / "mda.ome.zarr"), dtype="uint16",
+                                   overwrite=True, **kw)
+    assert [d.name for d in settings.dimensions] == ["t", "p", "c", "z", "y", "x"]
+    with create_stream(settings, endpoint=daemon.endpoint, token=daemon.token) as stream:
+        for i, event in enumerate(seq):
+            stream.append(frame_pixels(61, i, (32, 48), np.uint16),
+                          frame_metadata={"delta_t": event.min_start_time or 0.0})
+    paths = stream.report["paths"]
+    assert [Path(p).name for p in paths] == ["0", "1"]
+    want = expected_images(settings, 61)
+    for path, arr in zip(paths, want):
+        assert arr.shape == (2, 2, 3, 32, 48)
+        np.testing.assert_array_equal(read_image(path), arr)
+    ms = json.loads((Path(paths[1]) / "zarr.json").read_text())["attributes"]
+    assert ms["ome"]["multiscales"][0]["name"] == "B2"
+    assert [c["label"] for c in ms["ome"]["omero"]["channels"]] == ["DAPI", "FITC"]
+    assert ms["ome"]["multiscales"][0]["datasets"][0]["coordinateTransformations"][0]["scale"] \
+        == [2.5, 1.0, 1.0, 0.65, 0.65]
+    assert ms["ome_writers"]["position"]["x_coord"] == 300.0
+
+
+def test_status_watch_on_a_live_stream(daemon, tmp_path):
+    settings = AcquisitionSettings(
+        root_path=str(tmp_path / "live.ome.tiff"), dtype="uint16", overwrite=True,
+        dimensions=[Dimension(name="t", count=200), Dimension(name="y", count=64),
+                    Dimension(name="x", count=64)])
+    stream = create_stream(settings, endpoint=daemon.endpoint, token=daemon.token)
+    watch = subprocess.Popen([sys.executable, "-m", "ome_writers_service", "status",
+                              "--runtime-dir", str(daemon.rt), "--watch", "0.3", "--count", "8"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for i in range(150):  # a slow camera while the watcher refreshes
+        stream.append(frame_pixels(62, i, (64, 64), np.uint16))
+        time.sleep(0.01)
+    out, err = watch.communicate(timeout=60)
+    assert watch.returncode == 0, err
+    blocks = out.split("daemon pid")
+    assert len(blocks) - 1 == 8
+    written = [int(x) for x in __import__("re").findall(r"(\d+)/200 written", out)]
+    assert written == sorted(written) and written[-1] > written[0]  # it was live
+    assert "frames/s" in out and "lag" in out and "ring" in out and "ETA" in out
+    stream.skip(frames=50)
+    stream.close()
+
+
+def test_validate_info_and_recover_commands(tmp_path):
+    good = AcquisitionSettings(root_path=str(tmp_path / "good.ome.zarr"), dtype="uint8",
+                               overwrite=True, dimensions=[Dimension(name="t", count=2),
+                                                           Dimension(name="y", count=8),
+                                                           Dimension(name="x", count=8)])
+    with create_stream(good, in_process=True) as stream:
+        for i in range(2):
+            stream.append(np.full((8, 8), i, np.uint8))
+    tiff = AcquisitionSettings(**{**good.model_dump(exclude={"format"}),
+                                  "root_path": str(tmp_path / "good.ome.tiff")})
+    with create_stream(tiff, in_process=True) as stream:
+        for i in range(2):
+            stream.append(np.full((8, 8), i, np.uint8))
+    res = cli("validate", good.root_path, tiff.root_path)
+    assert res.returncode == 0 and res.stdout.count("FAIL") == 0, res.stdout
+    broken = tmp_path / "broken.ome.zarr"
+    subprocess.run(["cp", "-r", good.root_path, str(broken)], check=True)
+    meta = json.loads((broken / "zarr.json").read_text())
+    meta["attributes"]["ome"]["multiscales"][0]["axes"][-1]["type"] = "time"  # time after space
+    (broken / "zarr.json").write_text(json.dumps(meta))
+    res = cli("validate", str(broken))
+    assert res.returncode == 1 and "FAIL yaozarrs" in res.stdout, res.stdout
+    bad_tiff = tmp_path / "bad.ome.tiff"
+    tifffile.imwrite(bad_tiff, np.zeros((8, 8), np.uint8), ome=False)  # no OME-XML at all
+    res = cli("validate", str(bad_tiff))
+    assert res.returncode == 1 and "FAIL OME-XML" in res.stdout
+    res = cli("info", good.root_path)
+    assert res.returncode == 0 and '"shape": [\n' in res.stdout and '"kind": "image"' in res.stdout
+    res = cli("recover", good.root_path)  # finalized: there is nothing to recover
+    assert res.returncode == 1 and "no journal" in res.stderr
+    for command in ("serve", "status", "demo", "validate", "recover", "info"):
+        assert cli(command, "--help").returncode == 0

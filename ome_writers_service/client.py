@@ -27,7 +27,8 @@ from . import protocol as P
 from .connection import ConnectionInfo, pid_alive, runtime_dir
 from .ring import FrameRing
 from .schema import AcquisitionSettings
-from .stream import FrameCountError, check_frame
+from .router import FrameRouter
+from .stream import CoordEvents, FrameCountError, StreamView, check_frame
 
 #: How long to wait for a reply the daemon should give at once (open, status).
 REPLY_TIMEOUT = 30.0
@@ -108,6 +109,10 @@ class ServiceStream:
         self._policy = settings.backpressure
         self._block_timeout = settings.backpressure_timeout
         self._notice = b'{"type":"frame","stream":%d,"seq":%%d,"slot":%%d}' % self._sid
+        self._router = FrameRouter(settings)  # for on() events and view() only
+        self._events = CoordEvents(self._router)
+        self._last_payload: bytes | None = None
+        self._global_metadata: dict[str, dict[str, Any]] = {}
         self._heartbeat: _Heartbeat | None = None
         if reply.get("liveness") == "heartbeat":
             self._heartbeat = _Heartbeat(self._ctx, endpoint, self._sid, reply["heartbeat_key"],
@@ -138,6 +143,8 @@ class ServiceStream:
             np.copyto(self._slots[slot], frame)
             self._send_frame(seq, slot, frame_metadata)
         self._seq = seq + 1
+        if self._events.handlers:
+            self._events.emit(seq)
 
     @contextmanager
     def claim(self, *, frame_metadata: Mapping | None = None) -> Iterator[np.ndarray]:
@@ -165,6 +172,8 @@ class ServiceStream:
             raise
         self._send_frame(seq, slot, frame_metadata, view if self._inline else None)
         self._seq = seq + 1
+        if self._events.handlers:
+            self._events.emit(seq)
 
     def _send_frame(self, seq: int, slot: int, meta: Mapping | None, payload=None) -> None:
         if meta is None:
@@ -190,6 +199,32 @@ class ServiceStream:
             self._too_many(self._seq + frames - 1)
         self._send({"type": P.SKIP, "stream": self._sid, "seq": self._seq, "count": frames})
         self._seq += frames
+        if self._events.handlers:
+            for n in range(self._seq - frames, self._seq):
+                self._events.emit(n)
+
+    # ---- observation (same API as the in-process stream) ----
+
+    def on(self, event: str, callback) -> None:
+        """Call ``callback(CoordUpdate)`` after each frame sent ("coords_changed") or when
+        the extent grows ("coords_expanded")."""
+        self._events.on(event, callback)
+
+    def view(self, *, dynamic_shape: bool = True, strict: bool = False) -> StreamView:
+        """A live array view of what the daemon has written (planes read on demand)."""
+        return StreamView(self._router, len(self._settings.positions), self._dtype,
+                          self.read_plane, dynamic_shape=dynamic_shape, strict=strict,
+                          frames_done=lambda: self._seq)
+
+    def read_plane(self, position: int, index: tuple[int, ...]) -> np.ndarray | None:
+        """One stored plane from the daemon (frames still in its queue may not be there)."""
+        self._check_usable()
+        self._send({"type": P.READ, "stream": self._sid, "position": position,
+                    "index": [int(i) for i in index]})
+        reply = self._await(P.PLANE, REPLY_TIMEOUT, what="read")
+        if not reply["written"]:
+            return None
+        return np.frombuffer(self._last_payload, self._dtype).reshape(self._shape).copy()
 
     def _too_many(self, seq: int) -> None:
         raise FrameCountError(f"frame {seq}: the acquisition declares {self._total} frames; "
@@ -233,8 +268,10 @@ class ServiceStream:
             except zmq.Again:
                 return reply
             self._last_heard = _monotonic()
-            header, _ = P.decode(parts)
+            header, payload = P.decode(parts)
             kind = header["type"]
+            if kind == P.PLANE:
+                self._last_payload = payload
             if kind == P.RELEASE:
                 self._free.extend(header["slots"])
             elif kind == P.ERROR:
@@ -321,6 +358,11 @@ class ServiceStream:
         self._check_usable()
         self._send({"type": P.METADATA, "stream": self._sid, "namespace": namespace,
                     "value": dict(metadata)})
+        self._global_metadata[namespace] = dict(metadata)
+
+    def get_metadata(self) -> dict[str, Any]:
+        """The global metadata set so far, by namespace."""
+        return dict(self._global_metadata)
 
     def update_metadata(self, metadata: Mapping[str, Mapping[str, Any]]) -> None:
         for ns, mapping in metadata.items():

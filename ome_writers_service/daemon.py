@@ -441,6 +441,8 @@ class Daemon:
             w.closing = True
             w.enqueue(("close", total, "closed by client"))
             return None
+        if kind == P.READ:
+            return self._on_read(peer, h)
         if kind == P.HEARTBEAT:
             sid = P.field(h, "stream", int)
             key = P.field(h, "key", str)
@@ -528,6 +530,21 @@ class Daemon:
         w.expected_seq = seq + 1
         w.batch.append((seq, slot, meta, payload))  # queued as one item at the end of _drain
         return None
+
+    def _on_read(self, peer: bytes, h: dict) -> list:
+        """A stored plane, for the client's live view (not on the frame path)."""
+        w = self._stream_of(peer, h)
+        pos = P.field(h, "position", int)
+        index = P.field(h, "index", list)
+        shape = w.stream._router.storage_shape if w.stream is not None else ()
+        if w.stream is None or not 0 <= pos < len(w.settings.positions) \
+                or len(index) != len(shape) \
+                or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0
+                           and (n is None or i < n) for i, n in zip(index, shape)):
+            raise P.ProtocolError(P.E_MALFORMED, f"read: no plane {index} at position {pos}")
+        plane = w.stream.read_plane(pos, tuple(index))
+        header = {"type": P.PLANE, "stream": w.sid, "written": plane is not None}
+        return P.encode(header, None if plane is None else np.ascontiguousarray(plane).tobytes())
 
     def _stream_of(self, peer: bytes, h: dict) -> StreamWorker:
         sid = P.field(h, "stream", int)

@@ -26,6 +26,7 @@ STATUS = "status"
 CLOSE = "close"
 PING = "ping"
 HEARTBEAT = "heartbeat"
+READ = "read"
 # daemon -> client
 OPENED = "opened"
 RELEASE = "release"
@@ -33,6 +34,7 @@ STATUS_REPLY = "status_reply"
 CLOSED = "closed"
 ERROR = "error"
 PONG = "pong"
+PLANE = "plane"
 
 # error codes (the ``code`` of an ``error`` message)
 E_MALFORMED = "malformed"          # not [TAG, JSON object(, payload)]

@@ -44,6 +44,7 @@ class FrameRouter:
         self._storage_from_acq = [names.index(d.name) for d in storage]
         self.storage_shape: tuple[int | None, ...] = tuple(d.count for d in storage)
         self.storage_names: tuple[str, ...] = tuple(d.name for d in storage)
+        self.frame_shape: tuple[int, int] = settings.frame_shape
         self._next = 0
 
     def locate(self, frame_number: int) -> FrameLocation:

@@ -71,8 +71,7 @@ class OMEStream:
         self._journal = Journal(settings)  # lets `recover` finalize the dataset if we die
         self._frame_shape = settings.frame_shape
         self._dtype = np.dtype(settings.dtype)
-        self._handlers: dict[str, list[Callable[[CoordUpdate], None]]] = {}
-        self._max_index = [-1] * len(self._router.storage_names)
+        self._events = CoordEvents(self._router)
         self._lock = threading.Lock()
         self._closed = False
 
@@ -105,8 +104,8 @@ class OMEStream:
                 self._backend.write(loc.position, loc.index, frame, frame_metadata)
             else:
                 self._backend.write_borrowed(loc.position, loc.index, frame, frame_metadata, done)
-        if self._handlers:
-            self._emit(n, loc.index)
+        if self._events:
+            self._events.emit(n, loc.index)
 
     def skip(self, *, frames: int = 1) -> None:
         """Advance ``frames`` frames without data; they keep the fill value (zero)."""
@@ -120,9 +119,9 @@ class OMEStream:
             self._journal.skipped(start, frames)
             for loc in locs:
                 self._backend.skip(loc.position, loc.index)
-        if self._handlers:
+        if self._events:
             for i, loc in enumerate(locs):
-                self._emit(start + i, loc.index)
+                self._events.emit(start + i, loc.index)
 
     def close(self) -> None:
         """Write everything and the final metadata. Raises if anything could not be written."""
@@ -195,11 +194,39 @@ class OMEStream:
     def on(self, event: EventName, callback: Callable[[CoordUpdate], None]) -> None:
         """Call ``callback(CoordUpdate)`` after each frame ("coords_changed") or when the
         written extent grows ("coords_expanded")."""
+        self._events.on(event, callback)
+
+    def read_plane(self, position: int, index: tuple[int, ...]) -> np.ndarray | None:
+        """One stored plane (storage-order index), or None where nothing was written."""
+        with self._lock:
+            return self._backend.read(position, index)
+
+    def view(self, *, dynamic_shape: bool = True, strict: bool = False) -> StreamView:
+        """A live, read-only array view of what has been written (positions first if several)."""
+        return StreamView(self._router, len(self._backend.positions), self._dtype,
+                          self.read_plane, dynamic_shape=dynamic_shape, strict=strict)
+
+
+class CoordEvents:
+    """The on() events of a stream, computed from frame numbers (so the daemon-backed stream
+    offers them too). Costs nothing per frame while no handler is registered."""
+
+    def __init__(self, router: FrameRouter) -> None:
+        self._router = router
+        self.handlers: dict[str, list[Callable[[CoordUpdate], None]]] = {}
+        self._max_index = [-1] * len(router.storage_names)
+
+    def __bool__(self) -> bool:
+        return bool(self.handlers)
+
+    def on(self, event: str, callback: Callable[[CoordUpdate], None]) -> None:
         if event not in ("coords_expanded", "coords_changed"):
             raise ValueError(f"unknown event {event!r}; use 'coords_expanded' or 'coords_changed'")
-        self._handlers.setdefault(event, []).append(callback)
+        self.handlers.setdefault(event, []).append(callback)
 
-    def _emit(self, frame_number: int, index: tuple[int, ...]) -> None:
+    def emit(self, frame_number: int, index: tuple[int, ...] | None = None) -> None:
+        if index is None:
+            index = self._router.locate(frame_number).index
         grew = False
         for i, v in enumerate(index):
             if v > self._max_index[i]:
@@ -212,15 +239,11 @@ class OMEStream:
             frame_number=frame_number,
             is_high_water_mark=grew,
         )
-        for cb in self._handlers.get("coords_changed", ()):
+        for cb in self.handlers.get("coords_changed", ()):
             cb(update)
         if grew:
-            for cb in self._handlers.get("coords_expanded", ()):
+            for cb in self.handlers.get("coords_expanded", ()):
                 cb(update)
-
-    def view(self, *, dynamic_shape: bool = True, strict: bool = False) -> StreamView:
-        """A live, read-only array view of what has been written (positions first if several)."""
-        return StreamView(self, dynamic_shape=dynamic_shape, strict=strict)
 
 
 class StreamView:
@@ -228,25 +251,33 @@ class StreamView:
 
     Shape is storage order, with a leading position axis when there are several positions.
     With ``dynamic_shape`` the shape covers what was written so far, otherwise the declared
-    shape. Unwritten planes read as zeros, or raise with ``strict=True``.
+    shape (an unbounded axis: its extent so far). Unwritten planes read as zeros, or raise
+    with ``strict=True``. ``read_plane(position, index)`` supplies the pixels: the backend in
+    process, a ``read`` request to the daemon otherwise.
     """
 
-    def __init__(self, stream: OMEStream, *, dynamic_shape: bool, strict: bool) -> None:
-        self._stream = stream
+    def __init__(self, router: FrameRouter, n_positions: int, dtype: np.dtype,
+                 read_plane: Callable[[int, tuple[int, ...]], np.ndarray | None], *,
+                 dynamic_shape: bool, strict: bool,
+                 frames_done: Callable[[], int] | None = None) -> None:
+        self._router = router
+        self._frames_done = frames_done or (lambda: router.frames_done)
+        self._npos = n_positions
+        self._read = read_plane
         self._dynamic = dynamic_shape
         self._strict = strict
-        self._npos = len(stream._backend.positions)
-        self.dtype = stream._dtype
+        self.dtype = np.dtype(dtype)
+        self._frame_shape = router.frame_shape
 
     @property
     def shape(self) -> tuple[int, ...]:
-        backend = self._stream._backend
+        extent = self._router.extent_after(self._frames_done())
         if self._dynamic:
-            outer = self._stream._router.extent_after(self._stream._router.frames_done)
+            outer = extent
         else:
-            outer = tuple(backend.current_shape()[:-2])
+            outer = tuple(e if n is None else n for n, e in zip(self._router.storage_shape, extent))
         lead = (self._npos,) if self._npos > 1 else ()
-        return (*lead, *outer, *backend.frame_shape)
+        return (*lead, *outer, *self._frame_shape)
 
     @property
     def ndim(self) -> int:
@@ -283,18 +314,17 @@ class StreamView:
         planes = [self._plane(idx)[frame_key] for idx in np.ndindex(*map(len, grid))
                   for idx in [tuple(g[i] for g, i in zip(grid, idx))]]
         out_shape = [len(r) for r in ranges if isinstance(r, range)]
-        frame_part = np.zeros(self._stream._frame_shape, self.dtype)[frame_key].shape
+        frame_part = np.zeros(self._frame_shape, self.dtype)[frame_key].shape
         if not planes:
             return np.zeros((*out_shape, *frame_part), self.dtype)
         return np.stack(planes).reshape(*out_shape, *frame_part)
 
     def _plane(self, idx: tuple[int, ...]) -> np.ndarray:
         pos, index = (idx[0], tuple(idx[1:])) if self._npos > 1 else (0, tuple(idx))
-        router = self._stream._router
-        if self._strict and router.frame_number(pos, index) >= router.frames_done:
+        router = self._router
+        if self._strict and router.frame_number(pos, index) >= self._frames_done():
             raise IndexError(f"plane {idx} has not been written")
-        with self._stream._lock:
-            frame = self._stream._backend.read(pos, index)
+        frame = self._read(pos, index)
         if frame is None:
-            return np.zeros(self._stream._frame_shape, self.dtype)
+            return np.zeros(self._frame_shape, self.dtype)
         return frame

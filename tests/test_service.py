@@ -522,3 +522,24 @@ def test_recover_after_daemon_sigkill(tmp_path, suffix):
     assert not journal.exists()
     # every frame written before the crash is there; the last step (t=4) lacks its channel 1
     check_dataset(settings, [settings.root_path], 17, frames=9)
+
+
+def test_daemon_backed_stream_offers_view_and_events(daemon, tmp_path):
+    settings = settings_5d(tmp_path / "v.ome.zarr", dimensions=[
+        Dimension(name="t", count=None), Dimension(name="c", count=2),
+        Dimension(name="y", count=16), Dimension(name="x", count=16)])
+    stream = create_stream(settings, endpoint=daemon.endpoint, token=daemon.token)
+    expanded = []
+    stream.on("coords_expanded", expanded.append)
+    view = stream.view()
+    for i in range(5):
+        stream.append(frame_pixels(70, i, (16, 16), np.uint16))
+    assert view.shape == (3, 2, 16, 16)
+    while stream.status()["frames_written"] < 5:
+        time.sleep(0.01)
+    np.testing.assert_array_equal(view[1, 1], frame_pixels(70, 3, (16, 16), np.uint16))
+    np.testing.assert_array_equal(view[2, 1], np.zeros((16, 16), np.uint16))
+    with pytest.raises(IndexError, match="has not been written"):
+        stream.view(strict=True)[2, 1]
+    assert [u.frame_number for u in expanded] == [0, 1, 2, 4]
+    stream.close()

@@ -8,7 +8,6 @@ import sys
 import threading
 from pathlib import Path
 
-import numpy as np
 
 from ome_writers_service import AcquisitionSettings, Dimension, create_stream
 

@@ -60,7 +60,7 @@ def _recover_tiff(settings: AcquisitionSettings, skipped: set[int]) -> dict[str,
         good.append(_readable_pages(path))
     # page j of position p's file is the j-th frame of position p that was not skipped
     pages: list[list[tuple[int, ...]]] = [[] for _ in paths]
-    frame, done, clean_end = 0, 0, True
+    frame, done = 0, 0
     while any(len(pg) < n for pg, n in zip(pages, good)):
         if router.num_frames is not None and frame >= router.num_frames:
             break

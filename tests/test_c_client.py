@@ -95,7 +95,7 @@ def test_c_client_error_paths(build, daemon, tmp_path):
     text = "".join(lines) + out
     assert "wrong token: daemon: open refused" in text
     assert "wrong size: frame 0: 2050 bytes" in text
-    assert f"GONE after" in text and f"pid {daemon.pid}" in text
+    assert "GONE after" in text and f"pid {daemon.pid}" in text
 
 
 def test_cpp_camera_simulation(build, daemon, tmp_path):

@@ -20,7 +20,7 @@ import pytest
 
 from ome_writers_service import AcquisitionSettings, Dimension, create_stream
 
-from service_util import frame_pixels, read_image, run_checker, start_daemon
+from service_util import frame_pixels, read_image, run_checker
 
 DOCKER = Path(__file__).resolve().parents[1] / "docker"
 BIN = Path(sys.executable).parent

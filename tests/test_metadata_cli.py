@@ -16,7 +16,7 @@ import tifffile
 from ome_types import from_xml
 
 from ome_writers_service import (AcquisitionSettings, Channel, Dimension, Instrument, Objective,
-                                 PositionDimension, create_stream, dataset_info,
+                                 create_stream, dataset_info,
                                  read_frame_metadata, useq_to_acquisition_settings)
 
 from service_util import expected_images, frame_pixels, read_image, start_daemon

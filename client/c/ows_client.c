@@ -455,6 +455,17 @@ static int take_slot(ows_stream *s, int *slot) {
     return OWS_OK;
 }
 
+/* The checks every frame passes (stream usable, nothing claimed, room left), then a slot. */
+static int next_slot(ows_stream *s, int *slot) {
+    int rc = check_usable(s);
+    if (rc != OWS_OK) return rc;
+    if (s->claimed_slot != -1) return fail(s, OWS_ERR_CLAIMED, "a claimed slot is not committed");
+    if (s->total >= 0 && s->seq >= s->total)
+        return fail(s, OWS_ERR_TOO_MANY, "frame %lld: the acquisition declares %lld frames",
+                    (long long)s->seq, (long long)s->total);
+    return take_slot(s, slot);
+}
+
 static int send_frame(ows_stream *s, int slot, const char *meta_json, const void *payload) {
     char header[256];
     char *dynamic = NULL;
@@ -488,17 +499,11 @@ static int send_frame(ows_stream *s, int slot, const char *meta_json, const void
 
 int ows_append(ows_stream *s, const void *frame, size_t nbytes, const char *meta_json) {
     if (!s || !frame) return OWS_ERR_ARG;
-    int rc = check_usable(s);
-    if (rc != OWS_OK) return rc;
-    if (s->claimed_slot != -1) return fail(s, OWS_ERR_CLAIMED, "a claimed slot is not committed");
     if (nbytes != s->frame_nbytes)
         return fail(s, OWS_ERR_FRAME_SIZE, "frame %lld: %zu bytes, the stream's frames are %zu",
                     (long long)s->seq, nbytes, s->frame_nbytes);
-    if (s->total >= 0 && s->seq >= s->total)
-        return fail(s, OWS_ERR_TOO_MANY, "frame %lld: the acquisition declares %lld frames",
-                    (long long)s->seq, (long long)s->total);
     int slot;
-    rc = take_slot(s, &slot);
+    int rc = next_slot(s, &slot);
     if (rc == OWS_DROPPED) {
         s->seq++;
         s->dropped++;
@@ -512,14 +517,8 @@ int ows_append(ows_stream *s, const void *frame, size_t nbytes, const char *meta
 
 int ows_claim(ows_stream *s, void **slot_ptr) {
     if (!s || !slot_ptr) return OWS_ERR_ARG;
-    int rc = check_usable(s);
-    if (rc != OWS_OK) return rc;
-    if (s->claimed_slot != -1) return fail(s, OWS_ERR_CLAIMED, "a claimed slot is not committed");
-    if (s->total >= 0 && s->seq >= s->total)
-        return fail(s, OWS_ERR_TOO_MANY, "frame %lld: the acquisition declares %lld frames",
-                    (long long)s->seq, (long long)s->total);
     int slot;
-    rc = take_slot(s, &slot);
+    int rc = next_slot(s, &slot);
     if (rc == OWS_DROPPED) {
         s->claimed_slot = -2;
         *slot_ptr = s->scratch;

@@ -14,7 +14,6 @@ to tensorstore, so a chunk that spans several frames is encoded once, not rewrit
 from __future__ import annotations
 
 import json
-import math
 from collections import deque
 from pathlib import Path
 from typing import Any, Mapping

@@ -112,12 +112,18 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     import logging
 
+    import zmq
+
     from .daemon import run
 
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    run(args.endpoint, rt_dir=args.runtime_dir, idle_exit=args.idle_exit,
-        allow_remote=args.allow_remote)
+    try:
+        run(args.endpoint, rt_dir=args.runtime_dir, idle_exit=args.idle_exit,
+            allow_remote=args.allow_remote)
+    except (ValueError, OSError, zmq.ZMQError) as e:  # bad endpoint, address in use, ...
+        print(f"ome-writers-service serve: {e}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -284,6 +284,8 @@ class Daemon:
         router.setsockopt(zmq.ROUTER_MANDATORY, 0)
         router.setsockopt(zmq.LINGER, 2000)
         _bind(router, self.endpoint)
+        # tcp://127.0.0.1:* (or :0) picks a free port: publish the one actually bound
+        self.endpoint = router.getsockopt_string(zmq.LAST_ENDPOINT)
         outbox = self.ctx.socket(zmq.PULL)
         outbox.bind(OUTBOX)
         info = ConnectionInfo(self.endpoint, self.token, os.getpid(), __version__)

@@ -183,10 +183,14 @@ class PositionDimension(Dimension):
 
 
 class OmeZarrFormat(_Model):
-    """OME-Zarr v0.5 (zarr v3), written with tensorstore."""
+    """OME-Zarr v0.5 (zarr v3), written with tensorstore.
+
+    ``backend`` accepts every name ome-writers 0.3.2 does, so its scripts run unchanged; the
+    service always writes with tensorstore (the arrays are the same zarr v3 either way).
+    """
 
     name: Literal["ome-zarr"] = "ome-zarr"
-    backend: Literal["auto", "tensorstore"] = "auto"
+    backend: Literal["auto", "tensorstore", "acquire-zarr", "zarr-python", "zarrs-python"] = "auto"
     suffix: str = ".ome.zarr"
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -543,3 +544,41 @@ def test_daemon_backed_stream_offers_view_and_events(daemon, tmp_path):
         stream.view(strict=True)[2, 1]
     assert [u.frame_number for u in expanded] == [0, 1, 2, 4]
     stream.close()
+
+
+def test_daemon_never_binds_a_non_loopback_address_unless_told(tmp_path):
+    res = subprocess.run([sys.executable, "-m", "ome_writers_service", "serve", "--runtime-dir",
+                          str(tmp_path / "rt"), "--endpoint", "tcp://0.0.0.0:5599"],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode != 0 and "not a loopback address" in res.stderr
+    d = start_daemon(tmp_path / "rt2", "--endpoint", "tcp://127.0.0.1:*")
+    try:
+        # the connection file names the port actually bound; directory and file are private
+        assert re.fullmatch(r"tcp://127\.0\.0\.1:\d+", d.endpoint), d.endpoint
+        settings = settings_5d(tmp_path / "tcp.ome.zarr", dimensions=[
+            Dimension(name="t", count=2), Dimension(name="y", count=8), Dimension(name="x", count=8)])
+        with create_stream(settings, endpoint=d.endpoint, token=d.token,
+                           transport="inline") as stream:
+            for i in range(2):
+                stream.append(frame_pixels(71, i, (8, 8), np.uint16))
+        check_dataset(settings, stream.report["paths"], 71)
+        assert (d.rt.stat().st_mode & 0o777) == 0o700
+        assert ((d.rt / "daemon.json").stat().st_mode & 0o777) == 0o600
+        assert "open refused" not in d.log_text()
+    finally:
+        assert d.stop() == 0
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a read-only tmpfs needs root")
+def test_unwritable_target_is_refused_before_the_first_frame(daemon, tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(ro)], check=True)
+    try:
+        settings = settings_5d(ro / "nope.ome.zarr", dimensions=[
+            Dimension(name="t", count=2), Dimension(name="y", count=8), Dimension(name="x", count=8)])
+        with pytest.raises(ServiceError, match="not writable") as err:
+            create_stream(settings, endpoint=daemon.endpoint, token=daemon.token)
+        assert str(ro) in str(err.value)
+    finally:
+        subprocess.run(["umount", "-l", str(ro)], check=False)

@@ -296,11 +296,7 @@ class TensorstoreZarrBackend(ArrayBackend):
             ).result()
 
     def write(self, position, index, frame, metadata=None) -> None:
-        self._raise_failed_writes()
-        self._note_index(index)
-        self._note_metadata(position, index, metadata)
-        if self.grow_axis is not None:
-            self._ensure_capacity(index[self.grow_axis] + 1)
+        self._admit(position, index, metadata)
         if self._frame_per_unit:
             fut = self._arrays[position][index].write(frame)
             fut.copy.result()  # the frame has been read; the caller may reuse its buffer
@@ -314,16 +310,20 @@ class TensorstoreZarrBackend(ArrayBackend):
             self.write(position, index, frame, metadata)  # copied into its block
             done()
             return
-        self._raise_failed_writes()
-        self._note_index(index)
-        self._note_metadata(position, index, metadata)
-        if self.grow_axis is not None:
-            self._ensure_capacity(index[self.grow_axis] + 1)
+        self._admit(position, index, metadata)
         # tensorstore encodes straight from the lent frame; it is handed back on commit
         fut = self._arrays[position][index].write(frame, can_reference_source_data_indefinitely=True)
         fut.add_done_callback(lambda _: done())
         self._track(fut, position, index)
         self.frames_written += 1
+
+    def _admit(self, position: int, index: tuple[int, ...], metadata) -> None:
+        """What every frame does before its pixels move: surface failed writes, note it."""
+        self._raise_failed_writes()
+        self._note_index(index)
+        self._note_metadata(position, index, metadata)
+        if self.grow_axis is not None:
+            self._ensure_capacity(index[self.grow_axis] + 1)
 
     def skip(self, position, index) -> None:
         super().skip(position, index)

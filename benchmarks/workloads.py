@@ -1,8 +1,10 @@
 """The benchmark workloads and the writers compared on them.
 
-Each writer is a function ``(workload, root, frames, probe) -> dict`` run in a fresh child
-process, so its peak RSS is its own. ``frames`` is a small pool of distinct frames reused
-round-robin (generating pixels is not what we measure); ``probe`` times each call.
+Every writer is opened the same way: ``open_<kind>(workload, root, fmt, ...)`` returns a
+`Session` whose ``append(frame)`` is what the camera loop calls and whose ``close()`` returns
+when the dataset is complete. Opening (creating the dataset, mapping the ring) is set-up,
+done before the clock starts, for every writer alike. ``frames`` is a small pool of distinct
+frames reused round-robin: generating pixels is not what we measure.
 """
 
 from __future__ import annotations
@@ -10,9 +12,9 @@ from __future__ import annotations
 import math
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
@@ -59,21 +61,20 @@ def dims(wl: Workload, module):
     return out
 
 
-def _timed_loop(append: Callable, frames: list[np.ndarray], n: int) -> np.ndarray:
-    lat = np.empty(n, np.int64)
-    clock = time.perf_counter_ns
-    k = len(frames)
-    for i in range(n):
-        t0 = clock()
-        append(frames[i % k])
-        lat[i] = clock() - t0
-    return lat
+@dataclass
+class Session:
+    """An open writer: ``append`` per frame, ``close()`` -> extra metrics once all is written."""
+
+    append: Callable[[np.ndarray], Any]
+    close: Callable[[], dict]
+    paths: list[str]
+    backlog: Callable[[], int] = field(default=lambda: 0)
 
 
 # ---- writers ----
 
-def service(wl: Workload, root: Path, frames, fmt: str, endpoint: str, token: str,
-            mode: str = "append", rate_hz: float | None = None) -> dict:
+def open_service(wl: Workload, root: Path, fmt: str, endpoint: str, token: str,
+                 mode: str = "append") -> Session:
     import ome_writers_service as ows
 
     settings = ows.AcquisitionSettings(root_path=str(root), dimensions=dims(wl, ows),
@@ -85,61 +86,91 @@ def service(wl: Workload, root: Path, frames, fmt: str, endpoint: str, token: st
                 slot[...] = f
     else:
         append = stream.append
-    t0 = time.perf_counter()
-    if rate_hz:
-        lat, late = _paced_loop(append, frames, wl.n_frames, rate_hz)
-    else:
-        lat, late = _timed_loop(append, frames, wl.n_frames), None
-    loop = time.perf_counter() - t0
-    backlog = stream.lag
-    report = stream.close()
-    closed = time.perf_counter() - t0
-    out = {"latency_ns": lat, "loop_s": loop, "close_s": closed, "backlog": backlog,
-           "dropped": report["frames_dropped"], "written": report["frames_written"],
-           "paths": report["paths"] if fmt == "tiff" else [str(root)]}
-    if late is not None:
-        out["lateness_ns"] = late
-    return out
+
+    def close() -> dict:
+        report = stream.close()
+        return {"dropped": report["frames_dropped"], "written": report["frames_written"]}
+
+    paths = stream.paths if fmt == "tiff" else [str(root)]
+    return Session(append, close, paths, backlog=lambda: stream.lag)
 
 
-def inprocess(wl: Workload, root: Path, frames, fmt: str) -> dict:
+def open_inprocess(wl: Workload, root: Path, fmt: str) -> Session:
     import ome_writers_service as ows
 
     settings = ows.AcquisitionSettings(root_path=str(root), dimensions=dims(wl, ows),
                                        dtype="uint16", overwrite=True)
-    t0 = time.perf_counter()
     stream = ows.create_stream(settings, in_process=True)
-    lat = _timed_loop(stream.append, frames, wl.n_frames)
-    loop = time.perf_counter() - t0
     paths = stream.paths if fmt == "tiff" else [str(root)]
-    stream.close()
-    return {"latency_ns": lat, "loop_s": loop, "close_s": time.perf_counter() - t0,
-            "paths": paths, "written": wl.n_frames}
+    return Session(stream.append, lambda: (stream.close(), {})[1], paths)
 
 
-def ome_writers(wl: Workload, root: Path, frames, fmt: str, backend: str) -> dict:
+def open_ome_writers(wl: Workload, root: Path, fmt: str, backend: str) -> Session:
     import ome_writers as ow
 
     f = ow.OmeTiffFormat(backend=backend) if fmt == "tiff" else ow.OmeZarrFormat(backend=backend)
     settings = ow.AcquisitionSettings(root_path=str(root), dimensions=dims(wl, ow),
                                       dtype="uint16", overwrite=True, format=f)
-    t0 = time.perf_counter()
     stream = ow.create_stream(settings)
-    lat = _timed_loop(stream.append, frames, wl.n_frames)
-    loop = time.perf_counter() - t0
-    stream.close()
-    return {"latency_ns": lat, "loop_s": loop, "close_s": time.perf_counter() - t0,
-            "paths": _files_under(root), "written": wl.n_frames}
+    return Session(stream.append, lambda: (stream.close(), {})[1], [str(root)])
 
 
-def raw(wl: Workload, root: Path, frames, fmt: str) -> dict:
-    """The physical limit: the same bytes, one sequential file, plain writes."""
-    t0 = time.perf_counter()
-    with open(root, "wb", buffering=0) as f:
-        lat = _timed_loop(f.write, frames, wl.n_frames)
-    loop = time.perf_counter() - t0
-    return {"latency_ns": lat, "loop_s": loop, "close_s": time.perf_counter() - t0,
-            "paths": [str(root)], "written": wl.n_frames}
+def open_raw(wl: Workload, root: Path, fmt: str) -> Session:
+    """The physical limit: the same bytes, one sequential file, plain unbuffered writes."""
+    f = open(root, "wb", buffering=0)
+    return Session(f.write, lambda: (f.close(), {})[1], [str(root)])
+
+
+OPENERS = {"service": open_service, "inprocess": open_inprocess,
+           "ome_writers": open_ome_writers, "raw": open_raw}
+
+
+# ---- measurement ----
+
+def fault_in(nbytes: int) -> None:
+    """These VMs hand idle RAM back to their host and the first write into such RAM is ~10x
+    slower. Touch ``nbytes`` of fresh memory and free it right before the clock starts, so
+    the page cache the writer fills next is backed, for every writer alike."""
+    buf = np.empty(nbytes, np.uint8)
+    buf[:: os.sysconf("SC_PAGE_SIZE")] = 1
+    del buf
+
+
+def timed_loop(append: Callable, frames: list[np.ndarray], n: int) -> np.ndarray:
+    """Burst: each frame as soon as the previous call returns; per-call latency in ns."""
+    lat = np.empty(n, np.int64)
+    clock = time.perf_counter_ns
+    k = len(frames)
+    for i in range(n):
+        t0 = clock()
+        append(frames[i % k])
+        lat[i] = clock() - t0
+    return lat
+
+
+def paced_loop(append: Callable, frames, n: int, rate_hz: float):
+    """Camera simulation: frame i is due at t0 + i/rate. The producer sleeps until shortly
+    before the due time (as a camera SDK blocks waiting for its next frame), spins the last
+    stretch, then calls append(). Returns (call latency, lateness of each call), in ns."""
+    period = 1e9 / rate_hz
+    lat = np.empty(n, np.int64)
+    late = np.empty(n, np.int64)
+    clock = time.perf_counter_ns
+    sleep = time.sleep
+    k = len(frames)
+    start = clock()
+    for i in range(n):
+        due = start + int(i * period)
+        now = clock()
+        if due - now > 400_000:
+            sleep((due - now - 200_000) / 1e9)
+            now = clock()
+        while now < due:
+            now = clock()
+        late[i] = now - due
+        append(frames[i % k])
+        lat[i] = clock() - now
+    return lat, late
 
 
 def memcpy(wl: Workload, frames) -> np.ndarray:
@@ -156,38 +187,12 @@ def memcpy(wl: Workload, frames) -> np.ndarray:
     return lat
 
 
-def _paced_loop(append: Callable, frames, n: int, rate_hz: float):
-    """Camera simulation: frame i is due at t0 + i/rate; measure how late each append starts
-    and how long it takes."""
-    period = 1e9 / rate_hz
-    lat = np.empty(n, np.int64)
-    late = np.empty(n, np.int64)
-    clock = time.perf_counter_ns
-    k = len(frames)
-    start = clock()
-    for i in range(n):
-        due = start + int(i * period)
-        now = clock()
-        while now < due:  # busy-wait like a camera SDK callback would be scheduled
-            now = clock()
-        late[i] = now - due
-        append(frames[i % k])
-        lat[i] = clock() - now
-    return lat, late
-
-
-def _files_under(root: Path) -> list[str]:
-    if root.is_file():
-        return [str(root)]
-    parent = root.parent
-    stem = root.name.split(".")[0]
-    return [str(p) for p in parent.iterdir() if p.name.startswith(stem)]
-
-
 def fsync_tree(paths: list[str]) -> None:
     """Make the dataset durable: fsync every file and directory under the given paths."""
     for p in paths:
         p = Path(p)
+        if not p.exists():
+            continue
         items = [p] if p.is_file() else [*p.rglob("*"), p]
         for item in items:
             fd = os.open(item, os.O_RDONLY)

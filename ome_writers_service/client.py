@@ -29,6 +29,7 @@ from .ring import FrameRing
 from .schema import AcquisitionSettings
 from .router import FrameRouter
 from .stream import CoordEvents, FrameCountError, StreamView, check_frame
+from .user_metadata import check_frame_metadata, check_global_metadata
 
 #: How long to wait for a reply the daemon should give at once (open, status).
 REPLY_TIMEOUT = 30.0
@@ -93,8 +94,12 @@ class ServiceStream:
         self._shape = settings.frame_shape
         self._dtype = np.dtype(settings.dtype)
         self._total = settings.num_frames
-        self._free: list[int] = list(range(reply["credits"]))[::-1]
         self._credits = reply["credits"]
+        #: free[slot] is 1 while the slot is ours to fill. Frame n prefers slot n % credits, so
+        #: consecutive frames fill consecutive slots and the daemon can write a chunk of
+        #: several frames straight from the ring.
+        self._free = bytearray(b"\x01") * self._credits
+        self._nfree = self._credits
         self._inline = reply["ring"] is None
         if not self._inline:
             self._ring = FrameRing.attach(reply["ring"]["name"])
@@ -131,17 +136,27 @@ class ServiceStream:
             self._too_many(seq)
         if type(frame) is not np.ndarray or frame.shape != self._shape or frame.dtype != self._dtype:
             check_frame(frame, self._shape, self._dtype, seq)
-        free = self._free
-        if not free and not self._wait_for_slot():
-            self._seq = seq + 1
-            self._dropped += 1
-            return
-        slot = free.pop()
-        if self._inline:
-            self._send_frame(seq, slot, frame_metadata, np.ascontiguousarray(frame))
-        else:
-            np.copyto(self._slots[slot], frame)
-            self._send_frame(seq, slot, frame_metadata)
+        if frame_metadata is not None:
+            frame_metadata = check_frame_metadata(frame_metadata, seq)
+        slot = seq % self._credits
+        if not self._free[slot]:
+            slot = self._other_slot()
+            if slot < 0:
+                self._seq = seq + 1
+                self._dropped += 1
+                return
+        self._free[slot] = 0
+        self._nfree -= 1
+        try:
+            if self._inline:
+                self._send_frame(seq, slot, frame_metadata, np.ascontiguousarray(frame))
+            else:
+                np.copyto(self._slots[slot], frame)
+                self._send_frame(seq, slot, frame_metadata)
+        except BaseException:  # nothing was sent: the slot is still ours
+            self._free[slot] = 1
+            self._nfree += 1
+            raise
         self._seq = seq + 1
         if self._events.handlers:
             self._events.emit(seq)
@@ -158,19 +173,26 @@ class ServiceStream:
         seq = self._seq
         if self._total is not None and seq >= self._total:
             self._too_many(seq)
-        if not self._free and not self._wait_for_slot():
-            yield self._scratch
-            self._seq = seq + 1
-            self._dropped += 1
-            return
-        slot = self._free.pop()
+        if frame_metadata is not None:
+            frame_metadata = check_frame_metadata(frame_metadata, seq)
+        slot = seq % self._credits
+        if not self._free[slot]:
+            slot = self._other_slot()
+            if slot < 0:
+                yield self._scratch
+                self._seq = seq + 1
+                self._dropped += 1
+                return
+        self._free[slot] = 0
+        self._nfree -= 1
         view = self._scratch if self._inline else self._slots[slot]
         try:
             yield view
-        except BaseException:
-            self._free.append(slot)
+            self._send_frame(seq, slot, frame_metadata, view if self._inline else None)
+        except BaseException:  # nothing was sent: the slot is still ours
+            self._free[slot] = 1
+            self._nfree += 1
             raise
-        self._send_frame(seq, slot, frame_metadata, view if self._inline else None)
         self._seq = seq + 1
         if self._events.handlers:
             self._events.emit(seq)
@@ -180,7 +202,7 @@ class ServiceStream:
             header = self._notice % (seq, slot)
         else:
             header = P.encode({"type": P.FRAME, "stream": self._sid, "seq": seq, "slot": slot,
-                               "meta": dict(meta)})[1]
+                               "meta": meta})[1]
         sock = self._sock
         if payload is None:  # two plain sends: half the cost of send_multipart
             sock.send(P.TAG, zmq.SNDMORE)
@@ -232,10 +254,19 @@ class ServiceStream:
 
     # ---- slots and replies ----
 
+    def _other_slot(self) -> int:
+        """The slot for frame ``_seq`` when its preferred slot is still in use: that one if
+        the daemon has released it meanwhile, else any free one, else wait as the
+        backpressure policy says. -1 means: drop this frame (policy "drop")."""
+        if not self._wait_for_slot():
+            return -1
+        slot = self._seq % self._credits
+        return slot if self._free[slot] else self._free.find(1)
+
     def _wait_for_slot(self) -> bool:
         """Get at least one slot back. False means: drop this frame (policy "drop")."""
         self._pump(0)
-        if self._free:
+        if self._nfree:
             return True
         if self._policy == "drop":
             return False
@@ -243,14 +274,14 @@ class ServiceStream:
             raise RingFullError(f"frame {self._seq}: all {self._credits} ring slots are in use "
                                 "(backpressure='raise')")
         deadline = time.monotonic() + self._block_timeout
-        while not self._free:
+        while not self._nfree:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise RingFullError(
                     f"frame {self._seq}: no ring slot came free within {self._block_timeout} s "
                     f"(all {self._credits} in use; the daemon is behind or stalled)")
             self._pump(min(remaining, LIVENESS_INTERVAL))
-            if not self._free:
+            if not self._nfree:
                 self._check_daemon_alive()
                 self._check_responsive(f"frame {self._seq}")
         return True
@@ -273,7 +304,11 @@ class ServiceStream:
             if kind == P.PLANE:
                 self._last_payload = payload
             if kind == P.RELEASE:
-                self._free.extend(header["slots"])
+                free = self._free
+                for slot in header["slots"]:
+                    if not free[slot]:
+                        free[slot] = 1
+                        self._nfree += 1
             elif kind == P.ERROR:
                 self._error = ServiceError(f"daemon: {header['message']}", header.get("code", ""))
                 reply = header
@@ -350,15 +385,16 @@ class ServiceStream:
         st = self._await(P.STATUS_REPLY, REPLY_TIMEOUT, what="status")
         st["frames_sent"] = self._seq
         st["client_dropped"] = self._dropped
-        st["slots_in_use"] = self._credits - len(self._free)
+        st["slots_in_use"] = self._credits - self._nfree
         return st
 
     def set_global_metadata(self, namespace: str, metadata: Mapping[str, Any]) -> None:
         """Acquisition-wide metadata under ``namespace`` (written at close)."""
         self._check_usable()
+        value = check_global_metadata(namespace, metadata)
         self._send({"type": P.METADATA, "stream": self._sid, "namespace": namespace,
-                    "value": dict(metadata)})
-        self._global_metadata[namespace] = dict(metadata)
+                    "value": value})
+        self._global_metadata[namespace] = value
 
     def get_metadata(self) -> dict[str, Any]:
         """The global metadata set so far, by namespace."""
@@ -411,7 +447,7 @@ class ServiceStream:
     def lag(self) -> int:
         """Frames sent but not yet written by the daemon (read from the ring, no message)."""
         if self._ring is None:
-            return self._credits - len(self._free)
+            return self._credits - self._nfree
         return self._seq - self._dropped - self._ring.frames_written
 
     def __enter__(self) -> ServiceStream:

@@ -35,6 +35,7 @@ from .connection import ConnectionInfo, default_endpoint, pid_alive, runtime_dir
 from .ring import FrameRing, RingError, clean_stale_rings, shm_free
 from .schema import AcquisitionSettings
 from .stream import OMEStream
+from .user_metadata import check_frame_metadata, check_global_metadata
 
 log = logging.getLogger("ome_writers_service.daemon")
 
@@ -114,7 +115,7 @@ class StreamWorker(threading.Thread):
         out.connect(OUTBOX)
         try:
             try:  # creating the dataset may delete an old one: never on the main thread
-                self.stream = OMEStream(self.settings)
+                self.stream = OMEStream(self.settings, lend_limit=self.slots)
             except Exception as e:  # noqa: BLE001 - reported to the client
                 log.warning("stream %d: cannot create %s: %s", self.sid,
                             self.settings.root_path, e)
@@ -134,6 +135,9 @@ class StreamWorker(threading.Thread):
                         self._write(seq, slot, meta, payload)
                 elif kind == "skip":
                     self._skip_to(item[1] + item[2], dropped=False)
+                elif kind == "release":  # a notice refused by the main thread
+                    self._lent += 1
+                    self._released.append(item[1])
                 elif kind == "metadata":
                     self._guard(lambda: self.stream.set_global_metadata(item[1], item[2]))
                 elif kind == "close":
@@ -423,7 +427,10 @@ class Daemon:
         if kind == P.METADATA:
             w = self._stream_of(peer, h)
             ns = P.field(h, "namespace", str)
-            value = P.field(h, "value", dict)
+            try:
+                value = check_global_metadata(ns, P.field(h, "value", dict))
+            except (TypeError, ValueError) as e:
+                raise P.ProtocolError(P.E_MALFORMED, f"metadata: {e}") from None
             w.enqueue(("metadata", ns, value))
             return None
         if kind == P.STATUS:
@@ -518,6 +525,12 @@ class Daemon:
         meta = P.field(h, "meta", dict, required=False)
         if not 0 <= slot < w.slots:
             raise P.ProtocolError(P.E_SLOT, f"frame {seq}: slot {slot} is not in 0..{w.slots - 1}")
+        if meta is not None:
+            try:
+                meta = check_frame_metadata(meta, seq)
+            except (TypeError, ValueError) as e:  # refused: the slot goes back unwritten
+                w.enqueue(("release", slot))
+                raise P.ProtocolError(P.E_MALFORMED, str(e)) from None
         if seq < w.expected_seq:
             raise P.ProtocolError(P.E_SEQUENCE, f"frame {seq}: out of order, expected >= "
                                                 f"{w.expected_seq}")

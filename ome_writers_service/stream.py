@@ -17,6 +17,7 @@ from .backends import ArrayBackend, create_backend
 from .journal import Journal
 from .router import FrameRouter
 from .schema import AcquisitionSettings
+from .user_metadata import check_frame_metadata
 
 EventName = Literal["coords_expanded", "coords_changed"]
 
@@ -62,11 +63,13 @@ def check_frame(frame: Any, shape: tuple[int, int], dtype: np.dtype, frame_numbe
 class OMEStream:
     """Appends frames in acquisition order to one dataset, in this process."""
 
-    def __init__(self, settings: AcquisitionSettings, backend: ArrayBackend | None = None) -> None:
+    def __init__(self, settings: AcquisitionSettings, backend: ArrayBackend | None = None, *,
+                 lend_limit: int = 0) -> None:
         settings.validate_for_writing()
         self._settings = settings
         self._router = FrameRouter(settings)
         self._backend = backend or create_backend(settings)
+        self._backend.lend_limit = lend_limit  # frames append_borrowed() may leave lent
         self._backend.create()
         self._journal = Journal(settings)  # lets `recover` finalize the dataset if we die
         self._frame_shape = settings.frame_shape
@@ -79,19 +82,24 @@ class OMEStream:
 
     def append(self, frame: np.ndarray, *, frame_metadata: dict | None = None) -> None:
         """Store the next frame in acquisition order; ``frame`` may be reused on return."""
+        self._check_open()
+        n = self._router.frames_done
+        check_frame(frame, self._frame_shape, self._dtype, n)
+        if frame_metadata is not None:
+            frame_metadata = check_frame_metadata(frame_metadata, n)
         self._append(frame, frame_metadata, None)
 
     def append_borrowed(self, frame: np.ndarray, done: Callable[[], None], *,
                         frame_metadata: dict | None = None) -> None:
         """Like append(), but ``frame`` stays untouched until ``done()`` is called (any
-        thread). For the daemon, which lends ring slots; not part of the ome-writers API."""
+        thread). For the daemon, which lends ring slots; not part of the ome-writers API.
+        The daemon made ``frame`` from its ring and checked ``frame_metadata`` already."""
+        self._check_open()
         self._append(frame, frame_metadata, done)
 
     def _append(self, frame: np.ndarray, frame_metadata: dict | None,
                 done: Callable[[], None] | None) -> None:
         n = self._router.frames_done
-        self._check_open()
-        check_frame(frame, self._frame_shape, self._dtype, n)
         try:
             loc = next(self._router)
         except StopIteration:

@@ -145,6 +145,43 @@ def test_bad_frames_raise_in_client_and_stream_survives(daemon, tmp_path):
     check_dataset(settings, report["paths"], 9)
 
 
+def test_bad_metadata_raises_in_client_naming_frame_and_key_and_costs_no_slot(daemon, tmp_path):
+    settings = settings_5d(tmp_path / "m.ome.tiff", ring_slots=2, backpressure_timeout=5,
+                           dimensions=[Dimension(name="t", count=4), Dimension(name="y", count=16),
+                                       Dimension(name="x", count=16)])
+    stream = create_stream(settings, endpoint=daemon.endpoint, token=daemon.token)
+    for bad, match in [({"delta_t": "n/a"}, r"frame 0: frame_metadata\['delta_t'\] must be a "
+                                             "finite number"),
+                       ({"exposure_time": float("nan")}, "'exposure_time'.*finite"),
+                       ({"note": object()}, r"frame 0: frame_metadata\['note'\] cannot be stored"),
+                       ({"index": 3}, "'index' is reserved")]:
+        with pytest.raises((TypeError, ValueError), match=match):
+            stream.append(frame_pixels(2, 0, (16, 16), np.uint16), frame_metadata=bad)
+    with pytest.raises(ValueError, match="'ome' is reserved"):
+        stream.set_global_metadata("ome", {"a": 1})
+    for i in range(4):  # every slot is still usable: nothing was taken by the refused calls
+        stream.append(frame_pixels(2, i, (16, 16), np.uint16),
+                      frame_metadata={"exposure_time": np.float32(0.5), "gain": np.int64(i)})
+    report = stream.close()
+    check_dataset(settings, report["paths"], 2)
+    from ome_writers_service import read_frame_metadata
+    rows = read_frame_metadata(report["paths"][0])
+    assert [r["gain"] for r in rows] == [0, 1, 2, 3] and rows[0]["exposure_time"] == 0.5
+
+
+def test_units_interleaved_in_a_small_ring_do_not_starve_the_client(daemon, tmp_path):
+    # c varies fastest and t is chunked by 2: every unit waits for frames ten apart, more
+    # than the ring holds; the daemon must copy rather than hold slots it cannot give back
+    settings = settings_5d(tmp_path / "i.ome.zarr", ring_slots=8, backpressure_timeout=5,
+                           dimensions=[Dimension(name="t", count=10, chunk_size=2),
+                                       Dimension(name="c", count=2), Dimension(name="z", count=5),
+                                       Dimension(name="y", count=16), Dimension(name="x", count=16)])
+    with create_stream(settings, endpoint=daemon.endpoint, token=daemon.token) as stream:
+        for i in range(settings.num_frames):
+            stream.append(frame_pixels(4, i, (16, 16), np.uint16))
+    check_dataset(settings, stream.report["paths"], 4)
+
+
 def test_daemon_errors_reach_the_client(daemon, tmp_path):
     target = tmp_path / "exists.ome.zarr"
     target.mkdir()

@@ -20,9 +20,10 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from ..schema import AcquisitionSettings
+from ..user_metadata import KNOWN_FRAME_KEYS, check_global_metadata
 
-#: Per-frame metadata keys OME knows by name; every other key is kept as a free-form annotation.
-KNOWN_FRAME_KEYS = ("delta_t", "exposure_time", "position_x", "position_y", "position_z")
+__all__ = ["KNOWN_FRAME_KEYS", "ArrayBackend", "BackendError", "prepare_output"]
+
 
 
 class BackendError(RuntimeError):
@@ -58,6 +59,9 @@ class ArrayBackend(ABC):
             {} for _ in self.positions
         ]
         self.frames_written = 0
+        #: how many lent frames (write_borrowed) the lender can spare at once; a backend
+        #: may hold lent frames (and write them without a copy) only within this budget
+        self.lend_limit = 0
         self._finalized = False
 
     # ---- the contract ----
@@ -110,9 +114,7 @@ class ArrayBackend(ABC):
     # ---- shared behaviour ----
 
     def set_global_metadata(self, namespace: str, metadata: Mapping[str, Any]) -> None:
-        if not namespace or namespace == "ome":
-            raise ValueError(f"global metadata namespace {namespace!r} is reserved or empty")
-        self.global_metadata[namespace] = dict(metadata)
+        self.global_metadata[namespace] = check_global_metadata(namespace, metadata)
 
     def truncate(self, extent: int) -> None:
         """The acquisition ended before all declared frames: store and describe only

@@ -7,7 +7,6 @@ the plane order of ``DimensionOrder``, a single ``TiffData`` covers every page.
 
 from __future__ import annotations
 
-import json
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -16,7 +15,7 @@ from ome_types import model as m
 from .. import __version__
 from ..schema import AcquisitionSettings, Dimension, Position
 from ..units import ome_unit, unit_kind
-from .base import KNOWN_FRAME_KEYS
+from ..user_metadata import KNOWN_FRAME_KEYS, annotation_text
 
 _LETTER = {"time": "T", "channel": "C", "space": "Z"}
 _PIXEL_TYPE = {"float32": "float", "float64": "double"}
@@ -81,7 +80,7 @@ def build_ome(
         if extra:
             ann = m.MapAnnotation(
                 id=f"Annotation:{position_index}:{len(annotations)}", namespace=FRAME_NS,
-                value=m.Map(ms=[m.Map.M(k=k, value=_text(v)) for k, v in extra.items()]),
+                value=m.Map(ms=[m.Map.M(k=k, value=annotation_text(v)) for k, v in extra.items()]),
             )
             annotations.append(ann)
             plane["annotation_refs"] = [m.AnnotationRef(id=ann.id)]
@@ -91,7 +90,7 @@ def build_ome(
     for ns, mapping in global_metadata.items():
         ann = m.MapAnnotation(
             id=f"Annotation:{position_index}:{len(annotations)}", namespace=ns,
-            value=m.Map(ms=[m.Map.M(k=str(k), value=_text(v)) for k, v in mapping.items()]),
+            value=m.Map(ms=[m.Map.M(k=str(k), value=annotation_text(v)) for k, v in mapping.items()]),
         )
         annotations.append(ann)
         image_refs.append(m.AnnotationRef(id=ann.id))
@@ -181,7 +180,3 @@ def _channels(cdim: Dimension | None, size_c: int, pos: int) -> list[m.Channel]:
                 kw["color"] = ch.color.as_rgb_tuple(alpha=True)
         out.append(m.Channel(**kw))
     return out
-
-
-def _text(v: Any) -> str:
-    return v if isinstance(v, str) else json.dumps(v)

@@ -26,9 +26,12 @@ from .. import __version__
 from ..schema import Dimension, Position
 from ..units import ngff_unit
 from .base import ArrayBackend, BackendError, prepare_output
+from .blocks import Block, BufferPool
 
-#: How many encoded-but-uncommitted write units may be in flight before write() waits.
+#: How many encoded-but-uncommitted write units may be in flight before write() waits,
+#: and how many bytes of them (at least one unit is always in flight).
 MAX_PENDING_WRITES = 16
+MAX_PENDING_BYTES = 256 * 2**20
 DATASET = "0"
 #: Custom attribute (outside "ome") holding what OME-Zarr has no field for.
 ATTR_NAMESPACE = "ome_writers"
@@ -59,38 +62,6 @@ def _dump(model: Any) -> dict[str, Any]:
     return model.model_dump(mode="json", by_alias=True, exclude_none=True)
 
 
-class _Block:
-    """One write unit being assembled from frames.
-
-    The buffer is not zeroed up front (that would cost a pass over it per block): every plane
-    is a frame or zeroed when skipped, and planes never filled are zeroed before a partial
-    block is written.
-    """
-
-    __slots__ = ("data", "expected", "filled", "mask", "origin")
-
-    def __init__(self, origin: tuple[int, ...], data: np.ndarray) -> None:
-        self.origin = origin
-        self.data = data
-        self.mask = np.zeros(data.shape[:-2], dtype=bool)  # planes holding a frame or a skip
-        self.expected = self.mask.size
-        self.filled = 0
-
-    def put(self, index: tuple[int, ...], frame: np.ndarray | None) -> None:
-        local = tuple(i - o for i, o in zip(index, self.origin))
-        if frame is None:
-            self.data[local] = 0
-        else:
-            self.data[local] = frame
-        if not self.mask[local]:
-            self.mask[local] = True
-            self.filled += 1
-
-    def zero_unfilled(self) -> None:
-        if self.filled < self.expected:
-            self.data[~self.mask] = 0
-
-
 class TensorstoreZarrBackend(ArrayBackend):
     """Writes an OME-Zarr v0.5 store with tensorstore's zarr3 driver."""
 
@@ -106,10 +77,13 @@ class TensorstoreZarrBackend(ArrayBackend):
         ]
         # a write unit never exceeds the axis, so a complete unit can always fill up
         self._unit = [u if n is None else min(u, n) for u, n in zip(self._unit, self.outer_shape)]
-        self._frame_per_unit = all(u == 1 for u in self._unit)
+        unit_shape = (*self._unit, *self.frame_shape)
+        self._pool = BufferPool(unit_shape, self.dtype, keep_bytes=MAX_PENDING_BYTES)
+        self._held = 0  # lent frames held in units still being assembled
         self._arrays: list[ts.TensorStore] = []
-        self._blocks: list[dict[tuple[int, ...], _Block]] = [{} for _ in self.positions]
-        self._pending: deque[tuple[Any, str]] = deque()
+        self._blocks: list[dict[tuple[int, ...], Block]] = [{} for _ in self.positions]
+        self._pending: deque[tuple[Any, str, int]] = deque()
+        self._pending_bytes = 0
         self._capacity = 0  # allocated extent of the grow axis (all positions alike)
         self._context = ts.Context({"file_io_sync": False})
 
@@ -297,24 +271,22 @@ class TensorstoreZarrBackend(ArrayBackend):
 
     def write(self, position, index, frame, metadata=None) -> None:
         self._admit(position, index, metadata)
-        if self._frame_per_unit:
-            fut = self._arrays[position][index].write(frame)
-            fut.copy.result()  # the frame has been read; the caller may reuse its buffer
-            self._track(fut, position, index)
-        else:
-            self._add_to_block(position, index, frame)
+        block, local = self._block_for(position, index)
+        block.put(local, frame)  # copied: the caller may reuse its buffer
+        self._after_put(position, block)
         self.frames_written += 1
 
     def write_borrowed(self, position, index, frame, metadata, done) -> None:
-        if not self._frame_per_unit:
-            self.write(position, index, frame, metadata)  # copied into its block
-            done()
-            return
         self._admit(position, index, metadata)
-        # tensorstore encodes straight from the lent frame; it is handed back on commit
-        fut = self._arrays[position][index].write(frame, can_reference_source_data_indefinitely=True)
-        fut.add_done_callback(lambda _: done())
-        self._track(fut, position, index)
+        block, local = self._block_for(position, index)
+        held = len(block.lent)
+        # hold lent frames within half the lender's budget, so that the client always has
+        # slots left to send the rest of the units being assembled
+        if not (self._held < self.lend_limit // 2 and block.lend(local, frame, done)):
+            block.put(local, frame)
+            done()
+        self._held += len(block.lent) - held
+        self._after_put(position, block)
         self.frames_written += 1
 
     def _admit(self, position: int, index: tuple[int, ...], metadata) -> None:
@@ -329,10 +301,14 @@ class TensorstoreZarrBackend(ArrayBackend):
         super().skip(position, index)
         if self.grow_axis is not None:
             self._ensure_capacity(index[self.grow_axis] + 1)
-        if not self._frame_per_unit:
-            self._add_to_block(position, index, None)
+        block, local = self._block_for(position, index)
+        held = len(block.lent)
+        block.put(local, None)
+        self._held += len(block.lent) - held
+        self._after_put(position, block)
 
-    def _add_to_block(self, position: int, index: tuple[int, ...], frame: np.ndarray | None):
+    def _block_for(self, position: int, index: tuple[int, ...]) -> tuple[Block, tuple[int, ...]]:
+        """The unit ``index`` belongs to (created on its first plane), and the plane in it."""
         key = tuple(i // u for i, u in zip(index, self._unit))
         blocks = self._blocks[position]
         block = blocks.get(key)
@@ -342,35 +318,42 @@ class TensorstoreZarrBackend(ArrayBackend):
                 u if n is None else min(u, n - o)
                 for u, n, o in zip(self._unit, self.outer_shape, origin)
             )
-            data = np.empty((*shape, *self.frame_shape), self.dtype)
-            block = blocks[key] = _Block(origin, data)
-        block.put(index, frame)
-        if block.filled == block.expected:
-            del blocks[key]
+            block = blocks[key] = Block(origin, shape, self._pool)
+        return block, tuple(i - o for i, o in zip(index, block.origin))
+
+    def _after_put(self, position: int, block: Block) -> None:
+        if block.complete:
+            del self._blocks[position][tuple(o // u for o, u in zip(block.origin, self._unit))]
             self._submit_block(position, block)
 
-    def _submit_block(self, position: int, block: _Block) -> None:
-        block.zero_unfilled()
-        region = tuple(slice(o, o + n) for o, n in zip(block.origin, block.data.shape))
+    def _submit_block(self, position: int, block: Block) -> None:
+        self._held -= len(block.lent)
+        data, on_written = block.materialize()
+        region = tuple(slice(o, o + n) for o, n in zip(block.origin, block.shape))
         arr = self._arrays[position]
         if self.grow_axis is not None:  # a partial last block at finalize may overhang the extent
             ax = self.grow_axis
             stop = min(region[ax].stop, arr.shape[ax])
             region = (*region[:ax], slice(region[ax].start, stop), *region[ax + 1:])
-            data = block.data[(slice(None),) * ax + (slice(0, stop - block.origin[ax]),)]
-        else:
-            data = block.data
-        # the block buffer is handed over: tensorstore may encode straight from it (no copy)
+            data = data[(slice(None),) * ax + (slice(0, stop - block.origin[ax]),)]
+        # tensorstore encodes straight from the buffer or the lent frames; both are handed
+        # back once the write is done
         fut = arr[region].write(data, can_reference_source_data_indefinitely=True)
-        self._track(fut, position, block.origin)
+        for callback in on_written:
+            fut.add_done_callback(lambda _, cb=callback: cb())
+        self._track(fut, position, block.origin, data.nbytes)
 
-    def _track(self, fut: Any, position: int, where: tuple[int, ...]) -> None:
-        self._pending.append((fut, f"{self.paths[position]} at index {where}"))
-        while len(self._pending) > MAX_PENDING_WRITES or (self._pending and self._pending[0][0].done()):
+    def _track(self, fut: Any, position: int, where: tuple[int, ...], nbytes: int) -> None:
+        self._pending.append((fut, f"{self.paths[position]} at index {where}", nbytes))
+        self._pending_bytes += nbytes
+        while len(self._pending) > MAX_PENDING_WRITES or (
+                len(self._pending) > 1 and self._pending_bytes > MAX_PENDING_BYTES) or (
+                self._pending and self._pending[0][0].done()):
             self._wait_oldest()
 
     def _wait_oldest(self) -> None:
-        fut, where = self._pending.popleft()
+        fut, where, nbytes = self._pending.popleft()
+        self._pending_bytes -= nbytes
         try:
             fut.result()
         except Exception as e:  # noqa: BLE001 - tensorstore raises ValueError/OSError variants
@@ -381,11 +364,12 @@ class TensorstoreZarrBackend(ArrayBackend):
             self._wait_oldest()
 
     def read(self, position, index) -> np.ndarray | None:
-        if not self._frame_per_unit:
-            key = tuple(i // u for i, u in zip(index, self._unit))
-            block = self._blocks[position].get(key)
-            if block is not None:
-                return block.data[tuple(i - o for i, o in zip(index, block.origin))].copy()
+        key = tuple(i // u for i, u in zip(index, self._unit))
+        block = self._blocks[position].get(key)
+        if block is not None:  # still being assembled
+            plane = block.plane(tuple(i - o for i, o in zip(index, block.origin)))
+            if plane is not None:
+                return plane
         arr = self._arrays[position]
         if any(i >= n for i, n in zip(index, arr.shape)):
             return None
@@ -394,12 +378,19 @@ class TensorstoreZarrBackend(ArrayBackend):
     def finalize(self) -> None:
         if self._finalized:
             return
-        try:
-            for pos, blocks in enumerate(self._blocks):
-                for key in sorted(blocks):  # partial units: the rest keeps the fill value
+        failed: list[BackendError] = []  # the metadata is written even so, then we raise
+        for pos, blocks in enumerate(self._blocks):
+            for key in sorted(blocks):  # partial units: the rest keeps the fill value
+                try:
                     self._submit_block(pos, blocks.pop(key))
-            while self._pending:
+                except BackendError as e:
+                    failed.append(e)
+        while self._pending:
+            try:
                 self._wait_oldest()
+            except BackendError as e:
+                failed.append(e)
+        try:
             final = self.current_shape()
             for ax in {self.grow_axis, self.first_axis if self.final_extent is not None else None}:
                 if ax is not None and final[ax] != self._arrays[0].shape[ax]:
@@ -411,6 +402,8 @@ class TensorstoreZarrBackend(ArrayBackend):
         except OSError as e:
             raise BackendError(f"finalizing {self.root} failed: {e}") from e
         self._finalized = True
+        if failed:
+            raise failed[0]
 
     def _write_hierarchy_roots(self) -> None:
         """Root attributes hold the global metadata of multi-image stores; rewrite them."""

@@ -1,0 +1,148 @@
+"""Assembling frames into whole write units (a chunk, or a shard) before they are encoded.
+
+A unit that spans several frames is encoded once, when it is complete, instead of being
+rewritten per frame. Its frames arrive in one of two ways:
+
+* copied (`Block.put`): the caller may reuse its buffer at once. The frame is copied into the
+  unit's buffer, which comes from a `BufferPool`: on these VMs faulting in fresh memory for
+  every unit costs more than the copy.
+* lent (`Block.lend`): the frame stays valid until its ``done`` is called. While the lent
+  frames lie back to back in memory in the unit's C order -- consecutive ring slots, which is
+  how the client fills them for consecutive frames -- the unit is written straight from
+  them, with no copy in this process. The first frame out of place turns the unit into a
+  copied one (the frames lent so far are copied and handed back at once).
+"""
+
+from __future__ import annotations
+
+import collections
+from typing import Callable
+
+import numpy as np
+
+Done = Callable[[], None]
+
+
+class BufferPool:
+    """Spare unit buffers of one shape, handed back (from any thread) once written."""
+
+    def __init__(self, shape: tuple[int, ...], dtype: np.dtype, keep_bytes: int) -> None:
+        self.shape = shape
+        self.dtype = np.dtype(dtype)
+        nbytes = int(np.prod(shape)) * self.dtype.itemsize
+        self._keep = max(1, keep_bytes // max(1, nbytes))
+        self._spare: collections.deque[np.ndarray] = collections.deque()
+
+    def take(self, shape: tuple[int, ...]) -> np.ndarray:
+        if shape == self.shape:
+            try:
+                return self._spare.pop()
+            except IndexError:
+                pass
+        return np.empty(shape, self.dtype)
+
+    def give(self, buf: np.ndarray) -> None:
+        if buf.shape == self.shape and len(self._spare) < self._keep:
+            self._spare.append(buf)
+
+
+class Block:
+    """One write unit: ``shape`` planes (outer axes) of frames, at ``origin``."""
+
+    __slots__ = ("_base", "_plane_strides", "_pool", "data", "expected", "filled", "lent",
+                 "mask", "origin", "shape")
+
+    def __init__(self, origin: tuple[int, ...], shape: tuple[int, ...], pool: BufferPool) -> None:
+        self.origin = origin
+        self.shape = shape
+        self._pool = pool
+        self.data: np.ndarray | None = None  # the copy buffer, once a plane was copied
+        self.lent: dict[tuple[int, ...], tuple[np.ndarray, Done]] = {}
+        self.mask = np.zeros(shape, dtype=bool)  # planes that hold a frame or a skip
+        self.expected = self.mask.size
+        self.filled = 0
+        self._plane_strides = _c_strides(shape, 1)
+        self._base: int | None = None  # where plane 0 must start for a write from lent frames
+
+    @property
+    def complete(self) -> bool:
+        return self.filled == self.expected
+
+    def _mark(self, local: tuple[int, ...]) -> None:
+        if not self.mask[local]:
+            self.mask[local] = True
+            self.filled += 1
+
+    def _buffer(self) -> np.ndarray:
+        if self.data is None:
+            self.data = self._pool.take((*self.shape, *self._pool.shape[-2:]))
+        return self.data
+
+    def put(self, local: tuple[int, ...], frame: np.ndarray | None) -> None:
+        """Copy ``frame`` in (None: a skipped plane, which reads as zeros)."""
+        if self.lent:
+            self.copy_lent()
+        self._buffer()[local] = 0 if frame is None else frame
+        self._mark(local)
+
+    def lend(self, local: tuple[int, ...], frame: np.ndarray, done: Done) -> bool:
+        """Keep ``frame`` lent if it lies where a write straight from the lent frames needs
+        it. False: it does not; the caller copies it in with `put` and calls ``done``."""
+        if self.data is not None or not frame.flags.c_contiguous:
+            return False
+        flat = sum(i * s for i, s in zip(local, self._plane_strides))
+        base = frame.__array_interface__["data"][0] - flat * frame.nbytes
+        if self._base is None:
+            self._base = base
+        elif base != self._base:
+            self.copy_lent()
+            return False
+        self.lent[local] = (frame, done)
+        self._mark(local)
+        return True
+
+    def copy_lent(self) -> int:
+        """Copy the lent frames into the buffer and hand them back; returns how many."""
+        buf = self._buffer()
+        n = len(self.lent)
+        for local, (frame, done) in self.lent.items():
+            buf[local] = frame
+            done()
+        self.lent.clear()
+        return n
+
+    def materialize(self) -> tuple[np.ndarray, list[Done]]:
+        """The unit's pixels, and what to call once they are written (hand the lent frames
+        or the buffer back). Planes never filled read as zeros."""
+        if self.data is None and len(self.lent) == self.expected:
+            first = self.lent[(0,) * len(self.shape)][0]
+            full = (*self.shape, *first.shape)
+            view = np.lib.stride_tricks.as_strided(
+                first, full, _c_strides(full, first.itemsize), writeable=False)
+            lent = list(self.lent.values())  # referenced until written: the view needs them
+            return view, [lambda: [done() for _, done in lent]]
+        self.copy_lent()
+        data = self._buffer()
+        if self.filled < self.expected:
+            data[~self.mask] = 0
+        pool = self._pool
+        return data, [lambda: pool.give(data)]
+
+    def plane(self, local: tuple[int, ...]) -> np.ndarray | None:
+        """A copy of one plane assembled so far, or None."""
+        if local in self.lent:
+            return self.lent[local][0].copy()
+        if self.data is not None and self.mask[local]:
+            return self.data[local].copy()
+        return None
+
+
+def _c_strides(shape: tuple[int, ...], itemsize: int) -> tuple[int, ...]:
+    out, acc = [], itemsize
+    for n in reversed(shape):
+        out.append(acc)
+        acc *= n
+    return tuple(reversed(out))
+
+
+__all__ = ["Block", "BufferPool", "Done"]

@@ -38,28 +38,87 @@ def _synthetic_frame(i: int, shape: tuple[int, int]) -> np.ndarray:
     return ((x + y + 7 * i) % 4096 + i).astype(np.uint16)
 
 
+def _demo_problem(args: argparse.Namespace) -> str | None:
+    """What is wrong with the demo's arguments, in one line; None when nothing is."""
+    for flag, value, low in (("--t", args.t, 1), ("--z", args.z, 1), ("--size", args.size, 1),
+                             ("--positions", args.positions, 1)):
+        if value < low:
+            return f"{flag} must be at least {low}, not {value}"
+    return None
+
+
+def _stop_daemon(pid: int, timeout: float = 15.0) -> None:
+    """SIGTERM the daemon this command started and wait until it has exited."""
+    import os
+    import signal
+
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            done, _ = os.waitpid(pid, os.WNOHANG)  # our child: reap it
+            if done:
+                return
+        except ChildProcessError:  # not our child (or already reaped)
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return
+        time.sleep(0.05)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """Start a daemon, stream into both formats at once from this process, validate."""
-    import subprocess
+    import shutil
     import tempfile
 
     from .client import local_daemon
     from .api import create_stream
-    from .validate import validate
+    from .validate import validate_all
 
-    out = Path(args.out).resolve()
-    out.mkdir(parents=True, exist_ok=True)
+    problem = _demo_problem(args)
+    out = Path(args.out).expanduser().resolve()
     sizes = {"t": args.t, "z": args.z, "y": args.size, "x": args.size}
+    if problem is None:
+        try:  # settings first: a mistake is reported before a daemon is started
+            settings = [_demo_settings(str(out / f"demo{sfx}"), sizes, args.positions)
+                        for sfx in (".ome.zarr", ".ome.tiff")]
+        except ValueError as e:
+            problem = " ".join(str(e).split("\n")[1:3]).strip() or str(e)
+    if problem is None:
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            probe = out / ".ows-demo-write-test"
+            probe.touch()
+            probe.unlink()
+        except OSError as e:
+            problem = f"--out {args.out}: cannot write there ({e.strerror or e})"
+    if problem is not None:
+        print(f"ome-writers-service demo: {problem}", file=sys.stderr)
+        return 2
+    rt_dir = None
     if args.use_running:
-        info = local_daemon(start=False)
+        from .client import DaemonGoneError
+
+        try:
+            info = local_daemon(start=False)
+        except DaemonGoneError as e:
+            print(f"ome-writers-service demo: --use-running: {e}", file=sys.stderr)
+            return 2
         print(f"using the running daemon (pid {info.pid}) at {info.endpoint}")
     else:
-        info = local_daemon(tempfile.mkdtemp(prefix="ows-demo-"), idle_exit=60)
+        rt_dir = tempfile.mkdtemp(prefix="ows-demo-")
+        try:
+            info = local_daemon(rt_dir, idle_exit=60)
+        except Exception:
+            shutil.rmtree(rt_dir, ignore_errors=True)
+            raise
         print(f"started daemon pid {info.pid} listening on {info.endpoint}")
     ok = True
     try:
-        settings = [_demo_settings(str(out / f"demo{sfx}"), sizes, args.positions)
-                    for sfx in (".ome.zarr", ".ome.tiff")]
         streams = [create_stream(s, endpoint=info.endpoint, token=info.token) for s in settings]
         n = settings[0].num_frames
         frames = [_synthetic_frame(i, settings[0].frame_shape) for i in range(16)]
@@ -88,24 +147,33 @@ def cmd_demo(args: argparse.Namespace) -> int:
             ok &= rep["frames_written"] == n and not rep["errors"]
             targets = rep["paths"] if s.format_name == "ome-tiff" else [s.root_path]
             for path in targets:
-                report = validate(path)
-                print(report)
-                ok &= report.ok
+                for report in validate_all(path):
+                    print(report)
+                    ok &= report.ok
     finally:
-        if not args.use_running:
-            subprocess.run(["kill", "-TERM", str(info.pid)], check=False)
+        if rt_dir is not None:
+            _stop_daemon(info.pid)
+            shutil.rmtree(rt_dir, ignore_errors=True)
     print("demo:", "all datasets written and valid" if ok else "FAILED")
     return 0 if ok else 1
 
 
-def cmd_validate(args: argparse.Namespace) -> int:
-    from .validate import validate
+def _quiet_tifffile() -> None:
+    """tifffile logs every damaged tag of a truncated file; the reports say what matters."""
+    import logging
 
+    logging.getLogger("tifffile").setLevel(logging.CRITICAL)
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from .validate import validate_all
+
+    _quiet_tifffile()
     ok = True
     for path in args.paths:
-        report = validate(path)
-        print(report)
-        ok &= report.ok
+        for report in validate_all(path):  # all files of a multi-position OME-TIFF root path
+            print(report)
+            ok &= report.ok
     return 0 if ok else 1
 
 
@@ -185,6 +253,8 @@ def cmd_status(args: argparse.Namespace) -> int:
             print("no daemon is running (no connection file)", file=sys.stderr)
             return 1
         endpoint = info.endpoint
+    import zmq
+
     refreshes = 0
     while True:
         try:
@@ -192,6 +262,11 @@ def cmd_status(args: argparse.Namespace) -> int:
         except TimeoutError as e:
             print(e, file=sys.stderr)
             return 1
+        except zmq.ZMQError as e:  # a malformed endpoint, an unknown transport, ...
+            print(f"ome-writers-service status: cannot connect to {endpoint!r}: {e} (an "
+                  "endpoint looks like ipc:///path/to/socket or tcp://127.0.0.1:5555)",
+                  file=sys.stderr)
+            return 2
         text = json.dumps(st, indent=2) if args.json else _format_status(st)
         if args.watch is None:
             print(text)
@@ -219,6 +294,10 @@ def cmd_recover(args: argparse.Namespace) -> int:
             print(f"{path}: {e}", file=sys.stderr)
             ok = False
             continue
+        except Exception as e:  # noqa: BLE001 - a damaged dataset: say so, go on
+            print(f"{path}: recovery failed: {type(e).__name__}: {e}", file=sys.stderr)
+            ok = False
+            continue
         print(f"{path}: recovered {summary}")
         targets = summary["paths"] if summary["format"] == "ome-tiff" else [path]
         for target in targets:
@@ -233,15 +312,22 @@ def cmd_info(args: argparse.Namespace) -> int:
 
     from .metadata import dataset_info
 
-    for path in args.paths:
+    _quiet_tifffile()
+    ok = True
+    for path in args.paths:  # a bad path is reported, the others are still shown
         try:
             info = dataset_info(path)
         except (OSError, ValueError, KeyError) as e:
             print(f"{path}: cannot read: {e}", file=sys.stderr)
-            return 1
+            ok = False
+            continue
+        except Exception as e:  # noqa: BLE001 - never a traceback for a bad input
+            print(f"{path}: cannot read: {type(e).__name__}: {e}", file=sys.stderr)
+            ok = False
+            continue
         print(f"{path}:")
         print(json.dumps(info, indent=2, default=str))
-    return 0
+    return 0 if ok else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -292,11 +378,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     info = sub.add_parser("info", help="shape, axes, channels, scales and acquisition summary "
                                        "of datasets")
-    info.add_argument("paths", nargs="+", help="OME-Zarr stores or OME-TIFF files")
+    info.add_argument("paths", nargs="+", help="OME-Zarr stores or OME-TIFF files (or the root "
+                                               "path of a multi-position OME-TIFF)")
     info.set_defaults(func=cmd_info)
 
     val = sub.add_parser("validate", help="check datasets with independent validators")
-    val.add_argument("paths", nargs="+", help="OME-Zarr stores or OME-TIFF files")
+    val.add_argument("paths", nargs="+", help="OME-Zarr stores or OME-TIFF files (the root path "
+                                              "of a multi-position OME-TIFF checks all its files)")
     val.set_defaults(func=cmd_validate)
     return ap
 

@@ -51,13 +51,32 @@ class Journal:
 
 def read_journal(path: str | os.PathLike) -> tuple[AcquisitionSettings, set[int], dict]:
     """(settings, frame numbers skipped or dropped, header) of a journal file."""
-    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not an ome-writers-service journal (not text)") from e
     if not lines:
         raise ValueError(f"{path}: empty journal")
-    head = json.loads(lines[0])
+    try:
+        head = json.loads(lines[0])
+    except ValueError as e:
+        raise ValueError(f"{path}: not an ome-writers-service journal (its first line is not "
+                         f"JSON: {e})") from e
+    if not isinstance(head, dict):
+        raise ValueError(  # noqa: TRY004 - a bad file, reported like every other one
+            f"{path}: not an ome-writers-service journal (its first line is not a JSON object)")
     if head.get("version") != VERSION:
         raise ValueError(f"{path}: journal version {head.get('version')} is not supported")
-    settings = AcquisitionSettings.model_validate(head["settings"])
+    if not isinstance(head.get("settings"), dict):
+        raise ValueError(  # noqa: TRY004
+            f"{path}: the journal holds no acquisition settings (damaged, or not written by "
+            "ome-writers-service); the dataset cannot be recovered")
+    try:
+        settings = AcquisitionSettings.model_validate(head["settings"])
+    except ValueError as e:  # pydantic's ValidationError
+        first = str(e).splitlines()
+        raise ValueError(f"{path}: the settings in the journal are not valid: "
+                         f"{' '.join(ln.strip() for ln in first[1:3]) or e}") from e
     skipped: set[int] = set()
     for line in lines[1:]:
         try:

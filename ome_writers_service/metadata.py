@@ -21,13 +21,9 @@ def read_frame_metadata(path: str | Path) -> list[dict[str, Any]]:
     in storage order. ``path`` is an OME-TIFF file or an OME-Zarr image group."""
     p = Path(path)
     if (p / "zarr.json").is_file():
-        attrs = json.loads((p / "zarr.json").read_text())["attributes"]
+        attrs = _load_json(p / "zarr.json").get("attributes") or {}
         return list(attrs.get("ome_writers", {}).get("frame_metadata", []))
-    import tifffile
-    from ome_types import from_xml
-
-    with tifffile.TiffFile(p) as tf:
-        ome = from_xml(tf.ome_metadata)
+    ome = _read_ome(p)
     annotations = {a.id: a for a in (ome.structured_annotations.map_annotations
                                      if ome.structured_annotations else [])}
     out = []
@@ -54,22 +50,72 @@ def _parse(text: str) -> Any:
 
 
 def dataset_info(path: str | Path) -> dict[str, Any]:
-    """Shape, axes, dtype, channels, scales and acquisition summary of each image."""
+    """Shape, axes, dtype, channels, scales and acquisition summary of each image.
+
+    ``path`` is an OME-Zarr store, an OME-TIFF file, or the root path of a multi-position
+    OME-TIFF (whose files ``name_p000.ome.tiff``, ... lie beside it): then the images of all
+    its files, each with its ``file``. Raises ValueError (OSError for a missing path) with a
+    message naming the path for anything else.
+    """
+    from .validate import position_files
+
     p = Path(path)
-    if (p / "zarr.json").is_file():
-        return _zarr_info(p)
+    if p.is_dir():
+        if not (p / "zarr.json").is_file():
+            raise ValueError(f"{p}: a directory without zarr.json (not an OME-Zarr store)")
+        try:
+            return _zarr_info(p)
+        except (KeyError, IndexError, TypeError, AttributeError) as e:
+            raise ValueError(f"{p}: not an OME-Zarr store this tool can read (missing or "
+                             f"malformed {e})") from e
+    if not p.exists() and (files := position_files(p)):
+        infos = [_tiff_info(f) for f in files]
+        images = [{"file": str(f), **img} for f, info in zip(files, infos)
+                  for img in info["images"]]
+        return {"format": "OME-TIFF", "files": [str(f) for f in files],
+                "pages": sum(i["pages"] for i in infos), "images": images}
     return _tiff_info(p)
+
+
+def _read_ome(path: Path) -> Any:
+    """The OME model of an OME-TIFF file; ValueError naming the file when it has none."""
+    import tifffile
+    from ome_types import from_xml
+
+    if path.is_dir():
+        raise ValueError(f"{path}: a directory, not an OME-TIFF file or an OME-Zarr store")
+    try:
+        with tifffile.TiffFile(path) as tf:
+            xml = tf.ome_metadata
+    except tifffile.TiffFileError as e:
+        if path.suffix.lower() not in (".tif", ".tiff"):
+            raise ValueError(f"{path}: neither an OME-Zarr store nor a TIFF file") from e
+        raise ValueError(f"{path}: not a readable TIFF file ({e})") from e
+    if not xml:
+        raise ValueError(f"{path}: a TIFF file without OME-XML metadata (not an OME-TIFF); "
+                         "`info` reads OME-TIFF files and OME-Zarr stores")
+    try:
+        return from_xml(xml)
+    except Exception as e:  # ome-types raises several kinds
+        raise ValueError(f"{path}: its OME-XML cannot be read: {str(e)[:300]}") from e
+
+
+def _load_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (UnicodeDecodeError, ValueError) as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from e
 
 
 def _zarr_info(root: Path) -> dict[str, Any]:
     images = []
     for zj in sorted(root.rglob("zarr.json")):
-        attrs = json.loads(zj.read_text()).get("attributes", {})
+        attrs = _load_json(zj).get("attributes", {})
         ome = attrs.get("ome", {})
         if "multiscales" not in ome:
             continue
         ms = ome["multiscales"][0]
-        arr = json.loads((zj.parent / ms["datasets"][0]["path"] / "zarr.json").read_text())
+        arr = _load_json(zj.parent / ms["datasets"][0]["path"] / "zarr.json")
         scale = ms["datasets"][0]["coordinateTransformations"][0]["scale"]
         images.append({
             "path": str(zj.parent.relative_to(root.parent)), "name": ms.get("name"),
@@ -81,7 +127,7 @@ def _zarr_info(root: Path) -> dict[str, Any]:
             "acquisition": attrs.get("ome_writers", {}).get("acquisition"),
             "frame_metadata_rows": len(attrs.get("ome_writers", {}).get("frame_metadata", [])),
         })
-    root_attrs = json.loads((root / "zarr.json").read_text())["attributes"]
+    root_attrs = _load_json(root / "zarr.json")["attributes"]
     kind = "plate" if "plate" in root_attrs.get("ome", {}) else \
         "image" if "multiscales" in root_attrs.get("ome", {}) else "collection"
     extra = {k: v for k, v in root_attrs.items() if k not in ("ome", "ome_writers")}
@@ -91,10 +137,9 @@ def _zarr_info(root: Path) -> dict[str, Any]:
 
 def _tiff_info(path: Path) -> dict[str, Any]:
     import tifffile
-    from ome_types import from_xml
 
+    ome = _read_ome(path)
     with tifffile.TiffFile(path) as tf:
-        ome = from_xml(tf.ome_metadata)
         pages = len(tf.pages)
     images = []
     for img in ome.images:

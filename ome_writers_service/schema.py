@@ -1,21 +1,43 @@
 """Declarative description of an acquisition: what to create, and the order frames arrive.
 
 The models and their field names follow the public ``ome_writers`` 0.3.2 API so that a script
-written for it runs unchanged. Everything is validated here, once, at construction: nothing
-downstream (router, backends, daemon) re-checks the settings on the frame path.
+written for it runs unchanged. Everything is validated here, at construction and at every
+assignment to a field (``validate_assignment``, as in ome-writers): nothing downstream (router,
+backends, daemon) re-checks the settings on the frame path.
+
+Values the validators derive (a dimension's type, its count from its coords, the format from
+the root path) are written straight into the model's ``__dict__``, never through ``setattr``,
+so validation never recurses. A field counts as given by the user only when it is in
+``model_fields_set`` with a value that is not None; derived values are derived again when a
+field they depend on is assigned.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import re
+import warnings
+from collections import Counter, defaultdict
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from enum import Enum
-from typing import Annotated, Any, Literal, Mapping, Sequence
+from typing import Annotated, Any, ClassVar, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveInt,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_extra_types.color import Color
+
+from .units import accepted_units, ngff_unit, unit_kind
 
 DimensionType = Literal["space", "time", "channel", "position", "other"]
 Compression = Literal["blosc-zstd", "blosc-lz4", "zstd", "lzw", "none"]
@@ -25,6 +47,8 @@ BackpressurePolicy = Literal["block", "drop", "raise"]
 SUPPORTED_DTYPES = (
     "uint8", "uint16", "uint32", "int8", "int16", "int32", "float32", "float64",
 )
+#: dtypes OME-Zarr stores besides those (OME-XML has no 64-bit integer PixelType).
+ZARR_ONLY_DTYPES = ("int64", "uint64")
 ZARR_COMPRESSIONS = ("blosc-zstd", "blosc-lz4", "zstd", "none")
 TIFF_COMPRESSIONS = ("lzw", "zstd", "none")
 
@@ -42,37 +66,131 @@ class StandardAxis(str, Enum):
     def dimension_type(self) -> DimensionType:
         return _TYPE_OF_NAME[self.value]
 
+    def unit(self) -> str | None:
+        """The unit ome-writers gives this axis: micrometer for x, y, z; second for t."""
+        return {"x": "micrometer", "y": "micrometer", "z": "micrometer",
+                "t": "second"}.get(self.value)
+
+    def to_dimension(
+        self,
+        *,
+        count: int | None = None,
+        coords: list[str | Position] | None = None,
+        chunk_size: int | None = None,
+        shard_size_chunks: int | None = None,
+        scale: float | None = None,
+    ) -> Dimension:
+        """A `Dimension` of this axis (a `PositionDimension` for ``p``)."""
+        if self is StandardAxis.POSITION:
+            return PositionDimension(name=self.value, count=count, coords=coords)
+        return Dimension(
+            name=self.value, count=count, coords=coords, type=self.dimension_type(),
+            unit=self.unit(), chunk_size=chunk_size, shard_size_chunks=shard_size_chunks,
+            scale=scale,
+        )
+
 
 _TYPE_OF_NAME: dict[str, DimensionType] = {
     "x": "space", "y": "space", "z": "space", "t": "time", "c": "channel", "p": "position",
 }
 
+# XML 1.0 forbids these characters anywhere in a document (OME-XML is XML 1.0).
+_XML_ILLEGAL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+
+
+def _xml_text(value: str | None, info: ValidationInfo) -> str | None:
+    if value is not None and (m := _XML_ILLEGAL.search(value)):
+        raise ValueError(
+            f"{info.field_name} {value!r} contains the character {m.group()!r} (at {m.start()}), "
+            "which XML 1.0 forbids; it cannot be written into OME-XML"
+        )
+    return value
+
+
+#: A string that lands in OME-XML.
+XmlStr = Annotated[str, AfterValidator(_xml_text)]
+#: A non-empty string that lands in OME-XML (a name).
+XmlName = Annotated[str, Field(min_length=1), AfterValidator(_xml_text)]
+
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=False, frozen=False)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # pydantic leaves a rejected assignment in place; put the model back as it was
+        if name not in type(self).model_fields:
+            return super().__setattr__(name, value)
+        saved = dict(self.__dict__)
+        saved_set = set(self.__pydantic_fields_set__)
+        try:
+            super().__setattr__(name, value)
+        except Exception:
+            self.__dict__.clear()
+            self.__dict__.update(saved)
+            self.__pydantic_fields_set__.clear()
+            self.__pydantic_fields_set__.update(saved_set)
+            raise
+
+    def _given(self, field: str) -> bool:
+        """Whether the user gave ``field`` a value (not derived, not None)."""
+        return field in self.model_fields_set and getattr(self, field) is not None
 
 
 class Channel(_Model):
-    """One channel of the image: name, light path and display color."""
+    """One channel of the image: name, light path and display color.
 
-    name: str
+    A plain string validates as ``Channel(name=string)``, as in ome-writers.
+    """
+
+    name: XmlName
     excitation_wavelength_nm: PositiveInt | None = None
     emission_wavelength_nm: PositiveInt | None = None
-    fluorophore: str | None = None
+    fluorophore: XmlStr | None = None
     color: Color | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_string(cls, data: Any) -> Any:
+        return {"name": data} if isinstance(data, str) else data
 
 
 class Position(_Model):
-    """A stage position: its own image. Positions sharing a plate well are that well's fields."""
+    """A stage position: its own image. Positions sharing a plate well are that well's fields.
 
-    name: str
-    plate_row: str | None = None
-    plate_column: str | None = None
+    A plain string validates as ``Position(name=string)``, as in ome-writers.
+    """
+
+    name: XmlName
+    plate_row: XmlStr | None = None
+    plate_column: XmlStr | None = None
     grid_row: int | None = None
     grid_column: int | None = None
     x_coord: float | None = None
     y_coord: float | None = None
     z_coord: float | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_string(cls, data: Any) -> Any:
+        return {"name": data} if isinstance(data, str) else data
+
+    @model_validator(mode="after")
+    def _pairs(self) -> Position:
+        if (self.plate_row is None) != (self.plate_column is None):
+            raise ValueError(
+                f"position {self.name!r}: plate_row and plate_column must both be set or both "
+                f"be None (plate_row={self.plate_row!r}, plate_column={self.plate_column!r})"
+            )
+        if (self.grid_row is None) != (self.grid_column is None):
+            raise ValueError(
+                f"position {self.name!r}: grid_row and grid_column must both be set or both be "
+                f"None (grid_row={self.grid_row!r}, grid_column={self.grid_column!r})"
+            )
+        return self
+
+
+#: Plate row and column names become zarr paths; OME-Zarr allows only these.
+_WELL_NAME = re.compile(r"^[A-Za-z0-9]+$")
 
 
 class Plate(_Model):
@@ -80,7 +198,7 @@ class Plate(_Model):
 
     row_names: list[str]
     column_names: list[str]
-    name: str | None = None
+    name: XmlStr | None = None
 
     @model_validator(mode="after")
     def _unique_names(self) -> Plate:
@@ -90,14 +208,47 @@ class Plate(_Model):
                 raise ValueError(f"Plate.{field} must not be empty")
             if len(set(names)) != len(names):
                 raise ValueError(f"Plate.{field} has duplicates: {names}")
+            bad = [n for n in names if not _WELL_NAME.match(n)]
+            if bad:
+                raise ValueError(
+                    f"Plate.{field}: {bad} are not valid row/column names; OME-Zarr allows "
+                    "only letters and digits (^[A-Za-z0-9]+$)"
+                )
         return self
+
+    @classmethod
+    def from_standard_wells(cls, num_wells_or_shape: int | tuple[int, int]) -> Plate:
+        """A plate of a standard well count (6, 12, 24, 48, 96, 384, 1536) or of a
+        ``(rows, columns)`` shape: rows A, B, ..., Z, AA, BB, ...; columns 1, 2, ..."""
+        if not isinstance(num_wells_or_shape, tuple):
+            standard = {6: (2, 3), 12: (3, 4), 24: (4, 6), 48: (6, 8), 96: (8, 12),
+                        384: (16, 24), 1536: (32, 48)}
+            if num_wells_or_shape not in standard:
+                raise ValueError(
+                    f"Unrecognized standard plate size: {num_wells_or_shape}. "
+                    f"Supported sizes: {list(standard)}"
+                )
+            n_rows, n_cols = standard[num_wells_or_shape]
+        else:
+            if len(num_wells_or_shape) != 2 or not all(int(x) > 0 for x in num_wells_or_shape):
+                raise ValueError(
+                    "If providing a tuple for plate shape, it must be (n_rows, n_columns) with "
+                    "positive integers."
+                )
+            n_rows, n_cols = (int(x) for x in num_wells_or_shape)
+
+        def row_name(i: int) -> str:
+            return chr(ord("A") + i % 26) * (i // 26 + 1)
+
+        return cls(row_names=[row_name(i) for i in range(n_rows)],
+                   column_names=[str(i + 1) for i in range(n_cols)])
 
 
 class Objective(_Model):
     """The objective lens (OME Objective / ObjectiveSettings)."""
 
-    model: str | None = None
-    manufacturer: str | None = None
+    model: XmlStr | None = None
+    manufacturer: XmlStr | None = None
     nominal_magnification: float | None = Field(default=None, gt=0)
     lens_na: float | None = Field(default=None, gt=0)
     immersion: Literal["Oil", "Water", "WaterDipping", "Air", "Multi", "Glycerol", "Other"] \
@@ -108,13 +259,113 @@ class Objective(_Model):
 class Instrument(_Model):
     """The microscope an acquisition ran on (OME Instrument)."""
 
-    microscope_manufacturer: str | None = None
-    microscope_model: str | None = None
+    microscope_manufacturer: XmlStr | None = None
+    microscope_model: XmlStr | None = None
     objective: Objective | None = None
 
 
+def _infer_dim_type(name: str, coords: Sequence[Any] | None,
+                    unit: str | None) -> DimensionType | None:
+    """The type ome-writers 0.3.2 infers (coords first, then unit), then from a standard name;
+    None when nothing says."""
+    from_coords: DimensionType | None = None
+    if coords:
+        if any(isinstance(c, Channel) for c in coords):
+            from_coords = "channel"
+        elif any(isinstance(c, Position) for c in coords):
+            from_coords = "position"
+    from_unit: DimensionType | None = unit_kind(unit)  # type: ignore[assignment]
+    if from_coords and from_unit and from_coords != from_unit:
+        raise ValueError(
+            f"dimension {name!r}: conflicting dimension type inference: coords suggests "
+            f"type='{from_coords}' but unit {unit!r} suggests type='{from_unit}'. Please specify "
+            "an explicit `type` or remove the conflicting field."
+        )
+    from_name = _TYPE_OF_NAME.get(name.lower())
+    if from_unit and from_name and from_name != from_unit and not from_coords:
+        warnings.warn(
+            f"dimension {name!r}: unit {unit!r} makes it a {from_unit} axis, although its name "
+            f"is the standard name of a {from_name} axis; set `type` to silence this",
+            UserWarning, stacklevel=4,
+        )
+    return from_coords or from_unit or from_name
+
+
+def _coerce_coords(name: str, coords: list[Any], dim_type: str) -> list[Any]:
+    """Coords checked against the dimension type, and cast to Channel / Position models."""
+    has_channel = any(isinstance(c, Channel) for c in coords)
+    has_position = any(isinstance(c, Position) for c in coords)
+    if has_channel and has_position:
+        raise ValueError(f"dimension {name!r}: coords mix Channel and Position objects")
+    if has_channel:
+        if not all(isinstance(c, (str, Channel)) for c in coords):
+            raise ValueError(f"dimension {name!r}: may not mix Channel objects with other "
+                             "coord types")
+        if dim_type != "channel":
+            raise ValueError(f"dimension {name!r}: Channel objects in coords require "
+                             f"type='channel', got type='{dim_type}'")
+    if has_position:
+        if not all(isinstance(c, (str, int, Position)) for c in coords):
+            raise ValueError(f"dimension {name!r}: may not mix Position objects with other "
+                             "coord types")
+        if dim_type != "position":
+            raise ValueError(f"dimension {name!r}: Position objects in coords require "
+                             f"type='position', got type='{dim_type}'")
+    if dim_type == "channel":
+        out = [c if isinstance(c, Channel) else Channel(name=_coord_name(c)) for c in coords]
+        dupes = sorted(n for n, k in Counter(c.name for c in out).items() if k > 1)
+        if dupes:
+            raise ValueError(f"dimension {name!r}: Channel names must be unique; duplicates: "
+                             f"{dupes}")
+        return out
+    if dim_type == "position":
+        out = [c if isinstance(c, Position) else Position(name=_coord_name(c)) for c in coords]
+        _check_position_names(name, out)
+        return out
+    return coords
+
+
+def _coord_name(c: Any) -> str:
+    if isinstance(c, float) and c.is_integer():
+        return str(int(c))
+    return str(c)
+
+
+def _check_position_names(dim_name: str, positions: Sequence[Position]) -> None:
+    """Names unique within each well / grid cell (globally for positions with neither), as
+    ome-writers requires."""
+    groups: dict[tuple, Counter] = defaultdict(Counter)
+    for p in positions:
+        groups[(p.plate_row, p.plate_column, p.grid_row, p.grid_column)][p.name] += 1
+    for key, counts in groups.items():
+        dupes = sorted(n for n, k in counts.items() if k > 1)
+        if not dupes:
+            continue
+        if all(v is None for v in key):
+            raise ValueError(f"dimension {dim_name!r}: positions without plate or grid "
+                             f"coordinates must have unique names; duplicates: {dupes}")
+        plate_row, plate_column, grid_row, grid_column = key
+        where = []
+        if plate_row is not None:
+            where.append(f"well ({plate_row!r}, {plate_column!r})")
+        if grid_row is not None:
+            where.append(f"grid position ({grid_row}, {grid_column})")
+        raise ValueError(f"dimension {dim_name!r}: position names must be unique within each "
+                         f"group; duplicates in {', '.join(where)}: {dupes}")
+
+
 class Dimension(_Model):
-    """One axis of the acquisition. ``count=None`` means unbounded (first dimension only)."""
+    """One axis of the acquisition. ``count=None`` means unbounded (first dimension only).
+
+    When ``type`` is not given it is inferred as ome-writers 0.3.2 does — from ``coords``
+    (Channel objects: channel, Position objects: position), then from ``unit`` (a unit of
+    length: space, of time: time) — and then from a standard name (x, y, z, t, c, p); it is
+    "other" when nothing says. Units of space and time axes are stored as their OME-Zarr
+    (UDUNITS-2) names: ``unit="um"`` reads back as "micrometer".
+    """
+
+    #: A subclass whose type is fixed (PositionDimension).
+    _FIXED_TYPE: ClassVar[DimensionType | None] = None
 
     name: str
     count: PositiveInt | None = None
@@ -126,34 +377,103 @@ class Dimension(_Model):
     scale: float | None = None
     translation: float | None = None
 
+    @field_validator("coords", mode="before")
+    @classmethod
+    def _coord_mappings(cls, v: Any, info: ValidationInfo) -> Any:
+        # {"name": ...} fits both Channel and Position: decide by the other keys, else by the
+        # dimension's type or standard name
+        if not isinstance(v, (list, tuple)) or not any(isinstance(c, Mapping) for c in v):
+            return v
+        position_keys = set(Position.model_fields) - {"name"}
+        channel_keys = set(Channel.model_fields) - {"name"}
+        kinds = set()
+        for c in v:
+            if isinstance(c, Mapping):
+                if position_keys & set(c):
+                    kinds.add("position")
+                elif channel_keys & set(c):
+                    kinds.add("channel")
+            elif isinstance(c, (Channel, Position)):
+                kinds.add("channel" if isinstance(c, Channel) else "position")
+        if len(kinds) == 1:
+            kind = kinds.pop()
+        else:
+            kind = info.data.get("type") or _TYPE_OF_NAME.get(str(info.data.get("name", "")).lower())
+        model = Position if kind == "position" else Channel
+        return [model.model_validate(c) if isinstance(c, Mapping) else c for c in v]
+
     @model_validator(mode="after")
     def _infer_and_check(self) -> Dimension:
-        if not self.name:
+        name = self.name
+        if not name:
             raise ValueError("Dimension.name must not be empty")
-        if self.type is None:
-            self.type = _TYPE_OF_NAME.get(self.name.lower(), "other")
-        if self.coords is not None:
-            if self.count is None:
-                self.count = len(self.coords)
-            elif self.count != len(self.coords):
+        fields_set = self.model_fields_set
+        for field in ("type", "count", "coords"):
+            if getattr(self, field) is None:
+                fields_set.discard(field)  # None given explicitly: derived, like not given
+        derived: dict[str, Any] = {}
+        if self.coords is not None and len(self.coords) == 0:
+            raise ValueError(f"dimension {name!r}: coords is empty; give at least one coord "
+                             "(or a count instead of coords)")
+        user_coords = self.coords if self._given("coords") else None
+
+        if self._FIXED_TYPE is not None:
+            dim_type: str = self._FIXED_TYPE
+        elif self._given("type"):
+            dim_type = self.type  # type: ignore[assignment]
+        else:
+            dim_type = _infer_dim_type(name, user_coords, self.unit) or "other"
+        derived["type"] = dim_type
+
+        coords = None
+        if user_coords is not None:
+            coords = _coerce_coords(name, user_coords, dim_type)
+            if self._given("count") and self.count != len(coords):
                 raise ValueError(
-                    f"dimension {self.name!r}: count={self.count} but {len(self.coords)} coords given"
+                    f"dimension {name!r}: count={self.count} but {len(coords)} coords given"
                 )
-            if self.type == "channel":
-                self.coords = [Channel(name=c) if isinstance(c, str) else c for c in self.coords]
-            elif self.type == "position":
-                self.coords = [
-                    Position(name=str(c)) if isinstance(c, (str, int, float)) else c
-                    for c in self.coords
-                ]
-        if self.chunk_size is not None and self.count is not None and self.chunk_size > self.count:
+            derived["count"] = len(coords)
+        elif dim_type == "position" and self.count is not None:
+            coords = [Position(name=str(i)) for i in range(self.count)]
+        derived["coords"] = coords
+
+        unit = self.unit
+        if unit is not None and dim_type in ("space", "time"):
+            kind = unit_kind(unit)
+            if kind is None:
+                what = "length" if dim_type == "space" else "time"
+                raise ValueError(
+                    f"dimension {name!r}: unrecognized unit of {what} {unit!r} for a "
+                    f"{dim_type} axis; accepted: {accepted_units(dim_type)} (or their "
+                    "symbols, e.g. 'um', 'nm', 'ms', 's')"
+                )
+            if kind != dim_type:
+                raise ValueError(
+                    f"dimension {name!r}: unit {unit!r} is a unit of "
+                    f"{'length' if kind == 'space' else 'time'}, but {name!r} is a "
+                    f"{dim_type} axis (type={dim_type!r})"
+                )
+            derived["unit"] = ngff_unit(unit)
+
+        count = derived.get("count", self.count)
+        if self.chunk_size is not None and count is not None and self.chunk_size > count:
             raise ValueError(
-                f"dimension {self.name!r}: chunk_size={self.chunk_size} is larger than "
-                f"count={self.count}"
+                f"dimension {name!r}: chunk_size={self.chunk_size} is larger than count={count}"
             )
         if self.scale is not None and not (math.isfinite(self.scale) and self.scale > 0):
-            raise ValueError(f"dimension {self.name!r}: scale must be a positive number")
+            raise ValueError(f"dimension {name!r}: scale must be a positive finite number, "
+                             f"not {self.scale}")
+        if self.translation is not None and not math.isfinite(self.translation):
+            raise ValueError(f"dimension {name!r}: translation must be a finite number, "
+                             f"not {self.translation}")
+        self.__dict__.update(derived)
         return self
+
+    @property
+    def type_guessed(self) -> bool:
+        """True when nothing (type, coords, unit, standard name) said what this axis is."""
+        return (self._FIXED_TYPE is None and "type" not in self.model_fields_set
+                and _infer_dim_type_quiet(self) is None)
 
     @property
     def is_position(self) -> bool:
@@ -167,19 +487,43 @@ class Dimension(_Model):
         return None
 
 
+def _infer_dim_type_quiet(d: Dimension) -> DimensionType | None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        coords = d.coords if "coords" in d.model_fields_set else None
+        return _infer_dim_type(d.name, coords, d.unit)
+
+
 class PositionDimension(Dimension):
-    """The stage-position meta-dimension: each coord is a `Position`, each one its own image."""
+    """The stage-position meta-dimension: each coord is a `Position`, each one its own image.
+
+    ``positions=[...]`` is accepted for ``coords=[...]``, as in ome-writers.
+    """
+
+    _FIXED_TYPE: ClassVar[DimensionType | None] = "position"
 
     name: str = "p"
     type: Literal["position"] = "position"
     coords: list[Position] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _positions_keyword(cls, data: Any) -> Any:
+        if isinstance(data, Mapping) and "positions" in data:
+            data = dict(data)
+            positions = data.pop("positions")
+            if data.get("coords") is not None:
+                raise ValueError("PositionDimension: give positions or coords, not both")
+            data["coords"] = positions
+        return data
 
     @field_validator("coords", mode="before")
     @classmethod
     def _names_to_positions(cls, v: Any) -> Any:
         if v is None:
             return v
-        return [Position(name=str(p)) if isinstance(p, (str, int)) else p for p in v]
+        return [Position(name=_coord_name(p)) if isinstance(p, (str, int, float)) else p
+                for p in v]
 
 
 class OmeZarrFormat(_Model):
@@ -207,6 +551,17 @@ class OmeTiffFormat(_Model):
 
 Format = Annotated[OmeZarrFormat | OmeTiffFormat, Field(discriminator="name")]
 
+#: Strings ``format=`` accepts: the format names and, as in ome-writers, the backend names.
+_FORMAT_NAMES: dict[str, tuple[type, dict[str, str]]] = {
+    "ome-zarr": (OmeZarrFormat, {}), "zarr": (OmeZarrFormat, {}),
+    "tensorstore": (OmeZarrFormat, {"backend": "tensorstore"}),
+    "acquire-zarr": (OmeZarrFormat, {"backend": "acquire-zarr"}),
+    "zarr-python": (OmeZarrFormat, {"backend": "zarr-python"}),
+    "zarrs-python": (OmeZarrFormat, {"backend": "zarrs-python"}),
+    "ome-tiff": (OmeTiffFormat, {}), "tiff": (OmeTiffFormat, {}), "tif": (OmeTiffFormat, {}),
+    "tifffile": (OmeTiffFormat, {"backend": "tifffile"}),
+}
+
 
 def _format_from_path(root_path: str) -> OmeZarrFormat | OmeTiffFormat | None:
     lower = root_path.lower().rstrip("/\\")
@@ -233,7 +588,7 @@ class AcquisitionSettings(_Model):
     plate: Plate | None = None
     overwrite: bool = False
     # --- additions of the service (not in ome-writers 0.3.2) ---
-    image_name: str | None = None
+    image_name: XmlStr | None = None
     """Name of the image (with several positions: prefixed to each position's name)."""
     acquisition_date: datetime | None = None
     instrument: Instrument | None = None
@@ -245,16 +600,29 @@ class AcquisitionSettings(_Model):
     """Slots in the shared-memory ring; None picks ~256 MiB of frames (less when /dev/shm is
     small; at least 8)."""
 
+    @field_validator("root_path", mode="before")
+    @classmethod
+    def _path_to_str(cls, v: Any) -> Any:
+        if isinstance(v, os.PathLike):
+            v = os.fspath(v)
+        if isinstance(v, bytes):
+            v = os.fsdecode(v)
+        return v
+
     @field_validator("format", mode="before")
     @classmethod
     def _format_names(cls, v: Any) -> Any:
         if isinstance(v, str) and v != "auto":
             key = v.lower().replace("_", "-")
-            if key in ("ome-zarr", "zarr"):
-                return OmeZarrFormat()
-            if key in ("ome-tiff", "tiff", "tif"):
-                return OmeTiffFormat()
-            raise ValueError(f"format must be 'auto', 'ome-zarr' or 'ome-tiff', not {v!r}")
+            if key in _FORMAT_NAMES:
+                model, kw = _FORMAT_NAMES[key]
+                return model(**kw)
+            if key in ("scratch", "memory"):
+                raise ValueError(f"format {v!r}: the service writes OME-Zarr and OME-TIFF files; "
+                                 "the in-memory scratch format of ome-writers is not supported")
+            raise ValueError(f"format must be 'auto', 'ome-zarr', 'ome-tiff' or a backend name "
+                             f"({', '.join(k for k in _FORMAT_NAMES if '-' in k or k.endswith('file'))}), "
+                             f"not {v!r}")
         return v
 
     @field_validator("dimensions", mode="before")
@@ -264,11 +632,21 @@ class AcquisitionSettings(_Model):
         out = []
         for d in v or ():
             if isinstance(d, Dimension) and d.type == "position" and not isinstance(d, PositionDimension):
-                d = PositionDimension(**d.model_dump(exclude={"type"}))
+                d = PositionDimension(**d.model_dump(exclude={"type"}, exclude_unset=True))
             elif isinstance(d, Mapping) and d.get("type") == "position":
                 d = PositionDimension(**{k: v for k, v in d.items() if k != "type"})
             out.append(d)
         return tuple(out)
+
+    @field_validator("dimensions", mode="after")
+    @classmethod
+    def _inferred_position_dims(cls, v: tuple[Dimension, ...]) -> tuple[Dimension, ...]:
+        # a dimension whose position type was inferred (from its name "p" or its coords)
+        return tuple(
+            PositionDimension(**d.model_dump(exclude={"type"}, exclude_unset=True))
+            if d.type == "position" and not isinstance(d, PositionDimension) else d
+            for d in v
+        )
 
     @field_validator("dtype", mode="before")
     @classmethod
@@ -279,24 +657,28 @@ class AcquisitionSettings(_Model):
             name = np.dtype(v).name
         except TypeError as e:
             raise ValueError(f"dtype {v!r} is not a numpy dtype") from e
-        if name not in SUPPORTED_DTYPES:
-            raise ValueError(f"dtype {name!r} is not supported; use one of {SUPPORTED_DTYPES}")
+        if name not in SUPPORTED_DTYPES + ZARR_ONLY_DTYPES:
+            raise ValueError(f"dtype {name!r} is not supported; use one of "
+                             f"{SUPPORTED_DTYPES + ZARR_ONLY_DTYPES}")
         return name
 
     @model_validator(mode="after")
     def _check(self) -> AcquisitionSettings:
+        if self.format == "auto" and self.root_path:
+            fmt = _format_from_path(self.root_path)
+            if fmt is not None:
+                self.__dict__["format"] = fmt
         dims = self.dimensions
         if not dims:
             return self  # an empty model, as ome-writers allows; create_stream() refuses it
-        _check_dimensions(dims)
         if self.format == "auto" and self.root_path:
-            fmt = _format_from_path(self.root_path)
-            if fmt is None:
-                raise ValueError(
-                    f"root_path {self.root_path!r}: cannot infer the format from its suffix; "
-                    "end it in .ome.zarr or .ome.tiff, or set format='ome-zarr'/'ome-tiff'"
-                )
-            self.format = fmt
+            raise ValueError(
+                f"root_path {self.root_path!r}: cannot infer the format from its suffix; "
+                "end it in .ome.zarr or .ome.tiff, or set format='ome-zarr'/'ome-tiff'"
+            )
+        dims = _frame_axes_are_space(dims)
+        self.__dict__["dimensions"] = dims
+        _check_dimensions(dims)
         if self.storage_order not in ("acquisition", "ome"):
             _check_storage_list(self.storage_order, dims)
         if isinstance(self.format, OmeZarrFormat):
@@ -342,6 +724,60 @@ class AcquisitionSettings(_Model):
             by_name = {d.name: d for d in outer}
             order = [by_name[n] for n in self.storage_order if n in by_name]
         return [*order, *frame]
+
+    # ---- the helper properties of ome-writers 0.3.2, same names and meaning ----
+
+    def _require_dimensions(self, prop: str) -> tuple[Dimension, ...]:
+        if not self.dimensions:
+            raise ValueError(f"Cannot access '{prop}': dimensions has not been set yet.")
+        return self.dimensions
+
+    @property
+    def shape(self) -> tuple[int | None, ...]:
+        """Count of every dimension, in acquisition order (the position dimension included)."""
+        return tuple(d.count for d in self._require_dimensions("shape"))
+
+    @property
+    def frame_dimensions(self) -> tuple[Dimension, ...]:
+        """The two in-frame dimensions (usually y, x)."""
+        return self._require_dimensions("frame_dimensions")[-2:]
+
+    @property
+    def index_dimensions(self) -> tuple[Dimension, ...]:
+        """The non-frame dimensions, position excluded, in acquisition order."""
+        dims = self._require_dimensions("index_dimensions")
+        return tuple(d for d in dims[:-2] if not d.is_position)
+
+    @property
+    def storage_index_dimensions(self) -> tuple[Dimension, ...]:
+        """The non-frame dimensions, position excluded, in storage order."""
+        self._require_dimensions("storage_index_dimensions")
+        return tuple(self.storage_dimensions[:-2])
+
+    @property
+    def storage_index_permutation(self) -> tuple[int, ...] | None:
+        """Storage position of each index dimension as an index into `index_dimensions`;
+        None when storage order equals acquisition order."""
+        names = [d.name for d in self.index_dimensions]
+        perm = tuple(names.index(d.name) for d in self.storage_index_dimensions)
+        return perm if perm != tuple(range(len(perm))) else None
+
+    @property
+    def array_storage_dimensions(self) -> tuple[Dimension, ...]:
+        """All dimensions but the position one, in storage order (frame last)."""
+        self._require_dimensions("array_storage_dimensions")
+        return tuple(self.storage_dimensions)
+
+    @property
+    def position_dimension_index(self) -> int | None:
+        """Index of the position dimension in `dimensions`, or None."""
+        dims = self._require_dimensions("position_dimension_index")
+        return next((i for i, d in enumerate(dims[:-2]) if d.is_position), None)
+
+    def validate_stream_ready(self) -> Literal[True]:
+        """Raise ValueError unless create_stream() can use these settings; True otherwise."""
+        self.validate_for_writing()
+        return True
 
     def image_name_of(self, position: Position) -> str:
         """The name each position's image gets in the metadata."""
@@ -394,6 +830,24 @@ class AcquisitionSettings(_Model):
 
 
 _OME_RANK = {"time": 0, "channel": 1, "other": 1, "space": 2, "position": -1}
+
+
+def _frame_axes_are_space(dims: tuple[Dimension, ...]) -> tuple[Dimension, ...]:
+    """The last two dimensions are the frame: one whose type nothing said (a non-standard name
+    such as "row") becomes a space axis, with a warning, as in ome-writers 0.3.2."""
+    out = list(dims)
+    for i in range(max(0, len(out) - 2), len(out)):
+        d = out[i]
+        if d.type != "space" and d.type_guessed:
+            warnings.warn(
+                "The last two dimensions are expected to have type='space'. Setting "
+                f"type='space' for non-standard dimension name {d.name!r}.",
+                UserWarning, stacklevel=4,
+            )
+            data = d.model_dump(exclude_unset=True)
+            data["type"] = "space"
+            out[i] = type(d).model_validate(data)
+    return tuple(out)
 
 
 def _check_dimensions(dims: Sequence[Dimension]) -> None:
@@ -466,6 +920,11 @@ def _check_tiff(s: AcquisitionSettings) -> None:
         raise ValueError(
             f"compression {s.compression!r} is not available for OME-TIFF; use one of {TIFF_COMPRESSIONS}"
         )
+    if s.dtype in ZARR_ONLY_DTYPES:
+        raise ValueError(
+            f"dtype {s.dtype!r} cannot be written to OME-TIFF: OME-XML has no 64-bit integer "
+            f"PixelType; use one of {SUPPORTED_DTYPES}, or OME-Zarr"
+        )
     outer = s.storage_dimensions[:-2]
     kinds = {"time": [], "channel": [], "space": [], "other": []}
     for d in outer:
@@ -500,7 +959,8 @@ def dims_from_standard_axes(
 ) -> list[Dimension]:
     """Dimensions from ``{"t": 10, "c": ["DAPI", "GFP"], "y": 512, "x": 512}``, in that order.
 
-    Frame axes default to one chunk per frame, other axes to one plane per chunk.
+    As in ome-writers 0.3.2: x, y and z get the unit micrometer, t the unit second; chunks
+    default to the whole frame for x and y and to one plane for the other axes.
     ``shard_shapes`` gives the shard size in chunks, as ``Dimension.shard_size_chunks``.
     """
 
@@ -512,21 +972,23 @@ def dims_from_standard_axes(
                 return v
         return None
 
+    allowed = [a.value for a in StandardAxis]
     out: list[Dimension] = []
     for raw_name, size in sizes.items():
         name = raw_name.value if isinstance(raw_name, StandardAxis) else str(raw_name)
         try:
-            kind = StandardAxis(name).dimension_type()
+            axis = StandardAxis(name)
         except ValueError as e:
-            raise ValueError(f"dims_from_standard_axes: {name!r} is not one of x,y,z,c,t,p") from e
+            raise ValueError(f"dims_from_standard_axes: {name!r} is not one of x,y,z,c,t,p "
+                             f"(standard axes names must be one of {allowed})") from e
         count, coords = (size, None) if size is None or isinstance(size, int) else (None, list(size))
-        if kind == "position":
-            out.append(PositionDimension(name=name, count=count, coords=coords))
+        if axis is StandardAxis.POSITION:
+            out.append(axis.to_dimension(count=count, coords=coords))
             continue
-        out.append(
-            Dimension(
-                name=name, type=kind, count=count, coords=coords,
-                chunk_size=key(chunk_shapes, name), shard_size_chunks=key(shard_shapes, name),
-            )
-        )
+        chunk = key(chunk_shapes, name)
+        if chunk is None:
+            chunk = size if axis in (StandardAxis.X, StandardAxis.Y) and isinstance(size, int) \
+                else 1
+        out.append(axis.to_dimension(count=count, coords=coords, chunk_size=chunk,
+                                     shard_size_chunks=key(shard_shapes, name)))
     return out

@@ -174,3 +174,123 @@ def test_validate_info_and_recover_commands(tmp_path):
     assert res.returncode == 1 and "no journal" in res.stderr
     for command in ("serve", "status", "demo", "validate", "recover", "info"):
         assert cli(command, "--help").returncode == 0
+
+
+def _no_traceback(res: subprocess.CompletedProcess) -> None:
+    assert "Traceback" not in res.stderr and "Traceback" not in res.stdout, res.stderr
+
+
+def _bad_inputs(tmp_path: Path) -> dict[str, Path]:
+    good = AcquisitionSettings(root_path=str(tmp_path / "ok.ome.tiff"), dtype="uint8",
+                               dimensions=[Dimension(name="t", count=4),
+                                           Dimension(name="y", count=16),
+                                           Dimension(name="x", count=16)])
+    with create_stream(good, in_process=True) as stream:
+        for i in range(4):
+            stream.append(np.full((16, 16), i, np.uint8))
+    data = Path(good.root_path).read_bytes()
+    bad = {"notatiff": tmp_path / "notatiff.ome.tiff", "empty": tmp_path / "empty.ome.tiff",
+           "truncated": tmp_path / "truncated.ome.tiff", "plain": tmp_path / "plain.tif",
+           "brokenjson": tmp_path / "broken.ome.zarr", "nozarrjson": tmp_path / "nothing.ome.zarr"}
+    bad["notatiff"].write_text("hi\n")
+    bad["empty"].write_bytes(b"")
+    bad["truncated"].write_bytes(data[: len(data) // 2])
+    tifffile.imwrite(bad["plain"], np.zeros((8, 8), np.uint8), ome=False)
+    bad["brokenjson"].mkdir()
+    (bad["brokenjson"] / "zarr.json").write_text('{"zarr_format": 3,\n')
+    bad["nozarrjson"].mkdir()
+    return {"good": Path(good.root_path), **bad}
+
+
+def test_validate_reports_bad_files_as_fail_lines_without_tracebacks(tmp_path):
+    paths = _bad_inputs(tmp_path)
+    for key, path in paths.items():
+        if key == "good":
+            continue
+        res = cli("validate", str(path))
+        _no_traceback(res)
+        assert res.returncode == 1, (key, res.stdout)
+        assert f"{path}:" in res.stdout and "FAIL" in res.stdout, (key, res.stdout)
+    res = cli("validate", str(paths["brokenjson"]))
+    assert "zarr.json: valid JSON" in res.stdout
+    res = cli("validate", str(paths["notatiff"]))
+    assert "notatiff.ome.tiff opens as a TIFF file" in res.stdout
+
+
+def test_info_goes_on_past_a_bad_path_and_exits_non_zero(tmp_path):
+    paths = _bad_inputs(tmp_path)
+    order = ["notatiff", "good", "plain", "brokenjson", "nozarrjson", "empty", "truncated"]
+    res = cli("info", *(str(paths[k]) for k in order))
+    _no_traceback(res)
+    assert res.returncode == 1
+    assert f"{paths['good']}:" in res.stdout and '"format": "OME-TIFF"' in res.stdout
+    for key in order:
+        if key != "good":
+            assert f"{paths[key]}: cannot read" in res.stderr, key
+    assert "without OME-XML metadata (not an OME-TIFF)" in res.stderr
+    assert "not valid JSON" in res.stderr
+    assert cli("info", str(paths["good"])).returncode == 0
+
+
+def test_multi_position_tiff_root_path_covers_every_position_file(tmp_path):
+    s = AcquisitionSettings(root_path=str(tmp_path / "multi.ome.tiff"), dtype="uint8",
+                            dimensions=[Dimension(name="p", type="position", coords=["a", "b"]),
+                                        Dimension(name="y", count=8), Dimension(name="x", count=8)])
+    with create_stream(s, in_process=True) as stream:
+        for i in range(2):
+            stream.append(np.full((8, 8), i, np.uint8))
+    assert not Path(s.root_path).exists()
+    res = cli("validate", s.root_path)
+    _no_traceback(res)
+    assert res.returncode == 0 and "FAIL" not in res.stdout, res.stdout
+    assert "multi_p000.ome.tiff:" in res.stdout and "multi_p001.ome.tiff:" in res.stdout
+    res = cli("info", s.root_path)
+    assert res.returncode == 0, res.stderr
+    info = json.loads(res.stdout.split(":\n", 1)[1])
+    assert [Path(f).name for f in info["files"]] == ["multi_p000.ome.tiff", "multi_p001.ome.tiff"]
+    assert [img["name"] for img in info["images"]] == ["a", "b"]
+    assert dataset_info(s.root_path)["pages"] == 2
+
+
+def test_status_and_recover_user_mistakes_are_one_line_errors(tmp_path):
+    res = cli("status", "--endpoint", "garbage")
+    _no_traceback(res)
+    assert res.returncode != 0 and "cannot connect to 'garbage'" in res.stderr
+    journal = tmp_path / "x.ome.zarr.ows-journal"
+    journal.write_text('{"version": 1}\n')
+    res = cli("recover", str(tmp_path / "x.ome.zarr"))
+    _no_traceback(res)
+    assert res.returncode == 1 and "holds no acquisition settings" in res.stderr
+    journal.write_text("garbage\n")
+    res = cli("recover", str(journal))
+    _no_traceback(res)
+    assert res.returncode == 1 and "not an ome-writers-service journal" in res.stderr
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--t", "0"], "--t must be at least 1, not 0"),
+    (["--size", "-5"], "--size must be at least 1, not -5"),
+    (["--out", "/proc/forbidden/demo"], "--out /proc/forbidden/demo: cannot write there"),
+])
+def test_demo_rejects_bad_arguments_before_starting_a_daemon(tmp_path, args, message):
+    env = {**__import__("os").environ, "TMPDIR": str(tmp_path)}
+    res = subprocess.run([sys.executable, "-m", "ome_writers_service", "demo",
+                          "--out", str(tmp_path / "out"), *args],
+                         capture_output=True, text=True, timeout=60, env=env)
+    _no_traceback(res)
+    assert res.returncode == 2 and message in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+    assert "started daemon" not in res.stdout and not list(tmp_path.glob("ows-demo-*"))
+
+
+def test_demo_removes_the_runtime_directory_it_creates(tmp_path):
+    env = {**__import__("os").environ, "TMPDIR": str(tmp_path)}
+    res = subprocess.run([sys.executable, "-m", "ome_writers_service", "demo", "--t", "2",
+                          "--z", "1", "--size", "16", "--positions", "2",
+                          "--out", str(tmp_path / "out")],
+                         capture_output=True, text=True, timeout=180, env=env)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "started daemon pid" in res.stdout and "all datasets written and valid" in res.stdout
+    pid = int(res.stdout.split("started daemon pid ")[1].split()[0])
+    assert not Path(f"/proc/{pid}").exists()  # the daemon was stopped and reaped
+    assert not list(tmp_path.glob("ows-demo-*"))

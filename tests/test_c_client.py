@@ -5,20 +5,27 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shlex
 import shutil
 import signal
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from ome_writers_service import AcquisitionSettings, Dimension
+from ome_writers_service.metadata import read_frame_metadata
 
 from service_util import read_image, run_checker, start_daemon
 
 CLIENT = Path(__file__).resolve().parents[1] / "client" / "c"
 HEADERS = [Path("/usr/include/zmq.h"), Path("/usr/include/cjson/cJSON.h")]
+AS_ROOT = os.geteuid() == 0 and shutil.which("unshare") is not None
+needs_unshare = pytest.mark.skipif(not AS_ROOT, reason="needs root and unshare (namespaces)")
 
 
 def ensure_build_deps() -> None:
@@ -47,7 +54,10 @@ def daemon(tmp_path):
     d = start_daemon(tmp_path / "rt")
     yield d
     if d.proc.poll() is None:
+        os.kill(d.pid, signal.SIGCONT)  # in case a test left it stopped
         assert d.stop() == 0, d.log_text()
+    for ring in Path("/dev/shm").glob(f"ows-{d.pid}-*"):  # rings of a SIGKILLed daemon
+        ring.unlink(missing_ok=True)
 
 
 def pattern(i: int, h: int, w: int) -> np.ndarray:
@@ -55,56 +65,112 @@ def pattern(i: int, h: int, w: int) -> np.ndarray:
     return ((i * 7 + y * 3 + x) & 0xFFFF).astype(np.uint16)
 
 
-@pytest.mark.parametrize("suffix", [".ome.zarr", ".ome.tiff"])
-@pytest.mark.parametrize("transport", ["shm", "inline"])
-def test_c_client_streams_an_exact_valid_dataset(build, daemon, tmp_path, suffix, transport):
-    settings = AcquisitionSettings(
-        root_path=str(tmp_path / f"c{suffix}"), dtype="uint16", overwrite=True,
+def tczyx_settings(root: str) -> AcquisitionSettings:
+    return AcquisitionSettings(
+        root_path=root, dtype="uint16", overwrite=True,
         dimensions=[Dimension(name="t", count=4), Dimension(name="c", count=2),
                     Dimension(name="z", count=3), Dimension(name="y", count=40),
                     Dimension(name="x", count=56)])
-    sfile = tmp_path / "settings.json"
-    sfile.write_text(settings.model_dump_json())
-    res = subprocess.run([str(build / "ows_test"), daemon.endpoint, daemon.token, str(sfile),
-                          transport, "24", "40", "56"], capture_output=True, text=True, timeout=120)
-    assert res.returncode == 0, res.stdout + res.stderr
-    report = json.loads(res.stdout.strip().splitlines()[-1])
-    assert report["frames_written"] == 24 and report["errors"] == []
+
+
+def check_pattern_dataset(settings: AcquisitionSettings, report: dict) -> None:
+    assert report["frames_written"] == 24 and report["errors"] == [], report
     want = np.stack([pattern(i, 40, 56) for i in range(24)]).reshape(4, 2, 3, 40, 56)
     np.testing.assert_array_equal(read_image(settings.root_path), want)
     run_checker(settings.root_path, shape=want.shape, dtype="uint16")
+    # ows_test sends {"delta_t": 0.1 i} with frames i % 5 == 0 (storage order = acquisition order)
+    rows = read_frame_metadata(settings.root_path)
+    got = {(r["index"]["t"] * 2 + r["index"]["c"]) * 3 + r["index"]["z"]: r["delta_t"]
+           for r in rows if "delta_t" in r}
+    assert got == pytest.approx({i: 0.1 * i for i in range(0, 24, 5)})
 
 
-def test_c_client_error_paths(build, daemon, tmp_path):
-    settings = AcquisitionSettings(
-        root_path=str(tmp_path / "e.ome.zarr"), dtype="uint16", overwrite=True,
-        dimensions=[Dimension(name="t", count=100), Dimension(name="y", count=32),
-                    Dimension(name="x", count=32)])
+def settings_file(tmp_path: Path, settings: AcquisitionSettings) -> Path:
     sfile = tmp_path / "settings.json"
     sfile.write_text(settings.model_dump_json())
-    proc = subprocess.Popen([str(build / "ows_errors"), daemon.endpoint, daemon.token, str(sfile)],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    return sfile
+
+
+@pytest.mark.parametrize("suffix", [".ome.zarr", ".ome.tiff"])
+@pytest.mark.parametrize("transport", ["shm", "inline"])
+def test_c_client_streams_an_exact_valid_dataset(build, daemon, tmp_path, suffix, transport):
+    settings = tczyx_settings(str(tmp_path / f"c{suffix}"))
+    sfile = settings_file(tmp_path, settings)
+    res = subprocess.run([str(build / "ows_test"), daemon.endpoint, daemon.token, str(sfile),
+                          transport, "24", "40", "56"], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stdout + res.stderr
+    check_pattern_dataset(settings, json.loads(res.stdout.strip().splitlines()[-1]))
+
+
+def error_settings(tmp_path: Path) -> Path:
+    return settings_file(tmp_path, AcquisitionSettings(
+        root_path=str(tmp_path / "e.ome.zarr"), dtype="uint16", overwrite=True,
+        dimensions=[Dimension(name="t", count=100), Dimension(name="y", count=32),
+                    Dimension(name="x", count=32)]))
+
+
+def run_error_paths(argv: list[str], daemon, sig: int, limit: float, env=None) -> str:
+    """Run ows_errors; at READY hit the daemon with `sig`; return everything it printed."""
+    proc = subprocess.Popen([*argv, daemon.endpoint, daemon.token, str(error_settings(
+        daemon.rt.parent)), str(limit)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True, env=env)
     lines = []
     while (line := proc.stdout.readline()) and line.strip() != "READY":
         lines.append(line)
-    assert line.strip() == "READY", "".join(lines) + proc.stderr.read()
-    daemon.stop(signal.SIGKILL)
-    out, err = proc.communicate("go\n", timeout=30)
-    assert proc.returncode == 0, "".join(lines) + out + err
+    if line.strip() != "READY":
+        proc.kill()
+        pytest.fail("".join(lines) + proc.communicate()[1])
+    os.kill(daemon.pid, sig)
+    out, err = proc.communicate("go\n", timeout=60)
     text = "".join(lines) + out
+    assert proc.returncode == 0, text + err
+    assert "ERROR: " not in err, err  # sanitizers
     assert "wrong token: daemon: open refused" in text
+    assert "invalid settings: daemon: invalid settings" in text and "count" in text
     assert "wrong size: frame 0: 2050 bytes" in text
-    assert "GONE after" in text and f"pid {daemon.pid}" in text
+    assert "GONE after" in text and "closed: {" in text and '"error":"' in text
+    assert "refused metadata: \"error\":\"daemon: frame 1: frame_metadata['delta_t']" in text
+    return text
+
+
+def test_c_client_error_paths(build, daemon):
+    text = run_error_paths([str(build / "ows_errors")], daemon, signal.SIGKILL, 3.0)
+    assert f"pid {daemon.pid}) is gone" in text  # noticed through the daemon's pid
+    daemon.proc.wait(10)
+
+
+def test_c_client_reports_a_daemon_shutdown_with_its_final_report(build, daemon):
+    """SIGTERM: the daemon finalizes the stream and says so (ring flag 2, `closed` with reason
+    "shutdown"); the client's next call fails and close hands back that final report."""
+    text = run_error_paths([str(build / "ows_errors")], daemon, signal.SIGTERM, 3.0)
+    assert "GONE after" in text and "the daemon closed the stream (shutdown)" in text
+    closed = json.loads(text.split("closed: ", 1)[1].splitlines()[0])
+    assert closed["type"] == "closed" and closed["reason"] == "shutdown"
+    assert closed["frames_written"] == 5 and closed["frames_skipped"] == 95, closed
+    assert daemon.proc.wait(30) == 0
+
+
+def test_c_client_does_not_block_on_a_hung_daemon(build, daemon):
+    """A daemon that is alive but does not answer (SIGSTOP: hung, or unreachable) is noticed
+    by its unanswered pings; status and close then fail at once instead of blocking."""
+    try:
+        text = run_error_paths([str(build / "ows_errors")], daemon, signal.SIGSTOP, 8.0)
+    finally:
+        os.kill(daemon.pid, signal.SIGCONT)
+    assert "has not answered for" in text
 
 
 def test_cpp_camera_simulation(build, daemon, tmp_path):
+    """The C++ example streams a 5D acquisition at a fixed rate through the RAII wrapper,
+    finding the daemon through its connection file (no endpoint/token given)."""
     root = tmp_path / "cam.ome.tiff"
-    res = subprocess.run([str(build / "camera_sim"), str(root), "400", "3", "2", "4", "64",
-                          daemon.endpoint, daemon.token], capture_output=True, text=True,
-                         timeout=120)
+    env = {**os.environ, "OME_WRITERS_SERVICE_RUNTIME_DIR": str(daemon.rt)}
+    res = subprocess.run([str(build / "camera_sim"), str(root), "400", "3", "2", "4", "64"],
+                         capture_output=True, text=True, timeout=120, env=env)
     assert res.returncode == 0, res.stdout + res.stderr
-    assert "24 frames in" in res.stdout and "fps (target 400.0)" in res.stdout
+    m = re.search(r"24 frames in [\d.]+ s: ([\d.]+) fps \(target 400\.0\), \d+ frames late, "
+                  r"0 dropped", res.stdout)
+    assert m and float(m.group(1)) > 0, res.stdout
     want = np.stack([pattern(i, 64, 64) for i in range(24)]).reshape(3, 2, 4, 64, 64)
     np.testing.assert_array_equal(read_image(str(root)), want)
     run_checker(str(root), shape=want.shape, dtype="uint16")
@@ -118,8 +184,7 @@ def test_c_client_under_address_sanitizer(build, daemon, tmp_path):
         root_path=str(tmp_path / "a.ome.tiff"), dtype="uint16", overwrite=True,
         dimensions=[Dimension(name="t", count=6), Dimension(name="y", count=16),
                     Dimension(name="x", count=16)])
-    sfile = tmp_path / "settings.json"
-    sfile.write_text(settings.model_dump_json())
+    sfile = settings_file(tmp_path, settings)
     env = {**os.environ, "ASAN_OPTIONS": "detect_leaks=1:abort_on_error=0",
            "UBSAN_OPTIONS": "halt_on_error=1:print_stacktrace=1"}
     for transport in ("shm", "inline"):
@@ -128,11 +193,80 @@ def test_c_client_under_address_sanitizer(build, daemon, tmp_path):
                              text=True, timeout=120, env=env)
         assert res.returncode == 0, res.stdout + res.stderr  # leaks or invalid accesses fail
         assert "ERROR: " not in res.stderr, res.stderr
-    proc = subprocess.Popen([str(build / "ows_errors_asan"), daemon.endpoint, daemon.token,
-                             str(sfile)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env)
-    while (line := proc.stdout.readline()) and line.strip() != "READY":
-        pass
-    daemon.stop(signal.SIGKILL)
-    out, err = proc.communicate("go\n", timeout=60)
-    assert proc.returncode == 0 and "ERROR: " not in err, out + err
+    run_error_paths([str(build / "ows_errors_asan")], daemon, signal.SIGKILL, 3.0, env=env)
+    daemon.proc.wait(10)
+
+
+# ---- the client in another pid namespace (a container, or Windows): heartbeats and pings
+
+UNSHARE_PID = ["unshare", "--pid", "--fork", "--mount-proc"]
+
+
+@needs_unshare
+@pytest.mark.parametrize("transport", ["shm", "inline"])
+def test_c_client_in_another_pid_namespace_keeps_its_stream_alive(build, daemon, tmp_path,
+                                                                  transport):
+    """The daemon cannot watch the client's pid: the library's heartbeat thread keeps the
+    stream open through a pause longer than the daemon's heartbeat timeout (1.5 s)."""
+    settings = tczyx_settings(str(tmp_path / "ns.ome.zarr"))
+    sfile = settings_file(tmp_path, settings)
+    res = subprocess.run([*UNSHARE_PID, str(build / "ows_test"), daemon.endpoint, daemon.token,
+                          str(sfile), transport, "24", "40", "56", "2.5"], capture_output=True,
+                         text=True, timeout=120)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "no heartbeat" not in daemon.log_text()
+    check_pattern_dataset(settings, json.loads(res.stdout.strip().splitlines()[-1]))
+
+
+@needs_unshare
+def test_c_client_in_another_pid_namespace_notices_the_daemon_gone(build, daemon):
+    """Without the daemon's pid, death is noticed by unanswered pings — still no blocking."""
+    text = run_error_paths([*UNSHARE_PID, str(build / "ows_errors")], daemon, signal.SIGKILL, 8.0)
+    assert "has not answered for" in text
+    daemon.proc.wait(10)
+
+
+@needs_unshare
+def test_c_client_without_the_daemons_shm_says_so_and_frees_the_stream(build, daemon, tmp_path):
+    """A client that cannot map the ring (its own /dev/shm: another IPC namespace) gets an
+    error naming the inline transport, and the stream the daemon opened is closed at once —
+    not left open (ring and all) until the client process exits. Inline then works."""
+    settings = tczyx_settings(str(tmp_path / "private-shm.ome.zarr"))
+    script = f"""
+import ctypes, json, sys, time
+from ome_writers_service.cli import daemon_status
+lib = ctypes.CDLL({str(build / "libows_client.so")!r})
+lib.ows_open_ex.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_int,
+                            ctypes.POINTER(ctypes.c_void_p), ctypes.c_char_p, ctypes.c_size_t]
+lib.ows_close.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_size_t]
+s, err = ctypes.c_void_p(), ctypes.create_string_buffer(1024)
+args = ({daemon.endpoint!r}.encode(), {daemon.token!r}.encode(), {settings.model_dump_json()!r}.encode())
+rc = lib.ows_open_ex(*args, 0, ctypes.byref(s), err, 1024)
+print("shm", rc, err.value.decode(), flush=True)
+deadline = time.monotonic() + 5
+while daemon_status({daemon.endpoint!r})["streams"] and time.monotonic() < deadline:
+    time.sleep(0.1)
+print("open streams", len(daemon_status({daemon.endpoint!r})["streams"]), flush=True)
+rc = lib.ows_open_ex(*args, 1, ctypes.byref(s), err, 1024)
+report = ctypes.create_string_buffer(16384)
+print("inline", rc, lib.ows_close(s, report, 16384), report.value.decode(), flush=True)
+"""
+    cmd = (f"mount -t tmpfs -o size=16m tmpfs /dev/shm && exec {shlex.quote(sys.executable)} "
+           f"-c {shlex.quote(script)}")
+    res = subprocess.run(["unshare", "-m", "sh", "-c", cmd], capture_output=True, text=True,
+                         timeout=60)
+    assert res.returncode == 0, res.stdout + res.stderr
+    lines = res.stdout.splitlines()
+    assert lines[0].startswith("shm -8 shm_open(ows-") and "inline transport" in lines[0], lines
+    assert lines[1] == "open streams 0", res.stdout  # closed although the client still runs
+    assert lines[2].startswith("inline 0 0 {"), res.stdout
+
+
+def test_c_library_compiles_for_windows(tmp_path):
+    """ows_client.c builds for Windows (MinGW-w64), where only the inline transport exists."""
+    if not shutil.which("x86_64-w64-mingw32-gcc"):
+        pytest.skip("x86_64-w64-mingw32-gcc not installed (apt-get install gcc-mingw-w64-x86-64)")
+    ensure_build_deps()  # zmq.h and cJSON.h to compile against
+    res = subprocess.run(["make", "-C", str(CLIENT), f"B={tmp_path}", "windows"],
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout + res.stderr

@@ -1,29 +1,46 @@
-/* ows_client.c — see ows_client.h and PROTOCOL.md. Depends on libzmq and cJSON. */
-#define _GNU_SOURCE
+/* ows_client.c — see ows_client.h and PROTOCOL.md. Depends on libzmq and cJSON.
+ *
+ * Linux: everything (shared-memory and inline transports). Windows (MSVC or MinGW): the same
+ * file builds into ows_client.dll with the inline transport only. */
+#if !defined(_WIN32)
+#define _GNU_SOURCE /* MAP_POPULATE, readlink */
+#elif !defined(OWS_STATIC) && !defined(OWS_BUILD_DLL)
+#define OWS_BUILD_DLL /* compiling this file on Windows builds the DLL */
+#endif
 #include "ows_client.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
-#include <fcntl.h>
-#include <pthread.h>
-#include <signal.h>
 #include <stdarg.h>
-#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <zmq.h> /* before windows.h: it includes winsock2.h */
+
+#if defined(_WIN32)
+#include <process.h>
+#include <windows.h>
+#define OWS_HAVE_SHM 0
+#else
+#include <fcntl.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
-#include <zmq.h>
+#define OWS_HAVE_SHM 1
+#endif
 
-#define TAG "OWS1"
-#define TAG_LEN 4
-#define LIVENESS_INTERVAL 0.25 /* s between daemon pid checks */
-#define PING_AFTER 1.0         /* s of silence before a blocked call pings */
-#define HUNG_TIMEOUT 5.0       /* s of silence before the daemon counts as gone */
-#define REPLY_TIMEOUT 30.0     /* s to wait for open / status replies */
+#define OWS_TAG "OWS1"
+#define OWS_TAG_LEN 4
+#define OWS_LIVENESS_MS 250   /* ms between daemon liveness checks (pid, pings) */
+#define OWS_PING_AFTER 1.0    /* s without any message from the daemon before a check pings it */
+#define OWS_HUNG_TIMEOUT 5.0  /* s a ping may stay unanswered before the daemon counts as gone */
+#define OWS_STATUS_TIMEOUT 30.0 /* s to wait for a status reply from a daemon that answers pings */
+#define OWS_ABANDON_TIMEOUT 5.0 /* s to wait for `closed` when open fails after `opened` */
+#define OWS_RING_MIN_HEADER 56
 
 struct ows_stream {
     void *ctx;
@@ -33,34 +50,48 @@ struct ows_stream {
     int64_t seq, dropped, total; /* total < 0: unbounded */
     size_t frame_nbytes;
     int credits;
-    int *free_slots;
-    int nfree;
+    int nfree;             /* slots the client may fill */
+    unsigned char *busy;   /* busy[i]: slot i is lent to the daemon (or claimed) */
     int inline_mode;
     unsigned char *ring;
     size_t ring_size, header_size, slot_size;
     volatile uint32_t *err_flag;
     uint32_t no_flag;
-    int daemon_pid;
-    double next_liveness, last_heard, last_ping;
-    char policy; /* 'b'lock, 'd'rop, 'r'aise */
+    int daemon_pid;        /* > 0: the daemon shares our pid namespace, watch its pid */
+    double next_liveness, last_heard, ping_sent; /* ping_sent 0: no ping outstanding */
+    char policy;           /* 'b'lock, 'd'rop, 'r'aise */
     double block_timeout;
-    int claimed_slot; /* -1: none, -2: scratch (dropped) */
+    int claimed_slot;      /* -1: none, -2: scratch (dropped) */
     unsigned char *scratch;
     int closed;
-    int remote_error; /* the daemon reported an error: the next call fails */
+    int remote_code;       /* != 0: the daemon reported an error or closed the stream */
+    char remote_msg[1024];
+    cJSON *final_report;   /* a `closed` the daemon sent on its own (shutdown, client lost) */
     char error[1024];
     /* heartbeat thread, only when the daemon cannot watch our pid */
-    pthread_t hb;
+    void *hb_ctl, *hb_peer; /* inproc PAIR sockets: a message on hb_ctl stops the thread */
+    void *hb_sock;          /* the thread's DEALER */
+    char *hb_msg;
+    long hb_interval_ms;
     int hb_running;
-    atomic_int hb_stop;
-    char hb_msg[160];
-    double hb_interval;
+#if defined(_WIN32)
+    HANDLE hb;
+#else
+    pthread_t hb;
+#endif
 };
 
 static double now_s(void) {
+#if defined(_WIN32)
+    LARGE_INTEGER f, c;
+    QueryPerformanceFrequency(&f);
+    QueryPerformanceCounter(&c);
+    return (double)c.QuadPart / (double)f.QuadPart;
+#else
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+#endif
 }
 
 static int fail(ows_stream *s, int code, const char *fmt, ...) {
@@ -71,6 +102,18 @@ static int fail(ows_stream *s, int code, const char *fmt, ...) {
     return code;
 }
 
+/* An error the daemon reported: every later frame call fails with it. */
+static void remote_fail(ows_stream *s, int code, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(s->remote_msg, sizeof s->remote_msg, fmt, ap);
+    va_end(ap);
+    if (!s->remote_code || code == OWS_ERR_DAEMON_GONE) s->remote_code = code;
+    snprintf(s->error, sizeof s->error, "%s", s->remote_msg);
+}
+
+static const char *nonempty(const char *text) { return text && *text ? text : NULL; }
+
 const char *ows_last_error(const ows_stream *s) { return s ? s->error : "no stream"; }
 size_t ows_frame_nbytes(const ows_stream *s) { return s ? s->frame_nbytes : 0; }
 int64_t ows_frames_sent(const ows_stream *s) { return s ? s->seq : 0; }
@@ -78,22 +121,32 @@ int64_t ows_frames_dropped(const ows_stream *s) { return s ? s->dropped : 0; }
 
 /* ---------------------------------------------------------------- messages */
 
-static int send_header(void *sock, const char *header, const void *payload, size_t nbytes) {
-    if (zmq_send(sock, TAG, TAG_LEN, ZMQ_SNDMORE) < 0) return -1;
-    if (zmq_send(sock, header, strlen(header), payload ? ZMQ_SNDMORE : 0) < 0) return -1;
-    if (payload && zmq_send(sock, payload, nbytes, 0) < 0) return -1;
+static int send_part(void *sock, const void *data, size_t n, int flags) {
+    for (;;) { /* a signal must not leave half a multipart message queued */
+        if (zmq_send(sock, data, n, flags) >= 0) return 0;
+        if (zmq_errno() != EINTR) return -1;
+    }
+}
+
+static int send_msg(void *sock, const char *header, const void *payload, size_t nbytes,
+                    int flags) {
+    if (send_part(sock, OWS_TAG, OWS_TAG_LEN, ZMQ_SNDMORE | flags) < 0) return -1;
+    if (send_part(sock, header, strlen(header), (payload ? ZMQ_SNDMORE : 0) | flags) < 0)
+        return -1;
+    if (payload && send_part(sock, payload, nbytes, flags) < 0) return -1;
     return 0;
 }
 
 static int send_json(ows_stream *s, cJSON *obj) {
-    char *text = cJSON_PrintUnformatted(obj);
+    char *text = obj ? cJSON_PrintUnformatted(obj) : NULL;
     if (!text) return fail(s, OWS_ERR_SYSTEM, "out of memory");
-    int rc = send_header(s->sock, text, NULL, 0);
-    free(text);
+    int rc = send_msg(s->sock, text, NULL, 0, 0);
+    cJSON_free(text);
     return rc < 0 ? fail(s, OWS_ERR_SYSTEM, "zmq send: %s", zmq_strerror(zmq_errno())) : OWS_OK;
 }
 
-/* Receive one message if one arrives within timeout_ms; *out = its header (caller frees). */
+/* Receive one message if one arrives within timeout_ms. Returns 1 with *out = its header
+ * (caller frees), 0 if none came, 2 for a malformed message (dropped), -1 if zmq failed. */
 static int recv_one(ows_stream *s, long timeout_ms, cJSON **out) {
     zmq_pollitem_t item = {s->sock, 0, ZMQ_POLLIN, 0};
     *out = NULL;
@@ -103,14 +156,18 @@ static int recv_one(ows_stream *s, long timeout_ms, cJSON **out) {
     while (more) {
         zmq_msg_init(&part);
         if (zmq_msg_recv(&part, s->sock, 0) < 0) {
+            int e = zmq_errno();
             zmq_msg_close(&part);
-            return fail(s, OWS_ERR_SYSTEM, "zmq recv: %s", zmq_strerror(zmq_errno()));
+            if (e == EINTR && index == 0) return 0;
+            if (e == EINTR) continue; /* the rest of a multipart message is already here */
+            cJSON_Delete(*out);
+            *out = NULL;
+            return -1;
         }
-        if (index == 0 && (zmq_msg_size(&part) != TAG_LEN || memcmp(zmq_msg_data(&part), TAG, 4)))
+        if (index == 0 && (zmq_msg_size(&part) != OWS_TAG_LEN || memcmp(zmq_msg_data(&part), OWS_TAG, 4)))
             bad = 1;
-        if (index == 1 && !bad) {
+        if (index == 1 && !bad)
             *out = cJSON_ParseWithLength(zmq_msg_data(&part), zmq_msg_size(&part));
-        }
         more = zmq_msg_more(&part);
         zmq_msg_close(&part);
         index++;
@@ -119,7 +176,7 @@ static int recv_one(ows_stream *s, long timeout_ms, cJSON **out) {
     if (bad || !*out || !cJSON_IsString(cJSON_GetObjectItem(*out, "type"))) {
         cJSON_Delete(*out);
         *out = NULL;
-        return fail(s, OWS_ERR_DAEMON, "malformed message from the daemon");
+        return 2;
     }
     return 1;
 }
@@ -136,38 +193,68 @@ static double num_field(const cJSON *h, const char *name, double dflt) {
     return cJSON_IsNumber(v) ? v->valuedouble : dflt;
 }
 
-/* Handle every waiting message (the first waited for up to timeout_ms). Releases refill the
- * free list; errors are remembered. Returns the last other message (caller frees) or NULL. */
-static cJSON *pump(ows_stream *s, long timeout_ms) {
-    cJSON *reply = NULL, *h = NULL;
-    long wait = timeout_ms;
-    while (recv_one(s, wait, &h) > 0) {
-        wait = 0;
-        const char *type = type_of(h);
-        if (!strcmp(type, "release")) {
-            const cJSON *slot;
-            cJSON_ArrayForEach(slot, cJSON_GetObjectItem(h, "slots")) {
-                if (cJSON_IsNumber(slot) && s->nfree < s->credits)
-                    s->free_slots[s->nfree++] = slot->valueint;
-            }
-            cJSON_Delete(h);
-            continue;
-        }
-        if (!strcmp(type, "error")) {
-            s->remote_error = 1;
-            fail(s, OWS_ERR_DAEMON, "daemon: %s (%s)", str_field(h, "message", "?"),
-                 str_field(h, "code", "?"));
-        } else if (!strcmp(type, "closed") && !s->closed) {
-            s->remote_error = 1;
-            fail(s, OWS_ERR_DAEMON_GONE, "the daemon closed the stream (%s)",
-                 str_field(h, "reason", "?"));
-        }
-        cJSON_Delete(reply);
-        reply = h;
+/* Slots the daemon no longer reads come back to the free list (ignoring any slot that is
+ * not lent out, so a stray or repeated release can never hand out a busy slot). */
+static void take_release(ows_stream *s, const cJSON *h) {
+    const cJSON *slot;
+    cJSON_ArrayForEach(slot, cJSON_GetObjectItem(h, "slots")) {
+        if (!cJSON_IsNumber(slot)) continue;
+        int i = slot->valueint;
+        if (i < 0 || i >= s->credits || !s->busy[i]) continue;
+        s->busy[i] = 0;
+        s->nfree++;
     }
-    return reply;
+#if OWS_HAVE_SHM
+    /* the daemon's last read of these slots happens before our next writes into them */
+    atomic_thread_fence(memory_order_acquire);
+#endif
 }
 
+/* Whether an error with this code answers the request whose reply is `want`. Frames get no
+ * reply, so an error about a frame (refused metadata, sequence, slot) or a write failure
+ * comes at any time; status and close can only be refused for their stream. */
+static int answers(const char *want, const char *code) {
+    if (!want) return 0;
+    if (!strcmp(want, "opened")) return strcmp(code, "write_failed") != 0;
+    return !strcmp(code, "no_such_stream") || !strcmp(code, "unknown_type") ||
+           !strcmp(code, "unsupported_version");
+}
+
+/* Handle what the daemon sent, waiting up to timeout_ms for the first message: releases free
+ * their slots; errors about frames, write errors and a `closed` the daemon sent on its own are
+ * remembered (the next frame call reports them). Returns the first message of type `want`, or
+ * an error answering that request, for the caller to free; else NULL. */
+static cJSON *pump(ows_stream *s, long timeout_ms, const char *want) {
+    cJSON *h;
+    long wait = timeout_ms;
+    int got;
+    while ((got = recv_one(s, wait, &h)) != 0) {
+        wait = 0;
+        if (got < 0) break;
+        if (got == 2) continue;
+        const char *type = type_of(h);
+        if (!strcmp(type, "release")) {
+            take_release(s, h);
+        } else if (want && !strcmp(type, want)) {
+            return h;
+        } else if (!strcmp(type, "error")) {
+            const char *code = str_field(h, "code", "?");
+            if (answers(want, code)) return h;
+            remote_fail(s, OWS_ERR_DAEMON, "daemon: %s (%s)", str_field(h, "message", "?"), code);
+        } else if (!strcmp(type, "closed")) {
+            remote_fail(s, OWS_ERR_DAEMON_GONE, "the daemon closed the stream (%s) after writing "
+                        "%.0f frames", str_field(h, "reason", "?"),
+                        num_field(h, "frames_written", 0));
+            cJSON_Delete(s->final_report);
+            s->final_report = h;
+            continue;
+        } /* else: pong, or a reply nobody waits for any more */
+        cJSON_Delete(h);
+    }
+    return NULL;
+}
+
+#if OWS_HAVE_SHM
 /* Whether a pid runs; a zombie (dead, not yet reaped by its parent) counts as gone. */
 static int pid_running(int pid) {
     if (kill(pid, 0) < 0 && errno == ESRCH) return 0;
@@ -181,52 +268,52 @@ static int pid_running(int pid) {
     const char *paren = strrchr(buf, ')');
     return !(paren && paren[1] == ' ' && (paren[2] == 'Z' || paren[2] == 'X'));
 }
+#endif
 
-static int daemon_alive(ows_stream *s) {
-    s->next_liveness = now_s() + LIVENESS_INTERVAL;
+/* Whether the daemon is still there: its pid (when we can see it) and its answers to pings.
+ * A ping goes out after OWS_PING_AFTER s without any message; the daemon counts as gone when a
+ * ping stays unanswered for OWS_HUNG_TIMEOUT s. Silence alone never counts: the caller may have
+ * been idle for any time. Call pump() first so that answers are seen. */
+static int check_daemon(ows_stream *s) {
+    double t = now_s();
+    s->next_liveness = t + OWS_LIVENESS_MS / 1000.0;
+#if OWS_HAVE_SHM
     if (s->daemon_pid > 0 && !pid_running(s->daemon_pid))
-        return fail(s, OWS_ERR_DAEMON_GONE, "the writer daemon (pid %d) is gone",
-                    s->daemon_pid);
-    return OWS_OK;
-}
-
-/* While blocked: ping a silent daemon, give up after HUNG_TIMEOUT of silence. */
-static int responsive(ows_stream *s) {
-    double t = now_s(), silent = t - s->last_heard;
-    if (silent > HUNG_TIMEOUT)
-        return fail(s, OWS_ERR_DAEMON_GONE, "the daemon at %s has not answered for %.1f s",
-                    s->endpoint, silent);
-    if (silent > PING_AFTER && t - s->last_ping > PING_AFTER) {
-        s->last_ping = t;
-        send_header(s->sock, "{\"type\":\"ping\"}", NULL, 0);
+        return fail(s, OWS_ERR_DAEMON_GONE, "the writer daemon (pid %d) is gone", s->daemon_pid);
+#endif
+    if (s->ping_sent > 0 && s->last_heard >= s->ping_sent) s->ping_sent = 0; /* answered */
+    if (s->ping_sent > 0) {
+        if (t - s->ping_sent > OWS_HUNG_TIMEOUT)
+            return fail(s, OWS_ERR_DAEMON_GONE, "the daemon at %s has not answered for %.1f s "
+                        "(dead, hung or unreachable)", s->endpoint, t - s->ping_sent);
+    } else if (t - s->last_heard > OWS_PING_AFTER) {
+        if (send_msg(s->sock, "{\"type\":\"ping\"}", NULL, 0, ZMQ_DONTWAIT) == 0) s->ping_sent = t;
     }
     return OWS_OK;
 }
 
-/* Wait for a reply of the given type; *out receives it (caller frees). */
+/* Wait for a reply of the given type (timeout <= 0: as long as the daemon lives); *out
+ * receives it (caller frees). An error reply returns OWS_ERR_DAEMON with its message. */
 static int await_reply(ows_stream *s, const char *type, double timeout, cJSON **out) {
     double deadline = timeout > 0 ? now_s() + timeout : 0;
     *out = NULL;
     for (;;) {
-        cJSON *h = pump(s, (long)(LIVENESS_INTERVAL * 1000));
-        if (h) {
-            if (!strcmp(type_of(h), type)) {
-                *out = h;
-                return OWS_OK;
-            }
-            if (!strcmp(type_of(h), "error")) {
-                cJSON_Delete(h);
-                s->remote_error = 0; /* the error answers this call */
-                return OWS_ERR_DAEMON;
-            }
-            cJSON_Delete(h);
+        cJSON *h = pump(s, OWS_LIVENESS_MS, type);
+        if (h && !strcmp(type_of(h), type)) {
+            *out = h;
+            return OWS_OK;
         }
-        int rc = daemon_alive(s);
-        if (rc == OWS_OK) rc = responsive(s);
+        if (h) { /* an error answering this request */
+            fail(s, OWS_ERR_DAEMON, "daemon: %s (%s)", str_field(h, "message", "?"),
+                 str_field(h, "code", "?"));
+            cJSON_Delete(h);
+            return OWS_ERR_DAEMON;
+        }
+        int rc = check_daemon(s);
         if (rc != OWS_OK) return rc;
         if (deadline > 0 && now_s() > deadline)
-            return fail(s, OWS_ERR_DAEMON_GONE, "no %s from the daemon within %.0f s", type,
-                        timeout);
+            return fail(s, OWS_ERR_DAEMON_GONE, "no %s from the daemon at %s within %.0f s", type,
+                        s->endpoint, timeout);
     }
 }
 
@@ -235,11 +322,20 @@ static int await_reply(ows_stream *s, const char *type, double timeout, cJSON **
 static int read_connection_file(char *endpoint, size_t elen, char *token, size_t tlen,
                                 char *err, size_t errlen) {
     char dir[512], path[600];
-    const char *rt = getenv("OME_WRITERS_SERVICE_RUNTIME_DIR");
-    const char *xdg = getenv("XDG_RUNTIME_DIR");
+    const char *rt = nonempty(getenv("OME_WRITERS_SERVICE_RUNTIME_DIR"));
+#if defined(_WIN32)
+    if (!rt) {
+        snprintf(err, errlen, "no endpoint/token given and OME_WRITERS_SERVICE_RUNTIME_DIR is "
+                 "not set: pass the endpoint and token of the daemon's daemon.json");
+        return -1;
+    }
+    snprintf(dir, sizeof dir, "%s", rt);
+#else
+    const char *xdg = nonempty(getenv("XDG_RUNTIME_DIR"));
     if (rt) snprintf(dir, sizeof dir, "%s", rt);
     else if (xdg) snprintf(dir, sizeof dir, "%s/ome-writers-service-%u", xdg, (unsigned)getuid());
     else snprintf(dir, sizeof dir, "/tmp/ome-writers-service-%u", (unsigned)getuid());
+#endif
     snprintf(path, sizeof path, "%s/daemon.json", dir);
     FILE *f = fopen(path, "rb");
     if (!f) {
@@ -263,125 +359,272 @@ static int read_connection_file(char *endpoint, size_t elen, char *token, size_t
     return ok ? 0 : -1;
 }
 
+#if OWS_HAVE_SHM
+static uint32_t le32(const unsigned char *p) {
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+static uint64_t le64(const unsigned char *p) { return le32(p) | (uint64_t)le32(p + 4) << 32; }
+
 static int attach_ring(ows_stream *s, const cJSON *ring) {
     const char *name = str_field(ring, "name", NULL);
-    if (!name) return fail(s, OWS_ERR_DAEMON, "opened: no ring name");
+    if (!name || !*name || strchr(name, '/'))
+        return fail(s, OWS_ERR_DAEMON, "opened: no valid ring name");
     int fd = shm_open(name, O_RDWR, 0);
-    if (fd < 0) return fail(s, OWS_ERR_SYSTEM, "shm_open(%s): %s", name, strerror(errno));
+    if (fd < 0) {
+        int e = errno;
+        return fail(s, OWS_ERR_SYSTEM, "shm_open(%s): %s%s", name, strerror(e),
+                    e == ENOENT ? " — this process does not see the daemon's /dev/shm (another "
+                    "IPC namespace, e.g. a container without ipc: host / ipc: service:...); "
+                    "use the inline transport" : "");
+    }
     struct stat st;
     if (fstat(fd, &st) < 0) {
+        int e = errno;
         close(fd);
-        return fail(s, OWS_ERR_SYSTEM, "fstat(%s): %s", name, strerror(errno));
+        return fail(s, OWS_ERR_SYSTEM, "fstat(%s): %s", name, strerror(e));
     }
-    void *p = mmap(NULL, (size_t)st.st_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (st.st_size < OWS_RING_MIN_HEADER) {
+        close(fd);
+        return fail(s, OWS_ERR_DAEMON, "%s is not a frame ring (%lld bytes)", name,
+                    (long long)st.st_size);
+    }
+    int flags = MAP_SHARED;
+#ifdef MAP_POPULATE
+    flags |= MAP_POPULATE; /* map every page now: the first touch of a page is slow */
+#endif
+    void *p = mmap(NULL, (size_t)st.st_size, PROT_READ | PROT_WRITE, flags, fd, 0);
+    int e = errno;
     close(fd);
-    if (p == MAP_FAILED) return fail(s, OWS_ERR_SYSTEM, "mmap(%s): %s", name, strerror(errno));
+    if (p == MAP_FAILED) return fail(s, OWS_ERR_SYSTEM, "mmap(%s): %s", name, strerror(e));
     s->ring = p;
     s->ring_size = (size_t)st.st_size;
-    uint32_t version, header;
-    memcpy(&version, s->ring + 8, 4);
-    memcpy(&header, s->ring + 12, 4);
-    uint64_t slot_size;
-    memcpy(&slot_size, s->ring + 24, 8);
-    if (memcmp(s->ring, "OWSRING1", 8) || version != 1)
+    const unsigned char *h = s->ring;
+    if (memcmp(h, "OWSRING1", 8) || le32(h + 8) != 1)
         return fail(s, OWS_ERR_DAEMON, "%s is not a version-1 frame ring", name);
-    s->header_size = header;
+    uint64_t header = le32(h + 12), slots = le32(h + 16), slot_size = le64(h + 24);
+    uint64_t frame = le64(h + 32);
+    if (header < OWS_RING_MIN_HEADER || frame != s->frame_nbytes || slot_size < frame ||
+        slots < (uint64_t)s->credits || header + slots * slot_size > (uint64_t)st.st_size)
+        return fail(s, OWS_ERR_DAEMON, "ring %s does not match the stream (header %llu, %llu "
+                    "slots of %llu bytes for %llu-byte frames, %zu credits, file %lld bytes)",
+                    name, (unsigned long long)header, (unsigned long long)slots,
+                    (unsigned long long)slot_size, (unsigned long long)frame, (size_t)s->credits,
+                    (long long)st.st_size);
+    s->header_size = (size_t)header;
     s->slot_size = (size_t)slot_size;
-    s->err_flag = (volatile uint32_t *)(s->ring + 40);
-    for (size_t off = s->header_size; off < s->ring_size; off += 4096)
-        s->ring[off] = s->ring[off]; /* prefault: the first touch of a page is slow */
+    s->err_flag = (volatile uint32_t *)(void *)(s->ring + 40);
     return OWS_OK;
 }
+#endif
 
-static void *heartbeat_main(void *arg) {
-    ows_stream *s = arg;
-    void *sock = zmq_socket(s->ctx, ZMQ_DEALER);
-    int linger = 0;
-    zmq_setsockopt(sock, ZMQ_LINGER, &linger, sizeof linger);
-    zmq_connect(sock, s->endpoint);
-    while (!atomic_load(&s->hb_stop)) {
-        send_header(sock, s->hb_msg, NULL, 0);
-        char drain[256];
+/* ---------------------------------------------------------------- heartbeat thread */
+
+/* Runs on its own thread with its own sockets (created and connected by start_heartbeat,
+ * handed over at thread start, closed here): hb_sock sends heartbeats, a message on hb_peer
+ * stops the loop at once. */
+static void heartbeat_loop(ows_stream *s) {
+    void *sock = s->hb_sock, *ctl = s->hb_peer;
+    for (;;) {
+        /* never block: with the daemon gone, heartbeats are simply not queued */
+        send_msg(sock, s->hb_msg, NULL, 0, ZMQ_DONTWAIT);
+        char drain[256]; /* error replies (stream already closed) need no action */
         while (zmq_recv(sock, drain, sizeof drain, ZMQ_DONTWAIT) >= 0) {
         }
-        usleep((useconds_t)(s->hb_interval * 1e6));
+        zmq_pollitem_t item = {ctl, 0, ZMQ_POLLIN, 0};
+        int rc = zmq_poll(&item, 1, s->hb_interval_ms);
+        if (rc > 0 || (rc < 0 && zmq_errno() != EINTR)) break; /* stop message or ETERM */
     }
     zmq_close(sock);
+    zmq_close(ctl);
+}
+
+#if defined(_WIN32)
+static unsigned __stdcall heartbeat_main(void *arg) {
+    heartbeat_loop(arg);
+    return 0;
+}
+#else
+static void *heartbeat_main(void *arg) {
+    heartbeat_loop(arg);
     return NULL;
+}
+#endif
+
+static void *new_socket(ows_stream *s, int type) {
+    void *sock = zmq_socket(s->ctx, type);
+    int zero = 0;
+    if (sock) zmq_setsockopt(sock, ZMQ_LINGER, &zero, sizeof zero);
+    return sock;
+}
+
+static int start_heartbeat(ows_stream *s, const cJSON *opened) {
+    cJSON *msg = cJSON_CreateObject();
+    cJSON_AddStringToObject(msg, "type", "heartbeat");
+    cJSON_AddNumberToObject(msg, "stream", s->sid);
+    cJSON_AddStringToObject(msg, "key", str_field(opened, "heartbeat_key", ""));
+    s->hb_msg = cJSON_PrintUnformatted(msg);
+    cJSON_Delete(msg);
+    if (!s->hb_msg) return fail(s, OWS_ERR_SYSTEM, "out of memory");
+    double interval = num_field(opened, "heartbeat_interval", 0.3);
+    if (interval < 0.01) interval = 0.01;
+    if (interval > 10) interval = 10;
+    s->hb_interval_ms = (long)(interval * 1000);
+    char name[64];
+    snprintf(name, sizeof name, "inproc://ows-heartbeat-%p", (void *)s);
+    s->hb_ctl = new_socket(s, ZMQ_PAIR);
+    s->hb_peer = new_socket(s, ZMQ_PAIR);
+    s->hb_sock = new_socket(s, ZMQ_DEALER);
+    int hwm = 8;
+    if (!s->hb_ctl || !s->hb_peer || !s->hb_sock ||
+        zmq_setsockopt(s->hb_sock, ZMQ_SNDHWM, &hwm, sizeof hwm) < 0 ||
+        zmq_bind(s->hb_ctl, name) < 0 || zmq_connect(s->hb_peer, name) < 0 ||
+        zmq_connect(s->hb_sock, s->endpoint) < 0)
+        return fail(s, OWS_ERR_SYSTEM, "heartbeat sockets: %s", zmq_strerror(zmq_errno()));
+#if defined(_WIN32)
+    s->hb = (HANDLE)_beginthreadex(NULL, 0, heartbeat_main, s, 0, NULL);
+    s->hb_running = s->hb != 0;
+#else
+    s->hb_running = pthread_create(&s->hb, NULL, heartbeat_main, s) == 0;
+#endif
+    return s->hb_running ? OWS_OK : fail(s, OWS_ERR_SYSTEM, "cannot start the heartbeat thread");
+}
+
+static void stop_heartbeat(ows_stream *s) {
+    if (s->hb_running) { /* the thread closes hb_sock and hb_peer */
+        send_part(s->hb_ctl, "", 0, 0); /* hb_peer is connected: never blocks */
+#if defined(_WIN32)
+        WaitForSingleObject(s->hb, INFINITE);
+        CloseHandle(s->hb);
+#else
+        pthread_join(s->hb, NULL);
+#endif
+        s->hb_running = 0;
+    } else {
+        if (s->hb_sock) zmq_close(s->hb_sock);
+        if (s->hb_peer) zmq_close(s->hb_peer);
+    }
+    if (s->hb_ctl) zmq_close(s->hb_ctl);
+    s->hb_sock = s->hb_peer = s->hb_ctl = NULL;
 }
 
 static void release_stream(ows_stream *s) {
-    if (s->hb_running) {
-        atomic_store(&s->hb_stop, 1);
-        pthread_join(s->hb, NULL);
-    }
+    stop_heartbeat(s);
+#if OWS_HAVE_SHM
     if (s->ring) munmap(s->ring, s->ring_size);
+#endif
     if (s->sock) zmq_close(s->sock);
     if (s->ctx) zmq_ctx_term(s->ctx);
-    free(s->free_slots);
+    cJSON_Delete(s->final_report);
+    cJSON_free(s->hb_msg);
+    free(s->busy);
     free(s->scratch);
     free(s);
 }
 
 /* ---------------------------------------------------------------- public API */
 
-ows_stream *ows_open(const char *endpoint, const char *token, const char *settings_json,
-                     int transport, char *err, size_t errlen) {
-    char ep[512], tok[256];
-    if (!settings_json || !err) return NULL;
-    if (!endpoint || !token) {
-        if (read_connection_file(ep, sizeof ep, tok, sizeof tok, err, errlen) < 0) return NULL;
-        if (endpoint) snprintf(ep, sizeof ep, "%s", endpoint);
-        if (token) snprintf(tok, sizeof tok, "%s", token);
-    } else {
-        snprintf(ep, sizeof ep, "%s", endpoint);
-        snprintf(tok, sizeof tok, "%s", token);
+static int open_error(char *err, size_t errlen, int code, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+    return code;
+}
+
+/* The daemon opened a stream we cannot use: close it, so it does not stay open (with its
+ * ring) until this process exits. */
+static void abandon(ows_stream *s) {
+    char header[128];
+    snprintf(header, sizeof header, "{\"type\":\"close\",\"stream\":%d,\"frames\":0}", s->sid);
+    if (send_msg(s->sock, header, NULL, 0, 0) < 0) return;
+    char keep[sizeof s->error];
+    memcpy(keep, s->error, sizeof keep);
+    cJSON *closed = NULL;
+    double deadline = now_s() + OWS_ABANDON_TIMEOUT;
+    while (!closed && now_s() < deadline && check_daemon(s) == OWS_OK)
+        closed = pump(s, OWS_LIVENESS_MS, "closed");
+    cJSON_Delete(closed);
+    memcpy(s->error, keep, sizeof keep);
+}
+
+int ows_open_ex(const char *endpoint, const char *token, const char *settings_json,
+                int transport, ows_stream **out, char *err, size_t errlen) {
+    char ep[512], tok[256], scratch_err[8];
+    if (!err || !errlen) {
+        err = scratch_err;
+        errlen = sizeof scratch_err;
     }
+    err[0] = 0;
+    if (out) *out = NULL;
+    if (!out) return open_error(err, errlen, OWS_ERR_ARG, "out is NULL");
+    if (!settings_json) return open_error(err, errlen, OWS_ERR_ARG, "settings_json is NULL");
+    if (transport != OWS_TRANSPORT_SHM && transport != OWS_TRANSPORT_INLINE)
+        return open_error(err, errlen, OWS_ERR_ARG, "transport %d: use OWS_TRANSPORT_SHM (0) or "
+                          "OWS_TRANSPORT_INLINE (1)", transport);
+#if !OWS_HAVE_SHM
+    if (transport == OWS_TRANSPORT_SHM)
+        return open_error(err, errlen, OWS_ERR_ARG, "no POSIX shared memory on this platform: "
+                          "use OWS_TRANSPORT_INLINE (1)");
+#endif
+    endpoint = nonempty(endpoint);
+    token = nonempty(token);
+    if ((!endpoint || !token) &&
+        read_connection_file(ep, sizeof ep, tok, sizeof tok, err, errlen) < 0)
+        return OWS_ERR_DAEMON_GONE;
+    if (endpoint) snprintf(ep, sizeof ep, "%s", endpoint);
+    if (token) snprintf(tok, sizeof tok, "%s", token);
     cJSON *settings = cJSON_Parse(settings_json);
-    if (!settings) {
-        snprintf(err, errlen, "settings_json is not valid JSON");
-        return NULL;
+    if (!cJSON_IsObject(settings)) {
+        cJSON_Delete(settings);
+        return open_error(err, errlen, OWS_ERR_ARG, "settings_json is not a JSON object");
     }
     ows_stream *s = calloc(1, sizeof *s);
     if (!s) {
         cJSON_Delete(settings);
-        snprintf(err, errlen, "out of memory");
-        return NULL;
+        return open_error(err, errlen, OWS_ERR_SYSTEM, "out of memory");
     }
     snprintf(s->endpoint, sizeof s->endpoint, "%s", ep);
     s->claimed_slot = -1;
     s->err_flag = &s->no_flag;
-    s->last_heard = s->last_ping = now_s();
+    s->last_heard = now_s();
     s->ctx = zmq_ctx_new();
-    s->sock = zmq_socket(s->ctx, ZMQ_DEALER);
+    s->sock = s->ctx ? zmq_socket(s->ctx, ZMQ_DEALER) : NULL;
     int zero = 0;
-    zmq_setsockopt(s->sock, ZMQ_LINGER, &zero, sizeof zero);
-    zmq_setsockopt(s->sock, ZMQ_SNDHWM, &zero, sizeof zero); /* credits bound the backlog */
-    if (zmq_connect(s->sock, ep) < 0) {
-        snprintf(err, errlen, "cannot connect to %s: %s", ep, zmq_strerror(zmq_errno()));
+    if (s->sock) {
+        zmq_setsockopt(s->sock, ZMQ_LINGER, &zero, sizeof zero);
+        zmq_setsockopt(s->sock, ZMQ_SNDHWM, &zero, sizeof zero); /* credits bound the backlog */
+    }
+    if (!s->sock || zmq_connect(s->sock, ep) < 0) {
+        int rc = open_error(err, errlen, OWS_ERR_SYSTEM, "cannot connect to %s: %s", ep,
+                            zmq_strerror(zmq_errno()));
         cJSON_Delete(settings);
         release_stream(s);
-        return NULL;
+        return rc;
     }
-    char pidns[128] = "";
-    ssize_t n = readlink("/proc/self/ns/pid", pidns, sizeof pidns - 1);
-    pidns[n > 0 ? n : 0] = 0;
     cJSON *open = cJSON_CreateObject();
     cJSON_AddStringToObject(open, "type", "open");
     cJSON_AddNumberToObject(open, "version", 1);
     cJSON_AddStringToObject(open, "token", tok);
     cJSON_AddStringToObject(open, "transport", transport == OWS_TRANSPORT_INLINE ? "inline" : "shm");
+    char pidns[128] = "";
+#if !defined(_WIN32)
+    /* lets a daemon in our pid namespace watch our pid instead of waiting for heartbeats */
+    ssize_t n = readlink("/proc/self/ns/pid", pidns, sizeof pidns - 1);
+    pidns[n > 0 ? n : 0] = 0;
     cJSON_AddNumberToObject(open, "pid", getpid());
     cJSON_AddStringToObject(open, "pidns", pidns);
+#endif
     cJSON_AddItemToObject(open, "settings", settings);
     int rc = send_json(s, open);
     cJSON_Delete(open);
     cJSON *opened = NULL;
-    if (rc == OWS_OK) rc = await_reply(s, "opened", REPLY_TIMEOUT, &opened);
+    /* creating the dataset may take long (overwrite deletes the old one): wait while the
+     * daemon lives */
+    if (rc == OWS_OK) rc = await_reply(s, "opened", 0, &opened);
     if (rc != OWS_OK) {
         snprintf(err, errlen, "%s", s->error);
         release_stream(s);
-        return NULL;
+        return rc;
     }
     s->sid = (int)num_field(opened, "stream", -1);
     s->credits = (int)num_field(opened, "credits", 0);
@@ -391,46 +634,72 @@ ows_stream *ows_open(const char *endpoint, const char *token, const char *settin
     const char *policy = str_field(opened, "backpressure", "block");
     s->policy = policy[0];
     s->block_timeout = num_field(opened, "backpressure_timeout", 10.0);
-    if (!strcmp(str_field(opened, "pidns", "?"), pidns))
+    if (pidns[0] && !strcmp(str_field(opened, "pidns", ""), pidns))
         s->daemon_pid = (int)num_field(opened, "pid", 0);
-    s->free_slots = malloc(sizeof(int) * (size_t)(s->credits > 0 ? s->credits : 1));
-    s->scratch = malloc(s->frame_nbytes ? s->frame_nbytes : 1);
-    for (int i = s->credits - 1; i >= 0; i--) s->free_slots[s->nfree++] = i;
     const cJSON *ring = cJSON_GetObjectItem(opened, "ring");
     s->inline_mode = !cJSON_IsObject(ring);
-    rc = (!s->free_slots || !s->scratch) ? fail(s, OWS_ERR_SYSTEM, "out of memory") : OWS_OK;
-    if (rc == OWS_OK && !s->inline_mode) rc = attach_ring(s, ring);
-    if (rc == OWS_OK && !strcmp(str_field(opened, "liveness", "pid"), "heartbeat")) {
-        snprintf(s->hb_msg, sizeof s->hb_msg, "{\"type\":\"heartbeat\",\"stream\":%d,\"key\":\"%s\"}",
-                 s->sid, str_field(opened, "heartbeat_key", ""));
-        s->hb_interval = num_field(opened, "heartbeat_interval", 0.3);
-        s->hb_running = pthread_create(&s->hb, NULL, heartbeat_main, s) == 0;
+    if (s->credits <= 0 || s->frame_nbytes == 0) {
+        rc = fail(s, OWS_ERR_DAEMON, "opened: %d credits, %zu-byte frames", s->credits,
+                  s->frame_nbytes);
+    } else {
+        s->busy = calloc((size_t)s->credits, 1);
+        s->scratch = malloc(s->frame_nbytes);
+        s->nfree = s->credits;
+        rc = (!s->busy || !s->scratch) ? fail(s, OWS_ERR_SYSTEM, "out of memory") : OWS_OK;
     }
+#if OWS_HAVE_SHM
+    if (rc == OWS_OK && !s->inline_mode) rc = attach_ring(s, ring);
+#else
+    if (rc == OWS_OK && !s->inline_mode)
+        rc = fail(s, OWS_ERR_DAEMON, "the daemon opened a shared-memory stream");
+#endif
+    if (rc == OWS_OK && !strcmp(str_field(opened, "liveness", "pid"), "heartbeat"))
+        rc = start_heartbeat(s, opened);
     cJSON_Delete(opened);
     if (rc != OWS_OK) {
         snprintf(err, errlen, "%s", s->error);
+        if (s->sid > 0) abandon(s);
         release_stream(s);
-        return NULL;
+        return rc;
     }
-    return s;
-}
-
-static int check_usable(ows_stream *s) {
-    if (s->closed) return fail(s, OWS_ERR_CLOSED, "the stream is closed");
-    if (*s->err_flag || s->remote_error) {
-        if (!s->remote_error) {
-            cJSON_Delete(pump(s, 50)); /* fetch the daemon's message */
-            if (!s->remote_error) fail(s, OWS_ERR_DAEMON, "the daemon reported an error");
-        }
-        return *s->err_flag == 2 ? OWS_ERR_DAEMON_GONE : OWS_ERR_DAEMON;
-    }
-    if (now_s() >= s->next_liveness) return daemon_alive(s);
+    *out = s;
     return OWS_OK;
 }
 
-/* A free slot in *slot, or OWS_DROPPED / an error per the backpressure policy. */
+ows_stream *ows_open(const char *endpoint, const char *token, const char *settings_json,
+                     int transport, char *err, size_t errlen) {
+    ows_stream *s = NULL;
+    ows_open_ex(endpoint, token, settings_json, transport, &s, err, errlen);
+    return s;
+}
+
+/* The stream can take a frame: not closed, no daemon-side error, the daemon alive. */
+static int check_usable(ows_stream *s) {
+    if (s->closed) return fail(s, OWS_ERR_CLOSED, "the stream is closed");
+    if (*s->err_flag && !s->remote_code) {
+        cJSON_Delete(pump(s, 50, NULL)); /* fetch the daemon's message */
+        if (!s->remote_code)
+            remote_fail(s, *s->err_flag == 2 ? OWS_ERR_DAEMON_GONE : OWS_ERR_DAEMON,
+                        *s->err_flag == 2 ? "the daemon shut down and finalized the stream"
+                                          : "the daemon reported an error on this stream");
+    }
+    if (!s->remote_code && now_s() >= s->next_liveness) {
+        cJSON_Delete(pump(s, 0, NULL)); /* releases, pongs, errors */
+        if (!s->remote_code) return check_daemon(s);
+    }
+    if (s->remote_code) {
+        snprintf(s->error, sizeof s->error, "%s", s->remote_msg);
+        return s->remote_code;
+    }
+    return OWS_OK;
+}
+
+/* A free slot in *slot, or OWS_DROPPED / an error per the backpressure policy. Frame n
+ * prefers slot n % credits (as the Python client does): consecutive frames then lie in
+ * consecutive slots, and the daemon can write a chunk of several frames straight from the
+ * ring. */
 static int take_slot(ows_stream *s, int *slot) {
-    if (!s->nfree) cJSON_Delete(pump(s, 0));
+    if (!s->nfree) cJSON_Delete(pump(s, 0, NULL));
     if (!s->nfree) {
         if (s->policy == 'd') return OWS_DROPPED;
         if (s->policy == 'r')
@@ -442,17 +711,30 @@ static int take_slot(ows_stream *s, int *slot) {
             if (left <= 0)
                 return fail(s, OWS_ERR_RING_FULL, "frame %lld: no ring slot came free within "
                             "%.1f s", (long long)s->seq, s->block_timeout);
-            cJSON_Delete(pump(s, (long)(1000 * (left < LIVENESS_INTERVAL ? left : LIVENESS_INTERVAL))));
-            if (s->remote_error) return OWS_ERR_DAEMON;
+            long ms = (long)(1000 * left);
+            cJSON_Delete(pump(s, ms < OWS_LIVENESS_MS ? ms : OWS_LIVENESS_MS, NULL));
+            if (s->remote_code) {
+                snprintf(s->error, sizeof s->error, "%s", s->remote_msg);
+                return s->remote_code;
+            }
             if (!s->nfree) {
-                int rc = daemon_alive(s);
-                if (rc == OWS_OK) rc = responsive(s);
+                int rc = check_daemon(s);
                 if (rc != OWS_OK) return rc;
             }
         }
     }
-    *slot = s->free_slots[--s->nfree];
+    int pref = (int)(s->seq % s->credits);
+    if (s->busy[pref]) /* any free one: there is one */
+        pref = (int)((unsigned char *)memchr(s->busy, 0, (size_t)s->credits) - s->busy);
+    s->busy[pref] = 1;
+    s->nfree--;
+    *slot = pref;
     return OWS_OK;
+}
+
+static void give_back(ows_stream *s, int slot) {
+    s->busy[slot] = 0;
+    s->nfree++;
 }
 
 /* The checks every frame passes (stream usable, nothing claimed, room left), then a slot. */
@@ -470,11 +752,12 @@ static int send_frame(ows_stream *s, int slot, const char *meta_json, const void
     char header[256];
     char *dynamic = NULL;
     const char *text = header;
+    meta_json = nonempty(meta_json);
     if (meta_json) {
         cJSON *meta = cJSON_Parse(meta_json);
         if (!cJSON_IsObject(meta)) {
             cJSON_Delete(meta);
-            s->free_slots[s->nfree++] = slot;
+            give_back(s, slot);
             return fail(s, OWS_ERR_ARG, "frame %lld: meta_json is not a JSON object",
                         (long long)s->seq);
         }
@@ -486,19 +769,32 @@ static int send_frame(ows_stream *s, int slot, const char *meta_json, const void
         cJSON_AddItemToObject(h, "meta", meta);
         text = dynamic = cJSON_PrintUnformatted(h);
         cJSON_Delete(h);
+        if (!text) {
+            give_back(s, slot);
+            return fail(s, OWS_ERR_SYSTEM, "out of memory");
+        }
     } else {
         snprintf(header, sizeof header, "{\"type\":\"frame\",\"stream\":%d,\"seq\":%lld,\"slot\":%d}",
                  s->sid, (long long)s->seq, slot);
     }
-    int rc = send_header(s->sock, text, payload, s->frame_nbytes);
-    free(dynamic);
-    if (rc < 0) return fail(s, OWS_ERR_SYSTEM, "zmq send: %s", zmq_strerror(zmq_errno()));
+#if OWS_HAVE_SHM
+    /* the pixels in the slot are complete before the daemon can learn of the frame */
+    atomic_thread_fence(memory_order_release);
+#endif
+    int rc = send_msg(s->sock, text, payload, s->frame_nbytes, 0);
+    cJSON_free(dynamic);
+    if (rc < 0) {
+        give_back(s, slot);
+        return fail(s, OWS_ERR_SYSTEM, "frame %lld: zmq send: %s", (long long)s->seq,
+                    zmq_strerror(zmq_errno()));
+    }
     s->seq++;
     return OWS_OK;
 }
 
 int ows_append(ows_stream *s, const void *frame, size_t nbytes, const char *meta_json) {
-    if (!s || !frame) return OWS_ERR_ARG;
+    if (!s) return OWS_ERR_ARG;
+    if (!frame) return fail(s, OWS_ERR_ARG, "frame %lld: frame is NULL", (long long)s->seq);
     if (nbytes != s->frame_nbytes)
         return fail(s, OWS_ERR_FRAME_SIZE, "frame %lld: %zu bytes, the stream's frames are %zu",
                     (long long)s->seq, nbytes, s->frame_nbytes);
@@ -516,7 +812,9 @@ int ows_append(ows_stream *s, const void *frame, size_t nbytes, const char *meta
 }
 
 int ows_claim(ows_stream *s, void **slot_ptr) {
-    if (!s || !slot_ptr) return OWS_ERR_ARG;
+    if (!s) return OWS_ERR_ARG;
+    if (!slot_ptr) return fail(s, OWS_ERR_ARG, "slot is NULL");
+    *slot_ptr = NULL;
     int slot;
     int rc = next_slot(s, &slot);
     if (rc == OWS_DROPPED) {
@@ -531,7 +829,8 @@ int ows_claim(ows_stream *s, void **slot_ptr) {
 }
 
 int ows_commit(ows_stream *s, const char *meta_json) {
-    if (!s || s->claimed_slot == -1) return OWS_ERR_ARG;
+    if (!s) return OWS_ERR_ARG;
+    if (s->claimed_slot == -1) return fail(s, OWS_ERR_ARG, "nothing claimed to commit");
     int slot = s->claimed_slot;
     s->claimed_slot = -1;
     if (slot == -2) {
@@ -543,16 +842,18 @@ int ows_commit(ows_stream *s, const char *meta_json) {
 }
 
 int ows_skip(ows_stream *s, int64_t frames) {
-    if (!s || frames < 0) return OWS_ERR_ARG;
+    if (!s) return OWS_ERR_ARG;
+    if (frames < 0) return fail(s, OWS_ERR_ARG, "skip(%lld): negative", (long long)frames);
     int rc = check_usable(s);
     if (rc != OWS_OK) return rc;
+    if (s->claimed_slot != -1) return fail(s, OWS_ERR_CLAIMED, "a claimed slot is not committed");
     if (s->total >= 0 && s->seq + frames > s->total)
         return fail(s, OWS_ERR_TOO_MANY, "skip(%lld) passes the %lld frames declared",
                     (long long)frames, (long long)s->total);
     char header[160];
     snprintf(header, sizeof header, "{\"type\":\"skip\",\"stream\":%d,\"seq\":%lld,\"count\":%lld}",
              s->sid, (long long)s->seq, (long long)frames);
-    if (send_header(s->sock, header, NULL, 0) < 0)
+    if (send_msg(s->sock, header, NULL, 0, 0) < 0)
         return fail(s, OWS_ERR_SYSTEM, "zmq send: %s", zmq_strerror(zmq_errno()));
     s->seq += frames;
     return OWS_OK;
@@ -561,21 +862,29 @@ int ows_skip(ows_stream *s, int64_t frames) {
 static int copy_out(ows_stream *s, const cJSON *h, char *out, size_t len) {
     if (!out || !len) return OWS_OK;
     char *text = cJSON_PrintUnformatted(h);
-    if (!text) return fail(s, OWS_ERR_SYSTEM, "out of memory");
+    if (!text) {
+        out[0] = 0;
+        return fail(s, OWS_ERR_SYSTEM, "out of memory");
+    }
     snprintf(out, len, "%s", text);
-    free(text);
+    cJSON_free(text);
     return OWS_OK;
 }
 
 int ows_status(ows_stream *s, char *json_out, size_t len) {
     if (!s) return OWS_ERR_ARG;
+    if (json_out && len) json_out[0] = 0;
     if (s->closed) return fail(s, OWS_ERR_CLOSED, "the stream is closed");
+    if (s->final_report) {
+        snprintf(s->error, sizeof s->error, "%s", s->remote_msg);
+        return OWS_ERR_DAEMON_GONE;
+    }
     char header[96];
     snprintf(header, sizeof header, "{\"type\":\"status\",\"stream\":%d}", s->sid);
-    if (send_header(s->sock, header, NULL, 0) < 0)
+    if (send_msg(s->sock, header, NULL, 0, 0) < 0)
         return fail(s, OWS_ERR_SYSTEM, "zmq send: %s", zmq_strerror(zmq_errno()));
     cJSON *reply;
-    int rc = await_reply(s, "status_reply", REPLY_TIMEOUT, &reply);
+    int rc = await_reply(s, "status_reply", OWS_STATUS_TIMEOUT, &reply);
     if (rc != OWS_OK) return rc;
     rc = copy_out(s, reply, json_out, len);
     cJSON_Delete(reply);
@@ -584,17 +893,37 @@ int ows_status(ows_stream *s, char *json_out, size_t len) {
 
 int ows_close(ows_stream *s, char *report_json, size_t len) {
     if (!s) return OWS_ERR_ARG;
-    char header[128];
-    snprintf(header, sizeof header, "{\"type\":\"close\",\"stream\":%d,\"frames\":%lld}", s->sid,
-             (long long)s->seq);
+    if (report_json && len) report_json[0] = 0;
     s->closed = 1;
-    int rc = send_header(s->sock, header, NULL, 0) < 0 ? OWS_ERR_SYSTEM : OWS_OK;
     cJSON *report = NULL;
-    if (rc == OWS_OK) rc = await_reply(s, "closed", 0, &report);
-    if (rc == OWS_OK) {
+    int rc = OWS_OK;
+    if (!s->final_report) cJSON_Delete(pump(s, 0, NULL)); /* a `closed` may be waiting */
+    if (s->final_report) { /* the daemon finalized the stream on its own (shutdown) */
+        report = s->final_report;
+        s->final_report = NULL;
+        snprintf(s->error, sizeof s->error, "%s", s->remote_msg);
+        rc = OWS_ERR_DAEMON_GONE;
+    } else {
+        char header[128];
+        snprintf(header, sizeof header, "{\"type\":\"close\",\"stream\":%d,\"frames\":%lld}",
+                 s->sid, (long long)s->seq);
+        rc = send_msg(s->sock, header, NULL, 0, 0) < 0
+                 ? fail(s, OWS_ERR_SYSTEM, "zmq send: %s", zmq_strerror(zmq_errno()))
+                 : OWS_OK;
+        if (rc == OWS_OK) rc = await_reply(s, "closed", 0, &report);
+    }
+    if (report) {
+        if (rc == OWS_OK && cJSON_GetArraySize(cJSON_GetObjectItem(report, "errors")) > 0) {
+            const cJSON *first = cJSON_GetArrayItem(cJSON_GetObjectItem(report, "errors"), 0);
+            rc = fail(s, OWS_ERR_DAEMON, "daemon: %s", cJSON_IsString(first)
+                                                           ? first->valuestring : "write failed");
+        } else if (rc == OWS_OK && s->remote_code) { /* a frame the daemon refused */
+            snprintf(s->error, sizeof s->error, "%s", s->remote_msg);
+            rc = s->remote_code;
+        }
+        /* the stream is freed below: the message travels in the report */
+        if (rc != OWS_OK) cJSON_AddStringToObject(report, "error", s->error);
         copy_out(s, report, report_json, len);
-        const cJSON *errors = cJSON_GetObjectItem(report, "errors");
-        if (cJSON_GetArraySize(errors) > 0) rc = OWS_ERR_DAEMON;
         cJSON_Delete(report);
     } else { /* the stream is freed below: its error travels in the report */
         cJSON *e = cJSON_CreateObject();

@@ -1,6 +1,7 @@
 // ows.hpp — a small RAII wrapper around the C library (ows_client.h).
 // ows::Stream opens in its constructor, closes (waiting for the daemon) in close() or its
 // destructor, and turns error codes into ows::Error exceptions carrying the daemon's message.
+// Like the C stream, an ows::Stream is movable but not thread-safe: calls must not overlap.
 #pragma once
 
 #include <cstddef>
@@ -23,24 +24,30 @@ class Stream {
     Stream(const std::string &settings_json, const std::string &endpoint = "",
            const std::string &token = "", bool inline_frames = false) {
         char err[1024];
-        s_ = ows_open(endpoint.empty() ? nullptr : endpoint.c_str(),
-                      token.empty() ? nullptr : token.c_str(), settings_json.c_str(),
-                      inline_frames ? OWS_TRANSPORT_INLINE : OWS_TRANSPORT_SHM, err, sizeof err);
-        if (!s_) throw Error(OWS_ERR_DAEMON, err);
+        const int rc = ows_open_ex(endpoint.c_str(), token.c_str(), settings_json.c_str(),
+                                   inline_frames ? OWS_TRANSPORT_INLINE : OWS_TRANSPORT_SHM, &s_,
+                                   err, sizeof err);
+        if (rc != OWS_OK) throw Error(rc, err);
     }
     Stream(const Stream &) = delete;
     Stream &operator=(const Stream &) = delete;
     Stream(Stream &&o) noexcept : s_(std::exchange(o.s_, nullptr)) {}
-    ~Stream() {
-        if (s_) ows_close(s_, nullptr, 0);  // never throws; call close() to see errors
+    Stream &operator=(Stream &&o) noexcept {
+        if (this != &o) {
+            reset();
+            s_ = std::exchange(o.s_, nullptr);
+        }
+        return *this;
     }
+    ~Stream() { reset(); }
 
     // Copy a frame in; returns false when the frame was dropped (backpressure "drop").
     bool append(const void *frame, std::size_t nbytes, const char *meta_json = nullptr) {
         return check(ows_append(s_, frame, nbytes, meta_json));
     }
 
-    // Zero-copy: a slot to fill, then commit().
+    // Zero-copy: a slot to fill, then commit(). With backpressure "drop" and a full ring the
+    // pointer is a scratch buffer and commit() returns false (the frame is dropped).
     void *claim() {
         void *slot = nullptr;
         check(ows_claim(s_, &slot));
@@ -63,12 +70,16 @@ class Stream {
     }
 
     std::size_t frame_nbytes() const { return ows_frame_nbytes(s_); }
+    long long frames_sent() const { return ows_frames_sent(s_); }
     long long frames_dropped() const { return ows_frames_dropped(s_); }
 
   private:
+    void reset() noexcept {
+        if (s_) ows_close(std::exchange(s_, nullptr), nullptr, 0);  // call close() to see errors
+    }
     bool check(int rc) {
         if (rc == OWS_DROPPED) return false;
-        if (rc != OWS_OK) throw Error(rc, ows_last_error(s_));
+        if (rc != OWS_OK) throw Error(rc, s_ ? ows_last_error(s_) : "the stream is closed");
         return true;
     }
     ows_stream *s_ = nullptr;

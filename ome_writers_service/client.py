@@ -69,7 +69,10 @@ class ServiceStream:
         self._ctx = ctx or zmq.Context.instance()
         self._sock = self._ctx.socket(zmq.DEALER)
         self._sock.setsockopt(zmq.LINGER, 0)
-        self._sock.setsockopt(zmq.SNDHWM, 0)  # never block in send: credits bound the backlog
+        # never block in send, never drop a reply (a lost `release` would lose slots for
+        # good): credits bound what is in flight either way
+        self._sock.setsockopt(zmq.SNDHWM, 0)
+        self._sock.setsockopt(zmq.RCVHWM, 0)
         self._sock.connect(endpoint)
         self._endpoint = endpoint
         self._daemon_pid = daemon_pid
@@ -102,7 +105,13 @@ class ServiceStream:
         self._nfree = self._credits
         self._inline = reply["ring"] is None
         if not self._inline:
-            self._ring = FrameRing.attach(reply["ring"]["name"])
+            try:
+                self._ring = FrameRing.attach(reply["ring"]["name"])
+            except BaseException:  # e.g. another /dev/shm: let the daemon end the stream
+                self._sock.send_multipart(P.encode({"type": P.CLOSE, "stream": self._sid,
+                                                    "frames": 0}))
+                self._sock.close(linger=1000)
+                raise
             self._slots = self._ring.slots(self._shape, self._dtype)
             self._err_flag = self._ring._error
         else:
@@ -266,6 +275,8 @@ class ServiceStream:
     def _wait_for_slot(self) -> bool:
         """Get at least one slot back. False means: drop this frame (policy "drop")."""
         self._pump(0)
+        if self._error is not None:
+            raise self._error
         if self._nfree:
             return True
         if self._policy == "drop":
@@ -281,6 +292,8 @@ class ServiceStream:
                     f"frame {self._seq}: no ring slot came free within {self._block_timeout} s "
                     f"(all {self._credits} in use; the daemon is behind or stalled)")
             self._pump(min(remaining, LIVENESS_INTERVAL))
+            if self._error is not None:
+                raise self._error
             if not self._nfree:
                 self._check_daemon_alive()
                 self._check_responsive(f"frame {self._seq}")
@@ -313,6 +326,7 @@ class ServiceStream:
                 self._error = ServiceError(f"daemon: {header['message']}", header.get("code", ""))
                 reply = header
             elif kind == P.CLOSED and not self._closed:  # the daemon shut down under us
+                self.report = header
                 self._error = DaemonGoneError(
                     f"the daemon closed the stream ({header.get('reason')}) after writing "
                     f"{header.get('frames_written')} frames to {self._settings.root_path}")
@@ -420,15 +434,17 @@ class ServiceStream:
                                P.E_WRITE)
         return self.report
 
-    def _release_resources(self) -> None:
+    def _release_resources(self, linger: int = 0) -> None:
         if self._heartbeat is not None:
             self._heartbeat.stop()
         self._slots = None
-        self._err_flag = np.zeros(1, np.uint32)
+        # append()/claim() check these first: make them raise "closed"
+        self._err_flag = np.ones(1, np.uint32)
+        self._error = RuntimeError(f"the stream to {self._settings.root_path} is closed")
         if self._ring is not None:
             self._ring.close()
             self._ring = None
-        self._sock.close(linger=0)
+        self._sock.close(linger=linger)
 
     @property
     def closed(self) -> bool:
@@ -463,9 +479,13 @@ class ServiceStream:
                 pass
 
     def __del__(self) -> None:
+        """A stream dropped without close(): ask the daemon to finalize it (best effort,
+        no wait), so that its dataset and ring do not live as long as this process."""
         if not getattr(self, "_closed", True) and getattr(self, "_sock", None) is not None:
             try:
-                self._release_resources()
+                self._sock.send_multipart(P.encode({"type": P.CLOSE, "stream": self._sid,
+                                                    "frames": self._seq}), zmq.NOBLOCK)
+                self._release_resources(linger=1000)
             except Exception:  # noqa: BLE001
                 pass
 

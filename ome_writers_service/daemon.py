@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import math
 import os
 import queue
 import secrets
@@ -49,19 +50,37 @@ PID_NAMESPACE = os.readlink("/proc/self/ns/pid") if os.path.exists("/proc/self/n
 #: uint16 it absorbs a 0.3 s disk stall without blocking the camera.
 RING_BYTES = 256 * 2**20
 MIN_SLOTS, MAX_SLOTS = 8, 4096
+#: Most bytes of frames an inline stream may have in flight (they live in the daemon's memory).
+INLINE_BYTES = 1024 * 2**20
+#: Largest jump in frame numbers (frames dropped by the client, skip, close) one message may
+#: make: each missing frame costs the worker a little work.
+MAX_GAP = 1_000_000
 #: Below this much free /dev/shm the daemon warns at start-up.
 SHM_WARN_BYTES = 128 * 2**20
 OUTBOX = "inproc://ows-outbox"
 
 
-def ring_slots_for(settings: AcquisitionSettings, shm_free_bytes: int | None = None) -> int:
+def ring_slots_for(settings: AcquisitionSettings, shm_free_bytes: int | None = None, *,
+                   inline: bool = False) -> int:
     """Slots of a stream's ring: ``ring_slots`` if set, else about RING_BYTES of frames —
-    less when /dev/shm is small (at most half of what is free), never fewer than MIN_SLOTS."""
+    less when /dev/shm is small (at most half of what is free), never fewer than MIN_SLOTS.
+    Inline streams hold their frames in the daemon's memory: at most INLINE_BYTES of them."""
+    frame = max(1, settings.frame_nbytes)
     if settings.ring_slots:
-        return settings.ring_slots
-    free = shm_free() if shm_free_bytes is None else shm_free_bytes
-    budget = min(RING_BYTES, free // 2)
-    return max(MIN_SLOTS, min(MAX_SLOTS, budget // max(1, settings.frame_nbytes)))
+        slots = settings.ring_slots
+        if slots > MAX_SLOTS:
+            raise ValueError(f"ring_slots={slots} is more than {MAX_SLOTS}")
+    elif inline:
+        slots = max(MIN_SLOTS, min(MAX_SLOTS, RING_BYTES // frame))
+    else:
+        free = shm_free() if shm_free_bytes is None else shm_free_bytes
+        budget = min(RING_BYTES, free // 2)
+        slots = max(MIN_SLOTS, min(MAX_SLOTS, budget // frame))
+    if inline and slots * frame > INLINE_BYTES:
+        raise ValueError(f"{slots} inline frames of {frame / 2**20:.1f} MiB exceed the "
+                         f"{INLINE_BYTES // 2**20} MiB an inline stream may hold in the daemon; "
+                         "lower ring_slots or use shared memory")
+    return slots
 
 
 @dataclass
@@ -75,38 +94,48 @@ class StreamStats:
 
 
 class StreamWorker(threading.Thread):
-    """Writes one stream's frames, in order, on its own thread."""
+    """Writes one stream's frames, in order, on its own thread.
 
-    def __init__(self, sid: int, peer: bytes, settings: AcquisitionSettings,
-                 ring: FrameRing | None, slots: int, ctx: zmq.Context) -> None:
+    The thread also creates the stream's ring and dataset before it answers ``opened``: both
+    can take a while (faulting in a large ring, deleting an old dataset) and the main loop
+    must keep serving the other streams meanwhile.
+    """
+
+    def __init__(self, sid: int, peer: bytes, settings: AcquisitionSettings, transport: str,
+                 slots: int, ctx: zmq.Context) -> None:
         super().__init__(name=f"ows-stream-{sid}", daemon=True)
         self.sid = sid
         self.peer = peer
         self.settings = settings
-        self.ring = ring
+        self.inline = transport == "inline"
+        self.ring: FrameRing | None = None  # created on the worker thread
         self.slots = slots
         self.stats = StreamStats()
         self.stream: OMEStream | None = None  # created on the worker thread (may rmtree)
         self.opened_reply: dict[str, Any] = {}
         self.queue: queue.SimpleQueue = queue.SimpleQueue()
         self.expected_seq = 0  # next sequence number the main thread accepts
+        self.frames_queued = 0  # frame notices the main thread handed over
         self.num_frames = settings.num_frames
         #: frame notices of the current drain, handed over as one queue item (one wake-up)
         self.batch: list[tuple] = []
         #: liveness: the client's pid when it shares our pid namespace, else heartbeats
         self.client_pid: int | None = None
         self.heartbeat_key = secrets.token_hex(8)
-        self.last_heartbeat = time.monotonic()
+        self.last_heartbeat = math.inf  # the clock starts when `opened` is sent
         self.closing = False
         self.finished = threading.Event()
         self._pending_error: str | None = None
         #: slots handed back by the backend (possibly from its threads), not yet sent
         self._released: collections.deque[int] = collections.deque()
         self._lent = 0  # slots lent to the backend and not yet released
+        #: hand slots back at least this often while frames keep coming, so that a short
+        #: disk stall does not become a full ring for the time the whole ring takes
+        self._release_every = max(1, min(64, slots // 8))
         self._ctx = ctx
-        shape, dtype = settings.frame_shape, np.dtype(settings.dtype)
-        self._views = ring.slots(shape, dtype) if ring is not None else None
-        self._shape, self._dtype = shape, dtype
+        self._views: list[np.ndarray] | None = None
+        self._shape, self._dtype = settings.frame_shape, np.dtype(settings.dtype)
+        self.storage_shape = tuple(d.count for d in settings.storage_dimensions[:-2])
 
     # ---- worker thread ----
 
@@ -114,15 +143,8 @@ class StreamWorker(threading.Thread):
         out = self._ctx.socket(zmq.PUSH)
         out.connect(OUTBOX)
         try:
-            try:  # creating the dataset may delete an old one: never on the main thread
-                self.stream = OMEStream(self.settings, lend_limit=self.slots)
-            except Exception as e:  # noqa: BLE001 - reported to the client
-                log.warning("stream %d: cannot create %s: %s", self.sid,
-                            self.settings.root_path, e)
-                self._send(out, {"type": P.ERROR, "code": P.E_SETTINGS,
-                                 "message": f"cannot create {self.settings.root_path}: {e}"})
+            if not self._open(out):
                 return
-            self._send(out, {**self.opened_reply, "paths": self.stream.paths})
             while True:
                 try:  # while lent slots are out, wake up to hand them back
                     item = self.queue.get(timeout=0.005 if self._lent else None)
@@ -133,32 +155,67 @@ class StreamWorker(threading.Thread):
                 if kind == "frames":
                     for seq, slot, meta, payload in item[1]:
                         self._write(seq, slot, meta, payload)
+                        if len(self._released) >= self._release_every:
+                            self._send_release(out)
                 elif kind == "skip":
                     self._skip_to(item[1] + item[2], dropped=False)
-                elif kind == "release":  # a notice refused by the main thread
+                elif kind == "release":  # a notice the main thread refused
                     self._lent += 1
                     self._released.append(item[1])
                 elif kind == "metadata":
                     self._guard(lambda: self.stream.set_global_metadata(item[1], item[2]))
+                elif kind == "read":
+                    self._read(out, item[1], item[2])
                 elif kind == "close":
                     self._finish(out, total=item[1], reason=item[2])
                     return
-                # batch releases: flush when nothing else is waiting, or every 64 frames
-                if len(self._released) >= 64 or self.queue.empty():
+                if self.queue.empty():
                     self._send_release(out)
         except BaseException as e:  # noqa: BLE001 - a worker must report, never vanish
             log.exception("stream %d: worker crashed", self.sid)
             self.stats.errors.append(f"internal error: {e!r}")
-            self._send(out, {"type": P.CLOSED, "stream": self.sid, **self.report()})
+            self._finish(out, total=None, reason="internal error")
         finally:
             out.close(linger=1000)
             self.finished.set()
 
+    def _open(self, out: zmq.Socket) -> bool:
+        """Create the ring and the dataset, then answer `opened`; or answer `error`."""
+        try:
+            if not self.inline:
+                self.ring = FrameRing.create(self.settings.frame_nbytes, self.slots)
+                self._views = self.ring.slots(self._shape, self._dtype)
+            self.stream = OMEStream(self.settings, lend_limit=self.slots)
+        except Exception as e:  # noqa: BLE001 - reported to the client
+            log.warning("stream %d: cannot open %s: %s", self.sid, self.settings.root_path, e)
+            self._remove_ring()
+            code, what = (P.E_RESOURCES, "") if isinstance(e, RingError) else \
+                (P.E_SETTINGS, f"cannot create {self.settings.root_path}: ")
+            self._send(out, {"type": P.ERROR, "code": code, "message": f"{what}{e}"})
+            return False
+        ring = self.ring
+        self._send(out, {**self.opened_reply, "paths": self.stream.paths, "ring": None if
+                         ring is None else {
+                             "name": ring.name, "path": str(ring.path), "slots": ring.slot_count,
+                             "slot_size": ring.slot_size, "header_size": ring.header_size,
+                             "frame_nbytes": ring.frame_nbytes}})
+        self.last_heartbeat = time.monotonic()
+        return True
+
     def _write(self, seq: int, slot: int, meta: dict | None, payload: Any) -> None:
         self.stats.received += 1
         self._lent += 1
+        once = [slot]
+        released = self._released
+
+        def done() -> None:  # from any thread, exactly once (list.pop is atomic)
+            try:
+                released.append(once.pop())
+            except IndexError:
+                pass
+
         if self.stats.errors:
-            self._released.append(slot)  # nothing more is written after an error
+            done()  # nothing more is written after an error
             return
         if seq > self.stream._router.frames_done:
             self._skip_to(seq, dropped=True)
@@ -166,16 +223,13 @@ class StreamWorker(threading.Thread):
             frame = np.frombuffer(payload, dtype=self._dtype).reshape(self._shape)
         else:
             frame = self._views[slot]
-        released = self._released
-
-        def done() -> None:  # may run on a backend thread; deque.append is thread-safe
-            released.append(slot)
-
         if self._guard(lambda: self.stream.append_borrowed(frame, done, frame_metadata=meta),
                        seq=seq):
             self.stats.written += 1
             if self.ring is not None:
                 self.ring.set_frames_written(self.stats.written)
+        else:
+            done()
 
     def _skip_to(self, seq: int, *, dropped: bool) -> None:
         gap = seq - self.stream._router.frames_done
@@ -185,6 +239,18 @@ class StreamWorker(threading.Thread):
                     self.stats.dropped += gap
                 else:
                     self.stats.skipped += gap
+
+    def _read(self, out: zmq.Socket, position: int, index: tuple[int, ...]) -> None:
+        """A stored plane for the client's live view, read here: it may touch the disk."""
+        try:
+            plane = self.stream.read_plane(position, index)
+        except Exception as e:  # noqa: BLE001 - a failed read is the reader's problem
+            self._send(out, {"type": P.ERROR, "code": P.E_WRITE, "stream": self.sid,
+                             "message": f"read of plane {list(index)} at position {position} "
+                                        f"failed: {e}"})
+            return
+        header = {"type": P.PLANE, "stream": self.sid, "written": plane is not None}
+        self._send(out, header, None if plane is None else np.ascontiguousarray(plane))
 
     def _guard(self, fn, seq: int | None = None) -> bool:
         try:
@@ -201,16 +267,24 @@ class StreamWorker(threading.Thread):
             return False
 
     def _finish(self, out: zmq.Socket, total: int | None, reason: str) -> None:
+        """Finalize the dataset with what arrived and send the final report."""
         if total is not None and not self.stats.errors:
             self._skip_to(total, dropped=True)  # frames the client dropped at the very end
-        if reason == "shutdown" and self.ring is not None:
+        if reason != "closed by client" and self.ring is not None and not self.ring.error_flag:
             self.ring.set_error(2)  # the client's next append learns it without a socket read
-        try:
-            self.stream.close()
-        except Exception as e:  # noqa: BLE001
-            log.exception("stream %d: finalize failed", self.sid)
-            self.stats.errors.append(f"finalize: {e}")
+        if self.stream is not None:
+            try:
+                self.stream.close()
+            except Exception as e:  # noqa: BLE001
+                log.exception("stream %d: finalize failed", self.sid)
+                self.stats.errors.append(f"finalize: {e}")
+        self._remove_ring()  # gone before the client reads the report
         self._send(out, {"type": P.CLOSED, "stream": self.sid, "reason": reason, **self.report()})
+
+    def _remove_ring(self) -> None:
+        self._views = None  # drop the slot views so the mapping can go
+        if self.ring is not None:
+            self.ring.close()
 
     def _send_release(self, out: zmq.Socket) -> None:
         slots = []
@@ -226,8 +300,8 @@ class StreamWorker(threading.Thread):
             self._send(out, {"type": P.ERROR, "code": P.E_WRITE, "stream": self.sid,
                              "message": err})
 
-    def _send(self, out: zmq.Socket, header: dict) -> None:
-        out.send_multipart([self.peer, *P.encode(header)])
+    def _send(self, out: zmq.Socket, header: dict, payload: Any = None) -> None:
+        out.send_multipart([self.peer, *P.encode(header, payload)])
 
     # ---- called by the main thread ----
 
@@ -253,7 +327,7 @@ class StreamWorker(threading.Thread):
             "frames_written": s.written,
             "frames_dropped": s.dropped,
             "frames_skipped": s.skipped,
-            "backlog": self.queue.qsize(),
+            "backlog": max(0, self.frames_queued - s.received),
             "ring_slots": self.slots,
             "elapsed_s": round(elapsed, 3),
             "rate_fps": round(s.written / elapsed, 1) if elapsed > 0 else 0.0,
@@ -287,6 +361,10 @@ class Daemon:
         router = self.ctx.socket(zmq.ROUTER)
         router.setsockopt(zmq.ROUTER_MANDATORY, 0)
         router.setsockopt(zmq.LINGER, 2000)
+        # never drop a reply: a lost `release` would cost the client its slots for good
+        # (credits bound what is in flight, so the queue cannot grow without bound)
+        router.setsockopt(zmq.SNDHWM, 0)
+        router.setsockopt(zmq.MAXMSGSIZE, INLINE_BYTES)  # a larger message: peer disconnected
         _bind(router, self.endpoint)
         # tcp://127.0.0.1:* (or :0) picks a free port: publish the one actually bound
         self.endpoint = router.getsockopt_string(zmq.LAST_ENDPOINT)
@@ -362,9 +440,7 @@ class Daemon:
         for sid, w in list(self.streams.items()):
             if w.finished.is_set():
                 w.join()
-                w._views = None  # let the ring unmap
-                if w.ring is not None:
-                    w.ring.close()
+                w._remove_ring()  # normally done already, before the final report
                 del self.streams[sid]
                 self._last_active = time.monotonic()
 
@@ -471,7 +547,7 @@ class Daemon:
             raise P.ProtocolError(P.E_AUTH, "open refused: missing or wrong token "
                                             "(see the daemon's connection file)")
         version = h.get("version", P.PROTOCOL_VERSION)
-        if version != P.PROTOCOL_VERSION:
+        if type(version) is not int or version != P.PROTOCOL_VERSION:
             raise P.ProtocolError(P.E_VERSION, f"protocol version {version!r} not supported")
         raw = P.field(h, "settings", dict)
         transport = h.get("transport", "shm")
@@ -482,14 +558,11 @@ class Daemon:
             settings.validate_for_writing()
         except (ValidationError, ValueError) as e:
             raise P.ProtocolError(P.E_SETTINGS, f"invalid settings: {e}") from None
-        slots = ring_slots_for(settings)
-        ring = None
         try:
-            if transport == "shm":
-                ring = FrameRing.create(settings.frame_nbytes, slots)
-        except RingError as e:
+            slots = ring_slots_for(settings, inline=transport == "inline")
+        except ValueError as e:
             raise P.ProtocolError(P.E_RESOURCES, str(e)) from None
-        worker = StreamWorker(self._next_sid, peer, settings, ring, slots, self.ctx)
+        worker = StreamWorker(self._next_sid, peer, settings, transport, slots, self.ctx)
         pid, pidns = h.get("pid"), h.get("pidns")
         if isinstance(pid, int) and not isinstance(pid, bool) and pidns == PID_NAMESPACE \
                 and PID_NAMESPACE:
@@ -499,22 +572,17 @@ class Daemon:
         self.streams[sid] = worker
         log.info("stream %d opened: %s (%s, %s frames, %d slots)", sid, settings.root_path,
                  settings.format_name, settings.num_frames or "unbounded", slots)
-        ring_info = None
-        if ring is not None:
-            ring_info = {"name": ring.name, "path": str(ring.path), "slots": ring.slot_count,
-                         "slot_size": ring.slot_size, "header_size": ring.header_size,
-                         "frame_nbytes": ring.frame_nbytes}
         worker.opened_reply = {
             "type": P.OPENED, "stream": sid, "pid": os.getpid(), "pidns": PID_NAMESPACE,
             "transport": transport,
-            "credits": slots, "ring": ring_info, "frame_shape": list(settings.frame_shape),
+            "credits": slots, "frame_shape": list(settings.frame_shape),
             "dtype": settings.dtype, "frames": settings.num_frames,
             "frame_nbytes": settings.frame_nbytes, "backpressure": settings.backpressure,
             "backpressure_timeout": settings.backpressure_timeout,
             "liveness": "pid" if worker.client_pid is not None else "heartbeat",
             "heartbeat_key": worker.heartbeat_key, "heartbeat_interval": HEARTBEAT_TIMEOUT / 4,
         }
-        worker.start()  # replies `opened` (with the paths) or `error` once the dataset exists
+        worker.start()  # replies `opened` (ring, paths) or `error` once ring and dataset exist
         self._last_active = time.monotonic()
         return None
 
@@ -535,7 +603,7 @@ class Daemon:
             raise P.ProtocolError(P.E_SEQUENCE, f"frame {seq}: out of order, expected >= "
                                                 f"{w.expected_seq}")
         self._check_room(w, seq + 1)
-        if w.ring is None:
+        if w.inline:
             if payload is None or len(payload) != w.settings.frame_nbytes:
                 size = None if payload is None else len(payload)
                 raise P.ProtocolError(P.E_FRAME, f"frame {seq}: inline payload of {size} bytes, "
@@ -543,23 +611,21 @@ class Daemon:
         elif payload is not None:
             raise P.ProtocolError(P.E_FRAME, f"frame {seq}: shared-memory stream got a payload")
         w.expected_seq = seq + 1
+        w.frames_queued += 1
         w.batch.append((seq, slot, meta, payload))  # queued as one item at the end of _drain
         return None
 
-    def _on_read(self, peer: bytes, h: dict) -> list:
-        """A stored plane, for the client's live view (not on the frame path)."""
+    def _on_read(self, peer: bytes, h: dict) -> None:
+        """A stored plane, for the client's live view: checked here, read by the worker."""
         w = self._stream_of(peer, h)
         pos = P.field(h, "position", int)
         index = P.field(h, "index", list)
-        shape = w.stream._router.storage_shape if w.stream is not None else ()
-        if w.stream is None or not 0 <= pos < len(w.settings.positions) \
-                or len(index) != len(shape) \
-                or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0
-                           and (n is None or i < n) for i, n in zip(index, shape)):
+        shape = w.storage_shape
+        if not 0 <= pos < len(w.settings.positions) or len(index) != len(shape) \
+                or not all(type(i) is int and i >= 0 and (n is None or i < n)
+                           for i, n in zip(index, shape)):
             raise P.ProtocolError(P.E_MALFORMED, f"read: no plane {index} at position {pos}")
-        plane = w.stream.read_plane(pos, tuple(index))
-        header = {"type": P.PLANE, "stream": w.sid, "written": plane is not None}
-        return P.encode(header, None if plane is None else np.ascontiguousarray(plane).tobytes())
+        w.enqueue(("read", pos, tuple(index)))
 
     def _stream_of(self, peer: bytes, h: dict) -> StreamWorker:
         sid = P.field(h, "stream", int)
@@ -572,6 +638,9 @@ class Daemon:
 
     @staticmethod
     def _check_room(w: StreamWorker, end: int) -> None:
+        if end - w.expected_seq > MAX_GAP:
+            raise P.ProtocolError(P.E_SEQUENCE, f"frame {end - 1}: {end - w.expected_seq} frames "
+                                                f"past the last one sent (at most {MAX_GAP})")
         n = w.num_frames
         if n is not None and end > n:
             raise P.ProtocolError(P.E_SEQUENCE, f"frame {end - 1}: the acquisition declares "

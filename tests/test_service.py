@@ -423,12 +423,19 @@ def test_create_stream_starts_a_daemon_when_none_runs(tmp_path, monkeypatch):
 def test_ring_too_big_for_dev_shm_is_a_clear_error(daemon, tmp_path):
     free = os.statvfs("/dev/shm")
     free_bytes = free.f_bavail * free.f_frsize
-    slots = int(free_bytes // (512 * 512 * 2)) + 16
+    side = 2048  # frames so large that at most 4096 slots (the most allowed) do not fit
+    while side * side * 2 * 4096 <= free_bytes:
+        side *= 2
+    slots = min(4096, int(free_bytes // (side * side * 2)) + 16)
     settings = settings_5d(tmp_path / "big.ome.zarr", ring_slots=slots, dimensions=[
-        Dimension(name="t", count=2), Dimension(name="y", count=512), Dimension(name="x", count=512)])
+        Dimension(name="t", count=2), Dimension(name="y", count=side),
+        Dimension(name="x", count=side)])
     with pytest.raises(ServiceError, match="shm_size") as err:
         create_stream(settings, endpoint=daemon.endpoint, token=daemon.token)
     assert err.value.code == P.E_RESOURCES
+    with pytest.raises(ServiceError, match="ring_slots=5000 is more than 4096"):
+        create_stream(settings.model_copy(update={"ring_slots": 5000}),
+                      endpoint=daemon.endpoint, token=daemon.token)
 
 
 def test_status_command_lists_open_streams(daemon, tmp_path):
@@ -466,7 +473,7 @@ def test_killed_client_is_noticed_and_its_dataset_finalized(daemon, tmp_path, li
 
     while victim_state()["frames_written"] < 7:
         time.sleep(0.01)
-    ring_names = shm_rings()
+    ring_names = {n for n in shm_rings() if n.startswith(f"ows-{daemon.pid}-")}
     proc.kill()
     proc.wait()
     killed = time.monotonic()
@@ -474,7 +481,8 @@ def test_killed_client_is_noticed_and_its_dataset_finalized(daemon, tmp_path, li
         assert time.monotonic() - killed < 4, "daemon did not notice the dead client"
         time.sleep(0.05)
     noticed = time.monotonic() - killed
-    assert len(shm_rings()) == len(ring_names) - 1  # the victim's ring is freed
+    left = {n for n in shm_rings() if n.startswith(f"ows-{daemon.pid}-")}
+    assert len(ring_names) == 2 and len(left) == 1 and left < ring_names  # the victim's is freed
     # frames 0-6 arrived: t=0..3 (the last with one channel); nothing else is shown as data
     check_dataset(victim, [str(tmp_path / "victim.ome.tiff")], 21, frames=7)
     import tifffile

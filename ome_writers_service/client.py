@@ -40,6 +40,12 @@ PING_AFTER = 1.0
 HUNG_TIMEOUT = 5.0
 
 
+#: Error codes that answer a request (open, status, close, read) rather than report that the
+#: stream's data could not be written.
+_ANSWER_CODES = frozenset({P.E_MALFORMED, P.E_VERSION, P.E_UNKNOWN_TYPE, P.E_AUTH, P.E_SETTINGS,
+                           P.E_NO_STREAM, P.E_SEQUENCE, P.E_RESOURCES, P.E_READ})
+
+
 class ServiceError(RuntimeError):
     """The daemon reported an error; ``code`` is the protocol error code."""
 
@@ -80,6 +86,7 @@ class ServiceStream:
         self._ring: FrameRing | None = None
         self._error: ServiceError | None = None
         self._last_heard = self._last_ping = _monotonic()
+        self._replies: dict[str, dict] = {}  # latest reply of each type, until awaited
         self.report: dict[str, Any] | None = None
         try:
             self._send({"type": P.OPEN, "version": P.PROTOCOL_VERSION, "token": token,
@@ -296,63 +303,70 @@ class ServiceStream:
                 raise self._error
             if not self._nfree:
                 self._check_daemon_alive()
-                self._check_responsive(f"frame {self._seq}")
+                self._check_responsive(f"frame {self._seq}", deadline - self._block_timeout)
         return True
 
-    def _pump(self, timeout: float) -> dict | None:
-        """Handle whatever the daemon sent, waiting up to ``timeout`` s for the first message.
-        Returns the last non-release message (a reply), if any."""
-        reply = None
+    def _pump(self, timeout: float) -> None:
+        """Handle everything the daemon sent, waiting up to ``timeout`` s for the first
+        message: releases free slots, replies are kept by type for `_await`, errors about
+        the stream's data are kept in ``_error`` for the next call to raise."""
         sock = self._sock
         if timeout > 0 and not sock.poll(int(timeout * 1000)):
-            return None
+            return
         while True:
             try:
                 parts = sock.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
-                return reply
+                return
             self._last_heard = _monotonic()
             header, payload = P.decode(parts)
             kind = header["type"]
-            if kind == P.PLANE:
-                self._last_payload = payload
             if kind == P.RELEASE:
                 free = self._free
                 for slot in header["slots"]:
                     if not free[slot]:
                         free[slot] = 1
                         self._nfree += 1
-            elif kind == P.ERROR:
+                continue
+            if kind == P.PLANE:
+                self._last_payload = payload
+            elif kind == P.ERROR and header.get("code") not in _ANSWER_CODES:
+                # a frame or metadata could not be written: the stream is broken
                 self._error = ServiceError(f"daemon: {header['message']}", header.get("code", ""))
-                reply = header
-            elif kind == P.CLOSED and not self._closed:  # the daemon shut down under us
+                continue
+            elif kind == P.CLOSED and not self._closed:  # the daemon ended the stream
                 self.report = header
                 self._error = DaemonGoneError(
                     f"the daemon closed the stream ({header.get('reason')}) after writing "
                     f"{header.get('frames_written')} frames to {self._settings.root_path}")
-                reply = header
-            else:
-                reply = header
+            self._replies[kind] = header
 
     def _await(self, kind: str, timeout: float | None, *, what: str) -> dict:
-        """Wait for a reply of type ``kind``, handling releases; raise on error or death."""
-        deadline = None if timeout is None else time.monotonic() + timeout
+        """Wait for the reply of type ``kind`` to the request just sent, handling releases;
+        raise on an error answering it, on the stream's end, or on the daemon's death."""
+        start = _monotonic()
+        deadline = None if timeout is None else start + timeout
+        replies = self._replies
         while True:
+            if kind in replies:
+                return replies.pop(kind)
+            err = replies.pop(P.ERROR, None)
+            if err is not None or (kind == P.OPENED and self._error is not None):
+                err = err or {"message": str(self._error), "code": self._error.code}
+                self._error = None
+                raise ServiceError(f"{what}: {err['message']}", err.get("code", ""))
+            if P.CLOSED in replies:
+                closed = replies[P.CLOSED]
+                raise DaemonGoneError(f"{what}: the daemon closed the stream "
+                                      f"({closed.get('reason')}): {closed.get('errors')}")
             step = LIVENESS_INTERVAL if deadline is None else \
-                min(LIVENESS_INTERVAL, max(0.0, deadline - time.monotonic()))
-            reply = self._pump(step)
-            if reply is not None:
-                if reply["type"] == kind:
-                    return reply
-                if reply["type"] == P.ERROR:
-                    self._error = None
-                    raise ServiceError(f"{what}: {reply['message']}", reply.get("code", ""))
-                if reply["type"] == P.CLOSED and kind != P.CLOSED:
-                    raise ServiceError(f"{what}: the daemon closed the stream "
-                                       f"({reply.get('reason')}): {reply.get('errors')}")
+                min(LIVENESS_INTERVAL, max(0.0, deadline - _monotonic()))
+            self._pump(step)
+            if any(k in replies for k in (kind, P.ERROR, P.CLOSED)):
+                continue
             self._check_daemon_alive()
-            self._check_responsive(what)
-            if deadline is not None and time.monotonic() >= deadline:
+            self._check_responsive(what, start)
+            if deadline is not None and _monotonic() >= deadline:
                 raise DaemonGoneError(f"{what}: no answer from the daemon at {self._endpoint} "
                                       f"within {timeout} s")
 
@@ -362,11 +376,13 @@ class ServiceStream:
             raise DaemonGoneError(f"the writer daemon (pid {self._daemon_pid}) is gone; frames "
                                   f"it acknowledged are on disk at {self._settings.root_path}")
 
-    def _check_responsive(self, what: str) -> None:
-        """While blocked: ping a silent daemon; give up on one that stays silent (hung,
-        SIGSTOP-ed, or unreachable) instead of waiting forever."""
+    def _check_responsive(self, what: str, since: float) -> None:
+        """While blocked since ``since``: ping a silent daemon; give up on one that stays
+        silent (hung, SIGSTOP-ed, unreachable) instead of waiting forever. Silence counts
+        from the later of the last message and the start of the wait, so a stream that sat
+        idle is not taken for dead."""
         now = _monotonic()
-        silent = now - self._last_heard
+        silent = now - max(self._last_heard, since)
         if silent > HUNG_TIMEOUT:
             raise DaemonGoneError(f"{what}: the daemon at {self._endpoint} has not answered for "
                                   f"{silent:.1f} s (hung or unreachable)")

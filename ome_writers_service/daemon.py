@@ -245,7 +245,7 @@ class StreamWorker(threading.Thread):
         try:
             plane = self.stream.read_plane(position, index)
         except Exception as e:  # noqa: BLE001 - a failed read is the reader's problem
-            self._send(out, {"type": P.ERROR, "code": P.E_WRITE, "stream": self.sid,
+            self._send(out, {"type": P.ERROR, "code": P.E_READ, "stream": self.sid,
                              "message": f"read of plane {list(index)} at position {position} "
                                         f"failed: {e}"})
             return

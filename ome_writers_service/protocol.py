@@ -47,6 +47,7 @@ E_SEQUENCE = "bad_sequence"        # frame number out of order or beyond the acq
 E_SLOT = "bad_slot"
 E_FRAME = "bad_frame"              # inline payload of the wrong size
 E_WRITE = "write_failed"           # the backend failed (disk full, permission...)
+E_READ = "read_failed"             # a live-view read failed (the stream goes on)
 E_RESOURCES = "resources"          # e.g. /dev/shm too small for the ring
 E_SHUTDOWN = "shutdown"
 

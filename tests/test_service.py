@@ -548,6 +548,22 @@ def test_hung_daemon_makes_blocking_calls_time_out(daemon, tmp_path):
         os.kill(daemon.pid, signal.SIGCONT)
 
 
+def test_an_idle_stream_is_not_taken_for_a_dead_daemon(daemon, tmp_path):
+    # a time-lapse client sits idle for longer than the hung-daemon limit; the daemon then
+    # pauses briefly (a slow disk, a busy machine): the next blocking call must just wait
+    from ome_writers_service import client as C
+    settings = settings_5d(tmp_path / "idle.ome.tiff", dimensions=[
+        Dimension(name="t", count=2), Dimension(name="y", count=16), Dimension(name="x", count=16)])
+    stream = create_stream(settings, endpoint=daemon.endpoint, token=daemon.token)
+    stream.append(frame_pixels(17, 0, (16, 16), np.uint16))
+    time.sleep(C.HUNG_TIMEOUT + 0.5)
+    stream.append(frame_pixels(17, 1, (16, 16), np.uint16))
+    os.kill(daemon.pid, signal.SIGSTOP)
+    threading.Timer(1.0, os.kill, (daemon.pid, signal.SIGCONT)).start()
+    report = stream.close()
+    check_dataset(settings, report["paths"], 17)
+
+
 @pytest.mark.parametrize("suffix", FORMATS)
 def test_recover_after_daemon_sigkill(tmp_path, suffix):
     d = start_daemon(tmp_path / "rt")

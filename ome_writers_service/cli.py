@@ -195,26 +195,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def daemon_status(endpoint: str, timeout: float = 5.0) -> dict:
-    """The daemon's status reply for all streams (raises TimeoutError if it does not answer)."""
-    import zmq
-
-    from . import protocol as P
-
-    ctx = zmq.Context.instance()
-    sock = ctx.socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    try:
-        sock.connect(endpoint)
-        sock.send_multipart(P.encode({"type": P.STATUS}))
-        if not sock.poll(int(timeout * 1000)):
-            raise TimeoutError(f"no answer from the daemon at {endpoint} within {timeout} s")
-        header, _ = P.decode(sock.recv_multipart())
-        return header
-    finally:
-        sock.close(0)
-
-
 def _bar(fraction: float, width: int = 24) -> str:
     filled = int(round(max(0.0, min(1.0, fraction)) * width))
     return "[" + "#" * filled + "." * (width - filled) + "]"
@@ -243,23 +223,29 @@ def _format_status(st: dict) -> str:
 
 def cmd_status(args: argparse.Namespace) -> int:
     import json
+    import os
 
+    from .client import ServiceError, daemon_status
     from .connection import ConnectionInfo, runtime_dir
 
-    endpoint = args.endpoint
+    info = ConnectionInfo.read(runtime_dir(args.runtime_dir))
+    endpoint = args.endpoint or (info.endpoint if info is not None else None)
+    token = args.token or os.environ.get("OME_WRITERS_SERVICE_TOKEN") or \
+        (info.token if info is not None and info.endpoint == endpoint else None)
     if endpoint is None:
-        info = ConnectionInfo.read(runtime_dir(args.runtime_dir))
-        if info is None:
-            print("no daemon is running (no connection file)", file=sys.stderr)
-            return 1
-        endpoint = info.endpoint
+        print("no daemon is running (no connection file)", file=sys.stderr)
+        return 1
+    if token is None:
+        print(f"ome-writers-service status: no token for {endpoint}: pass --token or set "
+              "OME_WRITERS_SERVICE_TOKEN (the daemon's connection file holds it)", file=sys.stderr)
+        return 2
     import zmq
 
     refreshes = 0
     while True:
         try:
-            st = daemon_status(endpoint)
-        except TimeoutError as e:
+            st = daemon_status(endpoint, token)
+        except (TimeoutError, ServiceError) as e:
             print(e, file=sys.stderr)
             return 1
         except zmq.ZMQError as e:  # a malformed endpoint, an unknown transport, ...
@@ -363,6 +349,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     status = sub.add_parser("status", help="show the daemon's open streams")
     status.add_argument("--endpoint", help="daemon endpoint (default: the local daemon)")
+    status.add_argument("--token", help="the daemon's token (default: $OME_WRITERS_SERVICE_TOKEN "
+                                        "or the local connection file)")
     status.add_argument("--runtime-dir", help="runtime directory of the local daemon")
     status.add_argument("--json", action="store_true", help="print the raw status as JSON")
     status.add_argument("--watch", nargs="?", type=float, const=1.0, default=None,

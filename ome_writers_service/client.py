@@ -20,11 +20,12 @@ from typing import Any, Iterator, Mapping
 
 import numpy as np
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 _monotonic = time.monotonic
 
 from . import protocol as P
-from .connection import ConnectionInfo, pid_alive, runtime_dir
+from .connection import ConnectionInfo, pid_alive, pid_namespace, runtime_dir
 from .ring import FrameRing
 from .schema import AcquisitionSettings
 from .router import FrameRouter
@@ -79,6 +80,9 @@ class ServiceStream:
         # good): credits bound what is in flight either way
         self._sock.setsockopt(zmq.SNDHWM, 0)
         self._sock.setsockopt(zmq.RCVHWM, 0)
+        P.authenticate(self._sock, token)
+        # a wrong token fails the handshake, which no message reports: watch for it
+        self._auth_events = self._sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_FAILED_AUTH)
         self._sock.connect(endpoint)
         self._endpoint = endpoint
         self._daemon_pid = daemon_pid
@@ -91,13 +95,15 @@ class ServiceStream:
         try:
             self._send({"type": P.OPEN, "version": P.PROTOCOL_VERSION, "token": token,
                         "transport": transport, "settings": settings.model_dump(mode="json"),
-                        "pid": os.getpid(), "pidns": _pid_namespace()})
+                        "pid": os.getpid(), "pidns": pid_namespace()})
             reply = self._await(P.OPENED, REPLY_TIMEOUT, what="open")
         except BaseException:
+            self._stop_auth_events()
             self._sock.close(linger=0)
             raise
+        self._stop_auth_events()
         self._sid: int = reply["stream"]
-        same_ns = reply.get("pidns") == _pid_namespace() != ""
+        same_ns = reply.get("pidns") == pid_namespace() != ""
         self._daemon_pid = reply.get("pid", daemon_pid) if same_ns else None
         self._next_liveness = 0.0
         self.paths: list[str] = reply["paths"]
@@ -136,8 +142,8 @@ class ServiceStream:
         self._global_metadata: dict[str, dict[str, Any]] = {}
         self._heartbeat: _Heartbeat | None = None
         if reply.get("liveness") == "heartbeat":
-            self._heartbeat = _Heartbeat(self._ctx, endpoint, self._sid, reply["heartbeat_key"],
-                                         reply.get("heartbeat_interval", 0.5))
+            self._heartbeat = _Heartbeat(self._ctx, endpoint, token, self._sid,
+                                         reply["heartbeat_key"], reply.get("heartbeat_interval", 0.5))
 
     # ---- frames (hot path) ----
 
@@ -364,11 +370,26 @@ class ServiceStream:
             self._pump(step)
             if any(k in replies for k in (kind, P.ERROR, P.CLOSED)):
                 continue
+            if kind == P.OPENED:
+                self._check_auth(what)
             self._check_daemon_alive()
             self._check_responsive(what, start)
             if deadline is not None and _monotonic() >= deadline:
                 raise DaemonGoneError(f"{what}: no answer from the daemon at {self._endpoint} "
                                       f"within {timeout} s")
+
+    def _check_auth(self, what: str) -> None:
+        events = self._auth_events
+        if events is not None and events.poll(0):
+            if recv_monitor_message(events)["event"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+                raise ServiceError(f"{what} refused: the daemon at {self._endpoint} did not "
+                                   "accept the token (see the daemon's connection file)", P.E_AUTH)
+
+    def _stop_auth_events(self) -> None:
+        if self._auth_events is not None:
+            self._sock.disable_monitor()
+            self._auth_events.close(linger=0)
+            self._auth_events = None
 
     def _check_daemon_alive(self) -> None:
         self._next_liveness = _monotonic() + LIVENESS_INTERVAL
@@ -510,9 +531,10 @@ class _Heartbeat(threading.Thread):
     """Tells a daemon that cannot see our pid (another pid namespace, another host) that
     this client is alive; its own socket, so the camera thread's socket stays single-threaded."""
 
-    def __init__(self, ctx: zmq.Context, endpoint: str, sid: int, key: str, interval: float):
+    def __init__(self, ctx: zmq.Context, endpoint: str, token: str, sid: int, key: str,
+                 interval: float):
         super().__init__(name=f"ows-heartbeat-{sid}", daemon=True)
-        self._ctx, self._endpoint, self._interval = ctx, endpoint, interval
+        self._ctx, self._endpoint, self._token, self._interval = ctx, endpoint, token, interval
         self._msg = P.encode({"type": P.HEARTBEAT, "stream": sid, "key": key})
         self._stopped = threading.Event()
         self.start()
@@ -520,6 +542,7 @@ class _Heartbeat(threading.Thread):
     def run(self) -> None:
         sock = self._ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
+        P.authenticate(sock, self._token)
         sock.connect(self._endpoint)
         try:
             while not self._stopped.is_set():
@@ -535,28 +558,64 @@ class _Heartbeat(threading.Thread):
         self.join(timeout=2)
 
 
-def _pid_namespace() -> str:
-    try:
-        return os.readlink("/proc/self/ns/pid")
-    except OSError:
-        return ""
-
-
 # ---- finding or starting the local daemon ----
+
+def request(endpoint: str, token: str, header: dict, timeout: float = 5.0) -> dict:
+    """One request to a daemon on a socket of its own, and its reply (status, ping).
+    Raises TimeoutError when no answer comes, ServiceError when the token is refused."""
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    P.authenticate(sock, token)
+    events = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_FAILED_AUTH)
+    try:
+        sock.connect(endpoint)
+        sock.send_multipart(P.encode(header))
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        poller.register(events, zmq.POLLIN)
+        ready = dict(poller.poll(int(timeout * 1000)))
+        if sock in ready:
+            return P.decode(sock.recv_multipart())[0]
+        if events in ready:
+            raise ServiceError(f"the daemon at {endpoint} did not accept the token", P.E_AUTH)
+        raise TimeoutError(f"no answer from the daemon at {endpoint} within {timeout} s")
+    finally:
+        sock.disable_monitor()
+        events.close(linger=0)
+        sock.close(linger=0)
+
+
+def daemon_status(endpoint: str, token: str, timeout: float = 5.0) -> dict:
+    """The daemon's status: its pid and version, and a report per open stream."""
+    return request(endpoint, token, {"type": P.STATUS}, timeout)
+
+
+def daemon_running(info: ConnectionInfo | None) -> bool:
+    """Whether the daemon of a connection file runs: by its pid where that means something
+    (our pid namespace), else by asking it."""
+    if info is None:
+        return False
+    if not info.pidns or info.pidns == pid_namespace():
+        return pid_alive(info.pid)
+    try:
+        return request(info.endpoint, info.token, {"type": P.PING}, timeout=2.0)["type"] == P.PONG
+    except (TimeoutError, ServiceError, zmq.ZMQError):
+        return False
+
 
 def local_daemon(rt_dir: str | os.PathLike | None = None, *, start: bool = True,
                  idle_exit: float = 300.0, timeout: float = 30.0) -> ConnectionInfo:
     """The connection of the local daemon, starting one (detached) when none runs."""
     rt = runtime_dir(rt_dir)
     info = ConnectionInfo.read(rt)
-    if info is not None and pid_alive(info.pid):
+    if daemon_running(info):
         return info
     if not start:
         raise DaemonGoneError(f"no daemon runs for {rt}")
     with open(rt / "start.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # two clients starting at once start one daemon
         info = ConnectionInfo.read(rt)
-        if info is not None and pid_alive(info.pid):
+        if daemon_running(info):
             return info
         log_path = rt / "daemon.log"
         with open(log_path, "ab") as log:

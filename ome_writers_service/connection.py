@@ -47,6 +47,7 @@ class ConnectionInfo:
     token: str
     pid: int
     version: str = ""
+    pidns: str = ""  #: the daemon's pid namespace: its pid means something only within it
 
     def write(self, rt: Path) -> Path:
         path = rt / CONNECTION_FILE
@@ -81,3 +82,11 @@ def pid_alive(pid: int) -> bool:
     except OSError:
         return True  # no procfs: trust kill()
     return stat[stat.rfind(")") + 2:][:1] not in ("Z", "X")
+
+
+def pid_namespace() -> str:
+    """This process's pid namespace ("" where there is no procfs)."""
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return ""

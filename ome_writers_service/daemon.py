@@ -29,10 +29,11 @@ from typing import Any
 import numpy as np
 import zmq
 from pydantic import ValidationError
+from zmq.auth.thread import ThreadAuthenticator
 
 from . import __version__
 from . import protocol as P
-from .connection import ConnectionInfo, default_endpoint, pid_alive, runtime_dir
+from .connection import ConnectionInfo, default_endpoint, pid_alive, pid_namespace, runtime_dir
 from .ring import FrameRing, RingError, clean_stale_rings, shm_free
 from .schema import AcquisitionSettings
 from .stream import OMEStream
@@ -44,7 +45,7 @@ log = logging.getLogger("ome_writers_service.daemon")
 HEARTBEAT_TIMEOUT = 1.5
 #: How often the main loop checks client liveness.
 LIVENESS_INTERVAL = 0.25
-PID_NAMESPACE = os.readlink("/proc/self/ns/pid") if os.path.exists("/proc/self/ns/pid") else ""
+PID_NAMESPACE = pid_namespace()
 
 #: Default ring size when the settings do not fix ``ring_slots``: at 100 fps of 2048x2048
 #: uint16 it absorbs a 0.3 s disk stall without blocking the camera.
@@ -358,7 +359,13 @@ class Daemon:
         removed = clean_stale_rings()
         if removed:
             log.info("removed %d stale ring(s) of dead daemons: %s", len(removed), removed)
+        # peers prove they hold the token in the ZMTP handshake (PLAIN): without it nothing
+        # they send reaches the daemon (no routing-id games, no giant messages)
+        auth = ThreadAuthenticator(self.ctx, log=logging.getLogger("ome_writers_service.auth"))
+        auth.start()
+        auth.configure_plain(domain="*", passwords={P.PLAIN_USERNAME.decode(): self.token})
         router = self.ctx.socket(zmq.ROUTER)
+        router.plain_server = True
         router.setsockopt(zmq.ROUTER_MANDATORY, 0)
         router.setsockopt(zmq.LINGER, 2000)
         # never drop a reply: a lost `release` would cost the client its slots for good
@@ -370,7 +377,8 @@ class Daemon:
         self.endpoint = router.getsockopt_string(zmq.LAST_ENDPOINT)
         outbox = self.ctx.socket(zmq.PULL)
         outbox.bind(OUTBOX)
-        info = ConnectionInfo(self.endpoint, self.token, os.getpid(), __version__)
+        info = ConnectionInfo(self.endpoint, self.token, os.getpid(), __version__,
+                              pid_namespace())
         conn_file = info.write(self.rt)
         log.info("ome-writers-service %s listening on %s (connection file %s)",
                  __version__, self.endpoint, conn_file)
@@ -401,6 +409,7 @@ class Daemon:
                 Path(self.endpoint[len("ipc://"):]).unlink(missing_ok=True)
             router.close(linger=1000)
             outbox.close(linger=0)
+            auth.stop()
             self.ctx.term()
 
     def stop(self, *_: Any) -> None:

@@ -52,6 +52,17 @@ E_RESOURCES = "resources"          # e.g. /dev/shm too small for the ring
 E_SHUTDOWN = "shutdown"
 
 
+#: Every connection authenticates in the ZMTP handshake with the PLAIN mechanism: this user
+#: name and the daemon's token as password. A peer without them never reaches the daemon.
+PLAIN_USERNAME = b"ows"
+
+
+def authenticate(sock: Any, token: str) -> None:
+    """Give a ZeroMQ socket the credentials the daemon asks for (call before connect)."""
+    sock.plain_username = PLAIN_USERNAME
+    sock.plain_password = token.encode()
+
+
 class ProtocolError(ValueError):
     """A message that does not follow the protocol; ``code`` is one of the E_* codes."""
 

@@ -24,21 +24,27 @@ Layout (little-endian), version 1::
     56   4040     reserved (0)
     4096          slot 0, then slot 1 at 4096 + slot_size, ...
 
+The daemon holds a shared ``flock`` on the file while the ring lives; the kernel drops it
+when the daemon dies, which is how a starting daemon tells stale rings from live ones (pids
+say nothing across pid namespaces that share /dev/shm, e.g. containers with ``ipc: host``).
+
 Slots are handed back and forth by protocol messages (``frame`` and ``release``), never by
 flags in memory, so neither side spins on shared memory.
 """
 
 from __future__ import annotations
 
+import fcntl
 import mmap
 import os
 import secrets
+import stat
 import struct
+import time
 from pathlib import Path
 
 import numpy as np
 
-from .connection import pid_alive
 
 SHM_DIR = Path("/dev/shm")
 PREFIX = "ows-"
@@ -101,6 +107,9 @@ class FrameRing:
         except OSError as e:
             raise RingError(f"cannot create shared memory {path}: {e.strerror}") from e
         try:
+            # held while the ring lives, released by the kernel when the owner dies: how
+            # `clean_stale_rings` tells a live ring from a stale one, across pid namespaces
+            fcntl.flock(fd, fcntl.LOCK_SH)
             try:
                 os.posix_fallocate(fd, 0, total)
             except OSError as e:
@@ -195,21 +204,35 @@ def shm_free() -> int:
     return st.f_bavail * st.f_frsize
 
 
-def clean_stale_rings() -> list[str]:
-    """Remove rings of ours whose owner process is gone; returns their names."""
+def clean_stale_rings(min_age: float = 10.0) -> list[str]:
+    """Remove rings of ours whose owner is gone; returns their names.
+
+    A live owner holds a lock on its ring (see `FrameRing.create`), whichever pid namespace
+    it runs in; a file nobody locks is stale once it carries a ring header, or once it is
+    older than ``min_age`` seconds (a ring still being created has no header yet).
+    """
     removed = []
     if not SHM_DIR.is_dir():
         return removed
     for path in SHM_DIR.glob(PREFIX + "*"):
         try:
-            if path.stat().st_uid != os.getuid():
-                continue
-            with open(path, "rb") as f:
-                head = f.read(_HEADER.size)
-            pid = _HEADER.unpack(head)[4] if len(head) == _HEADER.size and head[:8] == MAGIC else 0
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
         except OSError:
             continue
-        if not pid_alive(pid):
-            path.unlink(missing_ok=True)
-            removed.append(path.name)
+        try:
+            st = os.fstat(fd)
+            if st.st_uid != os.getuid() or not stat.S_ISREG(st.st_mode):
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # its owner holds it
+            head = os.pread(fd, len(MAGIC), 0)
+            if head == MAGIC or time.time() - st.st_mtime > min_age:
+                path.unlink(missing_ok=True)
+                removed.append(path.name)
+        except OSError:
+            continue
+        finally:
+            os.close(fd)
     return removed

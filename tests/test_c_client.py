@@ -234,7 +234,7 @@ def test_c_client_without_the_daemons_shm_says_so_and_frees_the_stream(build, da
     settings = tczyx_settings(str(tmp_path / "private-shm.ome.zarr"))
     script = f"""
 import ctypes, json, sys, time
-from ome_writers_service.cli import daemon_status
+from ome_writers_service.client import daemon_status
 lib = ctypes.CDLL({str(build / "libows_client.so")!r})
 lib.ows_open_ex.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_int,
                             ctypes.POINTER(ctypes.c_void_p), ctypes.c_char_p, ctypes.c_size_t]
@@ -244,9 +244,9 @@ args = ({daemon.endpoint!r}.encode(), {daemon.token!r}.encode(), {settings.model
 rc = lib.ows_open_ex(*args, 0, ctypes.byref(s), err, 1024)
 print("shm", rc, err.value.decode(), flush=True)
 deadline = time.monotonic() + 5
-while daemon_status({daemon.endpoint!r})["streams"] and time.monotonic() < deadline:
+while daemon_status({daemon.endpoint!r}, {daemon.token!r})["streams"] and time.monotonic() < deadline:
     time.sleep(0.1)
-print("open streams", len(daemon_status({daemon.endpoint!r})["streams"]), flush=True)
+print("open streams", len(daemon_status({daemon.endpoint!r}, {daemon.token!r})["streams"]), flush=True)
 rc = lib.ows_open_ex(*args, 1, ctypes.byref(s), err, 1024)
 report = ctypes.create_string_buffer(16384)
 print("inline", rc, lib.ows_close(s, report, 16384), report.value.decode(), flush=True)

@@ -77,6 +77,7 @@ def test_protocol_fuzz_while_a_stream_is_written(daemon, tmp_path):
     ctx = zmq.Context.instance()
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
+    P.authenticate(sock, daemon.token)
     sock.connect(daemon.endpoint)
     sent = {"messages": 0, "frames": 0, "replies": 0}
 

@@ -7,6 +7,7 @@ import stat
 import struct
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -64,6 +65,31 @@ def test_stale_rings_of_dead_owners_are_removed_live_ones_kept():
     finally:
         stale.unlink(missing_ok=True)
         live.close()
+
+
+def test_a_ring_whose_owner_lives_elsewhere_is_kept_even_if_its_pid_means_nothing_here():
+    # a daemon in another pid namespace sharing /dev/shm: the pid in the header is no
+    # process of ours, but the owner holds the ring's lock, so it is live
+    code = ("import sys, time; from ome_writers_service.ring import FrameRing;"
+            "r = FrameRing.create(frame_nbytes=4096, slots=1); print(r.name, flush=True);"
+            "sys.stdin.read()")
+    owner = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
+    name = owner.stdout.readline().strip()
+    path = Path("/dev/shm") / name
+    try:
+        with open(path, "r+b") as f:  # a pid that is nobody's here
+            f.seek(20)
+            f.write(struct.pack("<I", 2**31 - 7))
+        assert name not in clean_stale_rings() and path.exists()
+        young = path.with_name("ows-0-beingcreated")  # no header yet: a ring being created
+        young.write_bytes(b"")
+        assert young.name not in clean_stale_rings() and young.exists()
+        young.unlink()
+    finally:
+        owner.stdin.close()
+        owner.wait(10)
+    assert name in clean_stale_rings() and not path.exists()  # its owner died: stale now
 
 
 def test_attach_refuses_names_that_are_not_rings():

@@ -324,6 +324,7 @@ def test_malformed_messages_get_errors_and_do_not_disturb_a_stream(daemon, tmp_p
     stream = create_stream(settings, endpoint=daemon.endpoint, token=daemon.token)
     ctx = zmq.Context.instance()
     bad = ctx.socket(zmq.DEALER)
+    P.authenticate(bad, daemon.token)
     bad.connect(daemon.endpoint)
     cases = [
         ([b"OWS1"], P.E_MALFORMED),
@@ -357,11 +358,36 @@ def test_malformed_messages_get_errors_and_do_not_disturb_a_stream(daemon, tmp_p
     check_dataset(settings, report["paths"], 11)
 
 
+def test_peers_without_the_token_never_reach_the_daemon(daemon, tmp_path):
+    ctx = zmq.Context.instance()
+    intruder = ctx.socket(zmq.DEALER)
+    intruder.setsockopt(zmq.LINGER, 0)
+    # the routing id libzmq gives the next peer itself: taking it once aborted the daemon
+    # (a libzmq assertion) when the next client connected
+    intruder.setsockopt(zmq.ROUTING_ID, b"\x00\x6b\x8b\x45\x67")
+    intruder.connect(daemon.endpoint)
+    intruder.send_multipart(P.encode({"type": "status"}, b"\0" * (64 << 20)))
+    assert not intruder.poll(1000)  # no answer, not even an error: never got in
+    intruder.close()
+    settings = settings_5d(tmp_path / "ok.ome.tiff", dimensions=[
+        Dimension(name="t", count=3), Dimension(name="y", count=16), Dimension(name="x", count=16)])
+    with create_stream(settings, endpoint=daemon.endpoint, token=daemon.token) as stream:
+        for i in range(3):
+            stream.append(frame_pixels(19, i, (16, 16), np.uint16))
+    check_dataset(settings, stream.report["paths"], 19)
+    assert daemon.proc.poll() is None
+    t0 = time.monotonic()
+    with pytest.raises(ServiceError, match="did not accept the token") as err:
+        create_stream(settings, endpoint=daemon.endpoint, token="f" * 32)
+    assert err.value.code == P.E_AUTH and time.monotonic() - t0 < 5
+
+
 def test_wrong_slot_and_sequence_from_a_raw_client(daemon, tmp_path):
     settings = settings_5d(tmp_path / "w.ome.zarr", dimensions=[
         Dimension(name="t", count=3), Dimension(name="y", count=8), Dimension(name="x", count=8)])
     ctx = zmq.Context.instance()
     sock = ctx.socket(zmq.DEALER)
+    P.authenticate(sock, daemon.token)
     sock.connect(daemon.endpoint)
 
     def call(header, payload=None):
@@ -465,10 +491,10 @@ def test_killed_client_is_noticed_and_its_dataset_finalized(daemon, tmp_path, li
     extra = ["--hang-after", "7"] + (["--foreign-pidns"] if liveness == "heartbeat" else [])
     proc = run_client(daemon, victim, tmp_path, 21, *extra)
     assert proc.stdout.readline().strip() == "ready"
-    from ome_writers_service.cli import daemon_status
+    from ome_writers_service.client import daemon_status
 
     def victim_state():
-        return next((r for r in daemon_status(daemon.endpoint)["streams"].values()
+        return next((r for r in daemon_status(daemon.endpoint, daemon.token)["streams"].values()
                      if r["root_path"].endswith("victim.ome.tiff")), None)
 
     while victim_state()["frames_written"] < 7:

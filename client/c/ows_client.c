@@ -45,7 +45,9 @@
 struct ows_stream {
     void *ctx;
     void *sock;
+    void *auth_events;     /* during open: the monitor telling a refused token */
     char endpoint[512];
+    char token[256];
     int sid;
     int64_t seq, dropped, total; /* total < 0: unbounded */
     size_t frame_nbytes;
@@ -294,6 +296,36 @@ static int check_daemon(ows_stream *s) {
 
 /* Wait for a reply of the given type (timeout <= 0: as long as the daemon lives); *out
  * receives it (caller frees). An error reply returns OWS_ERR_DAEMON with its message. */
+/* Every connection to the daemon authenticates in the ZMTP handshake (PLAIN mechanism,
+ * user "ows", the token as password; PROTOCOL.md section 2). */
+static int authenticate(ows_stream *s, void *sock) {
+    return zmq_setsockopt(sock, ZMQ_PLAIN_USERNAME, "ows", 3) < 0 ||
+           zmq_setsockopt(sock, ZMQ_PLAIN_PASSWORD, s->token, strlen(s->token)) < 0 ? -1 : 0;
+}
+
+/* A refused token fails the handshake, which no message reports: a socket monitor does. */
+static int auth_refused(ows_stream *s) {
+    if (!s->auth_events) return 0;
+    zmq_msg_t ev;
+    zmq_msg_init(&ev);
+    int refused = 0;
+    while (zmq_msg_recv(&ev, s->auth_events, ZMQ_DONTWAIT) >= 0) {
+        if (zmq_msg_more(&ev) == 0) continue; /* the address part of an event */
+        uint16_t event = 0;
+        if (zmq_msg_size(&ev) >= 2) memcpy(&event, zmq_msg_data(&ev), 2);
+        if (event == ZMQ_EVENT_HANDSHAKE_FAILED_AUTH) refused = 1;
+    }
+    zmq_msg_close(&ev);
+    return refused;
+}
+
+static void stop_auth_events(ows_stream *s) {
+    if (!s->auth_events) return;
+    zmq_socket_monitor(s->sock, NULL, 0);
+    zmq_close(s->auth_events);
+    s->auth_events = NULL;
+}
+
 static int await_reply(ows_stream *s, const char *type, double timeout, cJSON **out) {
     double deadline = timeout > 0 ? now_s() + timeout : 0;
     *out = NULL;
@@ -309,6 +341,9 @@ static int await_reply(ows_stream *s, const char *type, double timeout, cJSON **
             cJSON_Delete(h);
             return OWS_ERR_DAEMON;
         }
+        if (auth_refused(s))
+            return fail(s, OWS_ERR_DAEMON, "daemon: open refused: the daemon at %s did not "
+                        "accept the token (unauthorized)", s->endpoint);
         int rc = check_daemon(s);
         if (rc != OWS_OK) return rc;
         if (deadline > 0 && now_s() > deadline)
@@ -478,7 +513,7 @@ static int start_heartbeat(ows_stream *s, const cJSON *opened) {
     if (!s->hb_ctl || !s->hb_peer || !s->hb_sock ||
         zmq_setsockopt(s->hb_sock, ZMQ_SNDHWM, &hwm, sizeof hwm) < 0 ||
         zmq_bind(s->hb_ctl, name) < 0 || zmq_connect(s->hb_peer, name) < 0 ||
-        zmq_connect(s->hb_sock, s->endpoint) < 0)
+        authenticate(s, s->hb_sock) < 0 || zmq_connect(s->hb_sock, s->endpoint) < 0)
         return fail(s, OWS_ERR_SYSTEM, "heartbeat sockets: %s", zmq_strerror(zmq_errno()));
 #if defined(_WIN32)
     s->hb = (HANDLE)_beginthreadex(NULL, 0, heartbeat_main, s, 0, NULL);
@@ -509,6 +544,7 @@ static void stop_heartbeat(ows_stream *s) {
 
 static void release_stream(ows_stream *s) {
     stop_heartbeat(s);
+    stop_auth_events(s);
 #if OWS_HAVE_SHM
     if (s->ring) munmap(s->ring, s->ring_size);
 #endif
@@ -584,15 +620,28 @@ int ows_open_ex(const char *endpoint, const char *token, const char *settings_js
         return open_error(err, errlen, OWS_ERR_SYSTEM, "out of memory");
     }
     snprintf(s->endpoint, sizeof s->endpoint, "%s", ep);
+    snprintf(s->token, sizeof s->token, "%s", tok);
     s->claimed_slot = -1;
     s->err_flag = &s->no_flag;
     s->last_heard = now_s();
     s->ctx = zmq_ctx_new();
     s->sock = s->ctx ? zmq_socket(s->ctx, ZMQ_DEALER) : NULL;
     int zero = 0;
+    char monitor[64];
+    snprintf(monitor, sizeof monitor, "inproc://ows-auth-%p", (void *)s);
     if (s->sock) {
         zmq_setsockopt(s->sock, ZMQ_LINGER, &zero, sizeof zero);
-        zmq_setsockopt(s->sock, ZMQ_SNDHWM, &zero, sizeof zero); /* credits bound the backlog */
+        /* never block a send, never drop a reply: credits bound what is in flight */
+        zmq_setsockopt(s->sock, ZMQ_SNDHWM, &zero, sizeof zero);
+        zmq_setsockopt(s->sock, ZMQ_RCVHWM, &zero, sizeof zero);
+        if (authenticate(s, s->sock) == 0 &&
+            zmq_socket_monitor(s->sock, monitor, ZMQ_EVENT_HANDSHAKE_FAILED_AUTH) == 0) {
+            s->auth_events = new_socket(s, ZMQ_PAIR);
+            if (s->auth_events && zmq_connect(s->auth_events, monitor) < 0) {
+                zmq_close(s->auth_events);
+                s->auth_events = NULL;
+            }
+        }
     }
     if (!s->sock || zmq_connect(s->sock, ep) < 0) {
         int rc = open_error(err, errlen, OWS_ERR_SYSTEM, "cannot connect to %s: %s", ep,
@@ -621,6 +670,7 @@ int ows_open_ex(const char *endpoint, const char *token, const char *settings_js
     /* creating the dataset may take long (overwrite deletes the old one): wait while the
      * daemon lives */
     if (rc == OWS_OK) rc = await_reply(s, "opened", 0, &opened);
+    stop_auth_events(s);
     if (rc != OWS_OK) {
         snprintf(err, errlen, "%s", s->error);
         release_stream(s);

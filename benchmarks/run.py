@@ -135,6 +135,7 @@ class DaemonHandle:
 
 
 def run_one(spec: dict, daemon: DaemonHandle) -> dict:
+    os.sync()  # no writeback of the previous run's data competes with this one
     daemon.reset_peak()
     res = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)],
                          capture_output=True, text=True, timeout=1800)

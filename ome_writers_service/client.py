@@ -237,8 +237,8 @@ class ServiceStream:
     def skip(self, *, frames: int = 1) -> None:
         """Advance ``frames`` frames without data (they keep the fill value)."""
         self._check_usable()
-        if frames < 0:
-            raise ValueError("skip: frames must be >= 0")
+        if frames <= 0:
+            raise ValueError(f"skip: frames must be positive, not {frames}")
         if self._total is not None and self._seq + frames > self._total:
             self._too_many(self._seq + frames - 1)
         self._send({"type": P.SKIP, "stream": self._sid, "seq": self._seq, "count": frames})
@@ -463,6 +463,9 @@ class ServiceStream:
         self._closed = True
         try:
             self._send({"type": P.CLOSE, "stream": self._sid, "frames": self._seq})
+            # unmapped while the daemon still maps the ring: cheap; the daemon's unmap, after
+            # its report, frees the memory
+            self._release_ring()
             self.report = self._await(P.CLOSED, timeout, what="close")
         finally:
             self._release_resources()
@@ -471,9 +474,7 @@ class ServiceStream:
                                P.E_WRITE)
         return self.report
 
-    def _release_resources(self, linger: int = 0) -> None:
-        if self._heartbeat is not None:
-            self._heartbeat.stop()
+    def _release_ring(self) -> None:
         self._slots = None
         # append()/claim() check these first: make them raise "closed"
         self._err_flag = np.ones(1, np.uint32)
@@ -481,6 +482,11 @@ class ServiceStream:
         if self._ring is not None:
             self._ring.close()
             self._ring = None
+
+    def _release_resources(self, linger: int = 0) -> None:
+        if self._heartbeat is not None:
+            self._heartbeat.stop()
+        self._release_ring()
         self._sock.close(linger=linger)
 
     @property

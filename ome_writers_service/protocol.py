@@ -9,6 +9,7 @@ DEALER, the daemon's a ROUTER (which prepends the peer identity on receipt).
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 TAG = b"OWS1"
@@ -83,8 +84,9 @@ def decode(parts: list) -> tuple[dict[str, Any], Any]:
     """(header, payload or None) of a received message; raises `ProtocolError`."""
     if len(parts) not in (2, 3):
         raise ProtocolError(E_MALFORMED, f"expected 2 or 3 message parts, got {len(parts)}")
-    tag = bytes(parts[0])
-    if tag != TAG:
+    first = memoryview(parts[0])  # bytes, or a zmq frame received without a copy
+    tag = bytes(first[:16])
+    if len(first) != len(TAG) or tag != TAG:
         if tag[:3] == TAG[:3]:
             raise ProtocolError(E_VERSION, f"protocol {tag!r} is not supported; this daemon "
                                            f"speaks {TAG.decode()}")
@@ -99,6 +101,18 @@ def decode(parts: list) -> tuple[dict[str, Any], Any]:
     if not isinstance(header, dict) or not isinstance(header.get("type"), str):
         raise ProtocolError(E_MALFORMED, "header must be a JSON object with a string 'type'")
     return header, (parts[2] if len(parts) == 3 else None)
+
+
+#: The frame notice without metadata exactly as the reference clients serialize it (keys in
+#: this order, no spaces). The daemon reads it without a JSON parser; any other spelling of
+#: the same message is parsed as JSON and means the same.
+_NOTICE = re.compile(rb'\{"type":"frame","stream":(\d{1,18}),"seq":(\d{1,18}),"slot":(\d{1,18})\}')
+
+
+def parse_notice(header: bytes) -> tuple[int, int, int] | None:
+    """(stream, seq, slot) of a plain frame notice, or None for any other header."""
+    m = _NOTICE.fullmatch(header)
+    return None if m is None else (int(m[1]), int(m[2]), int(m[3]))
 
 
 def field(header: dict[str, Any], name: str, kind: type | tuple[type, ...], *, required=True):

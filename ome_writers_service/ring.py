@@ -176,6 +176,11 @@ class FrameRing:
     def set_frames_written(self, n: int) -> None:
         self._written[0] = n
 
+    def unlink(self) -> None:
+        """Remove the ring's name (owner only). The memory goes with the last mapping."""
+        if self.owner:
+            self.path.unlink(missing_ok=True)
+
     def close(self) -> None:
         """Unmap; the owner also removes the segment."""
         if self._mm is None:
@@ -187,8 +192,7 @@ class FrameRing:
             pass  # a caller still holds a slot view; the mapping goes when it does
         self._mm = None
         os.close(self._fd)
-        if self.owner:
-            self.path.unlink(missing_ok=True)
+        self.unlink()
 
 
 def _too_small(free: int, total: int, slots: int, slot_size: int) -> str:

@@ -104,14 +104,15 @@ class FrameRouter:
         self._next += 1
         return loc
 
-    def skip(self, frames: int = 1) -> list[FrameLocation]:
-        """Advance past ``frames`` frames; returns where they would have gone."""
+    def skip(self, frames: int = 1) -> Iterator[FrameLocation]:
+        """Advance past ``frames`` frames; returns where they would have gone (lazily: a
+        long skip costs no memory)."""
         if frames < 0:
             raise ValueError("skip: frames must be >= 0")
         if self.num_frames is not None and self._next + frames > self.num_frames:
             raise IndexError(
                 f"skip({frames}) at frame {self._next} goes past the {self.num_frames} frames declared"
             )
-        locs = [self.locate(self._next + i) for i in range(frames)]
+        start = self._next
         self._next += frames
-        return locs
+        return map(self.locate, range(start, start + frames))

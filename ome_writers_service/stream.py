@@ -118,18 +118,22 @@ class OMEStream:
     def skip(self, *, frames: int = 1) -> None:
         """Advance ``frames`` frames without data; they keep the fill value (zero)."""
         self._check_open()
+        if frames <= 0:
+            raise ValueError(f"skip: frames must be positive, not {frames}")
         start = self._router.frames_done
         try:
             locs = self._router.skip(frames)
         except IndexError as e:
             raise FrameCountError(str(e)) from None
+        handled = [] if self._events else None  # kept only for the event handlers
         with self._lock:
             self._journal.skipped(start, frames)
             for loc in locs:
                 self._backend.skip(loc.position, loc.index)
-        if self._events:
-            for i, loc in enumerate(locs):
-                self._events.emit(start + i, loc.index)
+                if handled is not None:
+                    handled.append(loc)
+        for n, loc in enumerate(handled or (), start):
+            self._events.emit(n, loc.index)
 
     def close(self) -> None:
         """Write everything and the final metadata. Raises if anything could not be written."""

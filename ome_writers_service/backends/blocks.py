@@ -16,6 +16,7 @@ rewritten per frame. Its frames arrive in one of two ways:
 from __future__ import annotations
 
 import collections
+from operator import mul
 from typing import Callable
 
 import numpy as np
@@ -52,13 +53,16 @@ class Block:
     __slots__ = ("_base", "_plane_strides", "_pool", "data", "expected", "filled", "lent",
                  "mask", "origin", "shape")
 
+    # mask: planes holding a frame (copied or lent); filled: planes accounted for, frames and
+    # skips (a skipped plane is never touched: zeroed when the unit is written, if it is)
+
     def __init__(self, origin: tuple[int, ...], shape: tuple[int, ...], pool: BufferPool) -> None:
         self.origin = origin
         self.shape = shape
         self._pool = pool
         self.data: np.ndarray | None = None  # the copy buffer, once a plane was copied
         self.lent: dict[tuple[int, ...], tuple[np.ndarray, Done]] = {}
-        self.mask = np.zeros(shape, dtype=bool)  # planes that hold a frame or a skip
+        self.mask = np.zeros(shape, dtype=bool)
         self.expected = self.mask.size
         self.filled = 0
         self._plane_strides = _c_strides(shape, 1)
@@ -73,24 +77,36 @@ class Block:
             self.mask[local] = True
             self.filled += 1
 
+    @property
+    def frames(self) -> int:
+        """Planes holding a frame."""
+        return int(self.mask.sum())
+
     def _buffer(self) -> np.ndarray:
         if self.data is None:
             self.data = self._pool.take((*self.shape, *self._pool.shape[-2:]))
         return self.data
 
-    def put(self, local: tuple[int, ...], frame: np.ndarray | None) -> None:
-        """Copy ``frame`` in (None: a skipped plane, which reads as zeros)."""
+    def put(self, local: tuple[int, ...], frame: np.ndarray) -> None:
+        """Copy ``frame`` in."""
         if self.lent:
             self.copy_lent()
-        self._buffer()[local] = 0 if frame is None else frame
+        self._buffer()[local] = frame
         self._mark(local)
+
+    def skip(self, local: tuple[int, ...]) -> None:
+        """A plane that will never hold a frame: it reads as zeros."""
+        self.filled += 1
 
     def lend(self, local: tuple[int, ...], frame: np.ndarray, done: Done) -> bool:
         """Keep ``frame`` lent if it lies where a write straight from the lent frames needs
         it. False: it does not; the caller copies it in with `put` and calls ``done``."""
-        if self.data is not None or not frame.flags.c_contiguous:
+        if self.data is not None or not frame.flags.c_contiguous or \
+                self.filled > len(self.lent):  # a plane was skipped: no write from the slots
+            if self.lent:
+                self.copy_lent()
             return False
-        flat = sum(i * s for i, s in zip(local, self._plane_strides))
+        flat = sum(map(mul, local, self._plane_strides))
         base = frame.__array_interface__["data"][0] - flat * frame.nbytes
         if self._base is None:
             self._base = base
@@ -111,9 +127,12 @@ class Block:
         self.lent.clear()
         return n
 
-    def materialize(self) -> tuple[np.ndarray, list[Done]]:
+    def materialize(self) -> tuple[np.ndarray | None, list[Done]]:
         """The unit's pixels, and what to call once they are written (hand the lent frames
-        or the buffer back). Planes never filled read as zeros."""
+        or the buffer back). Planes without a frame read as zeros; a unit without any frame
+        is None: nothing to write, the array's fill value stands for it."""
+        if not self.lent and self.data is None:
+            return None, []
         if self.data is None and len(self.lent) == self.expected:
             first = self.lent[(0,) * len(self.shape)][0]
             full = (*self.shape, *first.shape)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 from collections import deque
+from operator import floordiv, mul, sub
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -271,14 +272,14 @@ class TensorstoreZarrBackend(ArrayBackend):
 
     def write(self, position, index, frame, metadata=None) -> None:
         self._admit(position, index, metadata)
-        block, local = self._block_for(position, index)
+        key, block, local = self._block_for(position, index)
         block.put(local, frame)  # copied: the caller may reuse its buffer
-        self._after_put(position, block)
+        self._after_put(position, key, block)
         self.frames_written += 1
 
     def write_borrowed(self, position, index, frame, metadata, done) -> None:
         self._admit(position, index, metadata)
-        block, local = self._block_for(position, index)
+        key, block, local = self._block_for(position, index)
         held = len(block.lent)
         # hold lent frames within half the lender's budget, so that the client always has
         # slots left to send the rest of the units being assembled
@@ -286,7 +287,7 @@ class TensorstoreZarrBackend(ArrayBackend):
             block.put(local, frame)
             done()
         self._held += len(block.lent) - held
-        self._after_put(position, block)
+        self._after_put(position, key, block)
         self.frames_written += 1
 
     def _admit(self, position: int, index: tuple[int, ...], metadata) -> None:
@@ -301,34 +302,39 @@ class TensorstoreZarrBackend(ArrayBackend):
         super().skip(position, index)
         if self.grow_axis is not None:
             self._ensure_capacity(index[self.grow_axis] + 1)
-        block, local = self._block_for(position, index)
+        key, block, local = self._block_for(position, index)
         held = len(block.lent)
-        block.put(local, None)
+        block.skip(local)
         self._held += len(block.lent) - held
-        self._after_put(position, block)
+        self._after_put(position, key, block)
 
-    def _block_for(self, position: int, index: tuple[int, ...]) -> tuple[Block, tuple[int, ...]]:
-        """The unit ``index`` belongs to (created on its first plane), and the plane in it."""
-        key = tuple(i // u for i, u in zip(index, self._unit))
+    def _block_for(self, position: int, index: tuple[int, ...]
+                   ) -> tuple[tuple[int, ...], Block, tuple[int, ...]]:
+        """The unit ``index`` belongs to (created on its first plane): its key, the unit, and
+        the plane in it. (map() with operators: this runs for every frame.)"""
+        key = tuple(map(floordiv, index, self._unit))
         blocks = self._blocks[position]
         block = blocks.get(key)
         if block is None:
-            origin = tuple(k * u for k, u in zip(key, self._unit))
+            origin = tuple(map(mul, key, self._unit))
             shape = tuple(
                 u if n is None else min(u, n - o)
                 for u, n, o in zip(self._unit, self.outer_shape, origin)
             )
             block = blocks[key] = Block(origin, shape, self._pool)
-        return block, tuple(i - o for i, o in zip(index, block.origin))
+        return key, block, tuple(map(sub, index, block.origin))
 
-    def _after_put(self, position: int, block: Block) -> None:
+    def _after_put(self, position: int, key: tuple[int, ...], block: Block) -> None:
         if block.complete:
-            del self._blocks[position][tuple(o // u for o, u in zip(block.origin, self._unit))]
+            del self._blocks[position][key]
             self._submit_block(position, block)
 
     def _submit_block(self, position: int, block: Block) -> None:
         self._held -= len(block.lent)
+        frames = block.frames
         data, on_written = block.materialize()
+        if data is None:  # every plane skipped: the fill value stands for the unit
+            return
         region = tuple(slice(o, o + n) for o, n in zip(block.origin, block.shape))
         arr = self._arrays[position]
         if self.grow_axis is not None:  # a partial last block at finalize may overhang the extent
@@ -341,10 +347,11 @@ class TensorstoreZarrBackend(ArrayBackend):
         fut = arr[region].write(data, can_reference_source_data_indefinitely=True)
         for callback in on_written:
             fut.add_done_callback(lambda _, cb=callback: cb())
-        self._track(fut, position, block.origin, data.nbytes)
+        self._track(fut, position, block.origin, data.nbytes, frames)
 
-    def _track(self, fut: Any, position: int, where: tuple[int, ...], nbytes: int) -> None:
-        self._pending.append((fut, f"{self.paths[position]} at index {where}", nbytes))
+    def _track(self, fut: Any, position: int, where: tuple[int, ...], nbytes: int,
+               frames: int) -> None:
+        self._pending.append((fut, f"{self.paths[position]} at index {where}", nbytes, frames))
         self._pending_bytes += nbytes
         while len(self._pending) > MAX_PENDING_WRITES or (
                 len(self._pending) > 1 and self._pending_bytes > MAX_PENDING_BYTES) or (
@@ -352,12 +359,13 @@ class TensorstoreZarrBackend(ArrayBackend):
             self._wait_oldest()
 
     def _wait_oldest(self) -> None:
-        fut, where, nbytes = self._pending.popleft()
+        fut, where, nbytes, frames = self._pending.popleft()
         self._pending_bytes -= nbytes
         try:
             fut.result()
         except Exception as e:  # noqa: BLE001 - tensorstore raises ValueError/OSError variants
-            raise BackendError(f"writing {where} failed: {e}") from e
+            self.frames_written -= frames  # accepted, but not on disk: say so in the summary
+            raise BackendError(f"writing {where} ({frames} frames) failed: {e}") from e
 
     def _raise_failed_writes(self) -> None:
         while self._pending and self._pending[0][0].done():

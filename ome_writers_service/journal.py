@@ -29,7 +29,9 @@ class Journal:
 
     def __init__(self, settings: AcquisitionSettings) -> None:
         self.path = journal_path(settings)
-        self._f = open(self.path, "w", encoding="utf-8")
+        # never through a symlink: the journal must not overwrite what it points to
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+        self._f = os.fdopen(fd, "w", encoding="utf-8")
         head = {"version": VERSION, "pid": os.getpid(), "started": time.time(),
                 "settings": settings.model_dump(mode="json")}
         self._write(head)

@@ -232,6 +232,39 @@ def test_existing_data_is_never_replaced_without_overwrite(tmp_path, suffix):
     verify(s, write(s, 12), 12)  # overwrite=True replaces it
 
 
+@pytest.mark.parametrize("suffix", FORMATS)
+def test_overwrite_replaces_datasets_never_other_data(tmp_path, suffix):
+    s = acq(tmp_path, suffix, [Dimension(name="t", count=2), *YX])
+    other = Path(s.root_path)
+    other.mkdir()
+    (other / "thesis.docx").write_text("years of work")
+    with pytest.raises(FileExistsError, match="not a zarr store"):
+        create_stream(s, in_process=True)
+    assert (other / "thesis.docx").read_text() == "years of work"
+
+
+def test_the_journal_never_writes_through_a_symlink(tmp_path):
+    s = acq(tmp_path, ".ome.zarr", [Dimension(name="t", count=2), *YX])
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep")
+    Path(s.root_path + ".ows-journal").symlink_to(victim)
+    with pytest.raises(OSError):
+        create_stream(s, in_process=True)
+    assert victim.read_text() == "keep"
+
+
+def test_a_zarr_store_moved_away_while_written_is_reported_at_close(tmp_path):
+    s = acq(tmp_path, ".ome.zarr", [Dimension(name="t", count=6), *YX])
+    stream = create_stream(s, in_process=True)
+    for i in range(3):
+        stream.append(frame_pixels(8, i, s.frame_shape, s.dtype))
+    os.rename(s.root_path, s.root_path + ".moved")  # someone tidies up the data folder
+    for i in range(3, 6):
+        stream.append(frame_pixels(8, i, s.frame_shape, s.dtype))
+    with pytest.raises(Exception, match="removed or replaced while it was being written"):
+        stream.close()
+
+
 @pytest.mark.skipif(os.geteuid() == 0, reason="root may write anywhere: chmod does not stop it")
 def test_unwritable_parent_is_refused_before_the_first_frame(tmp_path):
     locked = tmp_path / "locked"

@@ -149,6 +149,10 @@ def prepare_output(path: str | os.PathLike, overwrite: bool) -> Path:
         if not overwrite:
             raise FileExistsError(f"{p} already exists; pass overwrite=True to replace it")
         if p.is_dir() and not p.is_symlink():
+            if not (p / "zarr.json").is_file() and any(p.iterdir()):
+                raise FileExistsError(
+                    f"{p} is a directory that is not a zarr store: overwrite=True replaces a "
+                    "dataset, never other data; remove it yourself if it must go")
             shutil.rmtree(p)
         else:
             p.unlink()

@@ -8,6 +8,7 @@ carries the OME-XML declared at creation; ``finalize`` replaces it with the comp
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -23,6 +24,10 @@ _CLASSIC_TIFF_LIMIT = 2**32 - 2**26
 #: MapAnnotation namespace of the frames expected/written summary
 SUMMARY_NS = "ome_writers.acquisition"
 _COMPRESSION = {None: None, "none": None, "lzw": "lzw", "zstd": "zstd"}
+#: Room kept after the first OME-XML (bytes): per plane, and at most; unbounded acquisitions
+_RESERVE_PER_PLANE = 256
+_RESERVE_MAX = 16 * 2**20
+_RESERVE_UNBOUNDED = 1 * 2**20
 
 
 def tiff_paths(settings: AcquisitionSettings) -> list[Path]:
@@ -49,8 +54,12 @@ class TifffileBackend(ArrayBackend):
         self._pages: list[list[tuple[int, ...]]] = [[] for _ in self._paths]
         self._page_of: list[dict[tuple[int, ...], int]] = [{} for _ in self._paths]
         self._compression = _COMPRESSION[settings.compression]
-        per_file = (settings.num_frames or 0) // max(1, len(self._paths)) * settings.frame_nbytes
-        self._bigtiff = settings.is_unbounded or per_file > _CLASSIC_TIFF_LIMIT
+        planes = (settings.num_frames or 0) // max(1, len(self._paths))
+        self._bigtiff = settings.is_unbounded or planes * settings.frame_nbytes > _CLASSIC_TIFF_LIMIT
+        #: spaces after the first OME-XML, so that the final one (plane counts, one TiffData
+        #: per page when pages arrive out of plane order, per-plane metadata) fits in place
+        self._reserve = _RESERVE_UNBOUNDED if settings.is_unbounded else \
+            min(_RESERVE_MAX, 4096 + _RESERVE_PER_PLANE * planes)
 
     @property
     def paths(self) -> list[str]:
@@ -93,8 +102,11 @@ class TifffileBackend(ArrayBackend):
 
     def _write_page(self, position: int, index: tuple[int, ...], frame: np.ndarray) -> None:
         pages = self._pages[position]
-        first = not pages
         writer = self._writers[position]
+        description = None
+        if not pages:  # the first page carries the OME-XML, with room for the final one
+            xml = self._xml(position, self._declared_shape()).encode()
+            description = xml + b" " * self._reserve
         try:
             writer.write(
                 frame,
@@ -102,14 +114,13 @@ class TifffileBackend(ArrayBackend):
                 compression=self._compression,
                 contiguous=False,
                 metadata=None,
-                description=self._xml(position, self._declared_shape()).encode() if first else None,
+                description=description,
                 software=False,
             )
             writer._fh.flush()  # nothing of an acknowledged page waits in a Python buffer
         except OSError as e:
-            raise BackendError(
-                f"writing page {len(pages)} of {self._paths[position]} failed: {e.strerror or e}"
-            ) from e
+            raise BackendError(f"writing page {len(pages)} of {self._paths[position]} failed: "
+                               f"{_why(e, self._paths[position])}") from e
         self._page_of[position][index] = len(pages)
         pages.append(index)
 
@@ -128,24 +139,63 @@ class TifffileBackend(ArrayBackend):
         if self._finalized:
             return
         shape = list(self.current_shape()[:-2])
-        zero = np.zeros(self.frame_shape, self.dtype)
         errors = []
         for pos, path in enumerate(self._paths):
             try:
-                # every plane gets a page: skipped frames and the unfilled tail of an
-                # unbounded acquisition are stored as zeros (ome-writers' fill value)
-                written = self._page_of[pos]
-                if shape and all(shape):
-                    for idx in np.ndindex(*shape):
-                        if idx not in written:
-                            self._write_page(pos, idx, zero)
+                described = self._fill_missing_planes(pos, shape, errors)
                 self._writers[pos].close()
                 if not self._pages[pos]:  # an unbounded stream closed before its first frame
                     path.unlink(missing_ok=True)
                     continue
-                tifffile.tiffcomment(path, comment=self._xml(pos, shape).encode(), pageindex=0)
-            except (OSError, BackendError) as e:
+                if described is None:
+                    errors.append(f"{path}: no complete step of the acquisition was written; "
+                                  "the OME-XML declared at creation stays")
+                    continue
+                # in place (room was reserved): works on a full disk too
+                tifffile.tiffcomment(path, comment=self._xml(pos, described).encode(),
+                                     pageindex=0)
+            except Exception as e:  # noqa: BLE001 - every file gets its chance, then we raise
                 errors.append(f"{path}: {e}")
         self._finalized = True
         if errors:
             raise BackendError("finalizing OME-TIFF failed: " + "; ".join(errors))
+
+    def _fill_missing_planes(self, pos: int, shape: list[int], errors: list[str]
+                             ) -> list[int] | None:
+        """Give every plane a page: skipped frames and the unfilled tail of an unbounded or
+        early-ended acquisition are stored as zeros (ome-writers' fill value). If pages can
+        no longer be written (a full disk), describe only the leading steps of the slowest
+        acquisition axis whose planes all have pages; None when there is none."""
+        written = self._page_of[pos]
+        if not (shape and all(shape)):
+            return shape
+        zero = np.zeros(self.frame_shape, self.dtype)
+        try:
+            for idx in np.ndindex(*shape):
+                if idx not in written:
+                    self._write_page(pos, idx, zero)
+            return shape
+        except BackendError as e:
+            errors.append(str(e))
+        ax = self.first_axis if self.first_axis is not None else 0
+        steps = 0
+        while steps < shape[ax] and all(
+                idx in written for idx in np.ndindex(*shape) if idx[ax] == steps):
+            steps += 1
+        if steps == 0:
+            return None
+        return [steps if a == ax else n for a, n in enumerate(shape)]
+
+
+def _why(e: OSError, path: Path) -> str:
+    """The reason of a failed write, also when the writer's message hides the errno (a short
+    write on a full disk)."""
+    if e.errno is not None:
+        return e.strerror or str(e)
+    try:
+        st = os.statvfs(path.parent)
+        if st.f_bavail * st.f_frsize < 1 << 20:
+            return f"no space left on the device of {path.parent} ({e})"
+    except OSError:
+        pass
+    return str(e)

@@ -55,16 +55,21 @@ def build_ome(
         c = dict(zip(letters, idx))
         return {"first_t": c.get("T", 0), "first_c": c.get("C", 0), "first_z": c.get("Z", 0)}
 
-    raster = [int(np.ravel_multi_index(i, outer_shape)) if outer_shape else 0 for i in page_indices]
-    if raster == list(range(len(raster))):
+    def described(idx: tuple[int, ...]) -> bool:  # pages past a cut-short extent are not
+        return all(i < n for i, n in zip(idx, outer_shape))
+
+    pages = [(k, i) for k, i in enumerate(page_indices) if described(i)]
+    raster = [int(np.ravel_multi_index(i, outer_shape)) if outer_shape else 0 for _, i in pages]
+    if len(pages) == len(page_indices) and raster == list(range(len(raster))):
         tiff_data = [m.TiffData(ifd=0, plane_count=len(raster))]
     else:
-        tiff_data = [m.TiffData(ifd=k, plane_count=1, **plane_coords(i))
-                     for k, i in enumerate(page_indices)]
+        tiff_data = [m.TiffData(ifd=k, plane_count=1, **plane_coords(i)) for k, i in pages]
 
     annotations: list[Any] = []
     planes = []
     for idx, md in sorted(frame_metadata.items()):
+        if not described(idx):
+            continue
         pc = plane_coords(idx)
         plane: dict[str, Any] = {"the_t": pc["first_t"], "the_c": pc["first_c"], "the_z": pc["first_z"]}
         if "delta_t" in md:

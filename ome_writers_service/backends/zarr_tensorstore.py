@@ -86,6 +86,7 @@ class TensorstoreZarrBackend(ArrayBackend):
         self._pending: deque[tuple[Any, str, int]] = deque()
         self._pending_bytes = 0
         self._capacity = 0  # allocated extent of the grow axis (all positions alike)
+        self._root_id: tuple[int, int] | None = None  # (device, inode) of the store we made
         self._context = ts.Context({"file_io_sync": False})
 
     # ---- layout and metadata ----
@@ -247,6 +248,8 @@ class TensorstoreZarrBackend(ArrayBackend):
             for path in self._image_paths:
                 spec = self._array_spec(self.root / path / DATASET)
                 self._arrays.append(ts.open(spec, context=self._context).result())
+            st = self.root.stat()
+            self._root_id = (st.st_dev, st.st_ino)
         except OSError as e:
             raise BackendError(f"cannot create {self.root}: {e}") from e
         except ValueError as e:  # tensorstore reports bad specs and I/O failures as ValueError
@@ -399,6 +402,7 @@ class TensorstoreZarrBackend(ArrayBackend):
             except BackendError as e:
                 failed.append(e)
         try:
+            self._check_still_there()
             final = self.current_shape()
             for ax in {self.grow_axis, self.first_axis if self.final_extent is not None else None}:
                 if ax is not None and final[ax] != self._arrays[0].shape[ax]:
@@ -412,6 +416,19 @@ class TensorstoreZarrBackend(ArrayBackend):
         self._finalized = True
         if failed:
             raise failed[0]
+
+    def _check_still_there(self) -> None:
+        """A store deleted or replaced under us would take chunks with it, while every write
+        into the recreated directories succeeds: say so instead of reporting success."""
+        try:
+            st = self.root.stat()
+            intact = (st.st_dev, st.st_ino) == self._root_id and all(
+                (self.root / path / DATASET / "zarr.json").is_file() for path in self._image_paths)
+        except OSError:
+            intact = False
+        if not intact:
+            raise BackendError(f"{self.root} was removed or replaced while it was being written: "
+                               "frames written before that are lost")
 
     def _write_hierarchy_roots(self) -> None:
         """Root attributes hold the global metadata of multi-image stores; rewrite them."""

@@ -149,6 +149,46 @@ class ServiceStream:
 
     def append(self, frame: np.ndarray, *, frame_metadata: Mapping | None = None) -> None:
         """Copy ``frame`` into the next free slot and notify the daemon; returns at once."""
+        seq = self._seq
+        if type(frame) is not np.ndarray or frame.shape != self._shape or frame.dtype != self._dtype:
+            check_frame(frame, self._shape, self._dtype, seq)
+        slot, meta = self._take_slot(frame_metadata)
+        if slot < 0:
+            return  # dropped
+        try:
+            if self._inline:
+                self._send_frame(seq, slot, meta, np.ascontiguousarray(frame))
+            else:
+                np.copyto(self._slots[slot], frame)
+                self._send_frame(seq, slot, meta)
+        except BaseException:  # nothing was sent: the slot is still ours
+            self._give_back(slot)
+            raise
+        self._sent(seq)
+
+    @contextmanager
+    def claim(self, *, frame_metadata: Mapping | None = None) -> Iterator[np.ndarray]:
+        """A writable view of the next slot: fill it in place (zero-copy) and leave the block
+        to send it. If the block raises, the slot is returned unsent. Under the "drop"
+        policy a full ring yields a scratch buffer and the frame is counted as dropped."""
+        seq = self._seq
+        slot, meta = self._take_slot(frame_metadata)
+        if slot < 0:
+            yield self._scratch  # dropped: the camera still needs somewhere to put it
+            return
+        view = self._scratch if self._inline else self._slots[slot]
+        try:
+            yield view
+            self._send_frame(seq, slot, meta, view if self._inline else None)
+        except BaseException:  # nothing was sent: the slot is still ours
+            self._give_back(slot)
+            raise
+        self._sent(seq)
+
+    def _take_slot(self, frame_metadata: Mapping | None) -> tuple[int, Mapping | None]:
+        """What every frame goes through before its pixels move: the daemon's health, the
+        frame count, its metadata; then the slot it goes to, taken (-1: the frame was
+        dropped, policy "drop"). Frame n prefers slot n % credits."""
         if self._err_flag[0] or self._error is not None:
             self._raise_remote()
         if _monotonic() >= self._next_liveness:  # a clock read; a syscall only every 0.25 s
@@ -156,8 +196,6 @@ class ServiceStream:
         seq = self._seq
         if self._total is not None and seq >= self._total:
             self._too_many(seq)
-        if type(frame) is not np.ndarray or frame.shape != self._shape or frame.dtype != self._dtype:
-            check_frame(frame, self._shape, self._dtype, seq)
         if frame_metadata is not None:
             frame_metadata = check_frame_metadata(frame_metadata, seq)
         slot = seq % self._credits
@@ -166,55 +204,16 @@ class ServiceStream:
             if slot < 0:
                 self._seq = seq + 1
                 self._dropped += 1
-                return
+                return -1, None
         self._free[slot] = 0
         self._nfree -= 1
-        try:
-            if self._inline:
-                self._send_frame(seq, slot, frame_metadata, np.ascontiguousarray(frame))
-            else:
-                np.copyto(self._slots[slot], frame)
-                self._send_frame(seq, slot, frame_metadata)
-        except BaseException:  # nothing was sent: the slot is still ours
-            self._free[slot] = 1
-            self._nfree += 1
-            raise
-        self._seq = seq + 1
-        if self._events.handlers:
-            self._events.emit(seq)
+        return slot, frame_metadata
 
-    @contextmanager
-    def claim(self, *, frame_metadata: Mapping | None = None) -> Iterator[np.ndarray]:
-        """A writable view of the next slot: fill it in place (zero-copy) and leave the block
-        to send it. If the block raises, the slot is returned unsent. Under the "drop"
-        policy a full ring yields a scratch buffer and the frame is counted as dropped."""
-        if self._err_flag[0] or self._error is not None:
-            self._raise_remote()
-        if _monotonic() >= self._next_liveness:
-            self._check_daemon_alive()
-        seq = self._seq
-        if self._total is not None and seq >= self._total:
-            self._too_many(seq)
-        if frame_metadata is not None:
-            frame_metadata = check_frame_metadata(frame_metadata, seq)
-        slot = seq % self._credits
-        if not self._free[slot]:
-            slot = self._other_slot()
-            if slot < 0:
-                yield self._scratch
-                self._seq = seq + 1
-                self._dropped += 1
-                return
-        self._free[slot] = 0
-        self._nfree -= 1
-        view = self._scratch if self._inline else self._slots[slot]
-        try:
-            yield view
-            self._send_frame(seq, slot, frame_metadata, view if self._inline else None)
-        except BaseException:  # nothing was sent: the slot is still ours
-            self._free[slot] = 1
-            self._nfree += 1
-            raise
+    def _give_back(self, slot: int) -> None:
+        self._free[slot] = 1
+        self._nfree += 1
+
+    def _sent(self, seq: int) -> None:
         self._seq = seq + 1
         if self._events.handlers:
             self._events.emit(seq)
@@ -255,10 +254,17 @@ class ServiceStream:
         self._events.on(event, callback)
 
     def view(self, *, dynamic_shape: bool = True, strict: bool = False) -> StreamView:
-        """A live array view of what the daemon has written (planes read on demand)."""
-        return StreamView(self._router, len(self._settings.positions), self._dtype,
-                          self.read_plane, dynamic_shape=dynamic_shape, strict=strict,
-                          frames_done=lambda: self._seq)
+        """A live array view of the data (planes read from the daemon on demand), in
+        acquisition order with the position axis in place, as ome-writers; see `StreamView`.
+
+        The shape follows the frames sent. A read is served by the daemon after every frame
+        sent before it, so a sent plane is final when it is read; the daemon answers "not
+        written" for planes it has no frame for (skipped, or dropped under
+        ``backpressure="drop"``), which read as zeros, or raise IndexError with
+        ``strict=True``."""
+        return StreamView(self._settings, self._router, self.read_plane,
+                          dynamic_shape=dynamic_shape, strict=strict,
+                          frames_done=lambda: self._seq, events=self._events)
 
     def read_plane(self, position: int, index: tuple[int, ...]) -> np.ndarray | None:
         """One stored plane from the daemon (frames still in its queue may not be there)."""

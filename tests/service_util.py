@@ -122,3 +122,20 @@ def run_checker(path: str, shape=None, dtype=None) -> str:
 
 def shm_rings() -> set[str]:
     return {p.name for p in Path("/dev/shm").glob("ows-*")}
+
+
+def ensure_debian_packages(packages: list[str], present: bool) -> None:
+    """Install Debian packages a test needs (as root, with apt-get) unless ``present``;
+    skip the test, saying why, where that cannot be done."""
+    if present:
+        return
+    import shutil
+
+    import pytest
+
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        pytest.skip(f"{', '.join(packages)} missing and cannot be installed here")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    subprocess.run(["apt-get", "update", "-qq"], check=True, env=env, capture_output=True)
+    subprocess.run(["apt-get", "install", "-y", "-qq", *packages], check=True, env=env,
+                   capture_output=True)

@@ -20,7 +20,7 @@ import pytest
 from ome_writers_service import AcquisitionSettings, Dimension
 from ome_writers_service.metadata import read_frame_metadata
 
-from service_util import read_image, run_checker, start_daemon
+from service_util import ensure_debian_packages, read_image, run_checker, start_daemon
 
 CLIENT = Path(__file__).resolve().parents[1] / "client" / "c"
 HEADERS = [Path("/usr/include/zmq.h"), Path("/usr/include/cjson/cJSON.h")]
@@ -29,14 +29,9 @@ needs_unshare = pytest.mark.skipif(not AS_ROOT, reason="needs root and unshare (
 
 
 def ensure_build_deps() -> None:
-    if all(h.exists() for h in HEADERS) and shutil.which("make") and shutil.which("g++"):
-        return
-    if os.geteuid() != 0 or not shutil.which("apt-get"):
-        pytest.skip("libzmq3-dev / libcjson-dev missing and cannot be installed here")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    subprocess.run(["apt-get", "update", "-qq"], check=True, env=env, capture_output=True)
-    subprocess.run(["apt-get", "install", "-y", "-qq", "libzmq3-dev", "libcjson-dev", "make",
-                    "g++"], check=True, env=env, capture_output=True)
+    ensure_debian_packages(["libzmq3-dev", "libcjson-dev", "make", "g++"],
+                           all(h.exists() for h in HEADERS) and bool(shutil.which("make"))
+                           and bool(shutil.which("g++")))
 
 
 @pytest.fixture(scope="module")

@@ -18,6 +18,7 @@ import tifffile
 from ..schema import AcquisitionSettings
 from .base import ArrayBackend, BackendError, prepare_output
 from .ome_xml import build_ome
+from .tiff_pages import PageAppender
 
 #: Classic TIFF addresses 4 GiB; leave room for IFDs and the OME-XML.
 _CLASSIC_TIFF_LIMIT = 2**32 - 2**26
@@ -50,6 +51,9 @@ class TifffileBackend(ArrayBackend):
         super().__init__(settings)
         self._paths = tiff_paths(settings)
         self._writers: list[tifffile.TiffWriter] = []
+        #: per position, once tifffile wrote the first two pages of an uncompressed file:
+        #: the cheaper writer of every later page (see tiff_pages.py)
+        self._appenders: list[PageAppender | None] = [None for _ in self._paths]
         #: per position: storage index of each page, in page order
         self._pages: list[list[tuple[int, ...]]] = [[] for _ in self._paths]
         self._page_of: list[dict[tuple[int, ...], int]] = [{} for _ in self._paths]
@@ -102,27 +106,31 @@ class TifffileBackend(ArrayBackend):
 
     def _write_page(self, position: int, index: tuple[int, ...], frame: np.ndarray) -> None:
         pages = self._pages[position]
-        writer = self._writers[position]
-        description = None
-        if not pages:  # the first page carries the OME-XML, with room for the final one
-            xml = self._xml(position, self._declared_shape()).encode()
-            description = xml + b" " * self._reserve
+        appender = self._appenders[position]
         try:
-            writer.write(
-                frame,
-                photometric="minisblack",
-                compression=self._compression,
-                contiguous=False,
-                metadata=None,
-                description=description,
-                software=False,
-            )
-            writer._fh.flush()  # nothing of an acknowledged page waits in a Python buffer
+            if appender is not None:
+                appender.append(np.ascontiguousarray(frame))
+            else:
+                self._write_with_tifffile(position, frame)
         except OSError as e:
             raise BackendError(f"writing page {len(pages)} of {self._paths[position]} failed: "
                                f"{_why(e, self._paths[position])}") from e
         self._page_of[position][index] = len(pages)
         pages.append(index)
+
+    def _write_with_tifffile(self, position: int, frame: np.ndarray) -> None:
+        pages = self._pages[position]
+        writer = self._writers[position]
+        description = None
+        if not pages:  # the first page carries the OME-XML, with room for the final one
+            xml = self._xml(position, self._declared_shape()).encode()
+            description = xml + b" " * self._reserve
+        writer.write(frame, photometric="minisblack", compression=self._compression,
+                     contiguous=False, metadata=None, description=description, software=False)
+        writer._fh.flush()  # nothing of an acknowledged page waits in a Python buffer
+        if len(pages) == 1 and self._compression is None:  # page 1 written: the template
+            writer.close()
+            self._appenders[position] = PageAppender(self._paths[position], template=1)
 
     def _declared_shape(self) -> list[int]:
         return [1 if n is None else n for n in self.outer_shape]
@@ -131,7 +139,8 @@ class TifffileBackend(ArrayBackend):
         page = self._page_of[position].get(index)
         if page is None:
             return None
-        self._writers[position]._fh.flush()
+        if self._appenders[position] is None:
+            self._writers[position]._fh.flush()
         with tifffile.TiffFile(self._paths[position]) as tf:
             return tf.pages[page].asarray()
 
@@ -143,7 +152,9 @@ class TifffileBackend(ArrayBackend):
         for pos, path in enumerate(self._paths):
             try:
                 described = self._fill_missing_planes(pos, shape, errors)
-                self._writers[pos].close()
+                self._writers[pos].close()  # (already closed where an appender took over)
+                if self._appenders[pos] is not None:
+                    self._appenders[pos].close()
                 if not self._pages[pos]:  # an unbounded stream closed before its first frame
                     path.unlink(missing_ok=True)
                     continue

@@ -85,6 +85,8 @@ def child(spec: dict) -> None:
     res["loop_s"] = time.perf_counter() - t0
     res["backlog"] = session.backlog()
     res.update(session.close())
+    if "claim_ns" in res:
+        res["claim_us"] = _pct(res.pop("claim_ns"))
     res["close_s"] = time.perf_counter() - t0
     W.fsync_tree(session.paths)
     res["durable_s"] = time.perf_counter() - t0
@@ -168,6 +170,7 @@ def summarize(runs: list[dict]) -> dict:
         "append_p50_us": stat(lambda r: r["latency_us"]["p50"]),
         "append_p99_us": stat(lambda r: r["latency_us"]["p99"]),
         "append_max_us": stat(lambda r: r["latency_us"]["max"]),
+        "claim_p99_us": stat(lambda r: r.get("claim_us", {}).get("p99")),
         "memcpy_p99_us": stat(lambda r: r["memcpy_us"]["p99"]),
         "client_peak_rss_mb": stat(lambda r: r["client_peak_rss_mb"]),
         "daemon_peak_rss_mb": stat(lambda r: r.get("daemon_peak_rss_mb")),
@@ -230,7 +233,7 @@ def main() -> int:
             }
         if not a.no_camera:
             results["camera"] = camera(a.scale, workdir, daemon, a.repeats)
-        results["memory_scaling"] = memory_scaling(a.scale, workdir, daemon)
+        results["memory_scaling"] = memory_scaling(a.scale, workdir)
     finally:
         daemon.stop()
         shutil.rmtree(workdir, ignore_errors=True) if a.workdir is None else _clean(workdir)
@@ -248,15 +251,16 @@ def camera(scale: float, workdir: Path, daemon: DaemonHandle, repeats: int) -> d
     cases = [("W1", 100.0, "100 fps 2048x2048"), ("W2", 5000.0, "5 kHz 256x256")]
     out = {}
     for wname, rate, title in cases:
-        for fmt in ("tiff", "zarr"):
+        for fmt, mode in (("tiff", "append"), ("zarr", "append"), ("zarr", "claim")):
             runs = []
             for _ in range(repeats):
                 spec = {"workload": wname, "scale": scale, "fn": "service", "format": fmt,
-                        "kwargs": {}, "workdir": str(workdir), "endpoint": daemon.endpoint,
-                        "token": daemon.token, "rate_hz": rate}
+                        "kwargs": {"mode": mode}, "workdir": str(workdir),
+                        "endpoint": daemon.endpoint, "token": daemon.token, "rate_hz": rate}
                 runs.append(run_one(spec, daemon))
                 _clean(workdir)
             s = summarize(runs)
+            fmt = fmt if mode == "append" else f"{fmt} claim"
             out[f"{title} {fmt}"] = s
             if "error" not in s:
                 print(f"  camera {title} {fmt}: lateness p99 "
@@ -265,18 +269,74 @@ def camera(scale: float, workdir: Path, daemon: DaemonHandle, repeats: int) -> d
     return out
 
 
-def memory_scaling(scale: float, workdir: Path, daemon: DaemonHandle) -> dict:
-    """Daemon peak RSS for W2 with 1x and 4x the frames: bounded means equal."""
+def memory_scaling(scale: float, workdir: Path) -> dict:
+    """Daemon peak RSS for W2 with 1x and 4x the frames, each in a daemon of its own (so no
+    earlier run's memory counts): bounded means equal."""
     out = {}
     for factor in (1, 4):
-        spec = {"workload": "W2", "scale": scale * factor, "fn": "service", "format": "zarr",
-                "kwargs": {}, "workdir": str(workdir), "endpoint": daemon.endpoint,
-                "token": daemon.token}
-        r = run_one(spec, daemon)
+        daemon = DaemonHandle()
+        try:
+            spec = {"workload": "W2", "scale": scale * factor, "fn": "service", "format": "zarr",
+                    "kwargs": {}, "workdir": str(workdir), "endpoint": daemon.endpoint,
+                    "token": daemon.token}
+            r = run_one(spec, daemon)
+        finally:
+            daemon.stop()
         _clean(workdir)
         out[f"x{factor}"] = {"frames": r.get("frames"), "daemon_peak_rss_mb":
                              r.get("daemon_peak_rss_mb")}
     return out
+
+
+def targets(res: dict) -> list[str]:
+    """The benchmark issue's targets, each with what this run measured."""
+    rows = []
+
+    def row(what: str, value: float | None, ok: bool | None, unit: str = "") -> None:
+        shown = "—" if value is None else f"{value:,.2f}{unit}"
+        rows.append(f"| {what} | {shown} | {'—' if ok is None else 'yes' if ok else 'NO'} |")
+
+    w1 = res["workloads"].get("W1")
+    if w1:
+        runs, ws = w1["raw"], w1["writers"]
+        for fmt, floor in (("tiff", 0.90), ("zarr", 0.80)):
+            if f"service {fmt}" in runs and "raw disk" in runs:
+                v = _paired(runs[f"service {fmt}"], runs["raw disk"])
+                row(f"W1 service {fmt} ÷ raw disk ≥ {floor}", v, v >= floor)
+            rivals = [k for k, v in ws.items()
+                      if k.startswith("ome-writers") and _fmt(k) == fmt and "error" not in v]
+            if f"service {fmt}" in runs and rivals:
+                v = min(_paired(runs[f"service {fmt}"], runs[k]) for k in rivals)
+                row(f"W1 service {fmt} ÷ every ome-writers {fmt} backend ≥ 1.0", v, v >= 1.0)
+    w2 = res["workloads"].get("W2")
+    if w2:
+        for fmt in ("zarr", "tiff"):
+            s = w2["writers"].get(f"service {fmt}")
+            if s and "error" not in s:
+                v = s["fps_close"]["median"]
+                row(f"W2 service {fmt} ≥ 20,000 frames/s (through close)", v, v >= 20000)
+    for case, s in res.get("camera", {}).items():
+        if "error" in s:
+            continue
+        if case.endswith("claim"):
+            v = s["claim_p99_us"]["median"] if s.get("claim_p99_us") else None
+            row(f"camera {case}: claim() p99 ≤ 100 µs", v, None if v is None else v <= 100,
+                " µs")
+        else:
+            v = s["append_p99_us"]["median"] / s["memcpy_p99_us"]["median"]
+            row(f"camera {case}: append p99 ≤ 1.5 × memcpy p99", v, v <= 1.5, "×")
+        row(f"camera {case}: never stalled (no frame a period late)", None, not s["stalled"])
+    ms = res.get("memory_scaling", {})
+    if ms.get("x1", {}).get("daemon_peak_rss_mb") and ms.get("x4", {}).get("daemon_peak_rss_mb"):
+        v = ms["x4"]["daemon_peak_rss_mb"] / ms["x1"]["daemon_peak_rss_mb"]
+        row("daemon peak RSS, 4× the frames ÷ 1× ≤ 1.10", v, v <= 1.10, "×")
+    if not rows:
+        return []
+    return ["## Targets (benchmark issue)", "",
+            "append()/claim() latency is judged at a fixed camera rate the disk sustains: in a "
+            "burst the producer outruns the disk and append() waits for a slot by design "
+            "(backpressure=\"block\"); burst latencies are in the tables below.", "",
+            "| target | measured | met |", "|---|---|---|", *rows, ""]
 
 
 def report(res: dict) -> str:
@@ -289,6 +349,7 @@ def report(res: dict) -> str:
              "to the host; the first write into it is ~10x slower). Ratios are medians of the "
              "per-repeat ratios: writers run interleaved, so each repeat compares like with like.",
              ""]
+    lines += targets(res)
     for name, w in res["workloads"].items():
         ws = w["writers"]
         lines += [f"## {name}: {w['title']} — {w['frames']} frames, {w['bytes'] / 1e9:.2f} GB", "",
@@ -330,8 +391,9 @@ def report(res: dict) -> str:
                 lines.append(f"| {label} append p99 ÷ memcpy p99 | "
                              f"{s['append_p99_us']['median'] / s['memcpy_p99_us']['median']:.2f} |")
         s = ws.get("service zarr claim")
-        if s and "error" not in s:
-            lines.append(f"| claim() p99 µs | {s['append_p99_us']['median']:.1f} |")
+        if s and "error" not in s and s.get("claim_p99_us"):
+            lines.append(f"| claim() p99 µs (getting and sending the slot, not filling it) | "
+                         f"{s['claim_p99_us']['median']:.1f} |")
         lines.append("")
     if res.get("camera"):
         lines += ["## Camera simulation (fixed frame rate through the service)", "",

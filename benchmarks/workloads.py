@@ -80,16 +80,27 @@ def open_service(wl: Workload, root: Path, fmt: str, endpoint: str, token: str,
     settings = ows.AcquisitionSettings(root_path=str(root), dimensions=dims(wl, ows),
                                        dtype="uint16", overwrite=True)
     stream = ows.create_stream(settings, endpoint=endpoint, token=token)
+    claim_ns: list[int] = []  # claim() itself: getting the slot + sending it, not the fill
     if mode == "claim":
+        clock = time.perf_counter_ns
+        record = claim_ns.append
+
         def append(f):
+            t0 = clock()
             with stream.claim() as slot:
-                slot[...] = f
+                t1 = clock()
+                slot[...] = f  # the camera filling the slot
+                t2 = clock()
+            record(t1 - t0 + clock() - t2)
     else:
         append = stream.append
 
     def close() -> dict:
         report = stream.close()
-        return {"dropped": report["frames_dropped"], "written": report["frames_written"]}
+        out = {"dropped": report["frames_dropped"], "written": report["frames_written"]}
+        if claim_ns:
+            out["claim_ns"] = np.array(claim_ns)
+        return out
 
     paths = stream.paths if fmt == "tiff" else [str(root)]
     return Session(append, close, paths, backlog=lambda: stream.lag)

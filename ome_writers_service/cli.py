@@ -235,6 +235,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     if endpoint is None:
         print("no daemon is running (no connection file)", file=sys.stderr)
         return 1
+    if not endpoint.startswith(("ipc://", "tcp://")):
+        print(f"ome-writers-service status: cannot connect to {endpoint!r}: an endpoint looks "
+              "like ipc:///path/to/socket or tcp://127.0.0.1:5555", file=sys.stderr)
+        return 2
     if token is None:
         print(f"ome-writers-service status: no token for {endpoint}: pass --token or set "
               "OME_WRITERS_SERVICE_TOKEN (the daemon's connection file holds it)", file=sys.stderr)

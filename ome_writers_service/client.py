@@ -215,6 +215,8 @@ class ServiceStream:
 
     def _sent(self, seq: int) -> None:
         self._seq = seq + 1
+        if seq & 63 == 63:  # take the releases in as they come, not all at once on a full ring
+            self._pump(0)
         if self._events.handlers:
             self._events.emit(seq)
 
@@ -453,13 +455,79 @@ class ServiceStream:
                     "value": value})
         self._global_metadata[namespace] = value
 
-    def get_metadata(self) -> dict[str, Any]:
-        """The global metadata set so far, by namespace."""
-        return dict(self._global_metadata)
+    def get_global_metadata(self) -> dict[str, dict[str, Any]]:
+        """The global metadata set so far, by namespace (`set_global_metadata`)."""
+        return {ns: dict(v) for ns, v in self._global_metadata.items()}
 
-    def update_metadata(self, metadata: Mapping[str, Mapping[str, Any]]) -> None:
-        for ns, mapping in metadata.items():
-            self.set_global_metadata(ns, mapping)
+    def get_metadata(self) -> dict[Any, Any]:
+        """The format's metadata in ome-writers' structure (see `OMEStream.get_metadata`):
+        OME-Zarr ``{group path: attributes}``, OME-TIFF ``{position index: ome_types.OME}``.
+
+        Read from the dataset's files, which the daemon writes (zarr.json at creation and at
+        close, OME-TIFF's final OME-XML at close). Before an OME-TIFF is closed, or where this
+        process cannot see the files (a remote daemon), built from the settings and the global
+        metadata set here, as the daemon builds it (no per-frame metadata then)."""
+        from . import format_metadata as fm
+        from .backends import create_backend
+
+        backend = create_backend(self._settings)  # not created: layout and metadata only
+        backend.global_metadata.update(self.get_global_metadata())
+        if self._settings.format_name == "ome-zarr":
+            keys = fm.zarr_keys(backend._image_paths)
+            out = {}
+            for i, key in enumerate(keys):
+                try:
+                    out[key] = fm.read_zarr_attributes(backend.root / backend._image_paths[i])
+                except (OSError, ValueError):
+                    out[key] = backend._image_attributes(i)
+            return out
+        from .backends.ome_xml import build_ome
+
+        declared = [1 if n is None else n for n in backend.outer_shape]
+        out = {}
+        for pos, path in enumerate(backend.paths):
+            if self._closed:
+                try:
+                    out[pos] = fm.read_tiff_ome(path)
+                    continue
+                except Exception:  # noqa: BLE001 - not visible here, or not an OME-TIFF
+                    pass
+            out[pos] = build_ome(self._settings, pos, backend.positions[pos], declared, [], {},
+                                 backend.global_metadata)
+        return out
+
+    def update_metadata(self, metadata: Mapping[Any, Any]) -> None:
+        """Write metadata edited from `get_metadata` back (see `OMEStream.update_metadata`).
+
+        Daemon-backed streams do this after close(), from this process, into the files the
+        daemon finalized (so this process must see them): the daemon rewrites the metadata at
+        close, and the protocol has no message to hand it the user's version before."""
+        from . import format_metadata as fm
+        from .backends import create_backend
+
+        if not self._closed:
+            raise RuntimeError(
+                "update_metadata() on a daemon-backed stream must be called after close(): "
+                "the daemon writes the final metadata at close")
+        backend = create_backend(self._settings)
+        if self._settings.format_name == "ome-zarr":
+            keys = fm.zarr_keys(backend._image_paths)
+            for pos, attrs in fm.check_zarr_update(metadata, keys).items():
+                group = backend.root / backend._image_paths[pos]
+                keep = self._global_metadata if not backend._image_paths[pos] else ()
+                try:
+                    current = fm.read_zarr_attributes(group)
+                    fm.write_zarr_attributes(group, fm.merge_zarr_attributes(attrs, current, keep))
+                except OSError as e:
+                    raise OSError(f"{group}: cannot update its metadata from this process: "
+                                  f"{e}") from e
+            return
+        for pos, ome in fm.check_tiff_update(metadata, len(backend.paths)).items():
+            try:
+                fm.write_tiff_ome(backend.paths[pos], ome)
+            except OSError as e:
+                raise OSError(f"{backend.paths[pos]}: cannot update its metadata from this "
+                              f"process: {e}") from e
 
     def close(self, timeout: float | None = None) -> dict[str, Any]:
         """Wait for the daemon to write everything; return its final report, or raise

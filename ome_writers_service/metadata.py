@@ -21,8 +21,7 @@ def read_frame_metadata(path: str | Path) -> list[dict[str, Any]]:
     in storage order. ``path`` is an OME-TIFF file or an OME-Zarr image group."""
     p = Path(path)
     if (p / "zarr.json").is_file():
-        attrs = _load_json(p / "zarr.json").get("attributes") or {}
-        return list(attrs.get("ome_writers", {}).get("frame_metadata", []))
+        return _zarr_frame_metadata(p)
     ome = _read_ome(p)
     annotations = {a.id: a for a in (ome.structured_annotations.map_annotations
                                      if ome.structured_annotations else [])}
@@ -40,6 +39,29 @@ def read_frame_metadata(path: str | Path) -> list[dict[str, Any]]:
                     row[m.k] = _parse(m.value)
         out.append(row)
     return out
+
+
+def _zarr_frame_metadata(group: Path) -> list[dict[str, Any]]:
+    """Rows of ``attributes.ome_writers.frame_metadata`` (ome-writers' layout: each row the
+    frame's metadata plus ``storage_index``, a list in storage order) as ``{"index": {axis:
+    i}, ...}``, the axes named by the image's multiscales axes, in storage order."""
+    attrs = _load_json(group / "zarr.json").get("attributes") or {}
+    table = (attrs.get("ome_writers") or {}).get("frame_metadata") or []
+    try:
+        axes = [a["name"] for a in attrs["ome"]["multiscales"][0]["axes"]]
+    except (KeyError, IndexError, TypeError):
+        axes = []
+    keyed = []
+    for row in table:
+        if "storage_index" not in row:  # a row of the earlier {"index": {...}, ...} layout
+            keyed.append((list((row.get("index") or {}).values()), dict(row)))
+            continue
+        idx = [int(i) for i in row["storage_index"]]
+        names = axes[:len(idx)] if len(axes) >= len(idx) + 2 else [f"d{k}" for k in range(len(idx))]
+        md = {k: v for k, v in row.items() if k != "storage_index"}
+        keyed.append((idx, {"index": dict(zip(names, idx)), **md}))
+    keyed.sort(key=lambda kr: kr[0])  # storage order (ome-writers keeps arrival order)
+    return [row for _, row in keyed]
 
 
 def _parse(text: str) -> Any:

@@ -45,6 +45,10 @@ class FrameRouter:
         self.storage_shape: tuple[int | None, ...] = tuple(d.count for d in storage)
         self.storage_names: tuple[str, ...] = tuple(d.name for d in storage)
         self.frame_shape: tuple[int, int] = settings.frame_shape
+        self.frame_names: tuple[str, ...] = tuple(d.name for d in settings.dimensions[-2:])
+        #: per acquisition axis: its coordinate labels (channel/position names...) or None
+        self.acquisition_labels: list[list | None] = [
+            [getattr(c, "name", c) for c in d.coords] if d.coords else None for d in outer]
         self._next = 0
 
     def locate(self, frame_number: int) -> FrameLocation:
@@ -79,6 +83,12 @@ class FrameRouter:
 
     def extent_after(self, frames: int) -> tuple[int, ...]:
         """Storage-order extent covered by the first ``frames`` frames (for live views)."""
+        ext = self.acquisition_extent_after(frames)
+        return tuple(ext[a] for a in self._storage_from_acq)
+
+    def acquisition_extent_after(self, frames: int) -> tuple[int, ...]:
+        """Extent of each acquisition axis (position axis included) covered by the first
+        ``frames`` frames: ome-writers' live view shape, without the frame axes."""
         ext = []
         for size, stride in zip(self._sizes, self._strides):
             if frames <= 0:
@@ -87,7 +97,18 @@ class FrameRouter:
                 ext.append(size)  # this axis has cycled through completely
             else:
                 ext.append((frames - 1) // stride + 1)
-        return tuple(ext[a] for a in self._storage_from_acq)
+        return tuple(ext)
+
+    @property
+    def acquisition_shape(self) -> tuple[int | None, ...]:
+        """Declared size of each acquisition axis (position included); None: unbounded."""
+        return tuple(self._sizes)
+
+    def from_acquisition(self, acq_index: tuple[int, ...]) -> FrameLocation:
+        """Position and storage-order index of the plane at an acquisition-order index
+        (one entry per acquisition axis, the position axis included)."""
+        position = acq_index[self._position_axis] if self._position_axis is not None else 0
+        return FrameLocation(position, tuple(acq_index[a] for a in self._storage_from_acq))
 
     @property
     def frames_done(self) -> int:

@@ -7,12 +7,14 @@ and what ``create_stream(settings, in_process=True)`` returns.
 
 from __future__ import annotations
 
+import bisect
 import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Literal, Mapping, Sequence
 
 import numpy as np
 
+from . import format_metadata as fm
 from .backends import ArrayBackend, create_backend
 from .journal import Journal
 from .router import FrameRouter
@@ -24,12 +26,14 @@ EventName = Literal["coords_expanded", "coords_changed"]
 
 @dataclass(frozen=True)
 class CoordUpdate:
-    """Coordinate state passed to event handlers after a frame is stored or skipped."""
+    """Coordinate state passed to event handlers after a frame is stored or skipped (as
+    ome-writers: every dimension, acquisition order, the position axis included)."""
 
     max_coords: Mapping[str, Sequence]
-    """Each storage axis' visited range (``range(0, n)``) so far."""
+    """Each dimension's visited coordinates so far: ``range(0, n)``, or the first n labels of
+    a dimension with coords (channel, position names); the frame dimensions in full."""
     current_indices: Mapping[str, int]
-    """Storage index of the frame just handled, by axis name."""
+    """Index of the frame just handled along each dimension (0 for the frame dimensions)."""
     frame_number: int
     is_high_water_mark: bool
     """True when this frame expanded ``max_coords``."""
@@ -77,6 +81,11 @@ class OMEStream:
         self._events = CoordEvents(self._router)
         self._lock = threading.Lock()
         self._closed = False
+        #: (first frame, count) of each skip() (the daemon's dropped frames too), in order:
+        #: their planes hold no frame (read_plane answers None)
+        self._skipped: list[tuple[int, int]] = []
+        #: OME-TIFF documents given to update_metadata(), by position
+        self._user_ome: dict[int, Any] = {}
 
     # ---- frames ----
 
@@ -128,6 +137,7 @@ class OMEStream:
         handled = [] if self._events else None  # kept only for the event handlers
         with self._lock:
             self._journal.skipped(start, frames)
+            self._skipped.append((start, frames))
             for loc in locs:
                 self._backend.skip(loc.position, loc.index)
                 if handled is not None:
@@ -182,15 +192,71 @@ class OMEStream:
             if self._closed:
                 self._backend._finalized = False
                 self._backend.finalize()
+                # OME-XML the user replaced with update_metadata(): add the namespace to it
+                # (finalize wrote the generated document again)
+                value = self._backend.global_metadata[namespace]
+                for pos, ome in self._user_ome.items():
+                    fm.set_global_annotation(ome, namespace, value)
+                    fm.write_tiff_ome(self._backend.paths[pos], ome)
 
-    def get_metadata(self) -> dict[str, Any]:
-        """The global metadata set so far, by namespace."""
-        return dict(self._backend.global_metadata)
+    def get_global_metadata(self) -> dict[str, dict[str, Any]]:
+        """The global metadata set so far, by namespace (`set_global_metadata`)."""
+        return {ns: dict(v) for ns, v in self._backend.global_metadata.items()}
 
-    def update_metadata(self, metadata: Mapping[str, Mapping[str, Any]]) -> None:
-        """Set several namespaces of global metadata at once."""
-        for ns, mapping in metadata.items():
-            self.set_global_metadata(ns, mapping)
+    def get_metadata(self) -> dict[Any, Any]:
+        """The format's metadata, as ome-writers: OME-Zarr ``{group path: attributes}`` of
+        each image group (``"."``: the store's root is the image); OME-TIFF ``{position
+        index: ome_types.OME}`` of each file. Copies: edit them and pass them (or some of
+        them) to `update_metadata`. Global metadata: `get_global_metadata`."""
+        backend = self._backend
+        with self._lock:
+            if self._is_zarr:
+                keys = fm.zarr_keys(backend._image_paths)
+                return {k: backend._image_attributes(i) for i, k in enumerate(keys)}
+            out = {}
+            for pos, path in enumerate(backend.paths):
+                if pos in self._user_ome:
+                    out[pos] = self._user_ome[pos].model_copy(deep=True)
+                elif self._closed:
+                    out[pos] = fm.read_tiff_ome(path)
+                else:
+                    from .backends.ome_xml import build_ome
+
+                    declared = [1 if n is None else n for n in backend.outer_shape]
+                    pages = getattr(backend, "_pages", None)
+                    out[pos] = build_ome(self._settings, pos, backend.positions[pos], declared,
+                                         pages[pos] if pages else [],
+                                         backend.frame_metadata[pos], backend.global_metadata)
+            return out
+
+    def update_metadata(self, metadata: Mapping[Any, Any]) -> None:
+        """Write metadata edited from `get_metadata` back, as ome-writers. OME-Zarr: each
+        group's attributes are replaced at once, and kept at close (the per-frame table and
+        acquisition summary under ``ome_writers``, and global metadata, stay the writer's).
+        OME-TIFF: only after close(); each file's OME-XML is replaced."""
+        backend = self._backend
+        with self._lock:
+            if self._is_zarr:
+                keys = fm.zarr_keys(backend._image_paths)
+                updates = fm.check_zarr_update(metadata, keys)
+                user = backend.__dict__.setdefault("user_attributes", {})
+                for pos, attrs in updates.items():
+                    user[pos] = attrs
+                    fm.write_zarr_attributes(backend.root / backend._image_paths[pos],
+                                             backend._image_attributes(pos))
+                return
+            if not self._closed:
+                raise RuntimeError(
+                    "update_metadata() must be called after the stream context exits. "
+                    "TIFF files must be closed before metadata can be updated.")
+            updates = fm.check_tiff_update(metadata, len(backend.paths))
+            for pos, ome in updates.items():
+                fm.write_tiff_ome(backend.paths[pos], ome)
+                self._user_ome[pos] = ome.model_copy(deep=True)
+
+    @property
+    def _is_zarr(self) -> bool:
+        return hasattr(self._backend, "_image_attributes")
 
     # ---- observation ----
 
@@ -209,14 +275,27 @@ class OMEStream:
         self._events.on(event, callback)
 
     def read_plane(self, position: int, index: tuple[int, ...]) -> np.ndarray | None:
-        """One stored plane (storage-order index), or None where nothing was written."""
+        """One stored plane (storage-order index), or None where no frame was written (not
+        yet appended, skipped, or dropped by the daemon's client)."""
+        n = self._router.frame_number(position, index)
+        if n >= self._router.frames_done or self._was_skipped(n):
+            return None
         with self._lock:
+            # tensorstore reads what is committed: let the writes submitted so far land first
+            # (waits only; a failed write stays queued for the writer to raise)
+            for pending in tuple(getattr(self._backend, "_pending", ())):
+                pending[0].exception()
             return self._backend.read(position, index)
 
+    def _was_skipped(self, n: int) -> bool:
+        i = bisect.bisect_right(self._skipped, (n, float("inf"))) - 1
+        return i >= 0 and n < self._skipped[i][0] + self._skipped[i][1]
+
     def view(self, *, dynamic_shape: bool = True, strict: bool = False) -> StreamView:
-        """A live, read-only array view of what has been written (positions first if several)."""
-        return StreamView(self._router, len(self._backend.positions), self._dtype,
-                          self.read_plane, dynamic_shape=dynamic_shape, strict=strict)
+        """A live, read-only array view of the data, in acquisition order with the position
+        axis in place (as ome-writers); see `StreamView`."""
+        return StreamView(self._settings, self._router, self.read_plane,
+                          dynamic_shape=dynamic_shape, strict=strict, events=self._events)
 
 
 class CoordEvents:
@@ -226,7 +305,8 @@ class CoordEvents:
     def __init__(self, router: FrameRouter) -> None:
         self._router = router
         self.handlers: dict[str, list[Callable[[CoordUpdate], None]]] = {}
-        self._max_index = [-1] * len(router.storage_names)
+        self._max_index = [-1] * len(router.acquisition_names)
+        self._frame_coords = {n: range(k) for n, k in zip(router.frame_names, router.frame_shape)}
 
     def __bool__(self) -> bool:
         return bool(self.handlers)
@@ -237,20 +317,24 @@ class CoordEvents:
         self.handlers.setdefault(event, []).append(callback)
 
     def emit(self, frame_number: int, index: tuple[int, ...] | None = None) -> None:
-        if index is None:
-            index = self._router.locate(frame_number).index
+        """After frame ``frame_number`` was handled (``index``: its storage index, unused;
+        kept for callers that have it)."""
+        router = self._router
+        acq = router._acq(frame_number)
         grew = False
-        for i, v in enumerate(index):
+        for i, v in enumerate(acq):
             if v > self._max_index[i]:
                 self._max_index[i] = v
                 grew = True
-        names = self._router.storage_names
-        update = CoordUpdate(
-            max_coords={n: range(m + 1) for n, m in zip(names, self._max_index)},
-            current_indices=dict(zip(names, index)),
-            frame_number=frame_number,
-            is_high_water_mark=grew,
-        )
+        names = router.acquisition_names
+        max_coords: dict[str, Sequence] = {
+            n: range(m + 1) if labels is None else labels[:m + 1]
+            for n, m, labels in zip(names, self._max_index, router.acquisition_labels)}
+        max_coords.update(self._frame_coords)
+        current = dict(zip(names, acq))
+        current.update(dict.fromkeys(router.frame_names, 0))
+        update = CoordUpdate(max_coords=max_coords, current_indices=current,
+                             frame_number=frame_number, is_high_water_mark=grew)
         for cb in self.handlers.get("coords_changed", ()):
             cb(update)
         if grew:
@@ -258,38 +342,91 @@ class CoordEvents:
                 cb(update)
 
 
-class StreamView:
-    """Array-like access to a stream's data while it is written.
+class _Signal:
+    """Minimal signal (connect/disconnect/emit), as ome-writers' view offers."""
 
-    Shape is storage order, with a leading position axis when there are several positions.
-    With ``dynamic_shape`` the shape covers what was written so far, otherwise the declared
-    shape (an unbounded axis: its extent so far). Unwritten planes read as zeros, or raise
-    with ``strict=True``. ``read_plane(position, index)`` supplies the pixels: the backend in
-    process, a ``read`` request to the daemon otherwise.
+    def __init__(self) -> None:
+        self._slots: list[Callable[[], None]] = []
+
+    def connect(self, callback: Callable[[], None]) -> Callable[[], None]:
+        self._slots.append(callback)
+        return callback
+
+    def disconnect(self, callback: Callable[[], None]) -> None:
+        self._slots.remove(callback)
+
+    def emit(self) -> None:
+        for cb in list(self._slots):
+            cb()
+
+
+class StreamView:
+    """Array-like access to a stream's data while it is written, as ome-writers' view.
+
+    Axes are in acquisition order, the position axis in place (``dims`` names them, like
+    ``settings.dimensions``), whatever the storage order. With ``dynamic_shape`` the shape
+    covers what was acquired so far (frames appended or skipped), else the declared shape (an
+    unbounded axis: its extent so far). Slices cover the shape; an integer index may go up to
+    the declared extent. Planes without a frame read as zeros; with ``strict=True`` an integer
+    index outside the live shape, or a plane without a written frame (not yet written, skipped
+    or dropped), raises IndexError. ``read_plane(position, storage_index)`` supplies the
+    pixels (None: no frame): the stream in process, a ``read`` request to the daemon otherwise.
     """
 
-    def __init__(self, router: FrameRouter, n_positions: int, dtype: np.dtype,
+    def __init__(self, settings: AcquisitionSettings, router: FrameRouter,
                  read_plane: Callable[[int, tuple[int, ...]], np.ndarray | None], *,
                  dynamic_shape: bool, strict: bool,
-                 frames_done: Callable[[], int] | None = None) -> None:
+                 frames_done: Callable[[], int] | None = None,
+                 events: CoordEvents | None = None) -> None:
         self._router = router
         self._frames_done = frames_done or (lambda: router.frames_done)
-        self._npos = n_positions
         self._read = read_plane
         self._dynamic = dynamic_shape
         self._strict = strict
-        self.dtype = np.dtype(dtype)
+        self.dtype = np.dtype(settings.dtype)
         self._frame_shape = router.frame_shape
+        self._dims = tuple(d.name for d in settings.dimensions)
+        self._labels = [None if not d.coords else [getattr(c, "name", c) for c in d.coords]
+                        for d in settings.dimensions[:-2]]
+        self._events = events
+        self._signal: _Signal | None = None
+
+    # ---- shape and labels ----
+
+    def _outer(self) -> tuple[int, ...]:
+        extent = self._router.acquisition_extent_after(self._frames_done())
+        if self._dynamic:
+            return extent
+        return tuple(e if n is None else n for n, e in zip(self._router.acquisition_shape, extent))
 
     @property
     def shape(self) -> tuple[int, ...]:
-        extent = self._router.extent_after(self._frames_done())
-        if self._dynamic:
-            outer = extent
-        else:
-            outer = tuple(e if n is None else n for n, e in zip(self._router.storage_shape, extent))
-        lead = (self._npos,) if self._npos > 1 else ()
-        return (*lead, *outer, *self._frame_shape)
+        return (*self._outer(), *self._frame_shape)
+
+    @property
+    def dims(self) -> tuple[str, ...]:
+        """Dimension names, in acquisition order (``settings.dimensions``)."""
+        return self._dims
+
+    @property
+    def coords(self) -> dict[str, Sequence]:
+        """Coordinate labels of each dimension over the current shape."""
+        out: dict[str, Sequence] = {}
+        for name, labels, n in zip(self._dims, self._labels, self._outer()):
+            out[name] = range(n) if labels is None else labels[:n]
+        for name, n in zip(self._dims[-2:], self._frame_shape):
+            out[name] = range(n)
+        return out
+
+    @property
+    def coords_changed(self) -> _Signal:
+        """Emitted (no arguments) when the live shape grows (``dynamic_shape`` views)."""
+        if self._signal is None:
+            self._signal = _Signal()
+            if self._dynamic and self._events is not None:
+                sig = self._signal
+                self._events.on("coords_expanded", lambda _update: sig.emit())
+        return self._signal
 
     @property
     def ndim(self) -> int:
@@ -298,45 +435,62 @@ class StreamView:
     def __len__(self) -> int:
         return self.shape[0]
 
+    def __repr__(self) -> str:
+        return f"StreamView(dims={self._dims}, shape={self.shape}, dtype={self.dtype})"
+
     def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        if copy is False:
+            raise ValueError("a StreamView cannot be converted to an array without a copy")
         out = self[...]
         return out if dtype is None else out.astype(dtype)
 
+    # ---- indexing ----
+
     def __getitem__(self, key: Any) -> np.ndarray:
-        shape = self.shape
+        outer = self._outer()
+        shape = (*outer, *self._frame_shape)
         key = key if isinstance(key, tuple) else (key,)
         if any(k is Ellipsis for k in key):
             i = next(i for i, k in enumerate(key) if k is Ellipsis)
             key = (*key[:i], *(slice(None),) * (len(shape) - len(key) + 1), *key[i + 1:])
+        if len(key) > len(shape):
+            raise IndexError(f"too many indices for array: array is {len(shape)}-dimensional, "
+                             f"but {len(key)} were indexed")
         key = (*key, *(slice(None),) * (len(shape) - len(key)))
-        if len(key) != len(shape):
-            raise IndexError(f"too many indices for a view of shape {shape}")
-        n_outer = len(shape) - 2
-        ranges = []
-        for k, n in zip(key[:n_outer], shape[:n_outer]):
+        n_outer = len(outer)
+        declared = self._router.acquisition_shape
+        ranges: list[range | int] = []
+        for axis, (k, n) in enumerate(zip(key[:n_outer], outer)):
             if isinstance(k, slice):
                 ranges.append(range(*k.indices(n)))
-            else:
-                k = int(k)
-                if not -n <= k < n:
-                    raise IndexError(f"index {k} out of range for an axis of {n}")
-                ranges.append(k % n)
+                continue
+            k = int(k)
+            # integer indices: within the live shape (strict), else within the declared one
+            bound = n if self._strict or declared[axis] is None else declared[axis]
+            if not -bound <= k < bound:
+                raise IndexError(f"index {k} is out of bounds for "
+                                 f"{'live ' if self._strict else ''}dimension "
+                                 f"{self._dims[axis]!r} with size {bound}")
+            ranges.append(k % bound)
         frame_key = key[n_outer:]
         grid = [r if isinstance(r, range) else [r] for r in ranges]
-        planes = [self._plane(idx)[frame_key] for idx in np.ndindex(*map(len, grid))
-                  for idx in [tuple(g[i] for g, i in zip(grid, idx))]]
+        planes = [self._plane(tuple(g[i] for g, i in zip(grid, idx)))[frame_key]
+                  for idx in np.ndindex(*map(len, grid))]
         out_shape = [len(r) for r in ranges if isinstance(r, range)]
         frame_part = np.zeros(self._frame_shape, self.dtype)[frame_key].shape
         if not planes:
             return np.zeros((*out_shape, *frame_part), self.dtype)
         return np.stack(planes).reshape(*out_shape, *frame_part)
 
-    def _plane(self, idx: tuple[int, ...]) -> np.ndarray:
-        pos, index = (idx[0], tuple(idx[1:])) if self._npos > 1 else (0, tuple(idx))
+    def _plane(self, acq_index: tuple[int, ...]) -> np.ndarray:
         router = self._router
+        pos, index = router.from_acquisition(acq_index)
         if self._strict and router.frame_number(pos, index) >= self._frames_done():
-            raise IndexError(f"plane {idx} has not been written")
+            raise IndexError(f"plane {dict(zip(self._dims, acq_index))} has not been written")
         frame = self._read(pos, index)
         if frame is None:
+            if self._strict:
+                raise IndexError(f"plane {dict(zip(self._dims, acq_index))} has not been "
+                                 "written (no frame: skipped or dropped)")
             return np.zeros(self._frame_shape, self.dtype)
         return frame

@@ -344,11 +344,11 @@ def test_metadata_lands_in_its_place(tmp_path, suffix):
             [1.5, 1.0, 0.5, 0.25, 0.25]
         assert [c["label"] for c in root["ome"]["omero"]["channels"]] == ["DAPI", "GFP"]
         assert root["ome"]["omero"]["channels"][0]["color"] == "0000FF"
-        table = root["ome_writers"]["frame_metadata"]
+        table = root["ome_writers"]["frame_metadata"]  # ome-writers' layout
         assert len(table) == 8
-        assert table[5] == {"index": {"t": 1, "c": 0, "z": 1}, "delta_t": pytest.approx(0.5),
-                            "exposure_time": 0.01, "position_x": 10.0, "position_y": -2.5,
-                            "position_z": 3.0, "laser": "488nm"}
+        assert table[5] == {"delta_t": pytest.approx(0.5), "exposure_time": 0.01,
+                            "position_x": 10.0, "position_y": -2.5, "position_z": 3.0,
+                            "laser": "488nm", "storage_index": [1, 0, 1]}
 
 
 @pytest.mark.parametrize("suffix", FORMATS)
@@ -357,3 +357,217 @@ def test_closing_early_stores_only_what_arrived(tmp_path, suffix):
     paths = write(s, 15, frames=5)
     verify(s, paths, 15, frames=5)
     assert read_image(paths[0]).shape[0] == 3
+
+
+# ---- ome-writers 0.3.2 parity: view axes, get/update_metadata, frame table, OME-XML ----
+
+@pytest.mark.parametrize("suffix", FORMATS)
+def test_view_is_in_acquisition_order_with_the_position_axis_in_place(tmp_path, suffix):
+    # ome-writers' StreamView: the axes of settings.dimensions (acquisition order), the
+    # position axis where it was declared, whatever the storage order (here t before z)
+    s = acq(tmp_path, suffix, [Dimension(name="z", count=3, type="space"),
+                               Dimension(name="t", count=2, type="time"),
+                               PositionDimension(coords=["A", "B"]),
+                               Dimension(name="y", count=8), Dimension(name="x", count=6)])
+    assert [d.name for d in s.storage_dimensions[:-2]] == ["t", "z"]
+    yx = (8, 6)
+    stream = create_stream(s, in_process=True)
+    view, full = stream.view(), stream.view(dynamic_shape=False)
+    grew = []
+    view.coords_changed.connect(lambda: grew.append(view.shape[:3]))
+    assert view.dims == ("z", "t", "p", "y", "x")
+    assert view.shape == (0, 0, 0, *yx) and full.shape == (3, 2, 2, *yx)
+    # the live extent: the highest index reached along each acquisition axis, plus one
+    live = {1: (1, 1, 1), 2: (1, 1, 2), 3: (1, 2, 2), 4: (1, 2, 2), 5: (2, 2, 2), 12: (3, 2, 2)}
+    for n in range(12):
+        stream.append(frame_pixels(21, n, yx, np.uint16))
+        if n + 1 == 5:
+            assert dict(view.coords) == {"z": range(2), "t": range(2), "p": ["A", "B"],
+                                         "y": range(8), "x": range(6)}
+            # an integer index may reach the declared extent (zeros), as in ome-writers;
+            # strict views stop at the live extent
+            np.testing.assert_array_equal(view[2, 0, 0], np.zeros(yx, np.uint16))
+            with pytest.raises(IndexError, match="live dimension 'z'"):
+                stream.view(strict=True)[2, 0, 0]
+        if n + 1 in live:
+            assert view.shape == (*live[n + 1], *yx), n
+    assert grew == [(1, 1, 1), (1, 1, 2), (1, 2, 2), (2, 2, 2), (3, 2, 2)]
+
+    def frame(z, t, p):  # frame number in acquisition order z, t, p
+        return frame_pixels(21, (z * 2 + t) * 2 + p, yx, np.uint16)
+
+    want = np.stack([frame(*i) for i in np.ndindex(3, 2, 2)]).reshape(3, 2, 2, *yx)
+    np.testing.assert_array_equal(np.asarray(full), want)
+    np.testing.assert_array_equal(view[...], want)
+    np.testing.assert_array_equal(view[1, 0, 1], frame(1, 0, 1))
+    np.testing.assert_array_equal(view[:, 1], want[:, 1])  # (z, p, y, x)
+    np.testing.assert_array_equal(view[-1, :, 0, 2:4], want[2, :, 0, 2:4])
+    assert len(view) == 3
+    stream.close()
+    # and the files, read with tifffile/tensorstore, hold the same planes (storage order)
+    verify(s, stream.paths, 21)
+
+
+def test_strict_view_refuses_planes_without_a_frame(tmp_path):
+    s = acq(tmp_path, ".ome.zarr", [Dimension(name="t", count=4), Dimension(name="c", count=2),
+                                    *YX])
+    with create_stream(s, in_process=True) as stream:
+        stream.append(frame_pixels(22, 0, (24, 20), np.uint16))
+        stream.skip(frames=2)
+        stream.append(frame_pixels(22, 3, (24, 20), np.uint16))
+        strict = stream.view(strict=True)
+        np.testing.assert_array_equal(strict[1, 1], frame_pixels(22, 3, (24, 20), np.uint16))
+        # the skipped frame 2 (t=1, c=0): zeros in a plain view, an error in a strict one
+        np.testing.assert_array_equal(stream.view()[1, 0], np.zeros((24, 20), np.uint16))
+        with pytest.raises(IndexError, match="skipped or dropped"):
+            strict[1, 0]
+        with pytest.raises(IndexError, match="live dimension 't'"):
+            strict[2, 0]
+
+
+@pytest.mark.parametrize("layout", ["single", "positions", "plate"])
+def test_zarr_get_and_update_metadata_as_ome_writers(tmp_path, layout):
+    # ome-writers 0.3.2: {group path: attributes} of each image group; update_metadata()
+    # replaces a group's attributes at once; the per-frame table stays the writer's
+    kw, outer = {}, [Dimension(name="t", count=2)]
+    if layout == "positions":
+        outer.append(PositionDimension(coords=["a", "b"]))
+    elif layout == "plate":
+        outer.append(PositionDimension(coords=[
+            Position(name="f0", plate_row="A", plate_column="1"),
+            Position(name="f1", plate_row="A", plate_column="1"),
+            Position(name="g", plate_row="B", plate_column="2")]))
+        kw["plate"] = Plate(row_names=["A", "B"], column_names=["1", "2"])
+    s = acq(tmp_path, ".ome.zarr", [*outer, *YX], **kw)
+    keys = {"single": ["."], "positions": ["0", "1"], "plate": ["A/1/0", "A/1/1", "B/2/0"]}[layout]
+    stream = create_stream(s, in_process=True)
+    md = stream.get_metadata()
+    assert list(md) == keys
+    assert all(isinstance(a, dict) and "multiscales" in a["ome"] for a in md.values())
+    key = keys[-1]
+    md[key]["my_attrs"] = {"operator": "ada"}
+    md[key]["ome"]["multiscales"][0]["name"] = "renamed"
+    stream.update_metadata({key: md[key]})
+
+    def attrs():  # read with zarr-python
+        return dict(zarr.open_group(str(Path(s.root_path) / key), mode="r").attrs)
+
+    assert attrs()["my_attrs"] == {"operator": "ada"}  # written at once
+    with pytest.raises(KeyError, match="Unknown path: nope"):
+        stream.update_metadata({"nope": {}})
+    stream.set_global_metadata("my_ns", {"k": 1})  # the global metadata API is unchanged
+    assert stream.get_global_metadata() == {"my_ns": {"k": 1}}
+    for i in range(s.num_frames):
+        stream.append(frame_pixels(23, i, (24, 20), np.uint16), frame_metadata={"delta_t": i})
+    stream.close()
+    got = attrs()
+    assert got["my_attrs"] == {"operator": "ada"}
+    assert got["ome"]["multiscales"][0]["name"] == "renamed"
+    assert got["ome_writers"]["frame_metadata"]  # the writer's table is kept
+    assert stream.get_metadata()[key]["my_attrs"] == {"operator": "ada"}
+    yaozarrs.validate_zarr_store(s.root_path)
+    if layout == "single":
+        assert got["my_ns"] == {"k": 1}
+
+
+def test_tiff_get_and_update_metadata_as_ome_writers(tmp_path):
+    # ome-writers 0.3.2: {position index: ome_types.OME}; update_metadata() after close only
+    from ome_types import OME
+
+    s = acq(tmp_path, ".ome.tiff", [Dimension(name="t", count=2),
+                                    PositionDimension(coords=["a", "b"]), *YX])
+    stream = create_stream(s, in_process=True)
+    md = stream.get_metadata()
+    assert list(md) == [0, 1] and all(isinstance(o, OME) for o in md.values())
+    assert [o.images[0].name for o in md.values()] == ["a", "b"]
+    with pytest.raises(RuntimeError, match="after the stream context exits"):
+        stream.update_metadata(md)
+    for i in range(4):
+        stream.append(frame_pixels(24, i, (24, 20), np.uint16), frame_metadata={"delta_t": i})
+    stream.close()
+    md = stream.get_metadata()
+    assert len(md[1].images[0].pixels.planes) == 2
+    md[1].images[0].description = "edited after the acquisition"
+    stream.update_metadata({1: md[1]})
+    with pytest.raises(TypeError, match="ome_types.model.OME"):
+        stream.update_metadata({0: {"a": 1}})
+    with pytest.raises(KeyError, match="Unknown position index: 7"):
+        stream.update_metadata({7: md[1]})
+    stream.set_global_metadata("late", {"k": "v"})  # after an update: added to the user's XML
+    with tifffile.TiffFile(stream.paths[1]) as tf:
+        ome = from_xml(tf.ome_metadata, validate=True)
+        pages = len(tf.pages)
+    assert ome.images[0].description == "edited after the acquisition"
+    assert "late" in [a.namespace for a in ome.structured_annotations.map_annotations]
+    assert pages == 2
+    np.testing.assert_array_equal(read_image(stream.paths[1])[1],
+                                  frame_pixels(24, 3, (24, 20), np.uint16))
+
+
+def test_zarr_frame_metadata_uses_ome_writers_layout(tmp_path):
+    # attributes.ome_writers.frame_metadata rows: {**frame_metadata, "storage_index": [...]}
+    # (storage order: t, z here); read_frame_metadata() still returns {"index": {axis: i}}
+    from ome_writers_service import read_frame_metadata
+
+    s = acq(tmp_path, ".ome.zarr", [Dimension(name="z", count=2, type="space"),
+                                    Dimension(name="t", count=2, type="time"), *YX])
+    with create_stream(s, in_process=True) as stream:
+        for i in range(4):
+            stream.append(frame_pixels(25, i, (24, 20), np.uint16),
+                          frame_metadata={"delta_t": 0.5 * i, "stage": f"s{i}"})
+    table = zarr.open_group(s.root_path, mode="r").attrs["ome_writers"]["frame_metadata"]
+    assert table == [{"delta_t": 0.5 * i, "stage": f"s{i}", "storage_index": [i % 2, i // 2]}
+                     for i in range(4)]  # arrival order, as ome-writers
+    rows = read_frame_metadata(s.root_path)
+    assert rows == [{"index": {"t": t, "z": z}, "delta_t": 0.5 * (z * 2 + t),
+                     "stage": f"s{z * 2 + t}"} for t in range(2) for z in range(2)]
+
+
+def test_ome_tiff_plate_and_stage_positions_in_ome_xml(tmp_path):
+    # ome-writers 0.3.2 writes Plate/Well/WellSample (Plate:0, Well:{row}_{col},
+    # WellSample:{position}); stage coordinates are micrometres (StageLabel units)
+    positions = [Position(name="f0", plate_row="A", plate_column="1", x_coord=100.5,
+                          y_coord=-20.0, z_coord=3.0),
+                 Position(name="f1", plate_row="A", plate_column="1", x_coord=110.0),
+                 Position(name="g", plate_row="B", plate_column="2")]
+    s = acq(tmp_path, ".ome.tiff", [PositionDimension(coords=positions),
+                                    Dimension(name="t", count=2), *YX],
+            plate=Plate(name="P1", row_names=["A", "B"], column_names=["1", "2"]))
+    paths = write(s, 26)
+    verify(s, paths, 26)
+    docs = []
+    for path in paths:
+        with tifffile.TiffFile(path) as tf:
+            docs.append(from_xml(tf.ome_metadata, validate=True))  # XSD-validated
+    wells = []
+    for i, ome in enumerate(docs):
+        (plate,) = ome.plates
+        assert (plate.id, plate.name, plate.rows, plate.columns) == ("Plate:0", "P1", 2, 2)
+        assert (plate.row_naming_convention.value, plate.column_naming_convention.value) == \
+            ("letter", "number")
+        (well,) = plate.wells
+        (sample,) = well.well_samples
+        assert (sample.id, sample.index, sample.image_ref.id) == \
+            (f"WellSample:{i}", i, ome.images[0].id)
+        wells.append((well.id, well.row, well.column))
+    assert wells == [("Well:0_0", 0, 0), ("Well:0_0", 0, 0), ("Well:1_1", 1, 1)]
+    label = docs[0].images[0].stage_label
+    assert (label.x, label.y, label.z) == (100.5, -20.0, 3.0)
+    assert {label.x_unit.value, label.y_unit.value, label.z_unit.value} == {"µm"}
+    sample = docs[0].plates[0].wells[0].well_samples[0]
+    assert (sample.position_x, sample.position_x_unit.value) == (100.5, "µm")
+    assert (docs[1].images[0].stage_label.x, docs[1].images[0].stage_label.y) == (110.0, None)
+    assert docs[2].images[0].stage_label is None
+
+
+def test_view_reads_a_plane_whose_chunk_write_is_still_in_flight(tmp_path):
+    # a unit goes to tensorstore asynchronously; a view read right after must not see the
+    # store before the write lands (was: zeros for some or all of its chunks, most tries)
+    s = acq(tmp_path, ".ome.zarr", [Dimension(name="t", count=2), Dimension(name="c", count=2),
+                                    *YX])
+    for k in range(60):
+        with create_stream(s, in_process=True) as stream:
+            stream.append(frame_pixels(27, 0, (24, 20), np.uint16))
+            stream.append(frame_pixels(27, k, (24, 20), np.uint16))
+            np.testing.assert_array_equal(stream.view()[0, 1],
+                                          frame_pixels(27, k, (24, 20), np.uint16), err_msg=k)

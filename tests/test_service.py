@@ -690,3 +690,71 @@ def test_unwritable_target_is_refused_before_the_first_frame(daemon, tmp_path):
         assert str(ro) in str(err.value)
     finally:
         subprocess.run(["umount", "-l", str(ro)], check=False)
+
+
+def test_daemon_view_in_acquisition_order_strict_and_format_metadata(daemon, tmp_path):
+    yx = (16, 16)
+    settings = settings_5d(tmp_path / "dv.ome.zarr", ring_slots=4, backpressure="drop",
+                           dimensions=[Dimension(name="z", count=3, type="space"),
+                                       Dimension(name="t", count=2, type="time"),
+                                       PositionDimension(coords=["A", "B"]),
+                                       Dimension(name="y", count=16), Dimension(name="x", count=16)])
+    stream = create_stream(settings, endpoint=daemon.endpoint, token=daemon.token)
+    view = stream.view()
+    assert view.dims == ("z", "t", "p", "y", "x") and view.shape == (0, 0, 0, *yx)
+    assert stream.view(dynamic_shape=False).shape == (3, 2, 2, *yx)
+    md = stream.get_metadata()  # ome-writers' structure, read from the daemon's zarr.json
+    assert list(md) == ["0", "1"] and "multiscales" in md["1"]["ome"]
+    with pytest.raises(RuntimeError, match="after close"):
+        stream.update_metadata(md)
+    os.kill(daemon.pid, signal.SIGSTOP)
+    try:
+        for i in range(6):  # 4 fit in the ring, frames 4 and 5 are dropped
+            stream.append(frame_pixels(71, i, yx, np.uint16), frame_metadata={"delta_t": i})
+        assert stream.frames_dropped == 2
+        # a read waits behind the frames sent before it: never zeros for a sent frame
+        resume = threading.Timer(0.5, os.kill, (daemon.pid, signal.SIGCONT))
+        resume.start()
+        np.testing.assert_array_equal(stream.view(strict=True)[0, 1, 1],
+                                      frame_pixels(71, 3, yx, np.uint16))
+    finally:
+        os.kill(daemon.pid, signal.SIGCONT)
+    time.sleep(0.5)  # let the daemon release the slots
+    for i in range(6, 8):
+        stream.append(frame_pixels(71, i, yx, np.uint16), frame_metadata={"delta_t": i})
+    assert view.shape == (2, 2, 2, *yx)
+    np.testing.assert_array_equal(view[1, 1, 0], frame_pixels(71, 6, yx, np.uint16))
+    np.testing.assert_array_equal(view[1, 0, 0], np.zeros(yx, np.uint16))  # dropped: frame 4
+    strict = stream.view(strict=True)
+    np.testing.assert_array_equal(strict[1, 1, 1], frame_pixels(71, 7, yx, np.uint16))
+    with pytest.raises(IndexError, match="skipped or dropped"):
+        strict[1, 0, 0]
+    with pytest.raises(IndexError, match="live dimension 'z'"):
+        strict[2, 0, 0]
+    report = stream.close()
+    check_dataset(settings, report["paths"], 71, frames=8, missing={4, 5})
+    md = stream.get_metadata()
+    assert md["1"]["ome_writers"]["frame_metadata"]
+    md["1"]["my_attrs"] = {"operator": "ada"}
+    stream.update_metadata({"1": md["1"]})
+    import zarr
+    got = dict(zarr.open_group(report["paths"][1], mode="r").attrs)
+    assert got["my_attrs"] == {"operator": "ada"}
+    assert got["ome_writers"]["frame_metadata"] == md["1"]["ome_writers"]["frame_metadata"]
+
+    # OME-TIFF: {position: ome_types.OME}, updated after close
+    import tifffile
+    from ome_types import OME, from_xml
+    tset = settings_5d(tmp_path / "dv.ome.tiff", dimensions=[
+        Dimension(name="t", count=2), Dimension(name="y", count=16), Dimension(name="x", count=16)])
+    tstream = create_stream(tset, endpoint=daemon.endpoint, token=daemon.token)
+    assert isinstance(tstream.get_metadata()[0], OME)
+    for i in range(2):
+        tstream.append(frame_pixels(72, i, yx, np.uint16), frame_metadata={"delta_t": i})
+    tstream.close()
+    ome = tstream.get_metadata()[0]
+    assert len(ome.images[0].pixels.planes) == 2
+    ome.images[0].name = "renamed"
+    tstream.update_metadata({0: ome})
+    with tifffile.TiffFile(tset.root_path) as tf:
+        assert from_xml(tf.ome_metadata, validate=True).images[0].name == "renamed"

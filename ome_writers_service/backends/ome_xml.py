@@ -134,17 +134,62 @@ def build_ome(
         image.instrument_ref = m.InstrumentRef(id=instrument.id)
         if instrument.objectives:
             image.objective_settings = m.ObjectiveSettings(id=instrument.objectives[0].id)
-    if position.x_coord is not None or position.y_coord is not None:
-        image.stage_label = m.StageLabel(
-            name=position.name, x=position.x_coord, y=position.y_coord, z=position.z_coord,
-        )
+    stage = _stage_coords(position)
+    if stage:  # Position coordinates are micrometres; OME's default unit is "reference frame"
+        image.stage_label = m.StageLabel(name=position.name, **stage)
     return m.OME(
         images=[image],
+        plates=_plates(settings, position_index, position, image.id),
         instruments=instruments,
         creator=f"ome-writers-service {__version__}",
         structured_annotations=m.StructuredAnnotations(map_annotations=annotations)
         if annotations else None,
     )
+
+
+def _stage_coords(position: Position) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for axis in "xyz":
+        value = getattr(position, f"{axis}_coord")
+        if value is not None:
+            out[axis] = float(value)
+            out[f"{axis}_unit"] = "µm"
+    return out
+
+
+def _naming(names: Sequence[str]) -> Any:
+    if all(n.isalpha() for n in names):
+        return m.NamingConvention.LETTER
+    if all(n.isdigit() for n in names):
+        return m.NamingConvention.NUMBER
+    return None
+
+
+def _plates(settings: AcquisitionSettings, pos: int, position: Position,
+            image_id: str) -> list[m.Plate]:
+    """The plate, as ome-writers writes it (Plate:0, Well:{row}_{column}, WellSample:{pos}
+    indexed by position), holding the one well sample whose image this file holds (ImageRef
+    must name an Image of the same document); the stage position in micrometres."""
+    plate = settings.plate
+    if plate is None or position.plate_row is None or position.plate_column is None:
+        return []
+    if position.plate_row not in plate.row_names or position.plate_column not in plate.column_names:
+        return []
+    row = plate.row_names.index(position.plate_row)
+    col = plate.column_names.index(position.plate_column)
+    sample: dict[str, Any] = {"id": f"WellSample:{pos}", "index": pos,
+                              "image_ref": m.ImageRef(id=image_id)}
+    for axis in "xy":
+        value = getattr(position, f"{axis}_coord")
+        if value is not None:
+            sample[f"position_{axis}"] = float(value)
+            sample[f"position_{axis}_unit"] = "µm"
+    well = m.Well(id=f"Well:{row}_{col}", row=row, column=col,
+                  well_samples=[m.WellSample(**sample)])
+    return [m.Plate(id="Plate:0", name=plate.name, rows=len(plate.row_names),
+                    columns=len(plate.column_names),
+                    row_naming_convention=_naming(plate.row_names),
+                    column_naming_convention=_naming(plate.column_names), wells=[well])]
 
 
 def _instrument(inst, pos: int) -> m.Instrument:

@@ -154,10 +154,9 @@ class TensorstoreZarrBackend(ArrayBackend):
         if stage:
             extra["position"] = {"name": p.name, **stage}
         table = self.frame_metadata[pos]
-        if table:
-            names = [d.name for d in self.storage_dims[:-2]]
+        if table:  # ome-writers' layout: rows in arrival order, storage-order index list
             extra["frame_metadata"] = [
-                {"index": dict(zip(names, idx)), **md} for idx, md in sorted(table.items())
+                {**md, "storage_index": list(idx)} for idx, md in table.items()
             ]
         if self.acquisition_summary:
             extra["acquisition"] = dict(self.acquisition_summary)
@@ -167,8 +166,14 @@ class TensorstoreZarrBackend(ArrayBackend):
         if s.acquisition_date is not None:
             extra["acquisition_date"] = s.acquisition_date.isoformat()
         attrs[ATTR_NAMESPACE] = extra
-        if pos == 0 and not self._image_paths[0]:  # the image is the root: global metadata here
+        root_image = pos == 0 and not self._image_paths[0]
+        if root_image:  # the image is the root: global metadata here
             attrs.update(self.global_metadata)
+        user = getattr(self, "user_attributes", {}).get(pos)
+        if user is not None:  # set by update_metadata(): the user's, with what we keep current
+            from ..format_metadata import merge_zarr_attributes
+
+            attrs = merge_zarr_attributes(user, attrs, self.global_metadata if root_image else ())
         return attrs
 
     def _write_hierarchy(self) -> None:

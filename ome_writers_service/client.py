@@ -473,11 +473,11 @@ class ServiceStream:
         backend = create_backend(self._settings)  # not created: layout and metadata only
         backend.global_metadata.update(self.get_global_metadata())
         if self._settings.format_name == "ome-zarr":
-            keys = fm.zarr_keys(backend._image_paths)
+            keys = fm.zarr_keys(backend.image_groups)
             out = {}
             for i, key in enumerate(keys):
                 try:
-                    out[key] = fm.read_zarr_attributes(backend.root / backend._image_paths[i])
+                    out[key] = fm.read_zarr_attributes(backend.root / backend.image_groups[i])
                 except (OSError, ValueError):
                     out[key] = backend._image_attributes(i)
             return out
@@ -511,10 +511,10 @@ class ServiceStream:
                 "the daemon writes the final metadata at close")
         backend = create_backend(self._settings)
         if self._settings.format_name == "ome-zarr":
-            keys = fm.zarr_keys(backend._image_paths)
+            keys = fm.zarr_keys(backend.image_groups)
             for pos, attrs in fm.check_zarr_update(metadata, keys).items():
-                group = backend.root / backend._image_paths[pos]
-                keep = self._global_metadata if not backend._image_paths[pos] else ()
+                group = backend.root / backend.image_groups[pos]
+                keep = self._global_metadata if not backend.image_groups[pos] else ()
                 try:
                     current = fm.read_zarr_attributes(group)
                     fm.write_zarr_attributes(group, fm.merge_zarr_attributes(attrs, current, keep))

@@ -14,7 +14,6 @@ from typing import Any, Callable, Literal, Mapping, Sequence
 
 import numpy as np
 
-from . import format_metadata as fm
 from .backends import ArrayBackend, create_backend
 from .journal import Journal
 from .router import FrameRouter
@@ -84,8 +83,6 @@ class OMEStream:
         #: (first frame, count) of each skip() (the daemon's dropped frames too), in order:
         #: their planes hold no frame (read_plane answers None)
         self._skipped: list[tuple[int, int]] = []
-        #: OME-TIFF documents given to update_metadata(), by position
-        self._user_ome: dict[int, Any] = {}
 
     # ---- frames ----
 
@@ -190,14 +187,7 @@ class OMEStream:
         with self._lock:
             self._backend.set_global_metadata(namespace, metadata)
             if self._closed:
-                self._backend._finalized = False
-                self._backend.finalize()
-                # OME-XML the user replaced with update_metadata(): add the namespace to it
-                # (finalize wrote the generated document again)
-                value = self._backend.global_metadata[namespace]
-                for pos, ome in self._user_ome.items():
-                    fm.set_global_annotation(ome, namespace, value)
-                    fm.write_tiff_ome(self._backend.paths[pos], ome)
+                self._backend.rewrite_metadata()
 
     def get_global_metadata(self) -> dict[str, dict[str, Any]]:
         """The global metadata set so far, by namespace (`set_global_metadata`)."""
@@ -208,55 +198,16 @@ class OMEStream:
         each image group (``"."``: the store's root is the image); OME-TIFF ``{position
         index: ome_types.OME}`` of each file. Copies: edit them and pass them (or some of
         them) to `update_metadata`. Global metadata: `get_global_metadata`."""
-        backend = self._backend
         with self._lock:
-            if self._is_zarr:
-                keys = fm.zarr_keys(backend._image_paths)
-                return {k: backend._image_attributes(i) for i, k in enumerate(keys)}
-            out = {}
-            for pos, path in enumerate(backend.paths):
-                if pos in self._user_ome:
-                    out[pos] = self._user_ome[pos].model_copy(deep=True)
-                elif self._closed:
-                    out[pos] = fm.read_tiff_ome(path)
-                else:
-                    from .backends.ome_xml import build_ome
-
-                    declared = [1 if n is None else n for n in backend.outer_shape]
-                    pages = getattr(backend, "_pages", None)
-                    out[pos] = build_ome(self._settings, pos, backend.positions[pos], declared,
-                                         pages[pos] if pages else [],
-                                         backend.frame_metadata[pos], backend.global_metadata)
-            return out
+            return self._backend.get_metadata()
 
     def update_metadata(self, metadata: Mapping[Any, Any]) -> None:
         """Write metadata edited from `get_metadata` back, as ome-writers. OME-Zarr: each
         group's attributes are replaced at once, and kept at close (the per-frame table and
         acquisition summary under ``ome_writers``, and global metadata, stay the writer's).
         OME-TIFF: only after close(); each file's OME-XML is replaced."""
-        backend = self._backend
         with self._lock:
-            if self._is_zarr:
-                keys = fm.zarr_keys(backend._image_paths)
-                updates = fm.check_zarr_update(metadata, keys)
-                user = backend.__dict__.setdefault("user_attributes", {})
-                for pos, attrs in updates.items():
-                    user[pos] = attrs
-                    fm.write_zarr_attributes(backend.root / backend._image_paths[pos],
-                                             backend._image_attributes(pos))
-                return
-            if not self._closed:
-                raise RuntimeError(
-                    "update_metadata() must be called after the stream context exits. "
-                    "TIFF files must be closed before metadata can be updated.")
-            updates = fm.check_tiff_update(metadata, len(backend.paths))
-            for pos, ome in updates.items():
-                fm.write_tiff_ome(backend.paths[pos], ome)
-                self._user_ome[pos] = ome.model_copy(deep=True)
-
-    @property
-    def _is_zarr(self) -> bool:
-        return hasattr(self._backend, "_image_attributes")
+            self._backend.update_metadata(metadata)
 
     # ---- observation ----
 
@@ -281,10 +232,7 @@ class OMEStream:
         if n >= self._router.frames_done or self._was_skipped(n):
             return None
         with self._lock:
-            # tensorstore reads what is committed: let the writes submitted so far land first
-            # (waits only; a failed write stays queued for the writer to raise)
-            for pending in tuple(getattr(self._backend, "_pending", ())):
-                pending[0].exception()
+            self._backend.wait_for_writes()  # the plane may be in a write still in flight
             return self._backend.read(position, index)
 
     def _was_skipped(self, n: int) -> bool:

@@ -116,6 +116,25 @@ class ArrayBackend(ABC):
     def set_global_metadata(self, namespace: str, metadata: Mapping[str, Any]) -> None:
         self.global_metadata[namespace] = check_global_metadata(namespace, metadata)
 
+    # ---- the format's own metadata, as ome-writers exposes it ----
+
+    def get_metadata(self) -> dict[Any, Any]:
+        """OME-Zarr: ``{group path: attributes}`` of each image; OME-TIFF: ``{position:
+        ome_types.OME}`` of each file. Copies, to edit and pass to `update_metadata`."""
+        raise NotImplementedError
+
+    def update_metadata(self, metadata: Mapping[Any, Any]) -> None:
+        """Write metadata edited from `get_metadata` back."""
+        raise NotImplementedError
+
+    def rewrite_metadata(self) -> None:
+        """Write the final metadata again (global metadata set after finalize)."""
+        self._finalized = False
+        self.finalize()
+
+    def wait_for_writes(self) -> None:
+        """Return once what was handed to the format library so far is readable."""
+
     def truncate(self, extent: int) -> None:
         """The acquisition ended before all declared frames: store and describe only
         ``extent`` steps of the slowest acquisition axis, so that frames never received are

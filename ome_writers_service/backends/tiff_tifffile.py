@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import os
 import re
+from typing import Any
 from pathlib import Path
 
 import numpy as np
 import tifffile
 
+from .. import format_metadata as fm
 from ..schema import AcquisitionSettings
 from .base import ArrayBackend, BackendError, prepare_output
 from .ome_xml import build_ome
@@ -54,6 +56,8 @@ class TifffileBackend(ArrayBackend):
         #: per position, once tifffile wrote the first two pages of an uncompressed file:
         #: the cheaper writer of every later page (see tiff_pages.py)
         self._appenders: list[PageAppender | None] = [None for _ in self._paths]
+        #: OME documents the user gave update_metadata(), by position
+        self.user_ome: dict[int, Any] = {}
         #: per position: storage index of each page, in page order
         self._pages: list[list[tuple[int, ...]]] = [[] for _ in self._paths]
         self._page_of: list[dict[tuple[int, ...], int]] = [{} for _ in self._paths]
@@ -131,6 +135,38 @@ class TifffileBackend(ArrayBackend):
         if len(pages) == 1 and self._compression is None:  # page 1 written: the template
             writer.close()
             self._appenders[position] = PageAppender(self._paths[position], template=1)
+
+    def get_metadata(self) -> dict[int, Any]:
+        out = {}
+        for pos, path in enumerate(self._paths):
+            if pos in self.user_ome:
+                out[pos] = self.user_ome[pos].model_copy(deep=True)
+            elif self._finalized:
+                out[pos] = fm.read_tiff_ome(path)
+            else:
+                annotations = dict(self.global_metadata)
+                out[pos] = build_ome(self.settings, pos, self.positions[pos],
+                                     self._declared_shape(), self._pages[pos],
+                                     self.frame_metadata[pos], annotations)
+        return out
+
+    def update_metadata(self, metadata) -> None:
+        """After finalize only (as ome-writers): each file's OME-XML is replaced."""
+        if not self._finalized:
+            raise RuntimeError("update_metadata() must be called after the stream context "
+                               "exits. TIFF files must be closed before metadata can be updated.")
+        for pos, ome in fm.check_tiff_update(metadata, len(self._paths)).items():
+            fm.write_tiff_ome(self._paths[pos], ome)
+            self.user_ome[pos] = ome.model_copy(deep=True)
+
+    def rewrite_metadata(self) -> None:
+        super().rewrite_metadata()
+        # documents the user replaced with update_metadata() keep their edits: add the
+        # global metadata to them (finalize wrote the generated document again)
+        for pos, ome in self.user_ome.items():
+            for namespace, value in self.global_metadata.items():
+                fm.set_global_annotation(ome, namespace, value)
+            fm.write_tiff_ome(self._paths[pos], ome)
 
     def _declared_shape(self) -> list[int]:
         return [1 if n is None else n for n in self.outer_shape]

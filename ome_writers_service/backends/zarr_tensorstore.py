@@ -24,6 +24,7 @@ import tensorstore as ts
 from yaozarrs import v05
 
 from .. import __version__
+from .. import format_metadata as fm
 from ..schema import Dimension, Position
 from ..units import ngff_unit
 from .base import ArrayBackend, BackendError, prepare_output
@@ -87,6 +88,8 @@ class TensorstoreZarrBackend(ArrayBackend):
         self._pending_bytes = 0
         self._capacity = 0  # allocated extent of the grow axis (all positions alike)
         self._root_id: tuple[int, int] | None = None  # (device, inode) of the store we made
+        #: attributes the user set with update_metadata(), by position
+        self.user_attributes: dict[int, dict[str, Any]] = {}
         self._context = ts.Context({"file_io_sync": False})
 
     # ---- layout and metadata ----
@@ -109,6 +112,11 @@ class TensorstoreZarrBackend(ArrayBackend):
     @property
     def paths(self) -> list[str]:
         return [str(self.root / p) if p else str(self.root) for p in self._image_paths]
+
+    @property
+    def image_groups(self) -> list[str]:
+        """Each position's image group, relative to the store ("" when the root is it)."""
+        return list(self._image_paths)
 
     def _image_model(self, position: Position) -> v05.Image:
         dims = self.storage_dims
@@ -169,12 +177,28 @@ class TensorstoreZarrBackend(ArrayBackend):
         root_image = pos == 0 and not self._image_paths[0]
         if root_image:  # the image is the root: global metadata here
             attrs.update(self.global_metadata)
-        user = getattr(self, "user_attributes", {}).get(pos)
+        user = self.user_attributes.get(pos)
         if user is not None:  # set by update_metadata(): the user's, with what we keep current
-            from ..format_metadata import merge_zarr_attributes
-
-            attrs = merge_zarr_attributes(user, attrs, self.global_metadata if root_image else ())
+            attrs = fm.merge_zarr_attributes(user, attrs,
+                                             self.global_metadata if root_image else ())
         return attrs
+
+    def get_metadata(self) -> dict[str, dict[str, Any]]:
+        keys = fm.zarr_keys(self._image_paths)
+        return {k: self._image_attributes(i) for i, k in enumerate(keys)}
+
+    def update_metadata(self, metadata) -> None:
+        """Each group's attributes are replaced at once and kept at finalize (the per-frame
+        table and acquisition summary under ``ome_writers``, and global metadata, stay
+        ours)."""
+        for pos, attrs in fm.check_zarr_update(metadata, fm.zarr_keys(self._image_paths)).items():
+            self.user_attributes[pos] = attrs
+            fm.write_zarr_attributes(self.root / self._image_paths[pos],
+                                     self._image_attributes(pos))
+
+    def wait_for_writes(self) -> None:
+        for pending in tuple(self._pending):
+            pending[0].exception()  # waits; a failed write stays queued for write() to raise
 
     def _write_hierarchy(self) -> None:
         s = self.settings

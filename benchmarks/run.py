@@ -92,7 +92,7 @@ def child(spec: dict) -> None:
     W.fsync_tree(session.paths)
     res["durable_s"] = time.perf_counter() - t0
     res["latency_us"] = _pct(lat)
-    res["memcpy_us"] = _pct(W.memcpy(wl, frames))
+    res["memcpy_us"] = _pct(W.memcpy(wl, frames, spec.get("rate_hz")))
     res["client_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     res["bytes"] = wl.nbytes
     res["frames"] = wl.n_frames

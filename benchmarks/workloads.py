@@ -185,16 +185,34 @@ def paced_loop(append: Callable, frames, n: int, rate_hz: float):
     return lat, late
 
 
-def memcpy(wl: Workload, frames) -> np.ndarray:
-    """A bare copy of each frame into a warm buffer: the floor for append()."""
-    dst = [np.empty_like(frames[0]) for _ in range(4)]
+#: Bytes of frames the service's ring holds by default (daemon.RING_BYTES)
+RING_BYTES = 256 * 2**20
+
+
+def memcpy(wl: Workload, frames, rate_hz: float | None = None) -> np.ndarray:
+    """A bare copy of each frame into warm memory: the floor for append(), which does this
+    copy and little else. Like append(), it cycles through as many destinations as the ring
+    has slots (a destination warm in the cache flatters it by ~1.5x for 8 MB frames), and in
+    a camera simulation it runs at the camera's pace (a core that sleeps between frames
+    copies slower than one copying back to back)."""
+    slots = max(8, min(4096, RING_BYTES // (wl.frame_shape[0] * wl.frame_shape[1] * 2)))
+    dst = [np.empty_like(frames[0]) for _ in range(slots)]
     for d in dst:
         np.copyto(d, frames[0])
     lat = np.empty(min(wl.n_frames, 5000), np.int64)
     clock = time.perf_counter_ns
+    step = None if rate_hz is None else 1e9 / rate_hz
+    start = clock()
     for i in range(len(lat)):
+        if step is not None:
+            due = start + int(i * step)
+            now = clock()
+            if due - now > 120_000:
+                time.sleep((due - now - 60_000) / 1e9)
+            while clock() < due:
+                pass
         t0 = clock()
-        np.copyto(dst[i % 4], frames[i % len(frames)])
+        np.copyto(dst[i % slots], frames[i % len(frames)])
         lat[i] = clock() - t0
     return lat
 

@@ -273,7 +273,7 @@ def main() -> int:
             }
         if not a.no_camera:
             results["camera"] = camera(a.scale, workdir, daemon, a.repeats)
-        results["memory_scaling"] = memory_scaling(a.scale, workdir)
+        results["memory_scaling"] = memory_scaling(a.scale, workdir, a.repeats)
     finally:
         daemon.stop()
         shutil.rmtree(workdir, ignore_errors=True) if a.workdir is None else _clean(workdir)
@@ -309,23 +309,30 @@ def camera(scale: float, workdir: Path, daemon: DaemonHandle, repeats: int) -> d
     return out
 
 
-def memory_scaling(scale: float, workdir: Path) -> dict:
-    """Daemon peak RSS for W2 with 1x and 4x the frames, each in a daemon of its own (so no
-    earlier run's memory counts): bounded means equal."""
+def memory_scaling(scale: float, workdir: Path, repeats: int) -> dict:
+    """Daemon peak RSS for W2 with 1x and 4x the frames, each run in a daemon of its own (so
+    no earlier run's memory counts), medians over repeats: bounded means equal."""
     out = {}
     for factor in (1, 4):
-        daemon = DaemonHandle()
-        try:
-            spec = {"workload": "W2", "scale": scale * factor, "fn": "service", "format": "zarr",
-                    "kwargs": {}, "workdir": str(workdir), "endpoint": daemon.endpoint,
-                    "token": daemon.token}
-            r = run_one(spec, daemon)
-        finally:
-            daemon.stop()
-        _clean(workdir)
-        out[f"x{factor}"] = {"frames": r.get("frames"),
-                             "daemon_peak_rss_mb": r.get("daemon_peak_rss_mb"),
-                             "daemon_hwm_rss_mb": r.get("daemon_hwm_rss_mb")}
+        runs = []
+        for _ in range(repeats):
+            daemon = DaemonHandle()
+            try:
+                spec = {"workload": "W2", "scale": scale * factor, "fn": "service",
+                        "format": "zarr", "kwargs": {}, "workdir": str(workdir),
+                        "endpoint": daemon.endpoint, "token": daemon.token}
+                runs.append(run_one(spec, daemon))
+            finally:
+                daemon.stop()
+            _clean(workdir)
+        ok = [r for r in runs if "error" not in r]
+        out[f"x{factor}"] = {
+            "frames": ok[0]["frames"] if ok else None,
+            "daemon_peak_rss_mb": statistics.median(r["daemon_peak_rss_mb"] for r in ok)
+            if ok else None,
+            "daemon_hwm_rss_mb": statistics.median(r["daemon_hwm_rss_mb"] for r in ok)
+            if ok else None,
+            "runs_mb": [r.get("daemon_peak_rss_mb") for r in runs]}
     return out
 
 
@@ -342,8 +349,8 @@ def targets(res: dict) -> list[str]:
         runs, ws = w1["raw"], w1["writers"]
         for fmt, floor in (("tiff", 0.90), ("zarr", 0.80)):
             if f"service {fmt}" in runs and "raw disk" in runs:
-                v = _ratio(runs[f"service {fmt}"], runs["raw disk"])
-                row(f"W1 service {fmt} ÷ raw disk ≥ {floor}", v, v >= floor)
+                v = _ratio(runs[f"service {fmt}"], runs["raw disk"], best_of_theirs=True)
+                row(f"W1 service {fmt} ÷ raw disk (its best run) ≥ {floor}", v, v >= floor)
             rivals = [k for k, v in ws.items()
                       if k.startswith("ome-writers") and _fmt(k) == fmt and "error" not in v]
             if f"service {fmt}" in runs and rivals:
@@ -420,7 +427,8 @@ def report(res: dict) -> str:
             if ours not in ws or "error" in ws[ours]:
                 continue
             if "raw disk" in runs:
-                lines.append(f"| {ours} ÷ raw disk | {_ratio(runs[ours], runs['raw disk']):.2f} |")
+                lines.append(f"| {ours} ÷ raw disk (its best run: the physical limit) | "
+                             f"{_ratio(runs[ours], runs['raw disk'], best_of_theirs=True):.2f} |")
             rivals = [k for k, v in ws.items()
                       if k.startswith("ome-writers") and _fmt(k) == fmt and "error" not in v]
             if rivals:
@@ -461,10 +469,12 @@ def report(res: dict) -> str:
                   "Peak resident size sampled every 5 ms (the ring's 256 MiB included), and the "
                   "kernel's high-water mark (VmHWM), which on these VMs sits up to ~90 MB above "
                   "anything the sampler sees.", "",
-                  "| frames | daemon peak RSS MB (sampled) | VmHWM MB |", "|---|---|---|"]
+                  "| frames | daemon peak RSS MB (sampled; median [runs]) | VmHWM MB |",
+                  "|---|---|---|"]
         for k, v in res["memory_scaling"].items():
             rss, hwm = v.get("daemon_peak_rss_mb"), v.get("daemon_hwm_rss_mb")
-            lines.append(f"| {v.get('frames')} | {rss:.0f} | {hwm or float('nan'):.0f} |"
+            each = ", ".join(f"{x:.0f}" for x in v.get("runs_mb", []) if x)
+            lines.append(f"| {v.get('frames')} | {rss:.0f} [{each}] | {hwm or float('nan'):.0f} |"
                          if rss else f"| {k} | error | |")
         lines.append("")
     return "\n".join(lines)
@@ -510,13 +520,16 @@ def _fmt(label: str) -> str:
     return "tiff" if "tiff" in label or "tifffile" in label else "zarr"
 
 
-def _ratio(ours: list[dict], theirs: list[dict]) -> float:
-    """Ratio of the median throughputs (through close). Medians, not per-repeat pairs: on
-    these VMs one run in a few is several times slower for reasons outside the writer (the
-    host reclaiming memory), and a pair holding such a run says nothing."""
+def _ratio(ours: list[dict], theirs: list[dict], best_of_theirs: bool = False) -> float:
+    """Our median throughput (through close) over theirs: their median, or their best run
+    (for the raw disk: the physical limit, which an unlucky run hides). Medians, not
+    per-repeat pairs: on these VMs one run in a few is several times slower for reasons
+    outside the writer (the host reclaiming memory, ext4 discarding freed blocks)."""
     a = [1 / r["close_s"] for r in ours if "error" not in r]
     b = [1 / r["close_s"] for r in theirs if "error" not in r]
-    return statistics.median(a) / statistics.median(b) if a and b else float("nan")
+    if not (a and b):
+        return float("nan")
+    return statistics.median(a) / (max(b) if best_of_theirs else statistics.median(b))
 
 
 def _f(s: dict | None) -> str:

@@ -27,4 +27,6 @@ settings = AcquisitionSettings(
 with create_stream(settings) as stream:
     for i in range(settings.num_frames):
         stream.append(np.full((128, 128), i, np.uint16))
-print("wrote", stream.report["paths"])   # positions_p000.ome.tiff ... one file per position
+# the directory positions/ holds positions_p000.ome.tiff ... (one file per position), each
+# with the OME-XML of all three images (multi_file_metadata="redundant", the default)
+print("wrote", stream.report["paths"])

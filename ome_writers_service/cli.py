@@ -145,11 +145,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
             print(f"{s.root_path}: {rep['frames_written']} written, {rep['frames_dropped']} "
                   f"dropped, errors: {rep['errors'] or 'none'}")
             ok &= rep["frames_written"] == n and not rep["errors"]
-            targets = rep["paths"] if s.format_name == "ome-tiff" else [s.root_path]
-            for path in targets:
-                for report in validate_all(path):
-                    print(report)
-                    ok &= report.ok
+            for report in validate_all(s.output_path):  # every file of a multi-file dataset
+                print(report)
+                ok &= report.ok
     finally:
         if rt_dir is not None:
             _stop_daemon(info.pid)
@@ -171,7 +169,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     _quiet_tifffile()
     ok = True
     for path in args.paths:
-        for report in validate_all(path):  # all files of a multi-position OME-TIFF root path
+        for report in validate_all(path):  # every file of a multi-file OME-TIFF
             print(report)
             ok &= report.ok
     return 0 if ok else 1

@@ -481,20 +481,12 @@ class ServiceStream:
                 except (OSError, ValueError):
                     out[key] = backend._image_attributes(i)
             return out
-        from .backends.ome_xml import build_ome
-
-        declared = [1 if n is None else n for n in backend.outer_shape]
-        out = {}
-        for pos, path in enumerate(backend.paths):
-            if self._closed:
-                try:
-                    out[pos] = fm.read_tiff_ome(path)
-                    continue
-                except Exception:  # noqa: BLE001 - not visible here, or not an OME-TIFF
-                    pass
-            out[pos] = build_ome(self._settings, pos, backend.positions[pos], declared, [], {},
-                                 backend.global_metadata)
-        return out
+        if self._closed:  # the files the daemon finalized, where this process sees them
+            try:
+                return {key: backend.layout.read_document(key) for key in backend.layout.keys()}
+            except Exception:  # noqa: BLE001 - not visible here, or not an OME-TIFF
+                pass
+        return backend.get_metadata()
 
     def update_metadata(self, metadata: Mapping[Any, Any]) -> None:
         """Write metadata edited from `get_metadata` back (see `OMEStream.update_metadata`).
@@ -522,11 +514,18 @@ class ServiceStream:
                     raise OSError(f"{group}: cannot update its metadata from this process: "
                                   f"{e}") from e
             return
-        for pos, ome in fm.check_tiff_update(metadata, len(backend.paths)).items():
+        layout = backend.layout
+        updates = fm.check_tiff_update(metadata, layout.keys())
+        try:
+            layout.adopt_file_uuids()
+        except Exception as e:  # noqa: BLE001
+            raise OSError(f"{self._settings.output_path}: cannot read the dataset's files "
+                          f"from this process: {e}") from e
+        for key, ome in updates.items():
             try:
-                fm.write_tiff_ome(backend.paths[pos], ome)
+                layout.write_document(key, layout.relink(key, ome))
             except OSError as e:
-                raise OSError(f"{backend.paths[pos]}: cannot update its metadata from this "
+                raise OSError(f"{layout.path_of(key)}: cannot update its metadata from this "
                               f"process: {e}") from e
 
     def close(self, timeout: float | None = None) -> dict[str, Any]:

@@ -5,8 +5,9 @@
   (written at once, and kept at finalize); what the writer keeps current -- the per-frame
   table and the acquisition summary under ``ome_writers``, and global metadata namespaces --
   stays the writer's.
-* OME-TIFF: ``{position index: ome_types.OME}`` of each file. ``update_metadata`` works once
-  the stream is closed (the files must be complete) and rewrites each file's OME-XML.
+* OME-TIFF: ``{position index: ome_types.OME}`` of each file, and ``-1`` for the companion
+  file of a "companion-file" dataset. ``update_metadata`` works once the stream is closed (the
+  files must be complete) and rewrites each given file's OME-XML.
 
 Shared by the in-process stream and the daemon-backed one (which reads the files).
 """
@@ -85,8 +86,9 @@ def write_zarr_attributes(group: str | os.PathLike, attrs: Mapping[str, Any]) ->
 
 # ---- OME-TIFF ----
 
-def check_tiff_update(metadata: Any, n_positions: int) -> dict[int, Any]:
-    """``{position: OME}`` of an update_metadata() argument (ome-writers' checks and errors)."""
+def check_tiff_update(metadata: Any, keys: Sequence[int]) -> dict[int, Any]:
+    """``{file key: OME}`` of an update_metadata() argument (ome-writers' checks and errors);
+    ``keys`` are the positions, and -1 when there is a companion file."""
     from ome_types import OME
 
     if not isinstance(metadata, dict):
@@ -94,7 +96,7 @@ def check_tiff_update(metadata: Any, n_positions: int) -> dict[int, Any]:
     for pos, ome in metadata.items():
         if not isinstance(ome, OME):
             raise TypeError(f"Expected ome_types.model.OME for position {pos}, got {type(ome)}")
-        if isinstance(pos, bool) or not isinstance(pos, int) or not 0 <= pos < n_positions:
+        if isinstance(pos, bool) or not isinstance(pos, int) or pos not in keys:
             raise KeyError(f"Unknown position index: {pos}")
     return dict(metadata)
 

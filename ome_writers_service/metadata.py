@@ -22,11 +22,11 @@ def read_frame_metadata(path: str | Path) -> list[dict[str, Any]]:
     p = Path(path)
     if (p / "zarr.json").is_file():
         return _zarr_frame_metadata(p)
-    ome = _read_ome(p)
+    ome, image = _image_of_file(p)
     annotations = {a.id: a for a in (ome.structured_annotations.map_annotations
                                      if ome.structured_annotations else [])}
     out = []
-    for plane in ome.images[0].pixels.planes:
+    for plane in image.pixels.planes:
         row: dict[str, Any] = {"index": {"t": plane.the_t, "c": plane.the_c, "z": plane.the_z}}
         for key, attr in _PLANE_KEYS.items():
             value = getattr(plane, attr)
@@ -39,6 +39,45 @@ def read_frame_metadata(path: str | Path) -> list[dict[str, Any]]:
                     row[m.k] = _parse(m.value)
         out.append(row)
     return out
+
+
+def _full_document(path: Path) -> Any:
+    """The OME document describing ``path``'s pages: its own, or (``BinaryOnly``) that of the
+    master file or companion file it names."""
+    ome = _read_ome(path)
+    if ome.binary_only is None:
+        return ome
+    target = path.parent / Path(ome.binary_only.metadata_file).name
+    if target.suffix.lower() in (".tif", ".tiff"):
+        return _read_ome(target)
+    return _read_companion(target)
+
+
+def _read_companion(path: Path) -> Any:
+    from ome_types import from_xml
+
+    try:
+        return from_xml(path.read_bytes().decode("utf-8"))
+    except OSError:
+        raise
+    except Exception as e:  # ome-types raises several kinds
+        raise ValueError(f"{path}: its OME-XML cannot be read: {str(e)[:300]}") from e
+
+
+def _files_of(image: Any) -> set[str]:
+    return {td.uuid.file_name for td in image.pixels.tiff_data_blocks
+            if td.uuid is not None and td.uuid.file_name}
+
+
+def _image_of_file(path: Path) -> tuple[Any, Any]:
+    """(document, Image) of the image whose pages ``path`` holds."""
+    ome = _full_document(path)
+    for image in ome.images:
+        if path.name in _files_of(image):
+            return ome, image
+    if not ome.images:
+        raise ValueError(f"{path}: its OME-XML describes no image")
+    return ome, ome.images[0]
 
 
 def _zarr_frame_metadata(group: Path) -> list[dict[str, Any]]:
@@ -74,29 +113,46 @@ def _parse(text: str) -> Any:
 def dataset_info(path: str | Path) -> dict[str, Any]:
     """Shape, axes, dtype, channels, scales and acquisition summary of each image.
 
-    ``path`` is an OME-Zarr store, an OME-TIFF file, or the root path of a multi-position
-    OME-TIFF (whose files ``name_p000.ome.tiff``, ... lie beside it): then the images of all
-    its files, each with its ``file``. Raises ValueError (OSError for a missing path) with a
+    ``path`` is an OME-Zarr store, an OME-TIFF file, a companion OME-XML file, or a multi-file
+    OME-TIFF (its directory, or the root path it was written from): then every image of the
+    dataset, each with its ``file``. Raises ValueError (OSError for a missing path) with a
     message naming the path for anything else.
     """
-    from .validate import position_files
+    from .validate import dataset_files
 
     p = Path(path)
-    if p.is_dir():
-        if not (p / "zarr.json").is_file():
-            raise ValueError(f"{p}: a directory without zarr.json (not an OME-Zarr store)")
+    if p.is_dir() and (p / "zarr.json").is_file():
         try:
             return _zarr_info(p)
         except (KeyError, IndexError, TypeError, AttributeError) as e:
             raise ValueError(f"{p}: not an OME-Zarr store this tool can read (missing or "
                              f"malformed {e})") from e
-    if not p.exists() and (files := position_files(p)):
-        infos = [_tiff_info(f) for f in files]
-        images = [{"file": str(f), **img} for f, info in zip(files, infos)
-                  for img in info["images"]]
-        return {"format": "OME-TIFF", "files": [str(f) for f in files],
-                "pages": sum(i["pages"] for i in infos), "images": images}
-    return _tiff_info(p)
+    files = dataset_files(p)
+    if files == [p] and not p.is_dir() and p.suffix.lower() in (".tif", ".tiff"):
+        return _tiff_info(p)
+    if files == [p]:
+        if p.is_dir():
+            raise ValueError(f"{p}: a directory without zarr.json or TIFF files (neither an "
+                             "OME-Zarr store nor a multi-file OME-TIFF)")
+        if p.is_file() and not p.name.lower().endswith((".ome", ".xml")):
+            return _tiff_info(p)  # (names the problem)
+    tiffs = [f for f in files if f.suffix.lower() in (".tif", ".tiff")]
+    companions = [f for f in files if f not in tiffs]
+    ome = _read_companion(companions[0]) if companions else _full_document(tiffs[0])
+    info = _describe(ome)
+    for img, image in zip(info["images"], ome.images):
+        names = sorted(_files_of(image))
+        img["file"] = str((files[0].parent / names[0]) if names else files[0])
+    info["files"] = [str(f) for f in files]
+    info["pages"] = sum(_pages(f) for f in tiffs)
+    return info
+
+
+def _pages(path: Path) -> int:
+    import tifffile
+
+    with tifffile.TiffFile(path) as tf:
+        return len(tf.pages)
 
 
 def _read_ome(path: Path) -> Any:
@@ -158,11 +214,14 @@ def _zarr_info(root: Path) -> dict[str, Any]:
 
 
 def _tiff_info(path: Path) -> dict[str, Any]:
-    import tifffile
-
     ome = _read_ome(path)
-    with tifffile.TiffFile(path) as tf:
-        pages = len(tf.pages)
+    pages = _pages(path)
+    if ome.binary_only is not None:
+        ome, _ = _image_of_file(path)
+    return {**_describe(ome), "pages": pages}
+
+
+def _describe(ome: Any) -> dict[str, Any]:
     images = []
     for img in ome.images:
         px = img.pixels
@@ -184,7 +243,7 @@ def _tiff_info(path: Path) -> dict[str, Any]:
             "global_metadata": {a.namespace: {m.k: _parse(m.value) for m in a.value.ms}
                                 for a in refs if a.namespace != "ome_writers.acquisition"},
         })
-    return {"format": "OME-TIFF", "pages": pages, "images": images}
+    return {"format": "OME-TIFF", "images": images}
 
 
 __all__ = ["KNOWN_FRAME_KEYS", "dataset_info", "read_frame_metadata"]

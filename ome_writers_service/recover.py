@@ -14,17 +14,21 @@ from typing import Any
 import numpy as np
 import tifffile
 
-from .backends.ome_xml import build_ome
-from .backends.tiff_tifffile import SUMMARY_NS, tiff_paths
+from .backends.ome_xml import ImageRecord, build_ome
+from .backends.tiff_tifffile import SUMMARY_NS, TiffLayout, write_companion
 from .backends.zarr_tensorstore import ATTR_NAMESPACE, DATASET, TensorstoreZarrBackend
 from .journal import SUFFIX, read_journal
 from .router import FrameRouter
-from .schema import AcquisitionSettings
+from .schema import AcquisitionSettings, ome_stem
 
 
 def recover(path: str) -> dict[str, Any]:
     """Recover the dataset at ``path`` (its root path or its journal); returns a summary."""
-    jpath = Path(path if path.endswith(SUFFIX) else path.rstrip("/") + SUFFIX)
+    if path.endswith(SUFFIX):
+        jpath = Path(path)
+    else:  # the output path, or the root_path a multi-file OME-TIFF's directory came from
+        tried = [path.rstrip("/") + SUFFIX, ome_stem(path) + SUFFIX]
+        jpath = next((Path(t) for t in tried if Path(t).is_file()), Path(tried[0]))
     if not jpath.is_file():
         raise FileNotFoundError(f"{jpath}: no journal — the dataset was finalized, or was not "
                                 "written by ome-writers-service")
@@ -54,7 +58,8 @@ def _summary(settings: AcquisitionSettings, written: int, done: int) -> dict[str
 
 def _recover_tiff(settings: AcquisitionSettings, skipped: set[int]) -> dict[str, Any]:
     router = FrameRouter(settings)
-    paths = tiff_paths(settings)
+    layout = TiffLayout(settings)
+    paths = layout.paths
     good: list[int] = []
     for path in paths:
         good.append(_readable_pages(path))
@@ -94,9 +99,18 @@ def _recover_tiff(settings: AcquisitionSettings, skipped: set[int]) -> dict[str,
                         tw.write(zero, photometric="minisblack", contiguous=False,
                                  metadata=None, software=False)
                         pages[pos].append(idx)
-        ome = build_ome(settings, pos, settings.positions[pos], shape, pages[pos], {},
-                        {SUMMARY_NS: _summary(settings, written, done)})
-        tifffile.tiffcomment(path, comment=ome.to_xml().encode(), pageindex=0)
+    # one document for every image that has pages (files without any stay as they are)
+    records = [ImageRecord(pos, settings.positions[pos], shape, pages[pos])
+               for pos in range(len(paths)) if good[pos]]
+    if records:
+        full = build_ome(settings, layout.image_records(records),
+                         {SUMMARY_NS: _summary(settings, written, done)}, uuid=layout.uuids[0])
+        for key, ome in layout.documents(full).items():
+            if key == -1:
+                write_companion(layout.companion, ome)
+            elif good[key]:
+                tifffile.tiffcomment(paths[key], comment=ome.to_xml().encode("utf-8"),
+                                     pageindex=0)
     return {"format": "ome-tiff", "paths": [str(p) for p in paths], "frames_recovered": written,
             "shape": shape, "clean_end": not broken}
 

@@ -537,9 +537,21 @@ class OmeZarrFormat(_Model):
     backend: Literal["auto", "tensorstore", "acquire-zarr", "zarr-python", "zarrs-python"] = "auto"
     suffix: str = ".ome.zarr"
 
+    def output_path(self, root_path: str, n_positions: int) -> str:
+        """The store: ``root_path``'s stem with this format's suffix (as ome-writers 0.3.2)."""
+        return ome_stem(root_path) + self.suffix
+
 
 class OmeTiffFormat(_Model):
-    """OME-TIFF, written with tifffile; one file per position."""
+    """OME-TIFF, written with tifffile; one file per position.
+
+    One position goes to the file ``<stem><suffix>``; several (or any number with
+    ``prefer_single_file="never"``) go to the directory ``<stem>/`` as
+    ``<stem>_p000<suffix>``, ``<stem>_p001<suffix>``, ..., with the complete OME-XML (all
+    images, files linked by UUID) where ``multi_file_metadata`` says: in every file
+    ("redundant"), in the first ("master-tiff", the others hold a ``BinaryOnly`` reference),
+    or in the XML file ``companion_file`` beside them ("companion-file").
+    """
 
     name: Literal["ome-tiff"] = "ome-tiff"
     backend: Literal["auto", "tifffile"] = "auto"
@@ -547,6 +559,29 @@ class OmeTiffFormat(_Model):
     prefer_single_file: Literal["auto", "always", "never"] = "auto"
     multi_file_metadata: Literal["redundant", "master-tiff", "companion-file"] = "redundant"
     companion_file: str = "companion.ome"
+
+    @field_validator("prefer_single_file", mode="before")
+    @classmethod
+    def _bool_preference(cls, v: Any) -> Any:
+        return {True: "always", False: "never"}.get(v, v) if isinstance(v, bool) else v
+
+    @field_validator("companion_file")
+    @classmethod
+    def _plain_file_name(cls, v: str) -> str:
+        if not v or v in (".", "..") or "/" in v or "\\" in v or "\0" in v:
+            raise ValueError(f"companion_file {v!r} must be a plain file name (it is written "
+                             "in the directory of the position files)")
+        return v
+
+    def is_multi_file(self, n_positions: int) -> bool:
+        """Whether positions go to a directory of files (else: one file)."""
+        return self.prefer_single_file == "never" or (
+            self.prefer_single_file == "auto" and n_positions > 1)
+
+    def output_path(self, root_path: str, n_positions: int) -> str:
+        """The file ``<stem><suffix>``, or the directory ``<stem>`` of a multi-file dataset."""
+        stem = ome_stem(root_path)
+        return stem if self.is_multi_file(n_positions) else stem + self.suffix
 
 
 Format = Annotated[OmeZarrFormat | OmeTiffFormat, Field(discriminator="name")]
@@ -563,13 +598,31 @@ _FORMAT_NAMES: dict[str, tuple[type, dict[str, str]]] = {
 }
 
 
+_OME_SUFFIX = re.compile(r"(\.ome)?\.(tiff?|zarr)$", re.IGNORECASE)
+
+
+def ome_stem(path: str) -> str:
+    """``path`` without its trailing ``[.ome].tif``/``.tiff``/``.zarr`` (other dots stay)."""
+    path = path.rstrip("/\\") or path
+    match = _OME_SUFFIX.search(path)
+    return path[: match.start()] if match else path
+
+
+def _path_suffix(root_path: str) -> tuple[str, str] | None:
+    """(format name, suffix) that ``root_path`` ends in, e.g. ("ome-tiff", ".tif")."""
+    match = _OME_SUFFIX.search(root_path.rstrip("/\\"))
+    if match is None:
+        return None
+    kind = "ome-zarr" if match.group(2).lower() == "zarr" else "ome-tiff"
+    return kind, match.group(0)
+
+
 def _format_from_path(root_path: str) -> OmeZarrFormat | OmeTiffFormat | None:
-    lower = root_path.lower().rstrip("/\\")
-    if lower.endswith(".zarr"):
-        return OmeZarrFormat()
-    if lower.endswith((".tif", ".tiff")):
-        return OmeTiffFormat()
-    return None
+    found = _path_suffix(root_path)
+    if found is None:
+        return None
+    kind, suffix = found
+    return (OmeZarrFormat if kind == "ome-zarr" else OmeTiffFormat)(suffix=suffix)
 
 
 class AcquisitionSettings(_Model):
@@ -611,11 +664,20 @@ class AcquisitionSettings(_Model):
 
     @field_validator("format", mode="before")
     @classmethod
-    def _format_names(cls, v: Any) -> Any:
+    def _format_names(cls, v: Any, info: ValidationInfo) -> Any:
         if isinstance(v, str) and v != "auto":
             key = v.lower().replace("_", "-")
             if key in _FORMAT_NAMES:
                 model, kw = _FORMAT_NAMES[key]
+                # a format named by a string takes its suffix from root_path (as ome-writers)
+                found = _path_suffix(str(info.data.get("root_path") or ""))
+                if found is not None:
+                    if found[0] != model.model_fields["name"].default:
+                        raise ValueError(
+                            f"format {v!r} contradicts root_path "
+                            f"{info.data.get('root_path')!r}, whose suffix {found[1]!r} says "
+                            f"{found[0]}: change one of them")
+                    kw = {**kw, "suffix": found[1]}
                 return model(**kw)
             if key in ("scratch", "memory"):
                 raise ValueError(f"format {v!r}: the service writes OME-Zarr and OME-TIFF files; "
@@ -672,10 +734,12 @@ class AcquisitionSettings(_Model):
         if not dims:
             return self  # an empty model, as ome-writers allows; create_stream() refuses it
         if self.format == "auto" and self.root_path:
-            raise ValueError(
-                f"root_path {self.root_path!r}: cannot infer the format from its suffix; "
-                "end it in .ome.zarr or .ome.tiff, or set format='ome-zarr'/'ome-tiff'"
-            )
+            # as ome-writers 0.3.2: a warning, then OME-Zarr at root_path + ".ome.zarr"
+            warnings.warn(
+                f"root_path {self.root_path!r}: the format cannot be inferred from its suffix; "
+                "writing OME-Zarr (to root_path + '.ome.zarr'). End root_path in .ome.zarr or "
+                ".ome.tiff, or set format='ome-zarr'/'ome-tiff'.", UserWarning, stacklevel=2)
+            self.__dict__["format"] = OmeZarrFormat()
         dims = _frame_axes_are_space(dims)
         self.__dict__["dimensions"] = dims
         _check_dimensions(dims)
@@ -826,7 +890,12 @@ class AcquisitionSettings(_Model):
 
     @property
     def output_path(self) -> str:
-        return os.path.abspath(os.path.expanduser(self.root_path))
+        """Where the dataset goes, absolute: the OME-Zarr store, the OME-TIFF file, or the
+        directory of a multi-file OME-TIFF (see `OmeTiffFormat`)."""
+        root = os.path.expanduser(self.root_path)
+        if self.format != "auto" and self.dimensions:
+            root = self.format.output_path(root, len(self.positions))
+        return os.path.abspath(root)
 
 
 _OME_RANK = {"time": 0, "channel": 1, "other": 1, "space": 2, "position": -1}
@@ -916,6 +985,12 @@ def _check_zarr(s: AcquisitionSettings) -> None:
 
 
 def _check_tiff(s: AcquisitionSettings) -> None:
+    n = len(s.positions)
+    if s.format.prefer_single_file == "always" and n > 1:
+        raise ValueError(
+            f"format.prefer_single_file='always': {n} positions in one OME-TIFF file is not "
+            "supported (neither in ome-writers 0.3.2); use 'auto' or 'never' (one file per "
+            "position in a directory)")
     if s.compression not in (None, *TIFF_COMPRESSIONS):
         raise ValueError(
             f"compression {s.compression!r} is not available for OME-TIFF; use one of {TIFF_COMPRESSIONS}"

@@ -35,35 +35,39 @@ class Report:
         return "\n".join([f"{self.path}:", *("  " + ln for ln in lines)])
 
 
-def position_files(path: str | Path) -> list[Path]:
-    """The files of a multi-position OME-TIFF whose root path is ``path``
-    (``name_p000.ome.tiff``, ``name_p001.ome.tiff``, ... beside it); [] when there are none."""
-    p = Path(path)
-    match = _TIFF_SUFFIX.search(p.name)
-    if not match or not p.parent.is_dir():
-        return []
-    stem, suffix = p.name[: match.start()], p.name[match.start():]
-    pattern = re.compile(re.escape(stem) + r"_p(\d+)" + re.escape(suffix) + "$")
-    found = [(int(m.group(1)), q) for q in p.parent.iterdir()
-             if (m := pattern.match(q.name)) and q.is_file()]
-    return [q for _, q in sorted(found)]
+_COMPANION_SUFFIXES = (".ome", ".xml", ".companion.ome")
+
+
+def _is_tiff(p: Path) -> bool:
+    return p.suffix.lower() in (".tif", ".tiff")
 
 
 def dataset_files(path: str | Path) -> list[Path]:
-    """What to check for ``path``: itself, or, for the root path of a multi-position OME-TIFF
-    that does not exist as such, its position files."""
+    """What to check for ``path``: an OME-Zarr store or OME-TIFF file itself; for the
+    directory of a multi-file OME-TIFF (or the root_path it was written from, e.g.
+    ``data.ome.tiff`` for ``data/``), its companion OME-XML files and TIFF files."""
     p = Path(path)
     if not p.exists():
-        files = position_files(p)
-        if files:
-            return files
+        from .schema import ome_stem
+
+        stem = Path(ome_stem(str(p)))
+        if stem != p and stem.is_dir() and not (stem / "zarr.json").exists():
+            p = stem
+    if p.is_dir() and not (p / "zarr.json").exists():
+        files = sorted(q for q in p.iterdir() if q.is_file() and not q.name.startswith("."))
+        found = [q for q in files if q.name.lower().endswith(_COMPANION_SUFFIXES)] + \
+            [q for q in files if _is_tiff(q)]
+        if found:
+            return found
     return [p]
 
 
 def validate(path: str | Path) -> Report:
-    """Validate an OME-Zarr store or an OME-TIFF file.
+    """Validate an OME-Zarr store, an OME-TIFF file, or a companion OME-XML file.
 
-    For the root path of a multi-position OME-TIFF, use `validate_all` (one report per file).
+    For a multi-file OME-TIFF, use `validate_all` (one report per file). A file whose OME-XML
+    names other files (UUID references) is checked with them: each exists, carries the UUID
+    named, and has the pages the reference needs.
     """
     p = Path(path)
     report = Report(str(p))
@@ -72,26 +76,26 @@ def validate(path: str | Path) -> Report:
             if (p / "zarr.json").is_file():
                 _validate_zarr(p, report)
             else:
-                report.check(False, "format", f"{p} is a directory without zarr.json: not a "
-                                              "zarr v3 store")
+                report.check(False, "format", f"{p} is a directory without zarr.json nor TIFF "
+                                              "files: neither a zarr v3 store nor a multi-file "
+                                              "OME-TIFF")
         elif p.is_file():
-            if p.suffix.lower() in (".tif", ".tiff"):
+            if _is_tiff(p):
                 _validate_tiff(p, report)
+            elif p.name.lower().endswith(_COMPANION_SUFFIXES):
+                _validate_companion(p, report)
             else:
-                report.check(False, "format", f"{p.name} is neither a zarr v3 store nor a "
-                                              ".tif/.tiff file")
+                report.check(False, "format", f"{p.name} is neither a zarr v3 store, a "
+                                              ".tif/.tiff file nor a companion .ome file")
         else:
-            files = position_files(p)
-            hint = (f" (it is the root path of a multi-position OME-TIFF: {len(files)} files "
-                    f"{files[0].name} ... {files[-1].name})") if files else ""
-            report.check(False, "exists", f"{p}: no such file or directory{hint}")
+            report.check(False, "exists", f"{p}: no such file or directory")
     except Exception as e:  # noqa: BLE001 - a validator that breaks is a finding, not a crash
         report.check(False, f"{p.name}: readable", f"{type(e).__name__}: {str(e)[:300]}")
     return report
 
 
 def validate_all(path: str | Path) -> list[Report]:
-    """Reports for ``path``; one per position file for a multi-position OME-TIFF root path."""
+    """Reports for ``path``; one per file for a multi-file OME-TIFF."""
     return [validate(f) for f in dataset_files(path)]
 
 
@@ -173,16 +177,111 @@ def _validate_tiff(path: Path, report: Report) -> None:
         except Exception as e:  # noqa: BLE001
             report.check(False, "ome-types: OME-XML valid against the OME XSD", str(e)[:500])
             return
-        planes = sum(i.pixels.size_c * i.pixels.size_z * i.pixels.size_t for i in ome.images)
         try:
             pages = len(tf.pages)
         except Exception as e:  # noqa: BLE001 - a broken IFD chain
             report.check(False, f"{path.name}: pages readable", str(e)[:300])
             return
-        report.check(planes <= pages, f"{planes} planes, {pages} pages", "planes without a page")
+        if ome.binary_only is not None:
+            _check_binary_only(path, ome, report)
+        else:
+            mine = [i for i in ome.images if not _other_files(i, path.name)]
+            planes = sum(i.pixels.size_c * i.pixels.size_z * i.pixels.size_t for i in mine)
+            report.check(planes <= pages, f"{planes} planes in this file, {pages} pages",
+                         "planes without a page")
+            _check_links(ome, path.parent, report)
         try:
             series = tf.series[0]
             data = series.asarray()
             report.check(True, f"tifffile: series {series.axes} {data.shape} {data.dtype} readable")
         except Exception as e:  # noqa: BLE001
             report.check(False, "tifffile: pixels readable", str(e)[:300])
+
+
+def _other_files(image, name: str) -> set[str]:
+    """Files other than ``name`` whose pages an Image's TiffData reference."""
+    return {td.uuid.file_name for td in image.pixels.tiff_data_blocks
+            if td.uuid is not None and td.uuid.file_name and td.uuid.file_name != name}
+
+
+def _root_uuid(path: Path) -> tuple[str | None, int]:
+    """The OME root UUID of a TIFF file and its page count (tifffile + the XML attribute)."""
+    import tifffile
+    from ome_types import from_xml
+
+    with tifffile.TiffFile(path) as tf:
+        return from_xml(tf.ome_metadata).uuid, len(tf.pages)
+
+
+def _check_links(ome, directory: Path, report: Report) -> None:
+    """Every file a TiffData names exists beside, has that UUID and enough pages."""
+    needed: dict[tuple[str, str], int] = {}
+    for image in ome.images:
+        for td in image.pixels.tiff_data_blocks:
+            if td.uuid is None or not td.uuid.file_name:
+                continue
+            count = td.plane_count if td.plane_count is not None else 1
+            key = (td.uuid.file_name, td.uuid.value)
+            needed[key] = max(needed.get(key, 0), (td.ifd or 0) + count)
+    for (name, value), pages_needed in sorted(needed.items()):
+        target = directory / name
+        what = f"TiffData file {name} (UUID {value[-12:]})"
+        if not target.is_file():
+            report.check(False, what, "missing")
+            continue
+        try:
+            uuid, pages = _root_uuid(target)
+        except Exception as e:  # noqa: BLE001
+            report.check(False, what, f"unreadable: {str(e)[:200]}")
+            continue
+        ok = uuid == value and pages >= pages_needed
+        report.check(ok, f"{what}: UUID matches, {pages} pages",
+                     f"its UUID is {uuid}" if uuid != value else
+                     f"{pages} pages, {pages_needed} referenced")
+
+
+def _check_binary_only(path: Path, ome, report: Report) -> None:
+    """A file whose metadata is elsewhere: that file exists, has the UUID named, and its
+    document describes images in this file."""
+    from ome_types import from_xml
+
+    ref = ome.binary_only
+    target = path.parent / Path(ref.metadata_file).name
+    what = f"BinaryOnly metadata file {target.name}"
+    if not target.is_file():
+        report.check(False, what, "missing")
+        return
+    try:
+        doc = _read_companion(target) if not _is_tiff(target) else None
+        if doc is None:
+            import tifffile
+            with tifffile.TiffFile(target) as tf:
+                doc = from_xml(tf.ome_metadata)
+    except Exception as e:  # noqa: BLE001
+        report.check(False, what, f"unreadable: {str(e)[:200]}")
+        return
+    report.check(doc.uuid == ref.uuid, f"{what}: UUID matches", f"{doc.uuid} != {ref.uuid}")
+    mine = [td for image in doc.images for td in image.pixels.tiff_data_blocks
+            if td.uuid is not None and td.uuid.file_name == path.name]
+    report.check(bool(mine), f"{what}: describes images in {path.name}", "none found")
+    if mine:
+        report.check(all(td.uuid.value == ome.uuid for td in mine),
+                     f"{what}: names this file's UUID", f"this file's UUID is {ome.uuid}")
+
+
+def _read_companion(path: Path):
+    from ome_types import from_xml
+
+    return from_xml(path.read_bytes().decode("utf-8"), validate=True)
+
+
+def _validate_companion(path: Path, report: Report) -> None:
+    try:
+        ome = _read_companion(path)
+        report.check(True, "ome-types: companion OME-XML valid against the OME XSD")
+    except Exception as e:  # noqa: BLE001
+        report.check(False, "ome-types: companion OME-XML valid against the OME XSD",
+                     str(e)[:500])
+        return
+    report.check(bool(ome.images), f"{len(ome.images)} images described", "none")
+    _check_links(ome, path.parent, report)

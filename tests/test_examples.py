@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from ome_writers_service.validate import validate
+from ome_writers_service.validate import validate_all
 
 EXAMPLES = sorted((Path(__file__).resolve().parents[1] / "examples").glob("*.py"))
 
@@ -38,8 +38,8 @@ def test_example_runs_and_writes_valid_data(script, tmp_path, runtime):
     res = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True,
                          text=True, timeout=300, env=env)
     assert res.returncode == 0, res.stdout + res.stderr
-    outputs = [p for p in tmp_path.iterdir() if p.name.endswith((".ome.zarr", ".ome.tiff"))]
+    outputs = [p for p in tmp_path.iterdir() if not p.name.startswith(".")]
     assert outputs
-    for path in outputs:
-        report = validate(path)
-        assert report.ok, str(report)
+    for path in outputs:  # stores, files, and directories of multi-file OME-TIFFs
+        for report in validate_all(path):
+            assert report.ok, str(report)

@@ -485,15 +485,16 @@ def test_tiff_get_and_update_metadata_as_ome_writers(tmp_path):
     stream = create_stream(s, in_process=True)
     md = stream.get_metadata()
     assert list(md) == [0, 1] and all(isinstance(o, OME) for o in md.values())
-    assert [o.images[0].name for o in md.values()] == ["a", "b"]
+    # "redundant" (the default): every file's document describes both images
+    assert [[i.name for i in o.images] for o in md.values()] == [["a", "b"], ["a", "b"]]
     with pytest.raises(RuntimeError, match="after the stream context exits"):
         stream.update_metadata(md)
     for i in range(4):
         stream.append(frame_pixels(24, i, (24, 20), np.uint16), frame_metadata={"delta_t": i})
     stream.close()
     md = stream.get_metadata()
-    assert len(md[1].images[0].pixels.planes) == 2
-    md[1].images[0].description = "edited after the acquisition"
+    assert len(md[1].images[1].pixels.planes) == 2
+    md[1].images[1].description = "edited after the acquisition"
     stream.update_metadata({1: md[1]})
     with pytest.raises(TypeError, match="ome_types.model.OME"):
         stream.update_metadata({0: {"a": 1}})
@@ -503,7 +504,7 @@ def test_tiff_get_and_update_metadata_as_ome_writers(tmp_path):
     with tifffile.TiffFile(stream.paths[1]) as tf:
         ome = from_xml(tf.ome_metadata, validate=True)
         pages = len(tf.pages)
-    assert ome.images[0].description == "edited after the acquisition"
+    assert ome.images[1].description == "edited after the acquisition"
     assert "late" in [a.namespace for a in ome.structured_annotations.map_annotations]
     assert pages == 2
     np.testing.assert_array_equal(read_image(stream.paths[1])[1],
@@ -545,25 +546,25 @@ def test_ome_tiff_plate_and_stage_positions_in_ome_xml(tmp_path):
     for path in paths:
         with tifffile.TiffFile(path) as tf:
             docs.append(from_xml(tf.ome_metadata, validate=True))  # XSD-validated
-    wells = []
-    for i, ome in enumerate(docs):
+    for ome in docs:  # every file holds the whole plate ("redundant"); only UUIDs differ
         (plate,) = ome.plates
         assert (plate.id, plate.name, plate.rows, plate.columns) == ("Plate:0", "P1", 2, 2)
         assert (plate.row_naming_convention.value, plate.column_naming_convention.value) == \
             ("letter", "number")
-        (well,) = plate.wells
-        (sample,) = well.well_samples
-        assert (sample.id, sample.index, sample.image_ref.id) == \
-            (f"WellSample:{i}", i, ome.images[0].id)
-        wells.append((well.id, well.row, well.column))
-    assert wells == [("Well:0_0", 0, 0), ("Well:0_0", 0, 0), ("Well:1_1", 1, 1)]
-    label = docs[0].images[0].stage_label
+        wells = [(w.id, w.row, w.column, [(ws.id, ws.index, ws.image_ref.id)
+                                          for ws in w.well_samples]) for w in plate.wells]
+        assert wells == [("Well:0_0", 0, 0, [("WellSample:0", 0, "Image:0"),
+                                              ("WellSample:1", 1, "Image:1")]),
+                         ("Well:1_1", 1, 1, [("WellSample:2", 2, "Image:2")])]
+        assert ome.model_dump(exclude={"uuid"}) == docs[0].model_dump(exclude={"uuid"})
+    images = docs[0].images
+    label = images[0].stage_label
     assert (label.x, label.y, label.z) == (100.5, -20.0, 3.0)
     assert {label.x_unit.value, label.y_unit.value, label.z_unit.value} == {"µm"}
     sample = docs[0].plates[0].wells[0].well_samples[0]
     assert (sample.position_x, sample.position_x_unit.value) == (100.5, "µm")
-    assert (docs[1].images[0].stage_label.x, docs[1].images[0].stage_label.y) == (110.0, None)
-    assert docs[2].images[0].stage_label is None
+    assert (images[1].stage_label.x, images[1].stage_label.y) == (110.0, None)
+    assert images[2].stage_label is None
 
 
 def test_view_reads_a_plane_whose_chunk_write_is_still_in_flight(tmp_path):

@@ -73,7 +73,6 @@ def test_format_inferred_from_suffix():
           storage_order=["z", "t"]), "time must come first"),
     (lambda: dict(compression="lzw"), "not available for OME-Zarr"),
     (lambda: dict(root_path="a.ome.tiff", compression="blosc-zstd"), "not available for OME-TIFF"),
-    (lambda: dict(root_path="a.h5"), "cannot infer the format"),
     (lambda: dict(root_path="a.ome.tiff", dimensions=[Dimension(name="angle", count=2), *YX]),
      "cannot be represented"),
     (lambda: dict(plate=Plate(row_names=["A"], column_names=["1"])), "needs a position dimension"),

@@ -1,4 +1,4 @@
-"""OME-XML for one position's OME-TIFF file, built with ome-types.
+"""OME-XML of an OME-TIFF dataset, built with ome-types: one Image per position.
 
 Pages are written in the order frames arrive; ``TiffData`` elements map each page (IFD) to its
 plane (T, C, Z), so any storage order is described exactly. When arrival order already equals
@@ -7,6 +7,7 @@ the plane order of ``DimensionOrder``, a single ``TiffData`` covers every page.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -33,23 +34,77 @@ def dimension_order(storage_dims: Sequence[Dimension]) -> str:
     return "XY" + "".join(letters) + "".join(c for c in "ZCT" if c not in letters)
 
 
+@dataclass
+class ImageRecord:
+    """What is known of one position's image: its planes' shape and where its pages are."""
+
+    index: int  #: position index
+    position: Position
+    outer_shape: Sequence[int]  #: T/C/Z extents described, in storage order
+    page_indices: Sequence[tuple[int, ...]] = ()  #: page k of its file holds this plane
+    frame_metadata: Mapping[tuple[int, ...], Mapping[str, Any]] = field(default_factory=dict)
+    file_name: str | None = None  #: set when the image's pages are in another file than
+    file_uuid: str | None = None  #: the document's (multi-file OME-TIFF): TiffData UUID
+
+
 def build_ome(
     settings: AcquisitionSettings,
-    position_index: int,
-    position: Position,
-    outer_shape: Sequence[int],
-    page_indices: Sequence[tuple[int, ...]],
-    frame_metadata: Mapping[tuple[int, ...], Mapping[str, Any]],
+    images: Sequence[ImageRecord],
     global_metadata: Mapping[str, Mapping[str, Any]],
+    *,
+    uuid: str | None = None,
 ) -> m.OME:
-    """The complete OME document for one file whose page k holds plane ``page_indices[k]``."""
+    """The complete OME document describing ``images`` (one Image each), the plate their
+    positions lie in, the instrument, and the global metadata (one MapAnnotation per
+    namespace, referenced by every Image)."""
+    annotations: list[Any] = []
+    image_refs = []
+    for k, (ns, mapping) in enumerate(global_metadata.items()):
+        ann = m.MapAnnotation(
+            id=f"Annotation:global:{k}", namespace=ns,
+            value=m.Map(ms=[m.Map.M(k=str(key), value=annotation_text(v))
+                            for key, v in mapping.items()]),
+        )
+        annotations.append(ann)
+        image_refs.append(m.AnnotationRef(id=ann.id))
+    instruments = [] if settings.instrument is None else [_instrument(settings.instrument)]
+    built = []
+    for rec in images:
+        image = _image(settings, rec, annotations)
+        image.annotation_refs = list(image_refs)
+        if instruments:
+            image.instrument_ref = m.InstrumentRef(id=instruments[0].id)
+            if instruments[0].objectives:
+                image.objective_settings = m.ObjectiveSettings(id=instruments[0].objectives[0].id)
+        built.append(image)
+    return m.OME(
+        uuid=uuid,
+        images=built,
+        plates=_plates(settings, images),
+        instruments=instruments,
+        creator=f"ome-writers-service {__version__}",
+        structured_annotations=m.StructuredAnnotations(map_annotations=annotations)
+        if annotations else None,
+    )
+
+
+def binary_only(uuid: str, metadata_file: str, metadata_uuid: str) -> m.OME:
+    """The OME-XML of a file whose metadata lives in ``metadata_file`` (master or companion)."""
+    return m.OME(uuid=uuid, creator=f"ome-writers-service {__version__}",
+                 binary_only=m.OME.BinaryOnly(metadata_file=metadata_file, uuid=metadata_uuid))
+
+
+def _image(settings: AcquisitionSettings, rec: ImageRecord, annotations: list[Any]) -> m.Image:
+    """One position's Image; its per-plane annotations are appended to ``annotations``."""
     dims = settings.storage_dimensions
     letters = tiff_axes(dims)
+    outer_shape = rec.outer_shape
     sizes = {"T": 1, "C": 1, "Z": 1}
     for letter, n in zip(letters, outer_shape):
         sizes[letter] = int(n)
     by_letter = {_LETTER[d.type]: d for d in dims[:-2]}
     ydim, xdim = dims[-2:]
+    pos = rec.index
 
     def plane_coords(idx: tuple[int, ...]) -> dict[str, int]:
         c = dict(zip(letters, idx))
@@ -58,16 +113,19 @@ def build_ome(
     def described(idx: tuple[int, ...]) -> bool:  # pages past a cut-short extent are not
         return all(i < n for i, n in zip(idx, outer_shape))
 
-    pages = [(k, i) for k, i in enumerate(page_indices) if described(i)]
+    pages = [(k, i) for k, i in enumerate(rec.page_indices) if described(i)]
     raster = [int(np.ravel_multi_index(i, outer_shape)) if outer_shape else 0 for _, i in pages]
-    if len(pages) == len(page_indices) and raster == list(range(len(raster))):
-        tiff_data = [m.TiffData(ifd=0, plane_count=len(raster))]
+    file_ref = {}
+    if rec.file_name is not None:
+        file_ref["uuid"] = m.TiffData.UUID(file_name=rec.file_name, value=rec.file_uuid)
+    if len(pages) == len(rec.page_indices) and raster == list(range(len(raster))):
+        tiff_data = [m.TiffData(ifd=0, plane_count=len(raster), **file_ref)]
     else:
-        tiff_data = [m.TiffData(ifd=k, plane_count=1, **plane_coords(i)) for k, i in pages]
+        tiff_data = [m.TiffData(ifd=k, plane_count=1, **plane_coords(i), **file_ref)
+                     for k, i in pages]
 
-    annotations: list[Any] = []
     planes = []
-    for idx, md in sorted(frame_metadata.items()):
+    for idx, md in sorted(rec.frame_metadata.items()):
         if not described(idx):
             continue
         pc = plane_coords(idx)
@@ -84,30 +142,21 @@ def build_ome(
         extra = {k: v for k, v in md.items() if k not in KNOWN_FRAME_KEYS}
         if extra:
             ann = m.MapAnnotation(
-                id=f"Annotation:{position_index}:{len(annotations)}", namespace=FRAME_NS,
+                id=f"Annotation:{pos}:{len(planes)}", namespace=FRAME_NS,
                 value=m.Map(ms=[m.Map.M(k=k, value=annotation_text(v)) for k, v in extra.items()]),
             )
             annotations.append(ann)
             plane["annotation_refs"] = [m.AnnotationRef(id=ann.id)]
         planes.append(m.Plane(**plane))
 
-    image_refs = []
-    for ns, mapping in global_metadata.items():
-        ann = m.MapAnnotation(
-            id=f"Annotation:{position_index}:{len(annotations)}", namespace=ns,
-            value=m.Map(ms=[m.Map.M(k=str(k), value=annotation_text(v)) for k, v in mapping.items()]),
-        )
-        annotations.append(ann)
-        image_refs.append(m.AnnotationRef(id=ann.id))
-
     pixels: dict[str, Any] = dict(
-        id=f"Pixels:{position_index}",
+        id=f"Pixels:{pos}",
         dimension_order=dimension_order(dims),
         type=_PIXEL_TYPE.get(settings.dtype, settings.dtype),
         size_x=int(xdim.count), size_y=int(ydim.count),
         size_t=sizes["T"], size_c=sizes["C"], size_z=sizes["Z"],
         big_endian=False, interleaved=False,
-        channels=_channels(by_letter.get("C"), sizes["C"], position_index),
+        channels=_channels(by_letter.get("C"), sizes["C"], pos),
         tiff_data_blocks=tiff_data,
         planes=planes,
     )
@@ -123,28 +172,13 @@ def build_ome(
             pixels["time_increment_unit"] = ome_unit(tdim.unit)
 
     image = m.Image(
-        id=f"Image:{position_index}", name=settings.image_name_of(position),
-        pixels=m.Pixels(**pixels), annotation_refs=image_refs,
-        acquisition_date=settings.acquisition_date,
+        id=f"Image:{pos}", name=settings.image_name_of(rec.position),
+        pixels=m.Pixels(**pixels), acquisition_date=settings.acquisition_date,
     )
-    instruments = []
-    if settings.instrument is not None:
-        instrument = _instrument(settings.instrument, position_index)
-        instruments.append(instrument)
-        image.instrument_ref = m.InstrumentRef(id=instrument.id)
-        if instrument.objectives:
-            image.objective_settings = m.ObjectiveSettings(id=instrument.objectives[0].id)
-    stage = _stage_coords(position)
+    stage = _stage_coords(rec.position)
     if stage:  # Position coordinates are micrometres; OME's default unit is "reference frame"
-        image.stage_label = m.StageLabel(name=position.name, **stage)
-    return m.OME(
-        images=[image],
-        plates=_plates(settings, position_index, position, image.id),
-        instruments=instruments,
-        creator=f"ome-writers-service {__version__}",
-        structured_annotations=m.StructuredAnnotations(map_annotations=annotations)
-        if annotations else None,
-    )
+        image.stage_label = m.StageLabel(name=rec.position.name, **stage)
+    return image
 
 
 def _stage_coords(position: Position) -> dict[str, Any]:
@@ -165,34 +199,40 @@ def _naming(names: Sequence[str]) -> Any:
     return None
 
 
-def _plates(settings: AcquisitionSettings, pos: int, position: Position,
-            image_id: str) -> list[m.Plate]:
+def _plates(settings: AcquisitionSettings, images: Sequence[ImageRecord]) -> list[m.Plate]:
     """The plate, as ome-writers writes it (Plate:0, Well:{row}_{column}, WellSample:{pos}
-    indexed by position), holding the one well sample whose image this file holds (ImageRef
-    must name an Image of the same document); the stage position in micrometres."""
+    indexed by position), with a well sample for each of ``images`` (an ImageRef must name an
+    Image of the same document); stage positions in micrometres."""
     plate = settings.plate
-    if plate is None or position.plate_row is None or position.plate_column is None:
+    if plate is None:
         return []
-    if position.plate_row not in plate.row_names or position.plate_column not in plate.column_names:
+    wells: dict[tuple[int, int], m.Well] = {}
+    for rec in images:
+        position = rec.position
+        if position.plate_row not in plate.row_names or \
+                position.plate_column not in plate.column_names:
+            continue
+        row = plate.row_names.index(position.plate_row)
+        col = plate.column_names.index(position.plate_column)
+        sample: dict[str, Any] = {"id": f"WellSample:{rec.index}", "index": rec.index,
+                                  "image_ref": m.ImageRef(id=f"Image:{rec.index}")}
+        for axis in "xy":
+            value = getattr(position, f"{axis}_coord")
+            if value is not None:
+                sample[f"position_{axis}"] = float(value)
+                sample[f"position_{axis}_unit"] = "µm"
+        well = wells.setdefault((row, col), m.Well(id=f"Well:{row}_{col}", row=row, column=col))
+        well.well_samples.append(m.WellSample(**sample))
+    if not wells:
         return []
-    row = plate.row_names.index(position.plate_row)
-    col = plate.column_names.index(position.plate_column)
-    sample: dict[str, Any] = {"id": f"WellSample:{pos}", "index": pos,
-                              "image_ref": m.ImageRef(id=image_id)}
-    for axis in "xy":
-        value = getattr(position, f"{axis}_coord")
-        if value is not None:
-            sample[f"position_{axis}"] = float(value)
-            sample[f"position_{axis}_unit"] = "µm"
-    well = m.Well(id=f"Well:{row}_{col}", row=row, column=col,
-                  well_samples=[m.WellSample(**sample)])
     return [m.Plate(id="Plate:0", name=plate.name, rows=len(plate.row_names),
                     columns=len(plate.column_names),
                     row_naming_convention=_naming(plate.row_names),
-                    column_naming_convention=_naming(plate.column_names), wells=[well])]
+                    column_naming_convention=_naming(plate.column_names),
+                    wells=[wells[k] for k in sorted(wells)])]
 
 
-def _instrument(inst, pos: int) -> m.Instrument:
+def _instrument(inst) -> m.Instrument:
     microscope = None
     if inst.microscope_manufacturer or inst.microscope_model:
         microscope = m.Microscope(manufacturer=inst.microscope_manufacturer,
@@ -200,14 +240,14 @@ def _instrument(inst, pos: int) -> m.Instrument:
     objectives = []
     o = inst.objective
     if o is not None:
-        kw: dict[str, Any] = {"id": f"Objective:{pos}:0", "model": o.model,
+        kw: dict[str, Any] = {"id": "Objective:0:0", "model": o.model,
                               "manufacturer": o.manufacturer,
                               "nominal_magnification": o.nominal_magnification,
                               "lens_na": o.lens_na, "immersion": o.immersion}
         if o.working_distance_um is not None:
             kw.update(working_distance=o.working_distance_um, working_distance_unit="µm")
         objectives.append(m.Objective(**kw))
-    return m.Instrument(id=f"Instrument:{pos}", microscope=microscope, objectives=objectives)
+    return m.Instrument(id="Instrument:0", microscope=microscope, objectives=objectives)
 
 
 def _channels(cdim: Dimension | None, size_c: int, pos: int) -> list[m.Channel]:

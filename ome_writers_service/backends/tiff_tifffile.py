@@ -9,7 +9,7 @@ carries the OME-XML declared at creation; ``finalize`` replaces it with the comp
 from __future__ import annotations
 
 import os
-import re
+import uuid
 from typing import Any
 from pathlib import Path
 
@@ -17,9 +17,9 @@ import numpy as np
 import tifffile
 
 from .. import format_metadata as fm
-from ..schema import AcquisitionSettings
+from ..schema import AcquisitionSettings, OmeTiffFormat
 from .base import ArrayBackend, BackendError, prepare_output
-from .ome_xml import build_ome
+from .ome_xml import ImageRecord, binary_only, build_ome
 from .tiff_pages import PageAppender
 
 #: Classic TIFF addresses 4 GiB; leave room for IFDs and the OME-XML.
@@ -33,17 +33,132 @@ _RESERVE_MAX = 16 * 2**20
 _RESERVE_UNBOUNDED = 1 * 2**20
 
 
+def _urn() -> str:
+    return uuid.uuid4().urn
+
+
+class TiffLayout:
+    """Where an OME-TIFF dataset's files go and which OME-XML document each one holds.
+
+    One position: the file ``settings.output_path``. Several (or ``prefer_single_file=
+    "never"``): the directory ``output_path`` holding ``<dir>_p000<suffix>``, ... Each file has
+    a UUID; the complete document (every image, its TiffData naming the file that holds its
+    pages by name and UUID) goes where ``multi_file_metadata`` says, and the other files get a
+    ``BinaryOnly`` reference to it, as the OME-TIFF specification's multi-file datasets do.
+    """
+
+    def __init__(self, settings: AcquisitionSettings) -> None:
+        fmt = settings.format
+        assert isinstance(fmt, OmeTiffFormat)
+        out = Path(settings.output_path)
+        n = len(settings.positions)
+        self.multi_file = fmt.is_multi_file(n)
+        self.directory = out if self.multi_file else out.parent
+        if self.multi_file:
+            width = max(3, len(str(n - 1)))
+            self.paths = [out / f"{out.name}_p{i:0{width}d}{fmt.suffix}" for i in range(n)]
+        else:
+            self.paths = [out]
+        self.uuids = [_urn() for _ in self.paths]
+        self.mode = fmt.multi_file_metadata if self.multi_file else "redundant"
+        self.companion = out / fmt.companion_file if self.mode == "companion-file" else None
+        self.companion_uuid = _urn() if self.companion is not None else None
+
+    def holds_full_document(self, pos: int) -> bool:
+        return self.mode == "redundant" or (self.mode == "master-tiff" and pos == 0)
+
+    def image_records(self, records: list[ImageRecord]) -> list[ImageRecord]:
+        """``records`` with the file of each image named (multi-file datasets only)."""
+        if not self.multi_file:
+            return records
+        for rec in records:
+            rec.file_name = self.paths[rec.index].name
+            rec.file_uuid = self.uuids[rec.index]
+        return records
+
+    def documents(self, full: Any) -> dict[int, Any]:
+        """The document of each file (by position; -1: the companion file) given the
+        complete one."""
+        out = {}
+        if self.mode == "companion-file":
+            out[-1] = full.model_copy(update={"uuid": self.companion_uuid})
+            ref = (self.companion.name, self.companion_uuid)
+        else:
+            ref = (self.paths[0].name, self.uuids[0])
+        for pos, file_uuid in enumerate(self.uuids):
+            if self.holds_full_document(pos):
+                out[pos] = full.model_copy(update={"uuid": file_uuid})
+            else:
+                out[pos] = binary_only(file_uuid, *ref)
+        return out
+
+    def path_of(self, key: int) -> Path:
+        """The file of a `documents` key."""
+        return self.companion if key == -1 else self.paths[key]
+
+    def keys(self) -> list[int]:
+        """The files that hold an OME document: -1 (the companion), then each position's."""
+        return ([-1] if self.companion is not None else []) + list(range(len(self.paths)))
+
+    def adopt_file_uuids(self) -> None:
+        """Take the UUIDs of the files as written (by another process: the daemon)."""
+        self.uuids = [self.read_document(pos).uuid for pos in range(len(self.paths))]
+        if self.companion is not None:
+            self.companion_uuid = self.read_document(-1).uuid
+
+    def relink(self, key: int, ome: Any) -> Any:
+        """``ome`` (a document the user edited) with the UUIDs of this dataset's files: its
+        own, those of the files its TiffData name, and its BinaryOnly reference, so that a
+        document taken from get_metadata() at any time keeps the dataset's files linked."""
+        ome = ome.model_copy(deep=True)
+        by_name = {p.name: u for p, u in zip(self.paths, self.uuids)}
+        if self.companion is not None:
+            by_name[self.companion.name] = self.companion_uuid
+        ome.uuid = self.companion_uuid if key == -1 else self.uuids[key]
+        for image in ome.images:
+            for td in image.pixels.tiff_data_blocks:
+                if td.uuid is not None and td.uuid.file_name in by_name:
+                    td.uuid.value = by_name[td.uuid.file_name]
+        ref = ome.binary_only
+        if ref is not None and Path(ref.metadata_file).name in by_name:
+            ref.uuid = by_name[Path(ref.metadata_file).name]
+        return ome
+
+    def write_document(self, key: int, ome: Any) -> None:
+        """Replace the OME-XML of file ``key`` (the companion file: atomically)."""
+        if key == -1:
+            write_companion(self.companion, ome)
+        else:
+            fm.write_tiff_ome(self.paths[key], ome)
+
+    def read_document(self, key: int) -> Any:
+        if key == -1:
+            from ome_types import from_xml
+            return from_xml(self.companion.read_bytes().decode("utf-8"))
+        return fm.read_tiff_ome(self.paths[key])
+
+
+def write_companion(path: Path, ome: Any) -> None:
+    write_companion_bytes(path, ome.to_xml().encode("utf-8"))
+
+
+def write_companion_bytes(path: Path, xml: bytes) -> None:
+    """Write a companion OME-XML file: a new file renamed over the old one, so a reader
+    never sees half of it."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(xml)
+            f.flush()
+            os.fsync(f.fileno())
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def tiff_paths(settings: AcquisitionSettings) -> list[Path]:
-    """One file per position: ``name.ome.tiff``, or ``name_p000.ome.tiff``... for several."""
-    root = Path(settings.output_path)
-    if settings.position_dimension is None:
-        return [root]
-    name = root.name
-    match = re.search(r"(\.ome)?\.tiff?$", name, re.IGNORECASE)
-    stem, suffix = (name[: match.start()], name[match.start():]) if match else (name, ".ome.tiff")
-    n = len(settings.positions)
-    width = max(3, len(str(n - 1)))
-    return [root.with_name(f"{stem}_p{i:0{width}d}{suffix}") for i in range(n)]
+    """The OME-TIFF file of each position (see `TiffLayout`)."""
+    return TiffLayout(settings).paths
 
 
 class TifffileBackend(ArrayBackend):
@@ -51,7 +166,8 @@ class TifffileBackend(ArrayBackend):
 
     def __init__(self, settings: AcquisitionSettings) -> None:
         super().__init__(settings)
-        self._paths = tiff_paths(settings)
+        self.layout = TiffLayout(settings)
+        self._paths = self.layout.paths
         self._writers: list[tifffile.TiffWriter] = []
         #: per position, once tifffile wrote the first two pages of an uncompressed file:
         #: the cheaper writer of every later page (see tiff_pages.py)
@@ -63,25 +179,54 @@ class TifffileBackend(ArrayBackend):
         self._page_of: list[dict[tuple[int, ...], int]] = [{} for _ in self._paths]
         self._compression = _COMPRESSION[settings.compression]
         planes = (settings.num_frames or 0) // max(1, len(self._paths))
+        described = (settings.num_frames or 0) if self.layout.multi_file else planes
         self._bigtiff = settings.is_unbounded or planes * settings.frame_nbytes > _CLASSIC_TIFF_LIMIT
         #: spaces after the first OME-XML, so that the final one (plane counts, one TiffData
         #: per page when pages arrive out of plane order, per-plane metadata) fits in place
         self._reserve = _RESERVE_UNBOUNDED if settings.is_unbounded else \
-            min(_RESERVE_MAX, 4096 + _RESERVE_PER_PLANE * planes)
+            min(_RESERVE_MAX, 4096 + _RESERVE_PER_PLANE * described)
+        #: the OME-XML each file gets with its first page (built once: see _initial_xml)
+        self._initial: dict[int, bytes] | None = None
 
     @property
     def paths(self) -> list[str]:
         return [str(p) for p in self._paths]
 
-    def _xml(self, pos: int, outer_shape) -> str:
+    def _full_document(self, shapes: list[list[int]], pages: bool = True) -> Any:
+        """The complete OME document: every position's image with the given T/C/Z extents
+        (and, with ``pages``, its pages and per-frame metadata so far)."""
         annotations = dict(self.global_metadata)
         if self.acquisition_summary:
             annotations[SUMMARY_NS] = self.acquisition_summary
-        ome = build_ome(
-            self.settings, pos, self.positions[pos], outer_shape, self._pages[pos],
-            self.frame_metadata[pos], annotations,
-        )
-        return ome.to_xml()
+        records = [ImageRecord(pos, self.positions[pos], shapes[pos],
+                               self._pages[pos] if pages else (),
+                               self.frame_metadata[pos] if pages else {})
+                   for pos in range(len(self._paths))]
+        return build_ome(self.settings, self.layout.image_records(records), annotations,
+                         uuid=self.layout.uuids[0])
+
+    def _documents_xml(self, full: Any) -> dict[int, bytes]:
+        """Each file's OME-XML (-1: the companion's). A complete document is serialized once
+        and only its root UUID differs between files (a plate of 384 positions would
+        otherwise cost 384 serializations of 384 images)."""
+        xml = full.to_xml().encode("utf-8")
+        own = f'UUID="{full.uuid}"'.encode()
+        once = xml.count(own) == 1
+        out = {}
+        for key, doc in self.layout.documents(full).items():
+            if doc.binary_only is None and once:
+                out[key] = xml.replace(own, f'UUID="{doc.uuid}"'.encode(), 1)
+            else:
+                out[key] = doc.to_xml().encode("utf-8")
+        return out
+
+    def _initial_xml(self, pos: int) -> bytes:
+        """What the first page of a file carries until finalize: the declared dataset."""
+        if self._initial is None:
+            declared = self._declared_shape()
+            full = self._full_document([declared] * len(self._paths), pages=False)
+            self._initial = self._documents_xml(full)
+        return self._initial[pos]
 
     def create(self) -> None:
         if self._compression is not None:
@@ -127,8 +272,8 @@ class TifffileBackend(ArrayBackend):
         writer = self._writers[position]
         description = None
         if not pages:  # the first page carries the OME-XML, with room for the final one
-            xml = self._xml(position, self._declared_shape()).encode()
-            description = xml + b" " * self._reserve
+            full = self.layout.holds_full_document(position)
+            description = self._initial_xml(position) + b" " * (self._reserve if full else 64)
         writer.write(frame, photometric="minisblack", compression=self._compression,
                      contiguous=False, metadata=None, description=description, software=False)
         writer._fh.flush()  # nothing of an acknowledged page waits in a Python buffer
@@ -137,36 +282,36 @@ class TifffileBackend(ArrayBackend):
             self._appenders[position] = PageAppender(self._paths[position], template=1)
 
     def get_metadata(self) -> dict[int, Any]:
-        out = {}
-        for pos, path in enumerate(self._paths):
-            if pos in self.user_ome:
-                out[pos] = self.user_ome[pos].model_copy(deep=True)
-            elif self._finalized:
-                out[pos] = fm.read_tiff_ome(path)
-            else:
-                annotations = dict(self.global_metadata)
-                out[pos] = build_ome(self.settings, pos, self.positions[pos],
-                                     self._declared_shape(), self._pages[pos],
-                                     self.frame_metadata[pos], annotations)
-        return out
+        """Each file's OME document by position; -1 is the companion file's (as ome-writers)."""
+        if self._finalized:
+            out = {key: self.layout.read_document(key) for key in self.layout.keys()}
+        else:
+            declared = self._declared_shape()
+            out = self.layout.documents(self._full_document([declared] * len(self._paths)))
+        for key, ome in self.user_ome.items():
+            out[key] = ome
+        return {key: ome.model_copy(deep=True) for key, ome in out.items()}
 
     def update_metadata(self, metadata) -> None:
-        """After finalize only (as ome-writers): each file's OME-XML is replaced."""
+        """After finalize only (as ome-writers): each given file's OME-XML is replaced."""
         if not self._finalized:
             raise RuntimeError("update_metadata() must be called after the stream context "
                                "exits. TIFF files must be closed before metadata can be updated.")
-        for pos, ome in fm.check_tiff_update(metadata, len(self._paths)).items():
-            fm.write_tiff_ome(self._paths[pos], ome)
-            self.user_ome[pos] = ome.model_copy(deep=True)
+        for key, ome in fm.check_tiff_update(metadata, self.layout.keys()).items():
+            ome = self.layout.relink(key, ome)
+            self.layout.write_document(key, ome)
+            self.user_ome[key] = ome
 
     def rewrite_metadata(self) -> None:
         super().rewrite_metadata()
         # documents the user replaced with update_metadata() keep their edits: add the
-        # global metadata to them (finalize wrote the generated document again)
-        for pos, ome in self.user_ome.items():
-            for namespace, value in self.global_metadata.items():
-                fm.set_global_annotation(ome, namespace, value)
-            fm.write_tiff_ome(self._paths[pos], ome)
+        # global metadata to those that describe images (finalize wrote the generated
+        # documents again)
+        for key, ome in self.user_ome.items():
+            if ome.binary_only is None:
+                for namespace, value in self.global_metadata.items():
+                    fm.set_global_annotation(ome, namespace, value)
+            self.layout.write_document(key, ome)
 
     def _declared_shape(self) -> list[int]:
         return [1 if n is None else n for n in self.outer_shape]
@@ -185,24 +330,38 @@ class TifffileBackend(ArrayBackend):
             return
         shape = list(self.current_shape()[:-2])
         errors = []
+        shapes: list[list[int]] = []
         for pos, path in enumerate(self._paths):
+            described = None
             try:
                 described = self._fill_missing_planes(pos, shape, errors)
                 self._writers[pos].close()  # (already closed where an appender took over)
                 if self._appenders[pos] is not None:
                     self._appenders[pos].close()
-                if not self._pages[pos]:  # an unbounded stream closed before its first frame
-                    path.unlink(missing_ok=True)
-                    continue
-                if described is None:
-                    errors.append(f"{path}: no complete step of the acquisition was written; "
-                                  "the OME-XML declared at creation stays")
-                    continue
-                # in place (room was reserved): works on a full disk too
-                tifffile.tiffcomment(path, comment=self._xml(pos, described).encode(),
-                                     pageindex=0)
             except Exception as e:  # noqa: BLE001 - every file gets its chance, then we raise
                 errors.append(f"{path}: {e}")
+            if described is None and self._pages[pos]:
+                errors.append(f"{path}: no complete step of the acquisition was written; its "
+                              "image is described as declared")
+            shapes.append(described if described is not None else self._declared_shape())
+        if not any(self._pages):  # an unbounded stream closed before its first frame
+            for path in self._paths:
+                path.unlink(missing_ok=True)
+        else:
+            try:
+                docs = self._documents_xml(self._full_document(shapes))
+            except Exception as e:  # noqa: BLE001
+                docs = {}
+                errors.append(f"building the OME-XML failed: {e}")
+            for key, xml in docs.items():
+                path = self.layout.path_of(key)
+                try:
+                    if key == -1:
+                        write_companion_bytes(path, xml)
+                    else:  # in place (room was reserved): works on a full disk too
+                        tifffile.tiffcomment(path, comment=xml, pageindex=0)
+                except Exception as e:  # noqa: BLE001
+                    errors.append(f"{path}: writing its OME-XML failed: {_why_any(e, path)}")
         self._finalized = True
         if errors:
             raise BackendError("finalizing OME-TIFF failed: " + "; ".join(errors))
@@ -232,6 +391,10 @@ class TifffileBackend(ArrayBackend):
         if steps == 0:
             return None
         return [steps if a == ax else n for a, n in enumerate(shape)]
+
+
+def _why_any(e: Exception, path: Path) -> str:
+    return _why(e, path) if isinstance(e, OSError) else str(e)
 
 
 def _why(e: OSError, path: Path) -> str:

@@ -35,7 +35,7 @@ class Report:
         return "\n".join([f"{self.path}:", *("  " + ln for ln in lines)])
 
 
-_COMPANION_SUFFIXES = (".ome", ".xml", ".companion.ome")
+_COMPANION_SUFFIXES = (".ome", ".xml")
 
 
 def _is_tiff(p: Path) -> bool:

@@ -3,7 +3,8 @@
 Each frame becomes one TIFF page the moment it arrives (no contiguous-series mode), so a file
 cut short by a crash still holds a readable IFD chain of every page written. The first page
 carries the OME-XML declared at creation; ``finalize`` replaces it with the complete document
-(true plane counts, per-plane metadata, annotations) through ``tifffile.tiffcomment``.
+(true plane counts, per-plane metadata, annotations) through ``tifffile.tiffcomment``. Several
+positions make a multi-file dataset whose files are linked by UUID (`TiffLayout`).
 """
 
 from __future__ import annotations
@@ -53,7 +54,6 @@ class TiffLayout:
         out = Path(settings.output_path)
         n = len(settings.positions)
         self.multi_file = fmt.is_multi_file(n)
-        self.directory = out if self.multi_file else out.parent
         if self.multi_file:
             width = max(3, len(str(n - 1)))
             self.paths = [out / f"{out.name}_p{i:0{width}d}{fmt.suffix}" for i in range(n)]

@@ -142,7 +142,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(f"{len(streams)} streams, {n} frames each, {mb:.0f} MB in {dt:.2f} s "
               f"({mb / dt:.0f} MB/s through close)")
         for s, rep in zip(settings, reports):
-            print(f"{s.root_path}: {rep['frames_written']} written, {rep['frames_dropped']} "
+            print(f"{s.output_path}: {rep['frames_written']} written, {rep['frames_dropped']} "
                   f"dropped, errors: {rep['errors'] or 'none'}")
             ok &= rep["frames_written"] == n and not rep["errors"]
             for report in validate_all(s.output_path):  # every file of a multi-file dataset

@@ -491,18 +491,27 @@ class ServiceStream:
     def update_metadata(self, metadata: Mapping[Any, Any]) -> None:
         """Write metadata edited from `get_metadata` back (see `OMEStream.update_metadata`).
 
-        Daemon-backed streams do this after close(), from this process, into the files the
-        daemon finalized (so this process must see them): the daemon rewrites the metadata at
-        close, and the protocol has no message to hand it the user's version before."""
+        OME-Zarr, while the stream is open: checked here, then handed to the daemon in order
+        with the frames (a failure to write it is reported by the next call, as any write
+        error). After close, and for OME-TIFF (only after close, as ome-writers), written from
+        this process into the files the daemon finalized (so this process must see them)."""
         from . import format_metadata as fm
         from .backends import create_backend
 
-        if not self._closed:
-            raise RuntimeError(
-                "update_metadata() on a daemon-backed stream must be called after close(): "
-                "the daemon writes the final metadata at close")
         backend = create_backend(self._settings)
-        if self._settings.format_name == "ome-zarr":
+        zarr = self._settings.format_name == "ome-zarr"
+        if not self._closed:
+            if not zarr:
+                raise RuntimeError("update_metadata() must be called after the stream context "
+                                   "exits. TIFF files must be closed before metadata can be "
+                                   "updated.")
+            self._check_usable()
+            keys = fm.zarr_keys(backend.image_groups)
+            checked = fm.check_zarr_update(metadata, keys)
+            self._send({"type": P.UPDATE_METADATA, "stream": self._sid,
+                        "attributes": {keys[pos]: attrs for pos, attrs in checked.items()}})
+            return
+        if zarr:
             keys = fm.zarr_keys(backend.image_groups)
             for pos, attrs in fm.check_zarr_update(metadata, keys).items():
                 group = backend.root / backend.image_groups[pos]
@@ -542,6 +551,7 @@ class ServiceStream:
             self.report = self._await(P.CLOSED, timeout, what="close")
         finally:
             self._release_resources()
+            self._events.flush()  # the handlers have seen every frame when close() returns
         if self.report.get("errors"):
             raise ServiceError(f"{self._settings.root_path}: " + "; ".join(self.report["errors"]),
                                P.E_WRITE)

@@ -33,7 +33,9 @@ from pydantic import ValidationError
 from zmq.auth.thread import ThreadAuthenticator
 
 from . import __version__
+from . import format_metadata as fm
 from . import protocol as P
+from .backends import create_backend
 from .connection import ConnectionInfo, default_endpoint, pid_alive, pid_namespace, runtime_dir
 from .ring import FrameRing, RingError, clean_stale_rings, shm_free
 from .schema import AcquisitionSettings
@@ -166,6 +168,8 @@ class StreamWorker(threading.Thread):
                     self._released.append(item[1])
                 elif kind == "metadata":
                     self._guard(lambda: self.stream.set_global_metadata(item[1], item[2]))
+                elif kind == "update_metadata":
+                    self._guard(lambda: self.stream.update_metadata(item[1]))
                 elif kind == "read":
                     self._read(out, item[1], item[2])
                 elif kind == "close":
@@ -547,6 +551,19 @@ class Daemon:
             except (TypeError, ValueError) as e:
                 raise P.ProtocolError(P.E_MALFORMED, f"metadata: {e}") from None
             w.enqueue(("metadata", ns, value))
+            return None
+        if kind == P.UPDATE_METADATA:
+            w = self._stream_of(peer, h)
+            attributes = P.field(h, "attributes", dict)
+            if w.settings.format_name != "ome-zarr":
+                raise P.ProtocolError(P.E_MALFORMED, "update_metadata: OME-Zarr streams only "
+                                                     "(OME-TIFF metadata is updated after close)")
+            keys = fm.zarr_keys(create_backend(w.settings).image_groups)
+            try:
+                fm.check_zarr_update(attributes, keys)
+            except (TypeError, KeyError, ValueError) as e:
+                raise P.ProtocolError(P.E_MALFORMED, f"update_metadata: {e}") from None
+            w.enqueue(("update_metadata", attributes))
             return None
         if kind == P.STATUS:
             sid = P.field(h, "stream", int, required=False)

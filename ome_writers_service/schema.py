@@ -780,7 +780,10 @@ class AcquisitionSettings(_Model):
         arr = self.array_dimensions
         frame = arr[-2:]
         outer = arr[:-2]
-        if self.storage_order == "acquisition":
+        if self.storage_order == "acquisition" or (
+                self.storage_order == "ome" and isinstance(self.format, OmeTiffFormat)):
+            # OME-TIFF's DimensionOrder takes T, C, Z in any order: its "ome" order is the
+            # acquisition order (as ome-writers 0.3.2), so pages arrive in plane order
             order = outer
         elif self.storage_order == "ome":
             order = sorted(outer, key=lambda d: _OME_RANK[d.type])  # stable: ties keep acq order

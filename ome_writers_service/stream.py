@@ -8,6 +8,8 @@ and what ``create_stream(settings, in_process=True)`` returns.
 from __future__ import annotations
 
 import bisect
+import logging
+import queue
 import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Literal, Mapping, Sequence
@@ -19,6 +21,8 @@ from .journal import Journal
 from .router import FrameRouter
 from .schema import AcquisitionSettings
 from .user_metadata import check_frame_metadata
+
+log = logging.getLogger(__name__)
 
 EventName = Literal["coords_expanded", "coords_changed"]
 
@@ -42,8 +46,9 @@ class FrameCountError(IndexError):
     """More frames than the settings declare."""
 
 
-class FrameMismatchError(ValueError):
-    """A frame whose shape or dtype differs from the settings."""
+class FrameMismatchError(ValueError, TypeError):
+    """A frame whose shape or dtype differs from the settings (a TypeError too: what
+    ome-writers 0.3.2 raises for a frame of another dtype, so its scripts' handlers match)."""
 
 
 def check_frame(frame: Any, shape: tuple[int, int], dtype: np.dtype, frame_number: int) -> None:
@@ -147,6 +152,7 @@ class OMEStream:
         if self._closed:
             return
         self._closed = True
+        self._events.flush()  # the handlers have seen every frame when close() returns
         done, expected = self._router.frames_done, self._router.num_frames
         backend = self._backend
         backend.acquisition_summary = {
@@ -248,13 +254,18 @@ class OMEStream:
 
 class CoordEvents:
     """The on() events of a stream, computed from frame numbers (so the daemon-backed stream
-    offers them too). Costs nothing per frame while no handler is registered."""
+    offers them too). Handlers run on a thread of their own, in frame order, as ome-writers
+    runs them on a pool: a slow handler (a viewer redrawing) never slows append(), and one
+    that raises is logged, never raised into the acquisition loop. Costs nothing per frame
+    while no handler is registered; one queue put per frame while one is."""
 
     def __init__(self, router: FrameRouter) -> None:
         self._router = router
         self.handlers: dict[str, list[Callable[[CoordUpdate], None]]] = {}
         self._max_index = [-1] * len(router.acquisition_names)
         self._frame_coords = {n: range(k) for n, k in zip(router.frame_names, router.frame_shape)}
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
 
     def __bool__(self) -> bool:
         return bool(self.handlers)
@@ -263,10 +274,32 @@ class CoordEvents:
         if event not in ("coords_expanded", "coords_changed"):
             raise ValueError(f"unknown event {event!r}; use 'coords_expanded' or 'coords_changed'")
         self.handlers.setdefault(event, []).append(callback)
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="ows-events", daemon=True)
+            self._thread.start()
 
     def emit(self, frame_number: int, index: tuple[int, ...] | None = None) -> None:
         """After frame ``frame_number`` was handled (``index``: its storage index, unused;
         kept for callers that have it)."""
+        self._queue.put(frame_number)
+
+    def flush(self, timeout: float = 10.0) -> None:
+        """Return once the handlers have seen every frame emitted so far."""
+        if self._thread is None:
+            return
+        done = threading.Event()
+        self._queue.put(done)
+        done.wait(timeout)
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if isinstance(item, threading.Event):
+                item.set()
+                continue
+            self._deliver(item)
+
+    def _deliver(self, frame_number: int) -> None:
         router = self._router
         acq = router._acq(frame_number)
         grew = False
@@ -283,11 +316,14 @@ class CoordEvents:
         current.update(dict.fromkeys(router.frame_names, 0))
         update = CoordUpdate(max_coords=max_coords, current_indices=current,
                              frame_number=frame_number, is_high_water_mark=grew)
-        for cb in self.handlers.get("coords_changed", ()):
-            cb(update)
+        callbacks = list(self.handlers.get("coords_changed", ()))
         if grew:
-            for cb in self.handlers.get("coords_expanded", ()):
+            callbacks += self.handlers.get("coords_expanded", ())
+        for cb in callbacks:
+            try:
                 cb(update)
+            except Exception:  # noqa: BLE001 - a handler's bug must not stop the acquisition
+                log.exception("on() handler %r failed for frame %d", cb, frame_number)
 
 
 class _Signal:
@@ -428,7 +464,7 @@ class StreamView:
         frame_part = np.zeros(self._frame_shape, self.dtype)[frame_key].shape
         if not planes:
             return np.zeros((*out_shape, *frame_part), self.dtype)
-        return np.stack(planes).reshape(*out_shape, *frame_part)
+        return np.stack(planes).reshape((*out_shape, *frame_part))  # () for one pixel
 
     def _plane(self, acq_index: tuple[int, ...]) -> np.ndarray:
         router = self._router

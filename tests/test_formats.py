@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -295,11 +296,13 @@ def test_skip_view_and_events(tmp_path, suffix):
     stream.append(frame_pixels(13, 2, (24, 20), np.uint16))
     assert view.shape == (2, 2, 24, 20)
     np.testing.assert_array_equal(view[0, 0], frame_pixels(13, 0, (24, 20), np.uint16))
+    assert view[0, 0, 3, 4] == frame_pixels(13, 0, (24, 20), np.uint16)[3, 4]  # one pixel
     np.testing.assert_array_equal(view[0, 1], np.zeros((24, 20), np.uint16))
     np.testing.assert_array_equal(view[1, 0, 3:5], frame_pixels(13, 2, (24, 20), np.uint16)[3:5])
     assert np.asarray(view).shape == (2, 2, 24, 20)
     with pytest.raises(IndexError):
         stream.view(strict=True)[1, 1]
+    stream._events.flush()  # handlers run on their own thread (as ome-writers' pool)
     assert len(changed) == 3
     assert [u.max_coords["t"] for u in expanded] == [range(1), range(1), range(2)]
     stream.close()
@@ -374,7 +377,8 @@ def test_view_is_in_acquisition_order_with_the_position_axis_in_place(tmp_path, 
     s = acq(tmp_path, suffix, [Dimension(name="z", count=3, type="space"),
                                Dimension(name="t", count=2, type="time"),
                                PositionDimension(coords=["A", "B"]),
-                               Dimension(name="y", count=8), Dimension(name="x", count=6)])
+                               Dimension(name="y", count=8), Dimension(name="x", count=6)],
+            storage_order=["t", "z", "y", "x"])
     assert [d.name for d in s.storage_dimensions[:-2]] == ["t", "z"]
     yx = (8, 6)
     stream = create_stream(s, in_process=True)
@@ -387,6 +391,7 @@ def test_view_is_in_acquisition_order_with_the_position_axis_in_place(tmp_path, 
     live = {1: (1, 1, 1), 2: (1, 1, 2), 3: (1, 2, 2), 4: (1, 2, 2), 5: (2, 2, 2), 12: (3, 2, 2)}
     for n in range(12):
         stream.append(frame_pixels(21, n, yx, np.uint16))
+        stream._events.flush()  # the view's signal is delivered by the events thread
         if n + 1 == 5:
             assert dict(view.coords) == {"z": range(2), "t": range(2), "p": ["A", "B"],
                                          "y": range(8), "x": range(6)}
@@ -578,3 +583,35 @@ def test_view_reads_a_plane_whose_chunk_write_is_still_in_flight(tmp_path):
             stream.append(frame_pixels(27, k, (24, 20), np.uint16))
             np.testing.assert_array_equal(stream.view()[0, 1],
                                           frame_pixels(27, k, (24, 20), np.uint16), err_msg=k)
+
+
+def test_event_handlers_never_slow_or_break_append(tmp_path):
+    # as ome-writers (a thread pool): a handler that raises is logged, one that is slow
+    # delays nobody; every handler still sees every frame, in order, before close() returns
+    s = acq(tmp_path, ".ome.zarr", [Dimension(name="t", count=6), *YX])
+    stream = create_stream(s, in_process=True)
+    seen, release = [], threading.Event()
+
+    def slow(update):
+        release.wait(10)
+        seen.append(update.frame_number)
+
+    stream.on("coords_changed", lambda update: 1 / 0)
+    stream.on("coords_changed", slow)
+    for i in range(6):  # would block for 10 s (or raise ZeroDivisionError) if run inline
+        stream.append(frame_pixels(30, i, (24, 20), np.uint16))
+    assert seen == []  # the first handler call is still waiting: append() did not
+    release.set()
+    stream.close()
+    assert seen == list(range(6))
+
+
+def test_storage_order_ome_per_format_as_ome_writers():
+    # "ome": OME-Zarr sorts to NGFF order (t, c, z); OME-TIFF keeps the acquisition order
+    # (any [TCZ] DimensionOrder is valid there), so pages arrive in plane order
+    dims = [Dimension(name="z", count=3, type="space"), Dimension(name="c", count=2),
+            Dimension(name="t", count=2), *YX]
+    zarr_s = AcquisitionSettings(root_path="a.ome.zarr", dimensions=dims, dtype="uint8")
+    tiff_s = AcquisitionSettings(root_path="a.ome.tiff", dimensions=dims, dtype="uint8")
+    assert [d.name for d in zarr_s.storage_index_dimensions] == ["t", "c", "z"]
+    assert [d.name for d in tiff_s.storage_index_dimensions] == ["z", "c", "t"]

@@ -650,8 +650,8 @@ def test_daemon_backed_stream_offers_view_and_events(daemon, tmp_path):
     np.testing.assert_array_equal(view[2, 1], np.zeros((16, 16), np.uint16))
     with pytest.raises(IndexError, match="has not been written"):
         stream.view(strict=True)[2, 1]
+    stream.close()  # returns once the handlers have seen every frame
     assert [u.frame_number for u in expanded] == [0, 1, 2, 4]
-    stream.close()
 
 
 def test_daemon_never_binds_a_non_loopback_address_unless_told(tmp_path):
@@ -705,8 +705,11 @@ def test_daemon_view_in_acquisition_order_strict_and_format_metadata(daemon, tmp
     assert stream.view(dynamic_shape=False).shape == (3, 2, 2, *yx)
     md = stream.get_metadata()  # ome-writers' structure, read from the daemon's zarr.json
     assert list(md) == ["0", "1"] and "multiscales" in md["1"]["ome"]
-    with pytest.raises(RuntimeError, match="after close"):
-        stream.update_metadata(md)
+    with pytest.raises(KeyError, match="Unknown path: 2"):  # checked here, before sending
+        stream.update_metadata({"2": {}})
+    md["0"]["during"] = {"operator": "ada"}  # handed to the daemon, kept at close
+    md["0"]["ome"]["multiscales"][0]["name"] = "renamed"
+    stream.update_metadata({"0": md["0"]})
     os.kill(daemon.pid, signal.SIGSTOP)
     try:
         for i in range(6):  # 4 fit in the ring, frames 4 and 5 are dropped
@@ -734,6 +737,9 @@ def test_daemon_view_in_acquisition_order_strict_and_format_metadata(daemon, tmp
     report = stream.close()
     check_dataset(settings, report["paths"], 71, frames=8, missing={4, 5})
     md = stream.get_metadata()
+    assert md["0"]["during"] == {"operator": "ada"}
+    assert md["0"]["ome"]["multiscales"][0]["name"] == "renamed"
+    assert md["0"]["ome_writers"]["frame_metadata"]  # the writer's table kept beside it
     assert md["1"]["ome_writers"]["frame_metadata"]
     md["1"]["my_attrs"] = {"operator": "ada"}
     stream.update_metadata({"1": md["1"]})
@@ -749,6 +755,8 @@ def test_daemon_view_in_acquisition_order_strict_and_format_metadata(daemon, tmp
         Dimension(name="t", count=2), Dimension(name="y", count=16), Dimension(name="x", count=16)])
     tstream = create_stream(tset, endpoint=daemon.endpoint, token=daemon.token)
     assert isinstance(tstream.get_metadata()[0], OME)
+    with pytest.raises(RuntimeError, match="TIFF files must be closed"):
+        tstream.update_metadata(tstream.get_metadata())
     for i in range(2):
         tstream.append(frame_pixels(72, i, yx, np.uint16), frame_metadata={"delta_t": i})
     tstream.close()

@@ -156,7 +156,9 @@ class TensorstoreZarrBackend(ArrayBackend):
 
     def _image_attributes(self, pos: int) -> dict[str, Any]:
         attrs: dict[str, Any] = {"ome": _dump(self._image_model(self.positions[pos]))}
-        extra: dict[str, Any] = {"writer": f"ome-writers-service {__version__}"}
+        # "version", as ome-writers writes its own there (readers look for the key)
+        extra: dict[str, Any] = {"version": __version__,
+                                 "writer": f"ome-writers-service {__version__}"}
         p = self.positions[pos]
         stage = {k: v for k, v in p.model_dump().items() if v is not None and k != "name"}
         if stage:

@@ -8,6 +8,7 @@ ZeroMQ send.
 
 from __future__ import annotations
 
+import bisect
 import fcntl
 import os
 import subprocess
@@ -133,6 +134,10 @@ class ServiceStream:
         self._scratch = np.empty(self._shape, self._dtype)  # claim() target for dropped frames
         self._seq = 0
         self._dropped = 0
+        #: (first frame, count) of the frames sent without data (skipped or dropped here),
+        #: so that a view read after close tells them from written frames
+        self._gaps: list[tuple[int, int]] = []
+        self._closed_reader: ClosedDatasetReader | None = None
         self._policy = settings.backpressure
         self._block_timeout = settings.backpressure_timeout
         self._notice = b'{"type":"frame","stream":%d,"seq":%%d,"slot":%%d}' % self._sid
@@ -204,6 +209,7 @@ class ServiceStream:
             if slot < 0:
                 self._seq = seq + 1
                 self._dropped += 1
+                self._add_gap(seq, 1)
                 return -1, None
         self._free[slot] = 0
         self._nfree -= 1
@@ -243,6 +249,7 @@ class ServiceStream:
         if self._total is not None and self._seq + frames > self._total:
             self._too_many(self._seq + frames - 1)
         self._send({"type": P.SKIP, "stream": self._sid, "seq": self._seq, "count": frames})
+        self._add_gap(self._seq, frames)
         self._seq += frames
         if self._events.handlers:
             for n in range(self._seq - frames, self._seq):
@@ -263,13 +270,24 @@ class ServiceStream:
         sent before it, so a sent plane is final when it is read; the daemon answers "not
         written" for planes it has no frame for (skipped, or dropped under
         ``backpressure="drop"``), which read as zeros, or raise IndexError with
-        ``strict=True``."""
+        ``strict=True``. After close, planes are read from the finished files (this process
+        must see them)."""
         return StreamView(self._settings, self._router, self.read_plane,
                           dynamic_shape=dynamic_shape, strict=strict,
                           frames_done=lambda: self._seq, events=self._events)
 
+    def _add_gap(self, start: int, count: int) -> None:
+        if self._gaps and sum(self._gaps[-1]) == start:
+            first, n = self._gaps[-1]
+            self._gaps[-1] = (first, n + count)
+        else:
+            self._gaps.append((start, count))
+
     def read_plane(self, position: int, index: tuple[int, ...]) -> np.ndarray | None:
-        """One stored plane from the daemon (frames still in its queue may not be there)."""
+        """One stored plane: from the daemon while the stream is open (after every frame sent
+        before the request), from the finished files after close (as ome-writers' view)."""
+        if self._closed and self.report is not None:
+            return self._read_closed(position, index)
         self._check_usable()
         self._send({"type": P.READ, "stream": self._sid, "position": position,
                     "index": [int(i) for i in index]})
@@ -277,6 +295,15 @@ class ServiceStream:
         if not reply["written"]:
             return None
         return np.frombuffer(self._last_payload, self._dtype).reshape(self._shape).copy()
+
+    def _read_closed(self, position: int, index: tuple[int, ...]) -> np.ndarray | None:
+        n = self._router.frame_number(position, index)
+        i = bisect.bisect_right(self._gaps, (n, float("inf"))) - 1
+        if n >= self._seq or (i >= 0 and n < sum(self._gaps[i])):
+            return None  # never sent, skipped, or dropped
+        if self._closed_reader is None:
+            self._closed_reader = ClosedDatasetReader(self._settings)
+        return self._closed_reader.read(position, index)
 
     def _too_many(self, seq: int) -> None:
         raise FrameCountError(f"frame {seq}: the acquisition declares {self._total} frames; "
@@ -753,3 +780,67 @@ def connect_stream(settings: AcquisitionSettings, *, endpoint: str | None = None
                            "file", P.E_AUTH)
     return ServiceStream(settings, endpoint=endpoint, token=token, transport=transport,
                          daemon_pid=pid)
+
+
+class ClosedDatasetReader:
+    """Planes of a finished dataset, read from its files by this process (a daemon-backed
+    stream's view after close). OME-Zarr through tensorstore; OME-TIFF through tifffile,
+    whose series of each file puts its pages in storage order."""
+
+    def __init__(self, settings: AcquisitionSettings) -> None:
+        from .backends import create_backend
+
+        self._backend = create_backend(settings)  # not created: the layout only
+        self._zarr = settings.format_name == "ome-zarr"
+        self._open: dict[int, Any] = {}
+
+    def _array(self, position: int) -> Any:
+        if position not in self._open:
+            path = self._backend.paths[position]
+            try:
+                if self._zarr:
+                    import tensorstore as ts
+
+                    from .backends.zarr_tensorstore import DATASET
+
+                    spec = {"driver": "zarr3", "kvstore": {"driver": "file",
+                                                           "path": f"{path}/{DATASET}"}}
+                    self._open[position] = ts.open(spec, open=True, read=True).result()
+                else:
+                    self._open[position] = _tiff_series_pages(path)
+            except Exception as e:  # noqa: BLE001 - named for the user
+                raise RuntimeError(f"the stream is closed and {path} cannot be read from this "
+                                   f"process: {e}") from e
+        return self._open[position]
+
+    def read(self, position: int, index: tuple[int, ...]) -> np.ndarray | None:
+        arr = self._array(position)
+        if self._zarr:
+            if any(i >= n for i, n in zip(index, arr.shape)):
+                return None
+            return arr[index].read().result()
+        pages, shape = arr
+        if any(i >= n for i, n in zip(index, shape)):
+            return None
+        return pages[int(np.ravel_multi_index(index, shape)) if shape else 0]
+
+
+def _tiff_series_pages(path: str) -> tuple[Any, tuple[int, ...]]:
+    """A reader of ``path``'s image by plane (raster order of its series) and its T/C/Z
+    shape; the file stays open for as long as the reader lives."""
+    import weakref
+
+    import tifffile
+
+    tf = tifffile.TiffFile(path)
+    name = Path(path).name
+    series = next((s for s in tf.series if s.pages[0].parent.filename == name), tf.series[0])
+    shape = tuple(series.shape[:-2])
+
+    class Pages:
+        def __getitem__(self, k: int) -> np.ndarray:
+            return series.pages[k].asarray()
+
+    pages = Pages()
+    weakref.finalize(pages, tf.close)
+    return pages, shape

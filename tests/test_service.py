@@ -654,6 +654,33 @@ def test_daemon_backed_stream_offers_view_and_events(daemon, tmp_path):
     assert [u.frame_number for u in expanded] == [0, 1, 2, 4]
 
 
+@pytest.mark.parametrize("suffix", [".ome.zarr", ".ome.tiff"])
+def test_daemon_backed_view_reads_the_files_after_close(daemon, tmp_path, suffix):
+    # as ome-writers' view after the `with` block: planes come from the finished files;
+    # skipped frames and frames never sent still read as zeros (strict: IndexError)
+    yx = (16, 16)
+    settings = settings_5d(tmp_path / f"vc{suffix}", dimensions=[
+        Dimension(name="z", count=2, type="space"), Dimension(name="t", count=3, type="time"),
+        PositionDimension(coords=["A", "B"]), Dimension(name="y", count=16),
+        Dimension(name="x", count=16)])
+    stream = create_stream(settings, endpoint=daemon.endpoint, token=daemon.token)
+    view, strict = stream.view(), stream.view(strict=True)
+    for i in range(8):  # of 12: closed early, frame 3 skipped
+        if i == 3:
+            stream.skip()
+        else:
+            stream.append(frame_pixels(73, i, yx, np.uint16))
+    stream.close()
+    assert view.shape == (2, 3, 2, *yx)
+    for z, t, p in np.ndindex(2, 3, 2):
+        n = (z * 3 + t) * 2 + p  # frame number in acquisition order z, t, p
+        want = frame_pixels(73, n, yx, np.uint16) if n < 8 and n != 3 else np.zeros(yx, np.uint16)
+        np.testing.assert_array_equal(view[z, t, p], want, err_msg=str((z, t, p)))
+    np.testing.assert_array_equal(strict[0, 0, 1], frame_pixels(73, 1, yx, np.uint16))
+    with pytest.raises(IndexError):
+        strict[0, 1, 1]  # frame 3, skipped
+
+
 def test_daemon_never_binds_a_non_loopback_address_unless_told(tmp_path):
     res = subprocess.run([sys.executable, "-m", "ome_writers_service", "serve", "--runtime-dir",
                           str(tmp_path / "rt"), "--endpoint", "tcp://0.0.0.0:5599"],

@@ -12,6 +12,7 @@ import logging
 import queue
 import threading
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Any, Callable, Literal, Mapping, Sequence
 
 import numpy as np
@@ -74,6 +75,9 @@ class OMEStream:
     def __init__(self, settings: AcquisitionSettings, backend: ArrayBackend | None = None, *,
                  lend_limit: int = 0) -> None:
         settings.validate_for_writing()
+        if settings.acquisition_date is None:  # the OME-XML's AcquisitionDate: now, as
+            settings = settings.model_copy(  # ome-writers (kept in the journal for recover)
+                update={"acquisition_date": datetime.now(timezone.utc)})
         self._settings = settings
         self._router = FrameRouter(settings)
         self._backend = backend or create_backend(settings)

@@ -90,6 +90,8 @@ def test_each_metadata_mode_is_linked_valid_and_pixel_exact(tmp_path, mode):
         if name in full_in:
             assert ome.binary_only is None
             assert_linked(ome, directory, 3)
+            # no acquisition_date in the settings: the stream's start, as ome-writers
+            assert all(i.acquisition_date is not None for i in ome.images)
         else:
             ref = ome.binary_only
             holder = full_in[0]

@@ -252,8 +252,7 @@ class ServiceStream:
         self._add_gap(self._seq, frames)
         self._seq += frames
         if self._events.handlers:
-            for n in range(self._seq - frames, self._seq):
-                self._events.emit(n)
+            self._events.emit_skip(self._seq - frames, frames)
 
     # ---- observation (same API as the in-process stream) ----
 

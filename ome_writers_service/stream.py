@@ -140,16 +140,13 @@ class OMEStream:
             locs = self._router.skip(frames)
         except IndexError as e:
             raise FrameCountError(str(e)) from None
-        handled = [] if self._events else None  # kept only for the event handlers
         with self._lock:
             self._journal.skipped(start, frames)
             self._skipped.append((start, frames))
             for loc in locs:
                 self._backend.skip(loc.position, loc.index)
-                if handled is not None:
-                    handled.append(loc)
-        for n, loc in enumerate(handled or (), start):
-            self._events.emit(n, loc.index)
+        if self._events:
+            self._events.emit_skip(start, frames)
 
     def close(self) -> None:
         """Write everything and the final metadata. Raises if anything could not be written."""
@@ -287,6 +284,11 @@ class CoordEvents:
         kept for callers that have it)."""
         self._queue.put(frame_number)
 
+    def emit_skip(self, first: int, count: int) -> None:
+        """After ``skip(frames=count)`` from frame ``first``: one update at most, for its last
+        frame, and only when the skip reached new coordinates (as ome-writers)."""
+        self._queue.put((first, count))
+
     def flush(self, timeout: float = 10.0) -> None:
         """Return once the handlers have seen every frame emitted so far."""
         if self._thread is None:
@@ -300,17 +302,26 @@ class CoordEvents:
             item = self._queue.get()
             if isinstance(item, threading.Event):
                 item.set()
-                continue
-            self._deliver(item)
+            elif isinstance(item, tuple):
+                first, count = item
+                grew = any([self._track(n) for n in range(first, first + count)])
+                if grew:
+                    self._deliver(first + count - 1, True)
+            else:
+                self._deliver(item, self._track(item))
 
-    def _deliver(self, frame_number: int) -> None:
-        router = self._router
-        acq = router._acq(frame_number)
+    def _track(self, frame_number: int) -> bool:
+        """Extend the highest index seen along each axis; whether it grew."""
         grew = False
-        for i, v in enumerate(acq):
+        for i, v in enumerate(self._router._acq(frame_number)):
             if v > self._max_index[i]:
                 self._max_index[i] = v
                 grew = True
+        return grew
+
+    def _deliver(self, frame_number: int, grew: bool) -> None:
+        router = self._router
+        acq = router._acq(frame_number)
         names = router.acquisition_names
         max_coords: dict[str, Sequence] = {
             n: range(m + 1) if labels is None else labels[:m + 1]

@@ -615,3 +615,20 @@ def test_storage_order_ome_per_format_as_ome_writers():
     tiff_s = AcquisitionSettings(root_path="a.ome.tiff", dimensions=dims, dtype="uint8")
     assert [d.name for d in zarr_s.storage_index_dimensions] == ["t", "c", "z"]
     assert [d.name for d in tiff_s.storage_index_dimensions] == ["z", "c", "t"]
+
+
+def test_skip_emits_one_update_only_when_it_reaches_new_coordinates(tmp_path):
+    # as ome-writers: a skip of n frames is one update (its last frame), and none when
+    # every frame it covers lies within coordinates already reached
+    s = acq(tmp_path, ".ome.zarr", [Dimension(name="t", count=None), Dimension(name="c", count=2),
+                                     *YX])
+    stream = create_stream(s, in_process=True)
+    changed = []
+    stream.on("coords_changed", changed.append)
+    for i in range(3):  # t0c0, t0c1, t1c0
+        stream.append(frame_pixels(31, i, (24, 20), np.uint16))
+    stream.skip(frames=1)  # t1c1: nothing new
+    stream.skip(frames=4)  # t2c0 .. t3c1: t grows
+    stream.close()
+    assert [u.frame_number for u in changed] == [0, 1, 2, 7]
+    assert changed[-1].max_coords["t"] == range(4) and changed[-1].is_high_water_mark

@@ -474,12 +474,38 @@ class ServiceStream:
         return st
 
     def set_global_metadata(self, namespace: str, metadata: Mapping[str, Any]) -> None:
-        """Acquisition-wide metadata under ``namespace`` (written at close)."""
-        self._check_usable()
+        """Acquisition-wide metadata under ``namespace``: handed to the daemon, which writes
+        it at close; after close (as ome-writers allows), written into the finished files
+        from this process."""
         value = check_global_metadata(namespace, metadata)
-        self._send({"type": P.METADATA, "stream": self._sid, "namespace": namespace,
-                    "value": value})
+        if self._closed and self.report is not None:
+            self._write_global_metadata(namespace, value)
+        else:
+            self._check_usable()
+            self._send({"type": P.METADATA, "stream": self._sid, "namespace": namespace,
+                        "value": value})
         self._global_metadata[namespace] = value
+
+    def _write_global_metadata(self, namespace: str, value: dict[str, Any]) -> None:
+        from . import format_metadata as fm
+        from .backends import create_backend
+
+        backend = create_backend(self._settings)  # not created: the layout only
+        try:
+            if self._settings.format_name == "ome-zarr":
+                attrs = fm.read_zarr_attributes(backend.root)
+                attrs[namespace] = value
+                fm.write_zarr_attributes(backend.root, attrs)
+                return
+            layout = backend.layout
+            for key in layout.keys():  # the documents that describe images get it
+                ome = layout.read_document(key)
+                if ome.binary_only is None:
+                    fm.set_global_annotation(ome, namespace, value)
+                    layout.write_document(key, ome)
+        except OSError as e:
+            raise OSError(f"{self._settings.output_path}: cannot write global metadata from "
+                          f"this process: {e}") from e
 
     def get_global_metadata(self) -> dict[str, dict[str, Any]]:
         """The global metadata set so far, by namespace (`set_global_metadata`)."""

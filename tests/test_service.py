@@ -21,6 +21,7 @@ from ome_writers_service import AcquisitionSettings, Dimension, PositionDimensio
 from ome_writers_service import protocol as P
 from ome_writers_service.client import DaemonGoneError, RingFullError, ServiceError
 from ome_writers_service.stream import FrameCountError, FrameMismatchError
+from ome_writers_service.validate import validate_all
 
 from service_util import (CLIENT_SCRIPT, expected_images, frame_pixels, read_image, run_checker,
                           shm_rings, start_daemon)
@@ -679,6 +680,14 @@ def test_daemon_backed_view_reads_the_files_after_close(daemon, tmp_path, suffix
     np.testing.assert_array_equal(strict[0, 0, 1], frame_pixels(73, 1, yx, np.uint16))
     with pytest.raises(IndexError):
         strict[0, 1, 1]  # frame 3, skipped
+    # global metadata may come after close too (as ome-writers): written into the files
+    stream.set_global_metadata("late", {"k": 1})
+    from ome_writers_service.metadata import dataset_info
+    info = dataset_info(settings.output_path)
+    found = info["global_metadata"] if suffix == ".ome.zarr" else \
+        info["images"][1]["global_metadata"]
+    assert found["late"] == {"k": 1}
+    assert all(r.ok for r in validate_all(settings.output_path))
 
 
 def test_daemon_never_binds_a_non_loopback_address_unless_told(tmp_path):

@@ -30,7 +30,7 @@ from .connection import ConnectionInfo, pid_alive, pid_namespace, runtime_dir
 from .ring import FrameRing
 from .schema import AcquisitionSettings
 from .router import FrameRouter
-from .stream import CoordEvents, FrameCountError, StreamView, check_frame
+from .stream import CoordEvents, FrameCountError, OMEStream, StreamView, check_frame
 from .user_metadata import check_frame_metadata, check_global_metadata
 
 #: How long to wait for a reply the daemon should give at once (open, status).
@@ -805,6 +805,9 @@ def connect_stream(settings: AcquisitionSettings, *, endpoint: str | None = None
                            "file", P.E_AUTH)
     return ServiceStream(settings, endpoint=endpoint, token=token, transport=transport,
                          daemon_pid=pid)
+
+
+OMEStream.register(ServiceStream)  # create_stream() returns an OMEStream either way
 
 
 class ClosedDatasetReader:

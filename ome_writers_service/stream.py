@@ -7,6 +7,7 @@ and what ``create_stream(settings, in_process=True)`` returns.
 
 from __future__ import annotations
 
+import abc
 import bisect
 import logging
 import queue
@@ -69,8 +70,11 @@ def check_frame(frame: Any, shape: tuple[int, int], dtype: np.dtype, frame_numbe
         )
 
 
-class OMEStream:
-    """Appends frames in acquisition order to one dataset, in this process."""
+class OMEStream(metaclass=abc.ABCMeta):
+    """Appends frames in acquisition order to one dataset, in this process.
+
+    The daemon-backed stream (`ServiceStream`) is registered as a virtual subclass: what
+    ``create_stream`` returns is an ``OMEStream``, as in ome-writers."""
 
     def __init__(self, settings: AcquisitionSettings, backend: ArrayBackend | None = None, *,
                  lend_limit: int = 0) -> None:

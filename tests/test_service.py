@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 import zmq
 
-from ome_writers_service import AcquisitionSettings, Dimension, PositionDimension, create_stream
+from ome_writers_service import (AcquisitionSettings, Dimension, OMEStream, PositionDimension,
+                                 create_stream)
 from ome_writers_service import protocol as P
 from ome_writers_service.client import DaemonGoneError, RingFullError, ServiceError
 from ome_writers_service.stream import FrameCountError, FrameMismatchError
@@ -665,6 +666,7 @@ def test_daemon_backed_view_reads_the_files_after_close(daemon, tmp_path, suffix
         PositionDimension(coords=["A", "B"]), Dimension(name="y", count=16),
         Dimension(name="x", count=16)])
     stream = create_stream(settings, endpoint=daemon.endpoint, token=daemon.token)
+    assert isinstance(stream, OMEStream)  # as ome-writers' create_stream() promises
     view, strict = stream.view(), stream.view(strict=True)
     for i in range(8):  # of 12: closed early, frame 3 skipped
         if i == 3:

@@ -468,6 +468,8 @@ def test_zarr_get_and_update_metadata_as_ome_writers(tmp_path, layout):
         stream.update_metadata({"nope": {}})
     stream.set_global_metadata("my_ns", {"k": 1})  # the global metadata API is unchanged
     assert stream.get_global_metadata() == {"my_ns": {"k": 1}}
+    # in the root group at once, as ome-writers (a reader sees it during the acquisition)
+    assert zarr.open_group(s.root_path, mode="r").attrs["my_ns"] == {"k": 1}
     for i in range(s.num_frames):
         stream.append(frame_pixels(23, i, (24, 20), np.uint16), frame_metadata={"delta_t": i})
     stream.close()

@@ -189,6 +189,19 @@ class TensorstoreZarrBackend(ArrayBackend):
         keys = fm.zarr_keys(self._image_paths)
         return {k: self._image_attributes(i) for i, k in enumerate(keys)}
 
+    def set_global_metadata(self, namespace: str, metadata) -> None:
+        """Also written into the root group's attributes at once (as ome-writers), so a
+        reader sees it during the acquisition; finalize writes it again."""
+        super().set_global_metadata(namespace, metadata)
+        if self._arrays and not self._finalized:  # created, not yet finalized
+            try:
+                attrs = fm.read_zarr_attributes(self.root)
+                attrs[namespace] = self.global_metadata[namespace]
+                fm.write_zarr_attributes(self.root, attrs)
+            except OSError as e:
+                raise BackendError(f"{self.root / 'zarr.json'}: cannot write global metadata "
+                                   f"{namespace!r}: {e}") from e
+
     def update_metadata(self, metadata) -> None:
         """Each group's attributes are replaced at once and kept at finalize (the per-frame
         table and acquisition summary under ``ome_writers``, and global metadata, stay

@@ -8,11 +8,8 @@ zarr.json that is not JSON all become FAIL lines naming the file.
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
-
-_TIFF_SUFFIX = re.compile(r"(\.ome)?\.tiff?$", re.IGNORECASE)
 
 
 @dataclass

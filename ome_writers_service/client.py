@@ -860,8 +860,10 @@ def _tiff_series_pages(path: str) -> tuple[Any, tuple[int, ...]]:
 
     import tifffile
 
-    tf = tifffile.TiffFile(path)
     name = Path(path).name
+    with tifffile.TiffFile(path) as tf:
+        omexml = _full_omexml(tf, Path(path))
+    tf = tifffile.TiffFile(path, omexml=omexml)
     series = next((s for s in tf.series if s.pages[0].parent.filename == name), tf.series[0])
     shape = tuple(series.shape[:-2])
 
@@ -872,3 +874,26 @@ def _tiff_series_pages(path: str) -> tuple[Any, tuple[int, ...]]:
     pages = Pages()
     weakref.finalize(pages, tf.close)
     return pages, shape
+
+
+def _full_omexml(tf: Any, path: Path) -> str | None:
+    """For a BinaryOnly file, the OME-XML of the master or companion file it names, with this
+    file's UUID as the document's own, so that tifffile reads this file's pages through the
+    handle it has open; None for a file with its own complete OME-XML."""
+    if not tf.is_ome:
+        return None
+    from ome_types import from_xml
+
+    own = from_xml(tf.ome_metadata)
+    ref = own.binary_only
+    if ref is None:
+        return None
+    target = path.parent / Path(ref.metadata_file).name
+    if target.suffix.lower() in (".tif", ".tiff"):
+        import tifffile
+
+        with tifffile.TiffFile(target) as master:
+            xml = master.ome_metadata
+    else:
+        xml = target.read_text(encoding="utf-8")
+    return xml.replace(f'UUID="{ref.uuid}"', f'UUID="{own.uuid}"', 1)

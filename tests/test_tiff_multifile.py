@@ -144,9 +144,11 @@ def test_through_the_daemon_with_metadata_updated_after_close(tmp_path):
     stream.close()
     directory = tmp_path / "svc"
     expected = expected_images(s, 3)
+    view = stream.view()  # after close: read from the files, through the companion's XML
     for pos in range(3):
         np.testing.assert_array_equal(read_image(str(directory / f"svc_p00{pos}.ome.tiff")),
                                       expected[pos])
+        np.testing.assert_array_equal(view[:, pos], expected[pos])  # view: t, p, c
     before[-1].images[1].name = "renamed"
     stream.update_metadata({-1: before[-1]})
     companion = from_xml((directory / "companion.ome").read_text(), validate=True)
@@ -232,3 +234,12 @@ def test_recover_rebuilds_every_document(tmp_path, mode):
     for pos in range(3):
         got = read_image(str(directory / f"crash_p00{pos}.ome.tiff"))
         np.testing.assert_array_equal(got, expected[pos])
+
+
+@pytest.mark.parametrize("mode", ["redundant", "master-tiff"])
+def test_daemon_backed_view_after_close_reads_every_file(tmp_path, mode):
+    s = settings(tmp_path / "v.ome.tiff", mode)
+    stream = write(s, in_process=False, seed=9)
+    view = stream.view()
+    for pos, want in enumerate(expected_images(s, 9)):
+        np.testing.assert_array_equal(view[:, pos], want)  # view axes: t, p, c, y, x

@@ -314,7 +314,7 @@ def cmd_info(args: argparse.Namespace) -> int:
             ok = False
             continue
         print(f"{path}:")
-        print(json.dumps(info, indent=2, default=str, ensure_ascii=False))
+        print(json.dumps(info, indent=2, default=str))
     return 0 if ok else 1
 
 

@@ -31,6 +31,7 @@ _COMPRESSION = {None: None, "none": None, "lzw": "lzw", "zstd": "zstd"}
 #: Room kept after the first OME-XML (bytes): per plane, and at most; unbounded acquisitions
 _RESERVE_PER_PLANE = 256
 _RESERVE_MAX = 16 * 2**20
+_RESERVE_MIN_CAP = 1 * 2**20
 _RESERVE_UNBOUNDED = 1 * 2**20
 
 
@@ -182,9 +183,13 @@ class TifffileBackend(ArrayBackend):
         described = (settings.num_frames or 0) if self.layout.multi_file else planes
         self._bigtiff = settings.is_unbounded or planes * settings.frame_nbytes > _CLASSIC_TIFF_LIMIT
         #: spaces after the first OME-XML, so that the final one (plane counts, one TiffData
-        #: per page when pages arrive out of plane order, per-plane metadata) fits in place
+        #: per page when pages arrive out of plane order, per-plane metadata) fits in place,
+        #: also on a full disk; never more than ~1% of the file's pixels (a "redundant" plate
+        #: of small frames would otherwise reserve more than it stores; its final XML is
+        #: then appended at the end of the file)
+        cap = min(_RESERVE_MAX, max(_RESERVE_MIN_CAP, planes * settings.frame_nbytes // 100))
         self._reserve = _RESERVE_UNBOUNDED if settings.is_unbounded else \
-            min(_RESERVE_MAX, 4096 + _RESERVE_PER_PLANE * described)
+            min(cap, 4096 + _RESERVE_PER_PLANE * described)
         #: the OME-XML each file gets with its first page (built once: see _initial_xml)
         self._initial: dict[int, bytes] | None = None
 

@@ -362,7 +362,8 @@ def build_parser() -> argparse.ArgumentParser:
     status.set_defaults(func=cmd_status)
 
     rec = sub.add_parser("recover", help="finalize datasets whose writer died, from their "
-                                         "journal (<root_path>.ows-journal)")
+                                         "journal (<output path>.ows-journal; the "
+                                         "root_path you gave finds it too)")
     rec.add_argument("paths", nargs="+", help="root paths of the datasets")
     rec.set_defaults(func=cmd_recover)
 

@@ -603,7 +603,7 @@ class ServiceStream:
             self.report = self._await(P.CLOSED, timeout, what="close")
         finally:
             self._release_resources()
-            self._events.flush()  # the handlers have seen every frame when close() returns
+            self._events.close()  # the handlers have seen every frame when close() returns
         if self.report.get("errors"):
             raise ServiceError(f"{self._settings.root_path}: " + "; ".join(self.report["errors"]),
                                P.E_WRITE)

@@ -25,13 +25,19 @@ from .schema import AcquisitionSettings, ome_stem
 def recover(path: str) -> dict[str, Any]:
     """Recover the dataset at ``path`` (its root path or its journal); returns a summary."""
     if path.endswith(SUFFIX):
-        jpath = Path(path)
-    else:  # the output path, or the root_path a multi-file OME-TIFF's directory came from
-        tried = [path.rstrip("/") + SUFFIX, ome_stem(path) + SUFFIX]
-        jpath = next((Path(t) for t in tried if Path(t).is_file()), Path(tried[0]))
-    if not jpath.is_file():
-        raise FileNotFoundError(f"{jpath}: no journal — the dataset was finalized, or was not "
-                                "written by ome-writers-service")
+        tried = [path]
+    else:  # the output path, or the root_path it came from (a multi-file OME-TIFF's
+        # directory is the stem; a root_path without suffix got the format's)
+        stem = ome_stem(path.rstrip("/"))
+        tried = list(dict.fromkeys(
+            [path.rstrip("/") + SUFFIX, stem + SUFFIX,
+             *(stem + suffix + SUFFIX for suffix in (".ome.zarr", ".ome.tiff", ".zarr",
+                                                     ".ome.tif", ".tiff", ".tif"))]))
+    jpath = next((Path(t) for t in tried if Path(t).is_file()), None)
+    if jpath is None:
+        raise FileNotFoundError(f"{path}: no journal ({', '.join(Path(t).name for t in tried)}) "
+                                "— the dataset was finalized, or was not written by "
+                                "ome-writers-service")
     settings, skipped, _ = read_journal(jpath)
     if settings.format_name == "ome-tiff":
         summary = _recover_tiff(settings, skipped)

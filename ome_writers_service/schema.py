@@ -740,6 +740,10 @@ class AcquisitionSettings(_Model):
                 "writing OME-Zarr (to root_path + '.ome.zarr'). End root_path in .ome.zarr or "
                 ".ome.tiff, or set format='ome-zarr'/'ome-tiff'.", UserWarning, stacklevel=2)
             self.__dict__["format"] = OmeZarrFormat()
+        if self.root_path and not os.path.basename(ome_stem(self.root_path.rstrip("/\\"))):
+            raise ValueError(f"root_path {self.root_path!r} has no name before its suffix: "
+                             "the dataset (and a multi-file OME-TIFF's directory) is named "
+                             "after it")
         dims = _frame_axes_are_space(dims)
         self.__dict__["dimensions"] = dims
         _check_dimensions(dims)

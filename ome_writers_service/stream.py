@@ -157,7 +157,7 @@ class OMEStream(metaclass=abc.ABCMeta):
         if self._closed:
             return
         self._closed = True
-        self._events.flush()  # the handlers have seen every frame when close() returns
+        self._events.close()  # the handlers have seen every frame when close() returns
         done, expected = self._router.frames_done, self._router.num_frames
         backend = self._backend
         backend.acquisition_summary = {
@@ -271,6 +271,7 @@ class CoordEvents:
         self._frame_coords = {n: range(k) for n, k in zip(router.frame_names, router.frame_shape)}
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
+        self._start_lock = threading.Lock()
 
     def __bool__(self) -> bool:
         return bool(self.handlers)
@@ -279,9 +280,11 @@ class CoordEvents:
         if event not in ("coords_expanded", "coords_changed"):
             raise ValueError(f"unknown event {event!r}; use 'coords_expanded' or 'coords_changed'")
         self.handlers.setdefault(event, []).append(callback)
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="ows-events", daemon=True)
-            self._thread.start()
+        with self._start_lock:  # one consumer, or frames could be seen out of order
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="ows-events",
+                                                daemon=True)
+                self._thread.start()
 
     def emit(self, frame_number: int, index: tuple[int, ...] | None = None) -> None:
         """After frame ``frame_number`` was handled (``index``: its storage index, unused;
@@ -293,17 +296,27 @@ class CoordEvents:
         frame, and only when the skip reached new coordinates (as ome-writers)."""
         self._queue.put((first, count))
 
-    def flush(self, timeout: float = 10.0) -> None:
-        """Return once the handlers have seen every frame emitted so far."""
-        if self._thread is None:
+    def flush(self, timeout: float | None = None) -> None:
+        """Return once the handlers have seen every frame emitted so far (at once when
+        called from a handler: it cannot wait for itself)."""
+        if self._thread is None or threading.current_thread() is self._thread:
             return
         done = threading.Event()
         self._queue.put(done)
         done.wait(timeout)
 
+    def close(self) -> None:
+        """Deliver what is queued, then end the handlers' thread (it holds the handlers)."""
+        self.flush()
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread = None
+
     def _run(self) -> None:
         while True:
             item = self._queue.get()
+            if item is None:
+                return
             if isinstance(item, threading.Event):
                 item.set()
             elif isinstance(item, tuple):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -634,3 +635,26 @@ def test_skip_emits_one_update_only_when_it_reaches_new_coordinates(tmp_path):
     stream.close()
     assert [u.frame_number for u in changed] == [0, 1, 2, 7]
     assert changed[-1].max_coords["t"] == range(4) and changed[-1].is_high_water_mark
+
+
+def test_event_thread_ends_with_the_stream_and_a_handler_may_close_it(tmp_path):
+    s = acq(tmp_path, ".ome.zarr", [Dimension(name="t", count=3), *YX])
+    before = {t for t in threading.enumerate() if t.name == "ows-events"}
+    stream = create_stream(s, in_process=True)
+    closed = threading.Event()
+
+    def close_on_last(update):
+        if update.frame_number == 2:
+            stream.close()  # from the handlers' own thread: must not wait for itself
+            closed.set()
+
+    stream.on("coords_changed", close_on_last)
+    for i in range(3):
+        stream.append(frame_pixels(32, i, (24, 20), np.uint16))
+    assert closed.wait(10)
+    stream.close()
+    for _ in range(100):
+        if {t for t in threading.enumerate() if t.name == "ows-events"} <= before:
+            break
+        time.sleep(0.01)
+    assert {t for t in threading.enumerate() if t.name == "ows-events"} <= before

@@ -243,3 +243,40 @@ def test_daemon_backed_view_after_close_reads_every_file(tmp_path, mode):
     view = stream.view()
     for pos, want in enumerate(expected_images(s, 9)):
         np.testing.assert_array_equal(view[:, pos], want)  # view axes: t, p, c, y, x
+
+
+def test_overwrite_replaces_an_earlier_multi_file_dataset_and_nothing_else(tmp_path):
+    write(settings(tmp_path / "d.ome.tiff", "companion-file", positions=("A", "B", "C", "D")),
+          in_process=True)
+    (tmp_path / "d" / "notes.txt").write_text("mine")
+    again = settings(tmp_path / "d.ome.tiff", "redundant", positions=("A", "B"))
+    with pytest.raises(FileExistsError, match="already holds an OME-TIFF dataset"):
+        ows.create_stream(again, in_process=True)
+    write(again.model_copy(update={"overwrite": True}), in_process=True)
+    assert sorted(os.listdir(tmp_path / "d")) == ["d_p000.ome.tiff", "d_p001.ome.tiff",
+                                                   "notes.txt"]
+    reports = validate_all(tmp_path / "d")
+    assert all(r.ok for r in reports), "\n".join(map(str, reports))
+    assert len(dataset_info(tmp_path / "d")["images"]) == 2
+
+
+def test_recover_finds_the_journal_from_a_root_path_without_suffix(tmp_path):
+    script = textwrap.dedent(f"""
+        import os, numpy as np, ome_writers_service as ows
+        s = ows.AcquisitionSettings(root_path={str(tmp_path / "run1")!r}, format="zarr",
+            dtype="uint16", dimensions=[ows.Dimension(name="t", count=4, chunk_size=1),
+                                        ows.Dimension(name="y", count=8),
+                                        ows.Dimension(name="x", count=8)])
+        stream = ows.create_stream(s, in_process=True)
+        for i in range(2):
+            stream.append(np.full((8, 8), i + 1, np.uint16))
+        stream._backend.wait_for_writes()
+        os._exit(0)
+    """)
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=120)
+    assert (tmp_path / "run1.ome.zarr.ows-journal").is_file()
+    summary = recover(str(tmp_path / "run1"))  # the root_path as the script gave it
+    assert summary["extent"] == 2
+    assert all(r.ok for r in validate_all(tmp_path / "run1.ome.zarr"))
+    with pytest.raises(FileNotFoundError, match="no journal"):
+        recover(str(tmp_path / "run1"))  # recovered: the journal is gone

@@ -10,6 +10,7 @@ positions make a multi-file dataset whose files are linked by UUID (`TiffLayout`
 from __future__ import annotations
 
 import os
+import re
 import uuid
 from typing import Any
 from pathlib import Path
@@ -55,6 +56,10 @@ class TiffLayout:
         out = Path(settings.output_path)
         n = len(settings.positions)
         self.multi_file = fmt.is_multi_file(n)
+        self.directory = out if self.multi_file else out.parent
+        self.suffix = fmt.suffix
+        #: companion files an earlier dataset in the directory may have left
+        self.companion_names = {fmt.companion_file, "companion.ome"}
         if self.multi_file:
             width = max(3, len(str(n - 1)))
             self.paths = [out / f"{out.name}_p{i:0{width}d}{fmt.suffix}" for i in range(n)]
@@ -64,6 +69,27 @@ class TiffLayout:
         self.mode = fmt.multi_file_metadata if self.multi_file else "redundant"
         self.companion = out / fmt.companion_file if self.mode == "companion-file" else None
         self.companion_uuid = _urn() if self.companion is not None else None
+
+    def prepare(self, overwrite: bool) -> None:
+        """Make the files ready to be created. In a multi-file dataset's directory, the files
+        of an earlier dataset written there (``<dir>_pNNN`` files of any count, companion
+        files) are refused, or removed with ``overwrite``; other files are never touched."""
+        if self.multi_file and self.directory.is_dir():
+            earlier = self.earlier_dataset_files()
+            if earlier and not overwrite:
+                raise FileExistsError(
+                    f"{self.directory} already holds an OME-TIFF dataset ({len(earlier)} files: "
+                    f"{earlier[0].name}, ...); pass overwrite=True to replace it")
+            for f in earlier:
+                f.unlink()
+        for path in [*self.paths, *([self.companion] if self.companion else [])]:
+            prepare_output(path, overwrite)
+
+    def earlier_dataset_files(self) -> list[Path]:
+        pattern = re.compile(re.escape(self.directory.name) + r"_p\d+" +
+                             re.escape(self.suffix) + "$")
+        return sorted(f for f in self.directory.iterdir() if f.is_file() and (
+            pattern.match(f.name) or f.name in self.companion_names))
 
     def holds_full_document(self, pos: int) -> bool:
         return self.mode == "redundant" or (self.mode == "master-tiff" and pos == 0)
@@ -242,8 +268,7 @@ class TifffileBackend(ArrayBackend):
                     f"compression {self.settings.compression!r} for OME-TIFF needs the "
                     "'imagecodecs' package: pip install imagecodecs"
                 ) from e
-        for path in self._paths:
-            prepare_output(path, self.settings.overwrite)
+        self.layout.prepare(self.settings.overwrite)
         try:
             for path in self._paths:
                 self._writers.append(tifffile.TiffWriter(path, bigtiff=self._bigtiff, ome=False))

@@ -8,6 +8,7 @@ zarr.json that is not JSON all become FAIL lines naming the file.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -66,7 +67,22 @@ def validate(path: str | Path) -> Report:
     names other files (UUID references) is checked with them: each exists, carries the UUID
     named, and has the pages the reference needs.
     """
-    p = Path(path)
+    return _validate(Path(path), _Seen())
+
+
+class _Seen:
+    """What one validate_all() run already checked. The files of a multi-file dataset carry
+    the same document (or name the same one): validated against the XSD once, its files
+    opened once, the pixels of all its images read once through tifffile's links; each file's
+    own pages are still read."""
+
+    def __init__(self) -> None:
+        self.documents: dict[str, tuple[object, str]] = {}  # normalized XML -> (OME, error)
+        self.files: dict[Path, tuple[str | None, int]] = {}  # root UUID and pages
+        self.series: set[str] = set()  # documents whose images tifffile has read
+
+
+def _validate(p: Path, seen: _Seen) -> Report:
     report = Report(str(p))
     try:
         if p.is_dir():
@@ -78,9 +94,9 @@ def validate(path: str | Path) -> Report:
                                               "OME-TIFF")
         elif p.is_file():
             if _is_tiff(p):
-                _validate_tiff(p, report)
+                _validate_tiff(p, report, seen)
             elif p.name.lower().endswith(_COMPANION_SUFFIXES):
-                _validate_companion(p, report)
+                _validate_companion(p, report, seen)
             else:
                 report.check(False, "format", f"{p.name} is neither a zarr v3 store, a "
                                               ".tif/.tiff file nor a companion .ome file")
@@ -93,7 +109,8 @@ def validate(path: str | Path) -> Report:
 
 def validate_all(path: str | Path) -> list[Report]:
     """Reports for ``path``; one per file for a multi-file OME-TIFF."""
-    return [validate(f) for f in dataset_files(path)]
+    seen = _Seen()
+    return [_validate(f, seen) for f in dataset_files(path)]
 
 
 def _read_json(path: Path, report: Report) -> dict | None:
@@ -155,9 +172,35 @@ def _validate_zarr(root: Path, report: Report) -> None:
                 report.check(False, f"{where}: readable with tensorstore", str(e)[:300])
 
 
-def _validate_tiff(path: Path, report: Report) -> None:
-    import tifffile
+_ROOT_UUID = re.compile(r'<OME\b[^>]*?\sUUID="([^"]*)"')
+
+
+def _normalized(xml: str) -> str:
+    """The document without its root UUID (the one thing a multi-file dataset's copies of
+    the same document differ in)."""
+    return _ROOT_UUID.sub(lambda m: m.group(0).replace(m.group(1), ""), xml, count=1)
+
+
+def _document(xml: str, seen: _Seen) -> tuple[object, str]:
+    """(OME model, "") of an OME-XML text validated against the XSD by ome-types, or (None,
+    the error); a copy of a document already validated in this run is not validated again."""
     from ome_types import from_xml
+
+    key = _normalized(xml)
+    if key not in seen.documents:
+        try:
+            seen.documents[key] = (from_xml(xml, validate=True), "")
+        except Exception as e:  # noqa: BLE001
+            seen.documents[key] = (None, str(e)[:500])
+    ome, error = seen.documents[key]
+    if ome is None:
+        return None, error
+    match = _ROOT_UUID.search(xml)
+    return ome.model_copy(update={"uuid": match.group(1) if match else None}), ""
+
+
+def _validate_tiff(path: Path, report: Report, seen: _Seen) -> None:
+    import tifffile
 
     try:
         tf = tifffile.TiffFile(path)
@@ -168,29 +211,40 @@ def _validate_tiff(path: Path, report: Report) -> None:
         report.check(tf.is_ome, "OME-XML in the first page", f"missing in {path.name}")
         if not tf.is_ome:
             return
-        try:
-            ome = from_xml(tf.ome_metadata, validate=True)
-            report.check(True, "ome-types: OME-XML valid against the OME XSD")
-        except Exception as e:  # noqa: BLE001
-            report.check(False, "ome-types: OME-XML valid against the OME XSD", str(e)[:500])
+        xml = tf.ome_metadata
+        ome, error = _document(xml, seen)
+        report.check(ome is not None, "ome-types: OME-XML valid against the OME XSD", error)
+        if ome is None:
             return
         try:
             pages = len(tf.pages)
         except Exception as e:  # noqa: BLE001 - a broken IFD chain
             report.check(False, f"{path.name}: pages readable", str(e)[:300])
             return
+        linked = False
         if ome.binary_only is not None:
-            _check_binary_only(path, ome, report)
+            _check_binary_only(path, ome, report, seen)
+            linked = True
         else:
             mine = [i for i in ome.images if not _other_files(i, path.name)]
             planes = sum(i.pixels.size_c * i.pixels.size_z * i.pixels.size_t for i in mine)
             report.check(planes <= pages, f"{planes} planes in this file, {pages} pages",
                          "planes without a page")
-            _check_links(ome, path.parent, report)
+            linked = _check_links(ome, path.parent, report, seen)
+        key = _normalized(xml)
         try:
-            series = tf.series[0]
-            data = series.asarray()
-            report.check(True, f"tifffile: series {series.axes} {data.shape} {data.dtype} readable")
+            if linked and key in seen.series or ome.binary_only is not None:
+                # this file's own pages (the dataset's images were read through the links)
+                with tifffile.TiffFile(path, is_ome=False) as plain:
+                    data = plain.series[0].asarray()
+                report.check(True, f"tifffile: {data.shape[0] if data.ndim > 2 else 1} "
+                                   f"pages {data.dtype} readable")
+            else:
+                for series in tf.series:  # every image, across the files it links
+                    data = series.asarray()
+                seen.series.add(key)
+                report.check(True, f"tifffile: {len(tf.series)} series readable, the first "
+                                   f"{tf.series[0].axes} {tf.series[0].shape}")
         except Exception as e:  # noqa: BLE001
             report.check(False, "tifffile: pixels readable", str(e)[:300])
 
@@ -201,17 +255,20 @@ def _other_files(image, name: str) -> set[str]:
             if td.uuid is not None and td.uuid.file_name and td.uuid.file_name != name}
 
 
-def _root_uuid(path: Path) -> tuple[str | None, int]:
-    """The OME root UUID of a TIFF file and its page count (tifffile + the XML attribute)."""
+def _file_uuid(path: Path, seen: _Seen) -> tuple[str | None, int]:
+    """The OME root UUID of a TIFF file and its page count (read once per run)."""
     import tifffile
-    from ome_types import from_xml
 
-    with tifffile.TiffFile(path) as tf:
-        return from_xml(tf.ome_metadata).uuid, len(tf.pages)
+    if path not in seen.files:
+        with tifffile.TiffFile(path) as tf:
+            match = _ROOT_UUID.search(tf.ome_metadata or "")
+            seen.files[path] = (match.group(1) if match else None, len(tf.pages))
+    return seen.files[path]
 
 
-def _check_links(ome, directory: Path, report: Report) -> None:
-    """Every file a TiffData names exists beside, has that UUID and enough pages."""
+def _check_links(ome, directory: Path, report: Report, seen: _Seen) -> bool:
+    """Every file a TiffData names exists beside, has that UUID and enough pages; whether
+    the document names any file."""
     needed: dict[tuple[str, str], int] = {}
     for image in ome.images:
         for td in image.pixels.tiff_data_blocks:
@@ -220,27 +277,31 @@ def _check_links(ome, directory: Path, report: Report) -> None:
             count = td.plane_count if td.plane_count is not None else 1
             key = (td.uuid.file_name, td.uuid.value)
             needed[key] = max(needed.get(key, 0), (td.ifd or 0) + count)
+    bad = []
     for (name, value), pages_needed in sorted(needed.items()):
         target = directory / name
-        what = f"TiffData file {name} (UUID {value[-12:]})"
         if not target.is_file():
-            report.check(False, what, "missing")
+            bad.append(f"{name}: missing")
             continue
         try:
-            uuid, pages = _root_uuid(target)
+            uuid, pages = _file_uuid(target, seen)
         except Exception as e:  # noqa: BLE001
-            report.check(False, what, f"unreadable: {str(e)[:200]}")
+            bad.append(f"{name}: unreadable ({str(e)[:200]})")
             continue
-        ok = uuid == value and pages >= pages_needed
-        report.check(ok, f"{what}: UUID matches, {pages} pages",
-                     f"its UUID is {uuid}" if uuid != value else
-                     f"{pages} pages, {pages_needed} referenced")
+        if uuid != value:
+            bad.append(f"{name}: its UUID is {uuid}, the reference says {value}")
+        elif pages < pages_needed:
+            bad.append(f"{name}: {pages} pages, {pages_needed} referenced")
+    if needed:
+        report.check(not bad, f"{len(needed)} files linked by TiffData UUID: each present, "
+                              "its UUID matching, its pages there", "; ".join(bad))
+    return bool(needed)
 
 
-def _check_binary_only(path: Path, ome, report: Report) -> None:
+def _check_binary_only(path: Path, ome, report: Report, seen: _Seen) -> None:
     """A file whose metadata is elsewhere: that file exists, has the UUID named, and its
     document describes images in this file."""
-    from ome_types import from_xml
+    import tifffile
 
     ref = ome.binary_only
     target = path.parent / Path(ref.metadata_file).name
@@ -249,11 +310,14 @@ def _check_binary_only(path: Path, ome, report: Report) -> None:
         report.check(False, what, "missing")
         return
     try:
-        doc = _read_companion(target) if not _is_tiff(target) else None
-        if doc is None:
-            import tifffile
+        if _is_tiff(target):
             with tifffile.TiffFile(target) as tf:
-                doc = from_xml(tf.ome_metadata)
+                xml = tf.ome_metadata
+        else:
+            xml = target.read_bytes().decode("utf-8")
+        doc, error = _document(xml, seen)
+        if doc is None:
+            raise ValueError(error)
     except Exception as e:  # noqa: BLE001
         report.check(False, what, f"unreadable: {str(e)[:200]}")
         return
@@ -266,19 +330,16 @@ def _check_binary_only(path: Path, ome, report: Report) -> None:
                      f"{what}: names this file's UUID", f"this file's UUID is {ome.uuid}")
 
 
-def _read_companion(path: Path):
-    from ome_types import from_xml
-
-    return from_xml(path.read_bytes().decode("utf-8"), validate=True)
-
-
-def _validate_companion(path: Path, report: Report) -> None:
+def _validate_companion(path: Path, report: Report, seen: _Seen) -> None:
     try:
-        ome = _read_companion(path)
-        report.check(True, "ome-types: companion OME-XML valid against the OME XSD")
-    except Exception as e:  # noqa: BLE001
-        report.check(False, "ome-types: companion OME-XML valid against the OME XSD",
-                     str(e)[:500])
+        xml = path.read_bytes().decode("utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        report.check(False, "companion OME-XML readable", str(e)[:300])
+        return
+    ome, error = _document(xml, seen)
+    report.check(ome is not None, "ome-types: companion OME-XML valid against the OME XSD",
+                 error)
+    if ome is None:
         return
     report.check(bool(ome.images), f"{len(ome.images)} images described", "none")
-    _check_links(ome, path.parent, report)
+    _check_links(ome, path.parent, report, seen)

@@ -26,6 +26,7 @@ from zmq.utils.monitor import recv_monitor_message
 _monotonic = time.monotonic
 
 from . import protocol as P
+from .dataset_reader import DatasetReader
 from .connection import ConnectionInfo, pid_alive, pid_namespace, runtime_dir
 from .ring import FrameRing
 from .schema import AcquisitionSettings
@@ -137,7 +138,7 @@ class ServiceStream:
         #: (first frame, count) of the frames sent without data (skipped or dropped here),
         #: so that a view read after close tells them from written frames
         self._gaps: list[tuple[int, int]] = []
-        self._closed_reader: ClosedDatasetReader | None = None
+        self._closed_reader: DatasetReader | None = None
         self._policy = settings.backpressure
         self._block_timeout = settings.backpressure_timeout
         self._notice = b'{"type":"frame","stream":%d,"seq":%%d,"slot":%%d}' % self._sid
@@ -301,7 +302,7 @@ class ServiceStream:
         if n >= self._seq or (i >= 0 and n < sum(self._gaps[i])):
             return None  # never sent, skipped, or dropped
         if self._closed_reader is None:
-            self._closed_reader = ClosedDatasetReader(self._settings)
+            self._closed_reader = DatasetReader(self._settings)
         return self._closed_reader.read(position, index)
 
     def _too_many(self, seq: int) -> None:
@@ -808,92 +809,3 @@ def connect_stream(settings: AcquisitionSettings, *, endpoint: str | None = None
 
 
 OMEStream.register(ServiceStream)  # create_stream() returns an OMEStream either way
-
-
-class ClosedDatasetReader:
-    """Planes of a finished dataset, read from its files by this process (a daemon-backed
-    stream's view after close). OME-Zarr through tensorstore; OME-TIFF through tifffile,
-    whose series of each file puts its pages in storage order."""
-
-    def __init__(self, settings: AcquisitionSettings) -> None:
-        from .backends import create_backend
-
-        self._backend = create_backend(settings)  # not created: the layout only
-        self._zarr = settings.format_name == "ome-zarr"
-        self._open: dict[int, Any] = {}
-
-    def _array(self, position: int) -> Any:
-        if position not in self._open:
-            path = self._backend.paths[position]
-            try:
-                if self._zarr:
-                    import tensorstore as ts
-
-                    from .backends.zarr_tensorstore import DATASET
-
-                    spec = {"driver": "zarr3", "kvstore": {"driver": "file",
-                                                           "path": f"{path}/{DATASET}"}}
-                    self._open[position] = ts.open(spec, open=True, read=True).result()
-                else:
-                    self._open[position] = _tiff_series_pages(path)
-            except Exception as e:  # noqa: BLE001 - named for the user
-                raise RuntimeError(f"the stream is closed and {path} cannot be read from this "
-                                   f"process: {e}") from e
-        return self._open[position]
-
-    def read(self, position: int, index: tuple[int, ...]) -> np.ndarray | None:
-        arr = self._array(position)
-        if self._zarr:
-            if any(i >= n for i, n in zip(index, arr.shape)):
-                return None
-            return arr[index].read().result()
-        pages, shape = arr
-        if any(i >= n for i, n in zip(index, shape)):
-            return None
-        return pages[int(np.ravel_multi_index(index, shape)) if shape else 0]
-
-
-def _tiff_series_pages(path: str) -> tuple[Any, tuple[int, ...]]:
-    """A reader of ``path``'s image by plane (raster order of its series) and its T/C/Z
-    shape; the file stays open for as long as the reader lives."""
-    import weakref
-
-    import tifffile
-
-    name = Path(path).name
-    with tifffile.TiffFile(path) as tf:
-        omexml = _full_omexml(tf, Path(path))
-    tf = tifffile.TiffFile(path, omexml=omexml)
-    series = next((s for s in tf.series if s.pages[0].parent.filename == name), tf.series[0])
-    shape = tuple(series.shape[:-2])
-
-    class Pages:
-        def __getitem__(self, k: int) -> np.ndarray:
-            return series.pages[k].asarray()
-
-    pages = Pages()
-    weakref.finalize(pages, tf.close)
-    return pages, shape
-
-
-def _full_omexml(tf: Any, path: Path) -> str | None:
-    """For a BinaryOnly file, the OME-XML of the master or companion file it names, with this
-    file's UUID as the document's own, so that tifffile reads this file's pages through the
-    handle it has open; None for a file with its own complete OME-XML."""
-    if not tf.is_ome:
-        return None
-    from ome_types import from_xml
-
-    own = from_xml(tf.ome_metadata)
-    ref = own.binary_only
-    if ref is None:
-        return None
-    target = path.parent / Path(ref.metadata_file).name
-    if target.suffix.lower() in (".tif", ".tiff"):
-        import tifffile
-
-        with tifffile.TiffFile(target) as master:
-            xml = master.ome_metadata
-    else:
-        xml = target.read_text(encoding="utf-8")
-    return xml.replace(f'UUID="{ref.uuid}"', f'UUID="{own.uuid}"', 1)

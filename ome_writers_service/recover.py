@@ -105,6 +105,13 @@ def _recover_tiff(settings: AcquisitionSettings, skipped: set[int]) -> dict[str,
                         tw.write(zero, photometric="minisblack", contiguous=False,
                                  metadata=None, software=False)
                         pages[pos].append(idx)
+    if shape and not all(shape):
+        raise ValueError(
+            f"{layout.paths[0].parent if layout.multi_file else paths[0]}: no complete step of "
+            f"the acquisition can be recovered ({written} readable pages, the last one cut "
+            "off): nothing a valid OME-TIFF can describe; the journal is kept")
+    if layout.mode == "master-tiff" and not good[0]:
+        layout.mode = "redundant"  # the master file has no pages: every file gets the document
     # one document for every image that has pages (files without any stay as they are)
     records = [ImageRecord(pos, settings.positions[pos], shape, pages[pos])
                for pos in range(len(paths)) if good[pos]]

@@ -280,3 +280,36 @@ def test_recover_finds_the_journal_from_a_root_path_without_suffix(tmp_path):
     assert all(r.ok for r in validate_all(tmp_path / "run1.ome.zarr"))
     with pytest.raises(FileNotFoundError, match="no journal"):
         recover(str(tmp_path / "run1"))  # recovered: the journal is gone
+
+
+CRASH_SKIP = textwrap.dedent("""
+    import os, sys
+    sys.path.insert(0, {tests!r})
+    import ome_writers_service as ows
+    from service_util import frame_pixels
+    from test_tiff_multifile import settings
+    s = settings({root!r}, "master-tiff")
+    stream = ows.create_stream(s, in_process=True)
+    stream.skip(frames=2)  # position A at t=0: the master file never gets a page
+    for i in range(2, 6):
+        stream.append(frame_pixels(6, i, s.frame_shape, s.dtype))
+    os._exit(0)
+""")
+
+
+def test_recover_master_tiff_whose_master_has_no_pages(tmp_path):
+    root = tmp_path / "m.ome.tiff"
+    subprocess.run([sys.executable, "-c", CRASH_SKIP.format(tests=str(REPO / "tests"),
+                                                            root=str(root))],
+                   check=True, timeout=120)
+    recover(str(root))
+    directory = tmp_path / "m"
+    for name in ("m_p001.ome.tiff", "m_p002.ome.tiff"):  # each carries the whole document
+        with tifffile.TiffFile(directory / name) as tf:
+            ome = from_xml(tf.ome_metadata, validate=True)
+        assert ome.binary_only is None and len(ome.images) == 2
+    s = settings(root, "master-tiff")
+    expected = expected_images(s, 6, frames=6, missing={0, 1})
+    for pos in (1, 2):  # one time point: tifffile squeezes T
+        got = read_image(str(directory / f"m_p00{pos}.ome.tiff"))
+        np.testing.assert_array_equal(got, expected[pos].reshape(got.shape))

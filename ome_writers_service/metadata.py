@@ -138,14 +138,56 @@ def dataset_info(path: str | Path) -> dict[str, Any]:
             return _tiff_info(p)  # (names the problem)
     tiffs = [f for f in files if f.suffix.lower() in (".tif", ".tiff")]
     companions = [f for f in files if f not in tiffs]
-    ome = _read_companion(companions[0]) if companions else _full_document(tiffs[0])
-    info = _describe(ome)
-    for img, image in zip(info["images"], ome.images):
-        names = sorted(_files_of(image))
-        img["file"] = str((files[0].parent / names[0]) if names else files[0])
-    info["files"] = [str(f) for f in files]
-    info["pages"] = sum(_pages(f) for f in tiffs)
+    images, problems = _directory_images(tiffs, companions)
+    if not images:
+        raise ValueError(f"{p}: no OME-TIFF dataset found ({'; '.join(problems) or 'no files'})")
+    info: dict[str, Any] = {"format": "OME-TIFF", "images": images,
+                            "files": [str(f) for f in files], "pages": 0}
+    for f in tiffs:
+        try:
+            info["pages"] += _pages(f)
+        except Exception as e:  # noqa: BLE001 - e.g. a file cut off at 0 bytes by a crash
+            problems.append(f"{f.name}: {str(e)[:200]}")
+    if problems:
+        info["unreadable"] = problems
     return info
+
+
+def _directory_images(tiffs: list[Path], companions: list[Path]
+                      ) -> tuple[list[dict[str, Any]], list[str]]:
+    """The images a directory of OME-TIFF files describes, each with its ``file``: those of
+    a multi-file dataset's document (the companion's, or the first complete one a TIFF
+    holds), else those of each standalone OME-TIFF file; and what could not be read."""
+    problems: list[str] = []
+    standalone: list[tuple[Path, Any]] = []
+    document = None
+    for f in companions:
+        try:
+            document = _read_companion(f)
+            break
+        except (OSError, ValueError) as e:
+            problems.append(str(e))
+    for f in tiffs if document is None else ():
+        try:
+            ome = _read_ome(f)
+        except (OSError, ValueError) as e:
+            problems.append(str(e))
+            continue
+        if ome.binary_only is not None:
+            continue
+        if any(_files_of(image) - {f.name} for image in ome.images):
+            document = ome  # names other files: the dataset's document
+            break
+        standalone.append((f, ome))
+    described = [(None, document)] if document is not None else standalone
+    images = []
+    for f, ome in described:
+        for img, image in zip(_describe(ome)["images"], ome.images):
+            names = sorted(_files_of(image))
+            where = tiffs[0].parent if tiffs else companions[0].parent
+            img["file"] = str(where / names[0]) if names else str(f)
+            images.append(img)
+    return images, problems
 
 
 def _pages(path: Path) -> int:

@@ -40,6 +40,17 @@ def _is_tiff(p: Path) -> bool:
     return p.suffix.lower() in (".tif", ".tiff")
 
 
+def _is_companion(p: Path) -> bool:
+    """A ``.ome``/``.xml`` file that holds an OME document (not any XML lying beside)."""
+    if not p.name.lower().endswith(_COMPANION_SUFFIXES):
+        return False
+    try:
+        with open(p, "rb") as f:
+            return b"<OME" in f.read(4096)
+    except OSError:
+        return False
+
+
 def dataset_files(path: str | Path) -> list[Path]:
     """What to check for ``path``: an OME-Zarr store or OME-TIFF file itself; for the
     directory of a multi-file OME-TIFF (or the root_path it was written from, e.g.
@@ -53,8 +64,7 @@ def dataset_files(path: str | Path) -> list[Path]:
             p = stem
     if p.is_dir() and not (p / "zarr.json").exists():
         files = sorted(q for q in p.iterdir() if q.is_file() and not q.name.startswith("."))
-        found = [q for q in files if q.name.lower().endswith(_COMPANION_SUFFIXES)] + \
-            [q for q in files if _is_tiff(q)]
+        found = [q for q in files if _is_companion(q)] + [q for q in files if _is_tiff(q)]
         if found:
             return found
     return [p]

@@ -313,3 +313,20 @@ def test_recover_master_tiff_whose_master_has_no_pages(tmp_path):
     for pos in (1, 2):  # one time point: tifffile squeezes T
         got = read_image(str(directory / f"m_p00{pos}.ome.tiff"))
         np.testing.assert_array_equal(got, expected[pos].reshape(got.shape))
+
+
+def test_info_and_validate_of_a_directory_ignore_what_is_not_the_dataset(tmp_path):
+    write(settings(tmp_path / "r.ome.tiff"), in_process=True)
+    directory = tmp_path / "r"
+    (directory / "notes.xml").write_text("<notes>not OME</notes>")
+    assert len(dataset_info(directory)["images"]) == 3
+    assert all(r.ok for r in validate_all(directory))
+    (directory / "r_p000.ome.tiff").write_bytes(b"")  # cut off at 0 bytes by a crash
+    info = dataset_info(directory)  # the document is read from another file
+    assert len(info["images"]) == 3
+    assert any("r_p000.ome.tiff" in u for u in info["unreadable"])
+    reports = validate_all(directory)
+    failed = [r for r in reports if not r.ok]
+    assert [Path(r.path).name for r in failed] == ["r_p000.ome.tiff", "r_p001.ome.tiff",
+                                                   "r_p002.ome.tiff"]  # all link to it
+    assert "r_p000.ome.tiff" in str(failed[1])

@@ -26,8 +26,8 @@ from zmq.utils.monitor import recv_monitor_message
 _monotonic = time.monotonic
 
 from . import protocol as P
-from .dataset_reader import DatasetReader
 from .connection import ConnectionInfo, pid_alive, pid_namespace, runtime_dir
+from .dataset_reader import DatasetReader
 from .ring import FrameRing
 from .schema import AcquisitionSettings
 from .router import FrameRouter
@@ -139,6 +139,8 @@ class ServiceStream:
         #: so that a view read after close tells them from written frames
         self._gaps: list[tuple[int, int]] = []
         self._closed_reader: DatasetReader | None = None
+        #: OME-Zarr attributes given to update_metadata() while open, by group path
+        self._zarr_updates: dict[str, dict[str, Any]] = {}
         self._policy = settings.backpressure
         self._block_timeout = settings.backpressure_timeout
         self._notice = b'{"type":"frame","stream":%d,"seq":%%d,"slot":%%d}' % self._sid
@@ -533,6 +535,9 @@ class ServiceStream:
                     out[key] = fm.read_zarr_attributes(backend.root / backend.image_groups[i])
                 except (OSError, ValueError):
                     out[key] = backend._image_attributes(i)
+                if key in self._zarr_updates and not self._closed:
+                    # handed to the daemon, maybe not written yet: what it will store
+                    out[key] = fm.merge_zarr_attributes(self._zarr_updates[key], out[key])
             return out
         if self._closed:  # the files the daemon finalized, where this process sees them
             try:
@@ -561,8 +566,10 @@ class ServiceStream:
             self._check_usable()
             keys = fm.zarr_keys(backend.image_groups)
             checked = fm.check_zarr_update(metadata, keys)
+            attributes = {keys[pos]: attrs for pos, attrs in checked.items()}
             self._send({"type": P.UPDATE_METADATA, "stream": self._sid,
-                        "attributes": {keys[pos]: attrs for pos, attrs in checked.items()}})
+                        "attributes": attributes})
+            self._zarr_updates.update(attributes)
             return
         if zarr:
             keys = fm.zarr_keys(backend.image_groups)

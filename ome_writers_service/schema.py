@@ -740,6 +740,11 @@ class AcquisitionSettings(_Model):
                 "writing OME-Zarr (to root_path + '.ome.zarr'). End root_path in .ome.zarr or "
                 ".ome.tiff, or set format='ome-zarr'/'ome-tiff'.", UserWarning, stacklevel=2)
             self.__dict__["format"] = OmeZarrFormat()
+        found = _path_suffix(self.root_path) if self.root_path else None
+        if found is not None and found[0] != self.format.name:
+            raise ValueError(f"format {self.format.name!r} contradicts root_path "
+                             f"{self.root_path!r}, whose suffix {found[1]!r} says {found[0]}: "
+                             "change one of them")
         if self.root_path and not os.path.basename(ome_stem(self.root_path.rstrip("/\\"))):
             raise ValueError(f"root_path {self.root_path!r} has no name before its suffix: "
                              "the dataset (and a multi-file OME-TIFF's directory) is named "

@@ -748,6 +748,7 @@ def test_daemon_view_in_acquisition_order_strict_and_format_metadata(daemon, tmp
     md["0"]["during"] = {"operator": "ada"}  # handed to the daemon, kept at close
     md["0"]["ome"]["multiscales"][0]["name"] = "renamed"
     stream.update_metadata({"0": md["0"]})
+    assert stream.get_metadata()["0"]["during"] == {"operator": "ada"}  # seen at once
     os.kill(daemon.pid, signal.SIGSTOP)
     try:
         for i in range(6):  # 4 fit in the ring, frames 4 and 5 are dropped

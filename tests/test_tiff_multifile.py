@@ -330,3 +330,10 @@ def test_info_and_validate_of_a_directory_ignore_what_is_not_the_dataset(tmp_pat
     assert [Path(r.path).name for r in failed] == ["r_p000.ome.tiff", "r_p001.ome.tiff",
                                                    "r_p002.ome.tiff"]  # all link to it
     assert "r_p000.ome.tiff" in str(failed[1])
+
+
+def test_a_format_object_contradicting_the_root_suffix_is_refused():
+    dims = [ows.Dimension(name="y", count=4), ows.Dimension(name="x", count=4)]
+    with pytest.raises(ValueError, match="contradicts root_path"):
+        ows.AcquisitionSettings(root_path="d/a.ome.zarr", dimensions=dims, dtype="uint8",
+                                format={"name": "ome-tiff"})

@@ -145,7 +145,7 @@ class ServiceStream:
         self._block_timeout = settings.backpressure_timeout
         self._notice = b'{"type":"frame","stream":%d,"seq":%%d,"slot":%%d}' % self._sid
         self._router = FrameRouter(settings)  # for on() events and view() only
-        self._events = CoordEvents(self._router)
+        self._events = CoordEvents(self._router, frames_done=lambda: self._seq)
         self._last_payload: bytes | None = None
         self._global_metadata: dict[str, dict[str, Any]] = {}
         self._heartbeat: _Heartbeat | None = None

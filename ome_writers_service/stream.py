@@ -264,8 +264,10 @@ class CoordEvents:
     that raises is logged, never raised into the acquisition loop. Costs nothing per frame
     while no handler is registered; one queue put per frame while one is."""
 
-    def __init__(self, router: FrameRouter) -> None:
+    def __init__(self, router: FrameRouter, frames_done: Callable[[], int] | None = None
+                 ) -> None:
         self._router = router
+        self._frames_done = frames_done or (lambda: router.frames_done)
         self.handlers: dict[str, list[Callable[[CoordUpdate], None]]] = {}
         self._max_index = [-1] * len(router.acquisition_names)
         self._frame_coords = {n: range(k) for n, k in zip(router.frame_names, router.frame_shape)}
@@ -282,6 +284,9 @@ class CoordEvents:
         self.handlers.setdefault(event, []).append(callback)
         with self._start_lock:  # one consumer, or frames could be seen out of order
             if self._thread is None:
+                # registered mid-acquisition: the coordinates reached so far are known
+                extent = self._router.acquisition_extent_after(self._frames_done())
+                self._max_index = [max(m, e - 1) for m, e in zip(self._max_index, extent)]
                 self._thread = threading.Thread(target=self._run, name="ows-events",
                                                 daemon=True)
                 self._thread.start()

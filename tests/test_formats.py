@@ -658,3 +658,19 @@ def test_event_thread_ends_with_the_stream_and_a_handler_may_close_it(tmp_path):
             break
         time.sleep(0.01)
     assert {t for t in threading.enumerate() if t.name == "ows-events"} <= before
+
+
+def test_handler_registered_mid_acquisition_knows_the_coordinates_reached(tmp_path):
+    s = acq(tmp_path, ".ome.zarr", [Dimension(name="t", count=4), Dimension(name="c", count=3),
+                                     *YX])
+    stream = create_stream(s, in_process=True)
+    for i in range(7):  # up to t=2, c=0
+        stream.append(frame_pixels(33, i, (24, 20), np.uint16))
+    changed, expanded = [], []
+    stream.on("coords_changed", changed.append)
+    stream.on("coords_expanded", expanded.append)
+    stream.append(frame_pixels(33, 7, (24, 20), np.uint16))  # t=2, c=1: nothing new
+    stream.close()
+    (update,) = changed
+    assert update.max_coords["c"] == range(3) and update.max_coords["t"] == range(3)
+    assert not update.is_high_water_mark and expanded == []

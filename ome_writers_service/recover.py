@@ -15,7 +15,7 @@ import numpy as np
 import tifffile
 
 from .backends.ome_xml import ImageRecord, build_ome
-from .backends.tiff_tifffile import SUMMARY_NS, TiffLayout, write_companion
+from .backends.tiff_tifffile import CLASSIC_TIFF_LIMIT, SUMMARY_NS, TiffLayout, write_companion
 from .backends.zarr_tensorstore import ATTR_NAMESPACE, DATASET, TensorstoreZarrBackend
 from .journal import SUFFIX, read_journal
 from .router import FrameRouter
@@ -110,6 +110,17 @@ def _recover_tiff(settings: AcquisitionSettings, skipped: set[int]) -> dict[str,
             f"{layout.paths[0].parent if layout.multi_file else paths[0]}: no complete step of "
             f"the acquisition can be recovered ({written} readable pages, the last one cut "
             "off): nothing a valid OME-TIFF can describe; the journal is kept")
+    for pos, path in enumerate(paths):
+        if not good[pos] and shape and all(shape):
+            # no readable page (a 0-byte file: its frames never arrived): nothing to keep,
+            # so the file is written anew with the fill value, as finalize would have
+            bigtiff = int(np.prod(shape)) * settings.frame_nbytes > CLASSIC_TIFF_LIMIT
+            with tifffile.TiffWriter(path, bigtiff=bigtiff) as tw:
+                for k, idx in enumerate(np.ndindex(*shape)):
+                    tw.write(zero, photometric="minisblack", contiguous=False, metadata=None,
+                             software=False, description="recovering" if k == 0 else None)
+                    pages[pos].append(idx)
+            good[pos] = len(pages[pos])
     if layout.mode == "master-tiff" and not good[0]:
         layout.mode = "redundant"  # the master file has no pages: every file gets the document
     # one document for every image that has pages (files without any stay as they are)

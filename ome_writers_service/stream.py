@@ -257,6 +257,10 @@ class OMEStream(metaclass=abc.ABCMeta):
                           dynamic_shape=dynamic_shape, strict=strict, events=self._events)
 
 
+#: seconds close() waits for on() handlers still busy with earlier frames
+CLOSE_WAIT = 5.0
+
+
 class CoordEvents:
     """The on() events of a stream, computed from frame numbers (so the daemon-backed stream
     offers them too). Handlers run on a thread of their own, in frame order, as ome-writers
@@ -301,18 +305,24 @@ class CoordEvents:
         frame, and only when the skip reached new coordinates (as ome-writers)."""
         self._queue.put((first, count))
 
-    def flush(self, timeout: float | None = None) -> None:
-        """Return once the handlers have seen every frame emitted so far (at once when
-        called from a handler: it cannot wait for itself)."""
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until the handlers have seen every frame emitted so far; False if they had
+        not after ``timeout`` s. At once when called from a handler (it cannot wait for
+        itself)."""
         if self._thread is None or threading.current_thread() is self._thread:
-            return
+            return True
         done = threading.Event()
         self._queue.put(done)
-        done.wait(timeout)
+        return done.wait(timeout)
 
-    def close(self) -> None:
-        """Deliver what is queued, then end the handlers' thread (it holds the handlers)."""
-        self.flush()
+    def close(self, timeout: float | None = None) -> None:
+        """Deliver what is queued (waiting at most ``timeout`` s, `CLOSE_WAIT` by default,
+        for handlers that block), then end the handlers' thread once it is through (it
+        holds the handlers)."""
+        timeout = CLOSE_WAIT if timeout is None else timeout
+        if not self.flush(timeout):
+            log.warning("on() handlers still busy %.0f s after close(); they go on with the "
+                        "frames left in the background", timeout)
         if self._thread is not None:
             self._queue.put(None)
             self._thread = None

@@ -182,31 +182,49 @@ def _validate_zarr(root: Path, report: Report) -> None:
                 report.check(False, f"{where}: readable with tensorstore", str(e)[:300])
 
 
-_ROOT_UUID = re.compile(r'<OME\b[^>]*?\sUUID="([^"]*)"')
+#: the root element's UUID attribute (either quote, spaces around "=")
+_ROOT_UUID = re.compile(r"""<OME\b[^>]*?\sUUID\s*=\s*(["'])(.*?)\1""")
+#: the OME XSD's UUID pattern
+_UUID_PATTERN = re.compile(r"urn:uuid:[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-"
+                           r"[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+_PLACEHOLDER = "urn:uuid:00000000-0000-0000-0000-000000000000"
+
+
+def _root_uuid(xml: str) -> tuple[str | None, re.Match | None]:
+    match = _ROOT_UUID.search(xml)
+    return (match.group(2) if match else None), match
 
 
 def _normalized(xml: str) -> str:
-    """The document without its root UUID (the one thing a multi-file dataset's copies of
-    the same document differ in)."""
-    return _ROOT_UUID.sub(lambda m: m.group(0).replace(m.group(1), ""), xml, count=1)
+    """The document with a placeholder for its root UUID (the one thing a multi-file
+    dataset's copies of the same document differ in)."""
+    _, match = _root_uuid(xml)
+    if match is None:
+        return xml
+    return xml[:match.start(2)] + _PLACEHOLDER + xml[match.end(2):]
 
 
 def _document(xml: str, seen: _Seen) -> tuple[object, str]:
-    """(OME model, "") of an OME-XML text validated against the XSD by ome-types, or (None,
-    the error); a copy of a document already validated in this run is not validated again."""
+    """(OME model, "") of an OME-XML text valid against the XSD (ome-types), or (None, the
+    error). The document is validated with a placeholder root UUID, once per run for all
+    its copies, and each copy's own root UUID is checked against the XSD's pattern."""
     from ome_types import from_xml
 
     key = _normalized(xml)
     if key not in seen.documents:
         try:
-            seen.documents[key] = (from_xml(xml, validate=True), "")
+            seen.documents[key] = (from_xml(key, validate=True), "")
         except Exception as e:  # noqa: BLE001
             seen.documents[key] = (None, str(e)[:500])
     ome, error = seen.documents[key]
     if ome is None:
         return None, error
-    match = _ROOT_UUID.search(xml)
-    return ome.model_copy(update={"uuid": match.group(1) if match else None}), ""
+    uuid, match = _root_uuid(xml)
+    if match is None:
+        return ome.model_copy(update={"uuid": None}), ""
+    if not _UUID_PATTERN.fullmatch(uuid):
+        return None, f"root UUID {uuid!r} does not match the OME schema's UUID pattern"
+    return ome.model_copy(update={"uuid": uuid}), ""
 
 
 def _validate_tiff(path: Path, report: Report, seen: _Seen) -> None:
@@ -271,8 +289,7 @@ def _file_uuid(path: Path, seen: _Seen) -> tuple[str | None, int]:
 
     if path not in seen.files:
         with tifffile.TiffFile(path) as tf:
-            match = _ROOT_UUID.search(tf.ome_metadata or "")
-            seen.files[path] = (match.group(1) if match else None, len(tf.pages))
+            seen.files[path] = (_root_uuid(tf.ome_metadata or "")[0], len(tf.pages))
     return seen.files[path]
 
 

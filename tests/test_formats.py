@@ -674,3 +674,20 @@ def test_handler_registered_mid_acquisition_knows_the_coordinates_reached(tmp_pa
     (update,) = changed
     assert update.max_coords["c"] == range(3) and update.max_coords["t"] == range(3)
     assert not update.is_high_water_mark and expanded == []
+
+
+def test_close_does_not_wait_forever_for_a_blocked_handler(tmp_path, monkeypatch):
+    from ome_writers_service import stream as stream_module
+
+    monkeypatch.setattr(stream_module, "CLOSE_WAIT", 0.5)
+    s = acq(tmp_path, ".ome.zarr", [Dimension(name="t", count=2), *YX])
+    stream = create_stream(s, in_process=True)
+    release = threading.Event()
+    stream.on("coords_changed", lambda update: release.wait(30))  # e.g. waits for a GUI
+    for i in range(2):
+        stream.append(frame_pixels(34, i, (24, 20), np.uint16))
+    t0 = time.monotonic()
+    stream.close()
+    assert time.monotonic() - t0 < 10
+    release.set()
+    verify(s, stream.paths, 34)

@@ -249,12 +249,14 @@ def test_overwrite_replaces_an_earlier_multi_file_dataset_and_nothing_else(tmp_p
     write(settings(tmp_path / "d.ome.tiff", "companion-file", positions=("A", "B", "C", "D")),
           in_process=True)
     (tmp_path / "d" / "notes.txt").write_text("mine")
+    (tmp_path / "d" / "d_p7.ome.tiff").write_text("not a TIFF: not the dataset's")
     again = settings(tmp_path / "d.ome.tiff", "redundant", positions=("A", "B"))
     with pytest.raises(FileExistsError, match="already holds an OME-TIFF dataset"):
         ows.create_stream(again, in_process=True)
     write(again.model_copy(update={"overwrite": True}), in_process=True)
     assert sorted(os.listdir(tmp_path / "d")) == ["d_p000.ome.tiff", "d_p001.ome.tiff",
-                                                   "notes.txt"]
+                                                   "d_p7.ome.tiff", "notes.txt"]
+    (tmp_path / "d" / "d_p7.ome.tiff").unlink()
     reports = validate_all(tmp_path / "d")
     assert all(r.ok for r in reports), "\n".join(map(str, reports))
     assert len(dataset_info(tmp_path / "d")["images"]) == 2
@@ -297,20 +299,21 @@ CRASH_SKIP = textwrap.dedent("""
 """)
 
 
-def test_recover_master_tiff_whose_master_has_no_pages(tmp_path):
+def test_recover_master_tiff_whose_master_has_no_page(tmp_path):
     root = tmp_path / "m.ome.tiff"
     subprocess.run([sys.executable, "-c", CRASH_SKIP.format(tests=str(REPO / "tests"),
                                                             root=str(root))],
                    check=True, timeout=120)
     recover(str(root))
     directory = tmp_path / "m"
-    for name in ("m_p001.ome.tiff", "m_p002.ome.tiff"):  # each carries the whole document
-        with tifffile.TiffFile(directory / name) as tf:
-            ome = from_xml(tf.ome_metadata, validate=True)
-        assert ome.binary_only is None and len(ome.images) == 2
+    # the master got no page: written anew with the fill value, the document in it again
+    reports = validate_all(directory)
+    assert all(r.ok for r in reports), "\n".join(map(str, reports))
+    with tifffile.TiffFile(directory / "m_p000.ome.tiff") as tf:
+        assert len(from_xml(tf.ome_metadata, validate=True).images) == 3
     s = settings(root, "master-tiff")
     expected = expected_images(s, 6, frames=6, missing={0, 1})
-    for pos in (1, 2):  # one time point: tifffile squeezes T
+    for pos in (0, 1, 2):  # one time point: tifffile squeezes T
         got = read_image(str(directory / f"m_p00{pos}.ome.tiff"))
         np.testing.assert_array_equal(got, expected[pos].reshape(got.shape))
 
@@ -337,3 +340,12 @@ def test_a_format_object_contradicting_the_root_suffix_is_refused():
     with pytest.raises(ValueError, match="contradicts root_path"):
         ows.AcquisitionSettings(root_path="d/a.ome.zarr", dimensions=dims, dtype="uint8",
                                 format={"name": "ome-tiff"})
+
+
+def test_a_companion_named_file_that_is_not_ome_is_never_deleted(tmp_path):
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "companion.ome").write_text("my own notes")
+    write(settings(tmp_path / "c.ome.tiff").model_copy(update={"overwrite": True}),
+          in_process=True)
+    assert all(r.ok for r in validate_all(tmp_path / "c"))
+    assert (tmp_path / "c" / "companion.ome").read_text() == "my own notes"

@@ -25,7 +25,7 @@ from .ome_xml import ImageRecord, binary_only, build_ome
 from .tiff_pages import PageAppender
 
 #: Classic TIFF addresses 4 GiB; leave room for IFDs and the OME-XML.
-_CLASSIC_TIFF_LIMIT = 2**32 - 2**26
+CLASSIC_TIFF_LIMIT = 2**32 - 2**26
 #: MapAnnotation namespace of the frames expected/written summary
 SUMMARY_NS = "ome_writers.acquisition"
 _COMPRESSION = {None: None, "none": None, "lzw": "lzw", "zstd": "zstd"}
@@ -86,10 +86,20 @@ class TiffLayout:
             prepare_output(path, overwrite)
 
     def earlier_dataset_files(self) -> list[Path]:
-        pattern = re.compile(re.escape(self.directory.name) + r"_p\d+" +
-                             re.escape(self.suffix) + "$")
-        return sorted(f for f in self.directory.iterdir() if f.is_file() and (
-            pattern.match(f.name) or f.name in self.companion_names))
+        """Files of a dataset written to this directory before: ``<dir>_pNNN`` OME-TIFF files
+        (any TIFF suffix) and companion files holding an OME document; nothing else."""
+        pattern = re.compile(re.escape(self.directory.name) + r"_p\d+(\.ome)?\.tiff?$",
+                             re.IGNORECASE)
+        found = []
+        for f in self.directory.iterdir():
+            if not f.is_file() or f.is_symlink():
+                continue
+            if pattern.match(f.name):
+                if _starts_with(f, (b"II*\0", b"MM\0*", b"II+\0", b"MM\0+")):
+                    found.append(f)
+            elif f.name in self.companion_names and _holds_ome_document(f):
+                found.append(f)
+        return sorted(found)
 
     def holds_full_document(self, pos: int) -> bool:
         return self.mode == "redundant" or (self.mode == "master-tiff" and pos == 0)
@@ -165,6 +175,23 @@ class TiffLayout:
         return fm.read_tiff_ome(self.paths[key])
 
 
+def _starts_with(path: Path, magics: tuple[bytes, ...]) -> bool:
+    """Whether the file begins with one of ``magics`` (TIFF and BigTIFF headers)."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(4) in magics
+    except OSError:
+        return False
+
+
+def _holds_ome_document(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return b"<OME" in f.read(4096)
+    except OSError:
+        return False
+
+
 def write_companion(path: Path, ome: Any) -> None:
     write_companion_bytes(path, ome.to_xml().encode("utf-8"))
 
@@ -207,7 +234,7 @@ class TifffileBackend(ArrayBackend):
         self._compression = _COMPRESSION[settings.compression]
         planes = (settings.num_frames or 0) // max(1, len(self._paths))
         described = (settings.num_frames or 0) if self.layout.multi_file else planes
-        self._bigtiff = settings.is_unbounded or planes * settings.frame_nbytes > _CLASSIC_TIFF_LIMIT
+        self._bigtiff = settings.is_unbounded or planes * settings.frame_nbytes > CLASSIC_TIFF_LIMIT
         #: spaces after the first OME-XML, so that the final one (plane counts, one TiffData
         #: per page when pages arrive out of plane order, per-plane metadata) fits in place,
         #: also on a full disk; never more than ~1% of the file's pixels (a "redundant" plate

@@ -259,6 +259,7 @@ def _validate_tiff(path: Path, report: Report, seen: _Seen) -> None:
             report.check(planes <= pages, f"{planes} planes in this file, {pages} pages",
                          "planes without a page")
             linked = _check_links(ome, path.parent, report, seen)
+            _check_page_format(tf, mine, report)
         key = _normalized(xml)
         try:
             if linked and key in seen.series or ome.binary_only is not None:
@@ -275,6 +276,26 @@ def _validate_tiff(path: Path, report: Report, seen: _Seen) -> None:
                                    f"{tf.series[0].axes} {tf.series[0].shape}")
         except Exception as e:  # noqa: BLE001
             report.check(False, "tifffile: pixels readable", str(e)[:300])
+
+
+_PIXEL_DTYPE = {"float": "float32", "double": "float64"}
+
+
+def _check_page_format(tf, images: list, report: Report) -> None:
+    """The first and last pages have the size and pixel type the document declares (tifffile
+    alone only warns when they do not)."""
+    if not images or not len(tf.pages):
+        return
+    px = images[0].pixels
+    want = ((px.size_y, px.size_x), _PIXEL_DTYPE.get(px.type.value, px.type.value))
+    for k in sorted({0, len(tf.pages) - 1}):
+        page = tf.pages[k]
+        got = (tuple(page.shape[-2:]), page.dtype.name if page.dtype is not None else None)
+        if got != want:
+            report.check(False, f"page {k}: size and pixel type as declared",
+                         f"{got[0]} {got[1]}, the OME-XML declares {want[0]} {want[1]}")
+            return
+    report.check(True, f"pages {want[0][1]}x{want[0][0]} {want[1]} as declared")
 
 
 def _other_files(image, name: str) -> set[str]:

@@ -349,3 +349,16 @@ def test_a_companion_named_file_that_is_not_ome_is_never_deleted(tmp_path):
           in_process=True)
     assert all(r.ok for r in validate_all(tmp_path / "c"))
     assert (tmp_path / "c" / "companion.ome").read_text() == "my own notes"
+
+
+def test_validate_catches_pages_that_contradict_the_declared_pixels(tmp_path):
+    # tifffile only warns when pages do not match the OME-XML; validate says so
+    s = settings(tmp_path / "t.ome.tiff", positions=("A",))
+    write(s, in_process=True)
+    path = Path(s.output_path)
+    assert all(r.ok for r in validate_all(path))
+    with tifffile.TiffFile(path) as tf:
+        xml = tf.ome_metadata
+    tifffile.tiffcomment(path, comment=xml.replace('SizeX="20"', 'SizeX="21"').encode())
+    (report,) = validate_all(path)
+    assert not report.ok and "the OME-XML declares (24, 21) uint16" in str(report)

@@ -349,6 +349,13 @@ def test_a_companion_named_file_that_is_not_ome_is_never_deleted(tmp_path):
           in_process=True)
     assert all(r.ok for r in validate_all(tmp_path / "c"))
     assert (tmp_path / "c" / "companion.ome").read_text() == "my own notes"
+    # where the dataset's own companion would go: refused rather than deleted
+    (tmp_path / "k").mkdir()
+    (tmp_path / "k" / "companion.ome").write_text("my own notes")
+    with pytest.raises(FileExistsError, match="is not an OME file"):
+        ows.create_stream(settings(tmp_path / "k.ome.tiff", "companion-file")
+                          .model_copy(update={"overwrite": True}), in_process=True)
+    assert (tmp_path / "k" / "companion.ome").read_text() == "my own notes"
 
 
 def test_validate_catches_pages_that_contradict_the_declared_pixels(tmp_path):

@@ -83,6 +83,13 @@ class TiffLayout:
             for f in earlier:
                 f.unlink()
         for path in [*self.paths, *([self.companion] if self.companion else [])]:
+            if overwrite and path.is_file() and not (
+                    _holds_ome_document(path) if path == self.companion else
+                    _starts_with(path, _TIFF_MAGICS)):
+                raise FileExistsError(
+                    f"{path} exists and is not {'an OME' if path == self.companion else 'a TIFF'} "
+                    "file: overwrite=True replaces a dataset, never other data; remove it "
+                    "yourself if it must go")
             prepare_output(path, overwrite)
 
     def earlier_dataset_files(self) -> list[Path]:
@@ -95,7 +102,7 @@ class TiffLayout:
             if not f.is_file() or f.is_symlink():
                 continue
             if pattern.match(f.name):
-                if _starts_with(f, (b"II*\0", b"MM\0*", b"II+\0", b"MM\0+")):
+                if _starts_with(f, _TIFF_MAGICS):
                     found.append(f)
             elif f.name in self.companion_names and _holds_ome_document(f):
                 found.append(f)
@@ -173,6 +180,9 @@ class TiffLayout:
             from ome_types import from_xml
             return from_xml(self.companion.read_bytes().decode("utf-8"))
         return fm.read_tiff_ome(self.paths[key])
+
+
+_TIFF_MAGICS = (b"II*\0", b"MM\0*", b"II+\0", b"MM\0+")  # TIFF and BigTIFF headers
 
 
 def _starts_with(path: Path, magics: tuple[bytes, ...]) -> bool:

@@ -670,13 +670,9 @@ class AcquisitionSettings(_Model):
             if key in _FORMAT_NAMES:
                 model, kw = _FORMAT_NAMES[key]
                 # a format named by a string takes its suffix from root_path (as ome-writers)
+                # (a contradicting one is refused once the model is built)
                 found = _path_suffix(str(info.data.get("root_path") or ""))
-                if found is not None:
-                    if found[0] != model.model_fields["name"].default:
-                        raise ValueError(
-                            f"format {v!r} contradicts root_path "
-                            f"{info.data.get('root_path')!r}, whose suffix {found[1]!r} says "
-                            f"{found[0]}: change one of them")
+                if found is not None and found[0] == model.model_fields["name"].default:
                     kw = {**kw, "suffix": found[1]}
                 return model(**kw)
             if key in ("scratch", "memory"):

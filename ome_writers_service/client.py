@@ -8,7 +8,6 @@ ZeroMQ send.
 
 from __future__ import annotations
 
-import bisect
 import fcntl
 import os
 import subprocess
@@ -31,7 +30,8 @@ from .dataset_reader import DatasetReader
 from .ring import FrameRing
 from .schema import AcquisitionSettings
 from .router import FrameRouter
-from .stream import CoordEvents, FrameCountError, OMEStream, StreamView, check_frame
+from .stream import (CoordEvents, FrameCountError, OMEStream, StreamView, check_frame,
+                     in_runs)
 from .user_metadata import check_frame_metadata, check_global_metadata
 
 #: How long to wait for a reply the daemon should give at once (open, status).
@@ -300,8 +300,7 @@ class ServiceStream:
 
     def _read_closed(self, position: int, index: tuple[int, ...]) -> np.ndarray | None:
         n = self._router.frame_number(position, index)
-        i = bisect.bisect_right(self._gaps, (n, float("inf"))) - 1
-        if n >= self._seq or (i >= 0 and n < sum(self._gaps[i])):
+        if n >= self._seq or in_runs(self._gaps, n):
             return None  # never sent, skipped, or dropped
         if self._closed_reader is None:
             self._closed_reader = DatasetReader(self._settings)

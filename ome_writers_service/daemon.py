@@ -121,6 +121,7 @@ class StreamWorker(threading.Thread):
         self.expected_seq = 0  # next sequence number the main thread accepts
         self.frames_queued = 0  # frame notices the main thread handed over
         self.num_frames = settings.num_frames
+        self._metadata_keys: list[str] | None = None
         #: frame notices of the current drain, handed over as one queue item (one wake-up)
         self.batch: list[tuple] = []
         #: liveness: the client's pid when it shares our pid namespace, else heartbeats
@@ -184,6 +185,13 @@ class StreamWorker(threading.Thread):
         finally:
             out.close(linger=1000)
             self.finished.set()
+
+    def metadata_keys(self) -> list[str]:
+        """The group paths update_metadata() accepts (an OME-Zarr stream's image groups),
+        worked out once from the layout."""
+        if self._metadata_keys is None:
+            self._metadata_keys = fm.zarr_keys(create_backend(self.settings).image_groups)
+        return self._metadata_keys
 
     def _open(self, out: zmq.Socket) -> bool:
         """Create the ring and the dataset, then answer `opened`; or answer `error`."""
@@ -558,9 +566,8 @@ class Daemon:
             if w.settings.format_name != "ome-zarr":
                 raise P.ProtocolError(P.E_MALFORMED, "update_metadata: OME-Zarr streams only "
                                                      "(OME-TIFF metadata is updated after close)")
-            keys = fm.zarr_keys(create_backend(w.settings).image_groups)
             try:
-                fm.check_zarr_update(attributes, keys)
+                fm.check_zarr_update(attributes, w.metadata_keys())
             except (TypeError, KeyError, ValueError) as e:
                 raise P.ProtocolError(P.E_MALFORMED, f"update_metadata: {e}") from None
             w.enqueue(("update_metadata", attributes))

@@ -16,10 +16,10 @@ from typing import Any
 
 import numpy as np
 
+from .backends.ome_xml import tiff_axes
 from .schema import AcquisitionSettings
 
 MAX_OPEN_FILES = 16
-_LETTERS = {"time": "T", "channel": "C", "space": "Z"}
 
 
 class DatasetReader:
@@ -34,7 +34,7 @@ class DatasetReader:
         self._arrays: dict[int, Any] = {}
         self._planes: dict[int, dict[tuple[int, int, int], tuple[str, int]]] | None = None
         self._files: OrderedDict[str, Any] = OrderedDict()
-        self._letters = [_LETTERS[d.type] for d in settings.storage_dimensions[:-2]]
+        self._letters = [] if self._zarr else tiff_axes(settings.storage_dimensions)
 
     def read(self, position: int, index: tuple[int, ...]) -> np.ndarray | None:
         """The plane at ``index`` (storage order) of ``position``; None where the dataset
@@ -94,19 +94,9 @@ class DatasetReader:
 
 def _plane_map(first_file: Path) -> dict[int, dict[tuple[int, int, int], tuple[str, int]]]:
     """{position: {(t, c, z): (file name, IFD)}} from the dataset's OME-XML."""
-    import tifffile
-    from ome_types import from_xml
+    from .metadata import dataset_document
 
-    with tifffile.TiffFile(first_file) as tf:
-        ome = from_xml(tf.ome_metadata)
-    ref = ome.binary_only
-    if ref is not None:  # the document is in the master or companion file
-        target = first_file.parent / Path(ref.metadata_file).name
-        if target.suffix.lower() in (".tif", ".tiff"):
-            with tifffile.TiffFile(target) as tf:
-                ome = from_xml(tf.ome_metadata)
-        else:
-            ome = from_xml(target.read_text(encoding="utf-8"))
+    ome = dataset_document(first_file)
     out = {}
     for k, image in enumerate(ome.images):
         suffix = image.id.rsplit(":", 1)[-1]  # Image:<position>, as the writer names them

@@ -101,6 +101,15 @@ def check_tiff_update(metadata: Any, keys: Sequence[int]) -> dict[int, Any]:
     return dict(metadata)
 
 
+def holds_ome_document(path: str | os.PathLike) -> bool:
+    """Whether a file's beginning holds an OME document (a companion file, not any XML)."""
+    try:
+        with open(path, "rb") as f:
+            return b"<OME" in f.read(4096)
+    except OSError:
+        return False
+
+
 def read_tiff_ome(path: str | os.PathLike) -> Any:
     import tifffile
     from ome_types import from_xml

@@ -41,7 +41,7 @@ def read_frame_metadata(path: str | Path) -> list[dict[str, Any]]:
     return out
 
 
-def _full_document(path: Path) -> Any:
+def dataset_document(path: Path) -> Any:
     """The OME document describing ``path``'s pages: its own, or (``BinaryOnly``) that of the
     master file or companion file it names."""
     ome = _read_ome(path)
@@ -64,16 +64,17 @@ def _read_companion(path: Path) -> Any:
         raise ValueError(f"{path}: its OME-XML cannot be read: {str(e)[:300]}") from e
 
 
-def _files_of(image: Any) -> set[str]:
+def files_of(image: Any) -> set[str]:
+    """Names of the files an Image's TiffData reference by UUID (multi-file OME-TIFF)."""
     return {td.uuid.file_name for td in image.pixels.tiff_data_blocks
             if td.uuid is not None and td.uuid.file_name}
 
 
 def _image_of_file(path: Path) -> tuple[Any, Any]:
     """(document, Image) of the image whose pages ``path`` holds."""
-    ome = _full_document(path)
+    ome = dataset_document(path)
     for image in ome.images:
-        if path.name in _files_of(image):
+        if path.name in files_of(image):
             return ome, image
     if not ome.images:
         raise ValueError(f"{path}: its OME-XML describes no image")
@@ -175,7 +176,7 @@ def _directory_images(tiffs: list[Path], companions: list[Path]
             continue
         if ome.binary_only is not None:
             continue
-        if any(_files_of(image) - {f.name} for image in ome.images):
+        if any(files_of(image) - {f.name} for image in ome.images):
             document = ome  # names other files: the dataset's document
             break
         standalone.append((f, ome))
@@ -183,7 +184,7 @@ def _directory_images(tiffs: list[Path], companions: list[Path]
     images = []
     for f, ome in described:
         for img, image in zip(_describe(ome)["images"], ome.images):
-            names = sorted(_files_of(image))
+            names = sorted(files_of(image))
             where = tiffs[0].parent if tiffs else companions[0].parent
             img["file"] = str(where / names[0]) if names else str(f)
             images.append(img)

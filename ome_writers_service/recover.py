@@ -87,54 +87,45 @@ def _recover_tiff(settings: AcquisitionSettings, skipped: set[int]) -> dict[str,
     broken = any(_has_broken_tail(p, n) for p, n in zip(paths, good))
     extent = _first_axis_extent(settings, done, whole=broken)
     shape = _outer_shape(settings, first, extent)
-    zero = np.zeros(settings.frame_shape, settings.dtype)
-    for pos, path in enumerate(paths):
-        if not good[pos]:
-            continue
-        keep = [i for i in pages[pos] if first is None or i[first] < extent]
-        pages[pos] = keep
-        if not broken:  # a clean IFD chain can be extended: zero pages for missing planes
-            have = set(keep)
-            missing = [idx for idx in np.ndindex(*shape) if idx not in have]
-            if missing:
-                # tifffile refuses to append to a file with OME-XML: park a plain description
-                # first (the final OME-XML replaces it below)
-                tifffile.tiffcomment(path, comment=b"recovering", pageindex=0)
-                with tifffile.TiffWriter(path, append=True, bigtiff=_is_bigtiff(path)) as tw:
-                    for idx in missing:
-                        tw.write(zero, photometric="minisblack", contiguous=False,
-                                 metadata=None, software=False)
-                        pages[pos].append(idx)
-    if shape and not all(shape):
+    if not all(shape):
         raise ValueError(
             f"{layout.paths[0].parent if layout.multi_file else paths[0]}: no complete step of "
             f"the acquisition can be recovered ({written} readable pages, the last one cut "
             "off): nothing a valid OME-TIFF can describe; the journal is kept")
+    zero = np.zeros(settings.frame_shape, settings.dtype)
     for pos, path in enumerate(paths):
-        if not good[pos] and shape and all(shape):
-            # no readable page (a 0-byte file: its frames never arrived): nothing to keep,
+        if good[pos]:
+            pages[pos] = [i for i in pages[pos] if first is None or i[first] < extent]
+            if broken:  # only a clean IFD chain can be extended
+                continue
+            have = set(pages[pos])
+            missing = [idx for idx in np.ndindex(*shape) if idx not in have]
+            if not missing:
+                continue
+            # tifffile refuses to append to a file with OME-XML: park a plain description
+            # first (the final OME-XML replaces it below)
+            tifffile.tiffcomment(path, comment=b"recovering", pageindex=0)
+            new, bigtiff = False, _is_bigtiff(path)
+        else:  # no readable page (a 0-byte file: its frames never arrived): nothing to keep,
             # so the file is written anew with the fill value, as finalize would have
-            bigtiff = int(np.prod(shape)) * settings.frame_nbytes > CLASSIC_TIFF_LIMIT
-            with tifffile.TiffWriter(path, bigtiff=bigtiff) as tw:
-                for k, idx in enumerate(np.ndindex(*shape)):
-                    tw.write(zero, photometric="minisblack", contiguous=False, metadata=None,
-                             software=False, description="recovering" if k == 0 else None)
-                    pages[pos].append(idx)
-            good[pos] = len(pages[pos])
-    if layout.mode == "master-tiff" and not good[0]:
-        layout.mode = "redundant"  # the master file has no pages: every file gets the document
-    # one document for every image that has pages (files without any stay as they are)
+            missing = list(np.ndindex(*shape))
+            new = True
+            bigtiff = len(missing) * settings.frame_nbytes > CLASSIC_TIFF_LIMIT
+        with tifffile.TiffWriter(path, append=not new, bigtiff=bigtiff) as tw:
+            for k, idx in enumerate(missing):  # zero pages for the missing planes
+                tw.write(zero, photometric="minisblack", contiguous=False, metadata=None,
+                         software=False, description="recovering" if new and k == 0 else None)
+        pages[pos].extend(missing)
+    # every position's file has pages now: one document describes them all
     records = [ImageRecord(pos, settings.positions[pos], shape, pages[pos])
-               for pos in range(len(paths)) if good[pos]]
-    if records:
-        full = build_ome(settings, layout.image_records(records),
-                         {SUMMARY_NS: _summary(settings, written, done)}, uuid=layout.uuids[0])
-        for key, ome in layout.documents(full).items():
-            if key == -1:
-                write_companion(layout.companion, ome)
-            elif good[key]:
-                tifffile.tiffcomment(paths[key], comment=ome.to_xml().encode("utf-8"),
-                                     pageindex=0)
+               for pos in range(len(paths))]
+    full = build_ome(settings, layout.image_records(records),
+                     {SUMMARY_NS: _summary(settings, written, done)}, uuid=layout.uuids[0])
+    for key, ome in layout.documents(full).items():
+        if key == -1:
+            write_companion(layout.companion, ome)
+        else:
+            tifffile.tiffcomment(paths[key], comment=ome.to_xml().encode("utf-8"), pageindex=0)
     return {"format": "ome-tiff", "paths": [str(p) for p in paths], "frames_recovered": written,
             "shape": shape, "clean_end": not broken}
 

@@ -44,6 +44,12 @@ class CoordUpdate:
     """True when this frame expanded ``max_coords``."""
 
 
+def in_runs(runs: Sequence[tuple[int, int]], n: int) -> bool:
+    """Whether frame ``n`` lies in one of ``runs``, sorted (first frame, count) pairs."""
+    i = bisect.bisect_right(runs, (n, float("inf"))) - 1
+    return i >= 0 and n < runs[i][0] + runs[i][1]
+
+
 class FrameCountError(IndexError):
     """More frames than the settings declare."""
 
@@ -247,8 +253,7 @@ class OMEStream(metaclass=abc.ABCMeta):
             return self._backend.read(position, index)
 
     def _was_skipped(self, n: int) -> bool:
-        i = bisect.bisect_right(self._skipped, (n, float("inf"))) - 1
-        return i >= 0 and n < self._skipped[i][0] + self._skipped[i][1]
+        return in_runs(self._skipped, n)
 
     def view(self, *, dynamic_shape: bool = True, strict: bool = False) -> StreamView:
         """A live, read-only array view of the data, in acquisition order with the position

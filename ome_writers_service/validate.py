@@ -42,13 +42,9 @@ def _is_tiff(p: Path) -> bool:
 
 def _is_companion(p: Path) -> bool:
     """A ``.ome``/``.xml`` file that holds an OME document (not any XML lying beside)."""
-    if not p.name.lower().endswith(_COMPANION_SUFFIXES):
-        return False
-    try:
-        with open(p, "rb") as f:
-            return b"<OME" in f.read(4096)
-    except OSError:
-        return False
+    from .format_metadata import holds_ome_document
+
+    return p.name.lower().endswith(_COMPANION_SUFFIXES) and holds_ome_document(p)
 
 
 def dataset_files(path: str | Path) -> list[Path]:
@@ -254,7 +250,9 @@ def _validate_tiff(path: Path, report: Report, seen: _Seen) -> None:
             _check_binary_only(path, ome, report, seen)
             linked = True
         else:
-            mine = [i for i in ome.images if not _other_files(i, path.name)]
+            from .metadata import files_of
+
+            mine = [i for i in ome.images if not files_of(i) - {path.name}]
             planes = sum(i.pixels.size_c * i.pixels.size_z * i.pixels.size_t for i in mine)
             report.check(planes <= pages, f"{planes} planes in this file, {pages} pages",
                          "planes without a page")
@@ -262,7 +260,7 @@ def _validate_tiff(path: Path, report: Report, seen: _Seen) -> None:
             _check_page_format(tf, mine, report)
         key = _normalized(xml)
         try:
-            if linked and key in seen.series or ome.binary_only is not None:
+            if (linked and key in seen.series) or ome.binary_only is not None:
                 # this file's own pages (the dataset's images were read through the links)
                 with tifffile.TiffFile(path, is_ome=False) as plain:
                     data = plain.series[0].asarray()
@@ -296,12 +294,6 @@ def _check_page_format(tf, images: list, report: Report) -> None:
                          f"{got[0]} {got[1]}, the OME-XML declares {want[0]} {want[1]}")
             return
     report.check(True, f"pages {want[0][1]}x{want[0][0]} {want[1]} as declared")
-
-
-def _other_files(image, name: str) -> set[str]:
-    """Files other than ``name`` whose pages an Image's TiffData reference."""
-    return {td.uuid.file_name for td in image.pixels.tiff_data_blocks
-            if td.uuid is not None and td.uuid.file_name and td.uuid.file_name != name}
 
 
 def _file_uuid(path: Path, seen: _Seen) -> tuple[str | None, int]:

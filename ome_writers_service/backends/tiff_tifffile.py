@@ -84,7 +84,7 @@ class TiffLayout:
                 f.unlink()
         for path in [*self.paths, *([self.companion] if self.companion else [])]:
             if overwrite and path.is_file() and not (
-                    _holds_ome_document(path) if path == self.companion else
+                    fm.holds_ome_document(path) if path == self.companion else
                     _starts_with(path, _TIFF_MAGICS)):
                 raise FileExistsError(
                     f"{path} exists and is not {'an OME' if path == self.companion else 'a TIFF'} "
@@ -104,7 +104,7 @@ class TiffLayout:
             if pattern.match(f.name):
                 if _starts_with(f, _TIFF_MAGICS):
                     found.append(f)
-            elif f.name in self.companion_names and _holds_ome_document(f):
+            elif f.name in self.companion_names and fm.holds_ome_document(f):
                 found.append(f)
         return sorted(found)
 
@@ -194,14 +194,6 @@ def _starts_with(path: Path, magics: tuple[bytes, ...]) -> bool:
         return False
 
 
-def _holds_ome_document(path: Path) -> bool:
-    try:
-        with open(path, "rb") as f:
-            return b"<OME" in f.read(4096)
-    except OSError:
-        return False
-
-
 def write_companion(path: Path, ome: Any) -> None:
     write_companion_bytes(path, ome.to_xml().encode("utf-8"))
 
@@ -218,11 +210,6 @@ def write_companion_bytes(path: Path, xml: bytes) -> None:
         tmp.replace(path)
     finally:
         tmp.unlink(missing_ok=True)
-
-
-def tiff_paths(settings: AcquisitionSettings) -> list[Path]:
-    """The OME-TIFF file of each position (see `TiffLayout`)."""
-    return TiffLayout(settings).paths
 
 
 class TifffileBackend(ArrayBackend):

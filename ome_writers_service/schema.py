@@ -1046,6 +1046,48 @@ def _check_zarr(s: AcquisitionSettings) -> None:
             f"storage_order gives axes {[d.name for d in axes]}, which OME-Zarr v0.5 forbids: "
             "time must come first, then channel/custom, then space; use storage_order='ome'"
         )
+    zarr_image_groups(s)
+
+
+#: what an HCS field's path may hold (yaozarrs' FieldOfView; the NGFF spec wants [A-Za-z0-9])
+_FIELD_NAME = re.compile(r"^[A-Za-z0-9._-]+$")
+
+
+def zarr_image_groups(s: AcquisitionSettings) -> list[str]:
+    """Each position's image group in an OME-Zarr store, named as ome-writers 0.3.2 names
+    them: a plate's ``<row>/<column>/<position name>``; else, with one position, the root
+    (``""``); else, bioformats2raw series named after the positions (``<name>``, or
+    ``<name>_<grid_row>_<grid_column>`` for a grid position). Raises ValueError naming the
+    position whose name cannot be a group, or two positions that would share one."""
+    positions = s.positions
+    if s.plate is not None:
+        for p in positions:
+            if not _FIELD_NAME.match(p.name) or p.name in (".", ".."):
+                raise ValueError(
+                    f"position {p.name!r}: a plate field's name is its OME-Zarr group "
+                    f"({p.plate_row}/{p.plate_column}/<name>) and may hold only letters, digits, "
+                    "'.', '_' and '-'")
+        paths = [f"{p.plate_row}/{p.plate_column}/{p.name}" for p in positions]
+    elif len(positions) == 1:
+        return [""]
+    else:
+        paths = []
+        for p in positions:
+            name = p.name if p.grid_row is None else f"{p.name}_{p.grid_row}_{p.grid_column}"
+            if "/" in name or "\\" in name or name in (".", "..") or name.startswith("__") \
+                    or name == "OME":
+                raise ValueError(
+                    f"position {p.name!r}: its OME-Zarr series group would be {name!r}, which "
+                    "zarr forbids (no '/' or '\\', not '.', '..', 'OME' or starting with "
+                    "'__'); rename the position")
+            paths.append(name)
+    seen: dict[str, int] = {}
+    for i, path in enumerate(paths):
+        if path in seen:
+            raise ValueError(f"positions {positions[seen[path]].name!r} and "
+                             f"{positions[i].name!r} would share the OME-Zarr group {path!r}")
+        seen[path] = i
+    return paths
 
 
 def _check_tiff(s: AcquisitionSettings) -> None:

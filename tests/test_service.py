@@ -742,13 +742,13 @@ def test_daemon_view_in_acquisition_order_strict_and_format_metadata(daemon, tmp
     assert view.dims == ("z", "t", "p", "y", "x") and view.shape == (0, 0, 0, *yx)
     assert stream.view(dynamic_shape=False).shape == (3, 2, 2, *yx)
     md = stream.get_metadata()  # ome-writers' structure, read from the daemon's zarr.json
-    assert list(md) == ["0", "1"] and "multiscales" in md["1"]["ome"]
-    with pytest.raises(KeyError, match="Unknown path: 2"):  # checked here, before sending
-        stream.update_metadata({"2": {}})
-    md["0"]["during"] = {"operator": "ada"}  # handed to the daemon, kept at close
-    md["0"]["ome"]["multiscales"][0]["name"] = "renamed"
-    stream.update_metadata({"0": md["0"]})
-    assert stream.get_metadata()["0"]["during"] == {"operator": "ada"}  # seen at once
+    assert list(md) == ["A", "B"] and "multiscales" in md["B"]["ome"]
+    with pytest.raises(KeyError, match="Unknown path: C"):  # checked here, before sending
+        stream.update_metadata({"C": {}})
+    md["A"]["during"] = {"operator": "ada"}  # handed to the daemon, kept at close
+    md["A"]["ome"]["multiscales"][0]["name"] = "renamed"
+    stream.update_metadata({"A": md["A"]})
+    assert stream.get_metadata()["A"]["during"] == {"operator": "ada"}  # seen at once
     os.kill(daemon.pid, signal.SIGSTOP)
     try:
         for i in range(6):  # 4 fit in the ring, frames 4 and 5 are dropped
@@ -776,16 +776,16 @@ def test_daemon_view_in_acquisition_order_strict_and_format_metadata(daemon, tmp
     report = stream.close()
     check_dataset(settings, report["paths"], 71, frames=8, missing={4, 5})
     md = stream.get_metadata()
-    assert md["0"]["during"] == {"operator": "ada"}
-    assert md["0"]["ome"]["multiscales"][0]["name"] == "renamed"
-    assert md["0"]["ome_writers"]["frame_metadata"]  # the writer's table kept beside it
-    assert md["1"]["ome_writers"]["frame_metadata"]
-    md["1"]["my_attrs"] = {"operator": "ada"}
-    stream.update_metadata({"1": md["1"]})
+    assert md["A"]["during"] == {"operator": "ada"}
+    assert md["A"]["ome"]["multiscales"][0]["name"] == "renamed"
+    assert md["A"]["ome_writers"]["frame_metadata"]  # the writer's table kept beside it
+    assert md["B"]["ome_writers"]["frame_metadata"]
+    md["B"]["my_attrs"] = {"operator": "ada"}
+    stream.update_metadata({"B": md["B"]})
     import zarr
     got = dict(zarr.open_group(report["paths"][1], mode="r").attrs)
     assert got["my_attrs"] == {"operator": "ada"}
-    assert got["ome_writers"]["frame_metadata"] == md["1"]["ome_writers"]["frame_metadata"]
+    assert got["ome_writers"]["frame_metadata"] == md["B"]["ome_writers"]["frame_metadata"]
 
     # OME-TIFF: {position: ome_types.OME}, updated after close
     import tifffile

@@ -8,6 +8,7 @@ ZeroMQ send.
 
 from __future__ import annotations
 
+import builtins
 import fcntl
 import os
 import subprocess
@@ -57,6 +58,30 @@ class ServiceError(RuntimeError):
         self.code = code
 
 
+_BUILTIN_ERRORS: dict[str, type[Exception]] = {
+    name: getattr(builtins, name) for name in P.EXCEPTION_TYPES}
+_SERVICE_VARIANTS: dict[type, type] = {}
+
+
+def remote_error(message: str, code: str = "", exception: str | None = None) -> Exception:
+    """The exception for an error the daemon reported: of the type the in-process stream
+    raises for the same cause (``exception``, one of `protocol.EXCEPTION_TYPES`), else a
+    `ServiceError`. Non-OS types are also ServiceErrors; OS errors (which cannot be) carry
+    the protocol ``code`` as an attribute too."""
+    cls = _BUILTIN_ERRORS.get(exception or "")
+    if cls is None:
+        return ServiceError(message, code)
+    if issubclass(cls, OSError):
+        err = cls(message)
+        err.code = code  # type: ignore[attr-defined]
+        return err
+    variant = _SERVICE_VARIANTS.get(cls)
+    if variant is None:
+        variant = _SERVICE_VARIANTS[cls] = type(f"Service{cls.__name__}", (ServiceError, cls),
+                                                {"__module__": __name__})
+    return variant(message, code)
+
+
 class DaemonGoneError(ServiceError):
     """The daemon died or stopped answering."""
 
@@ -90,7 +115,7 @@ class ServiceStream:
         self._daemon_pid = daemon_pid
         self._closed = False
         self._ring: FrameRing | None = None
-        self._error: ServiceError | None = None
+        self._error: Exception | None = None
         self._last_heard = self._last_ping = _monotonic()
         self._replies: dict[str, dict] = {}  # latest reply of each type, until awaited
         self.report: dict[str, Any] | None = None
@@ -374,7 +399,8 @@ class ServiceStream:
                 self._last_payload = payload
             elif kind == P.ERROR and header.get("code") not in _ANSWER_CODES:
                 # a frame or metadata could not be written: the stream is broken
-                self._error = ServiceError(f"daemon: {header['message']}", header.get("code", ""))
+                self._error = remote_error(f"daemon: {header['message']}",
+                                           header.get("code", ""), header.get("exception"))
                 continue
             elif kind == P.CLOSED and not self._closed:  # the daemon ended the stream
                 self.report = header
@@ -393,10 +419,12 @@ class ServiceStream:
             if kind in replies:
                 return replies.pop(kind)
             err = replies.pop(P.ERROR, None)
-            if err is not None or (kind == P.OPENED and self._error is not None):
-                err = err or {"message": str(self._error), "code": self._error.code}
-                self._error = None
-                raise ServiceError(f"{what}: {err['message']}", err.get("code", ""))
+            if err is not None:
+                raise remote_error(f"{what}: {err['message']}", err.get("code", ""),
+                                   err.get("exception"))
+            if kind == P.OPENED and self._error is not None:
+                error, self._error = self._error, None
+                raise error
             if P.CLOSED in replies:
                 closed = replies[P.CLOSED]
                 raise DaemonGoneError(f"{what}: the daemon closed the stream "

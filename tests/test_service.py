@@ -190,9 +190,12 @@ def test_daemon_errors_reach_the_client(daemon, tmp_path):
     (target / "precious.txt").write_text("keep me")
     settings = AcquisitionSettings(root_path=str(target), dtype="uint8", dimensions=[
         Dimension(name="t", count=2), Dimension(name="y", count=8), Dimension(name="x", count=8)])
-    with pytest.raises(ServiceError, match="already exists") as err:
+    # raised as what the in-process stream raises for the same cause (ome-writers' type)
+    with pytest.raises(FileExistsError, match="already exists") as err:
         create_stream(settings, endpoint=daemon.endpoint, token=daemon.token)
     assert err.value.code == P.E_SETTINGS and str(target) in str(err.value)
+    with pytest.raises(FileExistsError):
+        create_stream(settings, in_process=True)
     assert (target / "precious.txt").read_text() == "keep me"
     with pytest.raises(ServiceError, match="token"):
         create_stream(settings.model_copy(update={"overwrite": True}),
@@ -723,7 +726,7 @@ def test_unwritable_target_is_refused_before_the_first_frame(daemon, tmp_path):
     try:
         settings = settings_5d(ro / "nope.ome.zarr", dimensions=[
             Dimension(name="t", count=2), Dimension(name="y", count=8), Dimension(name="x", count=8)])
-        with pytest.raises(ServiceError, match="not writable") as err:
+        with pytest.raises(PermissionError, match="not writable") as err:
             create_stream(settings, endpoint=daemon.endpoint, token=daemon.token)
         assert str(ro) in str(err.value)
     finally:

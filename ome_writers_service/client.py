@@ -819,22 +819,36 @@ def local_daemon(rt_dir: str | os.PathLike | None = None, *, start: bool = True,
         if daemon_running(info):
             return info
         log_path = rt / "daemon.log"
-        with open(log_path, "ab") as log:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "ome_writers_service", "serve", "--runtime-dir", str(rt),
-                 "--idle-exit", str(idle_exit)],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
-            )
+        pid = _spawn_detached(
+            [sys.executable, "-m", "ome_writers_service", "serve", "--runtime-dir", str(rt),
+             "--idle-exit", str(idle_exit)], log_path)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             info = ConnectionInfo.read(rt)
-            if info is not None and info.pid == proc.pid:
+            if info is not None and info.pid == pid:
                 return info
-            if proc.poll() is not None:
+            if not pid_alive(pid):
                 break
             time.sleep(0.05)
         raise DaemonGoneError(f"the writer daemon did not start; see {log_path}:\n"
                               + _tail(log_path))
+
+
+#: starts argv[1:] in a session of its own and prints its pid: the daemon is then nobody's
+#: child here (init reaps it when it exits; no zombie, no "subprocess still running" warning)
+_LAUNCHER = ("import subprocess, sys\n"
+             "p = subprocess.Popen(sys.argv[1:], stdin=subprocess.DEVNULL, stdout=sys.stdout, "
+             "stderr=sys.stdout, start_new_session=True)\n"
+             "sys.stderr.write(str(p.pid))\n")
+
+
+def _spawn_detached(argv: list[str], log_path: Path) -> int:
+    """Start ``argv`` detached from this process (double fork), output to ``log_path``."""
+    with open(log_path, "ab") as log:
+        launcher = subprocess.run([sys.executable, "-c", _LAUNCHER, *argv],
+                                  stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.PIPE,
+                                  check=True, timeout=30)
+    return int(launcher.stderr.decode().strip())
 
 
 def _tail(path: Path, n: int = 20) -> str:

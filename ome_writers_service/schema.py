@@ -1034,12 +1034,22 @@ def _check_zarr(s: AcquisitionSettings) -> None:
     axes = s.storage_dimensions
     types = [d.type for d in axes]
     n_space = types.count("space")
-    if len(axes) > 5 or types.count("time") > 1 or types.count("channel") + types.count("other") > 1 \
-            or n_space > 3:
+    if len(axes) > 5 or types.count("time") > 1 or types.count("channel") > 1 \
+            or types.count("other") > 1 or n_space > 3:
         raise ValueError(
             f"storage axes {[d.name for d in axes]} cannot be OME-Zarr v0.5 axes: at most one "
-            "time, one channel-or-custom and three space axes (five in all)"
+            "time, one channel, one custom and three space axes (five in all)"
         )
+    if "channel" in types and "other" in types:
+        # what pymmcore-plus asks for with several cameras (t, c, cam, y, x); ome-writers
+        # 0.3.2 writes it and yaozarrs accepts it, but NGFF v0.5 reads "a channel *or* a
+        # custom axis": say so rather than refuse the acquisition
+        custom = next(d.name for d in axes if d.type == "other")
+        warnings.warn(
+            f"storage axes {[d.name for d in axes]}: a channel axis and a custom axis "
+            f"({custom!r}) together go beyond NGFF v0.5's 'channel or custom' axis; "
+            "yaozarrs and ome-writers accept it, strict OME-Zarr readers may not",
+            UserWarning, stacklevel=5)
     ranks = [_OME_RANK[t] for t in types]
     if ranks != sorted(ranks):
         raise ValueError(
@@ -1125,12 +1135,14 @@ def _check_plate(plate: Plate, pd: PositionDimension | None) -> None:
     for p in pd.coords:
         if p.plate_row is None or p.plate_column is None:
             raise ValueError(f"plate: position {p.name!r} has no plate_row/plate_column")
-        if p.plate_row not in plate.row_names:
-            raise ValueError(f"plate: position {p.name!r} plate_row {p.plate_row!r} not in row_names")
-        if p.plate_column not in plate.column_names:
-            raise ValueError(
-                f"plate: position {p.name!r} plate_column {p.plate_column!r} not in column_names"
-            )
+    outside = [p.name for p in pd.coords
+               if p.plate_row not in plate.row_names or p.plate_column not in plate.column_names]
+    if outside:
+        # a warning, as ome-writers 0.3.2 (its words): OME-TIFF leaves them out of the Plate;
+        # OME-Zarr, whose plate must list every well, refuses them when the stream is created
+        warnings.warn(
+            f"Some positions have row/column values not in the plate definition: {outside}. "
+            "These may be omitted from the plate metadata on disk.", UserWarning, stacklevel=5)
 
 
 def dims_from_standard_axes(

@@ -100,3 +100,89 @@ def test_existing_dataset_is_file_exists_error_in_both_modes(daemon, tmp_path):
     for kw in ({"in_process": True}, {"endpoint": daemon.endpoint, "token": daemon.token}):
         with pytest.raises(FileExistsError, match="already exists"):
             create_stream(again, **kw)
+
+
+def test_plate_position_outside_the_plate_warns_as_0_3_2(tmp_path):
+    from ome_writers_service import Plate, Position
+    import ome_types
+
+    def plate_settings(suffix):
+        return AcquisitionSettings(
+            root_path=str(tmp_path / f"plate{suffix}"), dtype="uint16", overwrite=True,
+            dimensions=[Dimension(name="p", type="position", coords=[
+                Position(name="f0", plate_row="A", plate_column="1"),
+                Position(name="f0", plate_row="C", plate_column="3")]),
+                Dimension(name="y", count=8), Dimension(name="x", count=8)],
+            plate=Plate(row_names=["A"], column_names=["1"]))
+
+    for suffix in (".ome.zarr", ".ome.tiff"):
+        with pytest.warns(UserWarning, match="not in the plate definition: \\['f0'\\]"):
+            s = plate_settings(suffix)
+    with pytest.raises(ValueError, match=r"positions \['f0'\] lie outside the plate"):
+        with pytest.warns(UserWarning):
+            zarr = plate_settings(".ome.zarr")
+        create_stream(zarr, in_process=True)
+    assert not (tmp_path / "plate.ome.zarr").exists()
+    with create_stream(s, in_process=True) as st:  # OME-TIFF: written, left out of the Plate
+        st.append(np.ones((8, 8), np.uint16))
+        st.append(np.full((8, 8), 2, np.uint16))
+    ome = ome_types.from_tiff(st.paths[0])
+    assert len(ome.images) == 2
+    (plate,) = ome.plates
+    assert [ws.image_ref.id for w in plate.wells for ws in w.well_samples] == [ome.images[0].id]
+
+
+def test_tiff_global_metadata_values_are_json_as_0_3_2(tmp_path):
+    import ome_types
+    s = small(tmp_path / "g.ome.tiff")
+    with create_stream(s, in_process=True) as st:
+        st.set_global_metadata("lab", {"who": "Ada", "n": 3, "µ": "5 µm", "nested": {"a": [1]}})
+        for i in range(4):
+            st.append(np.zeros((16, 16), np.uint16))
+    (ann,) = [a for a in ome_types.from_tiff(st.paths[0]).structured_annotations.map_annotations
+              if a.namespace == "lab"]
+    values = {m.k: json.loads(m.value) for m in ann.value.ms}  # every value is JSON
+    assert values == {"who": "Ada", "n": 3, "µ": "5 µm", "nested": {"a": [1]}}
+    assert st.get_global_metadata()["lab"]["who"] == "Ada"
+
+
+def test_on_demand_daemon_is_detached_and_warns_nothing(tmp_path):
+    # upstream's suite runs with warnings as errors: starting the daemon on demand must not
+    # leave a Popen behind ("subprocess N is still running"), nor a zombie when it exits
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    rt = tmp_path / "rt"
+    code = f"""
+import gc, os, warnings, numpy as np
+warnings.simplefilter("error")
+from ome_writers_service import AcquisitionSettings, Dimension, create_stream
+s = AcquisitionSettings(root_path={str(tmp_path / "a.ome.zarr")!r}, dtype="uint8", dimensions=[
+    Dimension(name="t", count=2), Dimension(name="y", count=4), Dimension(name="x", count=4)])
+with create_stream(s, runtime_dir={str(rt)!r}) as st:
+    st.append(np.zeros((4, 4), np.uint8))
+gc.collect()
+print(os.getpid())
+"""
+    out = subprocess.run([sys.executable, "-W", "error", "-c", code], capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "ResourceWarning" not in out.stderr
+    info = json.loads((rt / "daemon.json").read_text())
+    try:
+        with open(f"/proc/{info['pid']}/stat") as f:
+            ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        assert ppid != int(out.stdout.strip())  # not the client's child
+    finally:
+        os.kill(info["pid"], signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:  # gone, or a zombie of whoever adopted it
+            try:
+                with open(f"/proc/{info['pid']}/stat") as f:
+                    if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                        break
+            except OSError:
+                break
+            time.sleep(0.05)

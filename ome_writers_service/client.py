@@ -347,8 +347,8 @@ class ServiceStream:
         return self._closed_reader.read(position, index)
 
     def _too_many(self, seq: int) -> None:
-        raise FrameCountError(f"frame {seq}: the acquisition declares {self._total} frames; "
-                              "nothing more can be appended")
+        raise FrameCountError(f"frame {seq}: Cannot append frame: would exceed total of "
+                              f"{self._total} frames the acquisition declares")
 
     # ---- slots and replies ----
 

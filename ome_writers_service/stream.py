@@ -131,8 +131,8 @@ class OMEStream(metaclass=abc.ABCMeta):
             loc = next(self._router)
         except StopIteration:
             raise FrameCountError(
-                f"frame {n}: the acquisition declares {self._router.num_frames} frames; "
-                "nothing more can be appended"
+                f"frame {n}: Cannot append frame: would exceed total of "
+                f"{self._router.num_frames} frames the acquisition declares"
             ) from None
         with self._lock:
             if done is None:

@@ -207,3 +207,23 @@ def test_view_after_close_of_tiff_in_both_modes(daemon, tmp_path, compression, f
             assert [int(view[i, 0, 0]) for i in range(frames)] == list(range(1, frames + 1))
             del st, view
             gc.collect()
+
+
+@pytest.mark.parametrize("suffix", [".ome.zarr", ".ome.tiff"])
+def test_a_stream_dropped_unclosed_is_finalized_with_a_warning(tmp_path, suffix):
+    import gc
+    from ome_writers_service import dataset_info
+    s = small(tmp_path / f"dropped{suffix}")
+    stream = create_stream(s, in_process=True)
+    stream.append(np.full((16, 16), 7, np.uint16))
+    with pytest.warns(UserWarning, match="OMEStream was not closed"):
+        del stream
+        gc.collect()
+    assert not list(tmp_path.glob("*.ows-journal"))  # finalized: nothing to recover
+    assert dataset_info(str(tmp_path / f"dropped{suffix}"))["images"]
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        unused = create_stream(s, in_process=True)  # nothing appended: no warning
+        del unused
+        gc.collect()

@@ -247,7 +247,9 @@ class TensorstoreZarrBackend(ArrayBackend):
         comp = self.settings.compression
         if comp in ("blosc-zstd", "blosc-lz4"):
             inner.append({"name": "blosc", "configuration": {
-                "cname": comp.split("-")[1], "clevel": 5, "shuffle": "shuffle",
+                # the levels ome-writers 0.3.2 writes: zstd 3, lz4 5
+                "cname": comp.split("-")[1], "clevel": 3 if comp == "blosc-zstd" else 5,
+                "shuffle": "shuffle",
                 "typesize": self.dtype.itemsize, "blocksize": 0}})
         elif comp == "zstd":
             inner.append({"name": "zstd", "configuration": {"level": 3, "checksum": False}})

@@ -312,3 +312,56 @@ def test_a_daemon_error_raises_in_the_next_frame_ready(daemon, scope, tmp_path, 
             assert len(tf.pages) >= 1
     finally:
         subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+@pytest.mark.parametrize("suffix", FORMATS)
+def test_an_event_generator_is_written_along_an_unbounded_t_as_the_builtin_sink(
+        daemon, scope, tmp_path, suffix):
+    def events():
+        for i in range(5):
+            yield useq.MDAEvent(index={"t": i}, x_pos=100 + i, y_pos=50)
+
+    sink = ServiceSink(tmp_path / "ours" / f"run{suffix}", endpoint=daemon.endpoint,
+                       token=daemon.token)
+    snapped = run(scope, events(), sink)
+    assert sink.error is None and len(snapped) == 5
+    out = Path(sink.settings.output_path)
+    ours = images(out)
+    assert ours[0]["data"].shape[0] == 5  # the unbounded t grew to the frames that came
+    n = check_frames(snapped, ours, by_position())
+    compare_with_builtin(ours, reference(scope, events(), tmp_path, suffix))
+    CHECKED[suffix] = CHECKED.get(suffix, 0) + n
+
+
+def test_several_cameras_add_a_cam_axis_as_the_builtin_sink(daemon, scope, tmp_path):
+    # UniMMCore has no multi-camera device without adapters: the handlers get what the
+    # runner hands them for two cameras (each event's frames, one per camera, in order)
+    from pymmcore_plus.mda._sink import OmeWritersSink  # the built-in sink, ome-writers 0.3.2
+    seq = useq.MDASequence(time_plan={"interval": 0, "loops": 3}, channels=list(CHANNELS))
+    core, _ = scope
+    meta = core.mda.engine.setup_sequence(seq)
+    meta["image_infos"][0]["num_camera_adapter_channels"] = 2
+    frames = [(np.full((24, 40), 10 * k + cam, np.uint16), event)
+              for k, event in enumerate(seq) for cam in range(2)]
+    frame_meta = {"runner_time_ms": 1.0, "exposure_ms": 10.0}
+    sink = ServiceSink(tmp_path / "ours" / "run.ome.zarr", endpoint=daemon.endpoint,
+                       token=daemon.token)
+    with pytest.warns(UserWarning, match="channel axis and a custom axis"):
+        sink.sequenceStarted(seq, meta)
+    for img, event in frames:
+        sink.frameReady(img, event, frame_meta)
+    sink.sequenceFinished(seq)
+    assert sink.error is None and sink.report["frames_written"] == 12
+    ref = OmeWritersSink.from_output(tmp_path / "ref" / "run.ome.zarr")
+    with pytest.warns(UserWarning):
+        ref.setup(seq, meta)
+    for img, event in frames:
+        ref.append(img, event, frame_meta)
+    ref.close()
+    ours, theirs = images(tmp_path / "ours" / "run.ome.zarr"), images(tmp_path / "ref" / "run.ome.zarr")
+    assert ours[0]["axes"] == ["t", "c", "cam", "y", "x"]
+    for k, event in enumerate(seq):
+        for cam in range(2):
+            where = (event.index["t"], event.index["c"], cam)
+            assert ours[0]["data"][where][0, 0] == 10 * k + cam
+    compare_with_builtin(ours, theirs)

@@ -51,7 +51,7 @@ def _axis(d: Dimension) -> Any:
         return v05.SpaceAxis(name=d.name, type="space", unit=unit)
     if d.type == "channel":
         return v05.ChannelAxis(name=d.name, type="channel")
-    return v05.CustomAxis(name=d.name, type=d.type if d.type != "other" else None, unit=d.unit)
+    return v05.CustomAxis(name=d.name, type=d.type, unit=d.unit)  # "other", as 0.3.2
 
 
 def _write_group(path: Path, attributes: Mapping[str, Any]) -> None:

@@ -64,6 +64,11 @@ class ServiceSink:
             self._base = AcquisitionSettings(format="scratch", overwrite=overwrite)
         else:
             self._base = AcquisitionSettings(root_path=os.fspath(output), overwrite=overwrite)
+            if not overwrite and os.path.lexists(self._base.root_path):
+                # said now, before the acquisition starts: pymmcore-plus goes on acquiring
+                # when a handler fails at the start of the sequence
+                raise FileExistsError(f"{self._base.root_path} already exists; pass "
+                                      "overwrite=True to replace it")
         self._connect = {"endpoint": endpoint, "token": token, "transport": transport,
                          "in_process": in_process, "runtime_dir": runtime_dir}
         self.settings: AcquisitionSettings | None = None

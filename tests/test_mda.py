@@ -168,22 +168,28 @@ def by_position(n_grid: int = 1):
     return lambda index: index.get("p", 0) * n_grid + index.get("g", 0)
 
 
+def write_and_compare(daemon, scope, tmp_path, suffix, seq, position_of, engine_cls=None):
+    """``seq`` through a ServiceSink (daemon-backed): no error, every frame checked at its
+    event's place, the dataset as the built-in sink writes it with ome-writers 0.3.2."""
+    sink = ServiceSink(tmp_path / "ours" / f"run{suffix}", overwrite=True,
+                       endpoint=daemon.endpoint, token=daemon.token)
+    snapped = run(scope, seq, sink, engine_cls)
+    assert sink.error is None and not sink.report["errors"]
+    assert sink.report["frames_written"] == len(snapped)
+    ours = images(Path(sink.settings.output_path))
+    CHECKED[suffix] = CHECKED.get(suffix, 0) + check_frames(snapped, ours, position_of)
+    compare_with_builtin(ours, reference(scope, seq, tmp_path, suffix, engine_cls))
+    return snapped, ours
+
+
 @pytest.mark.parametrize("suffix", FORMATS)
 def test_mda_10t_2c_5z_2p_matches_the_builtin_sink(daemon, scope, tmp_path, suffix):
     seq = useq.MDASequence(
         time_plan={"interval": 0, "loops": 10}, channels=list(CHANNELS),
         z_plan={"range": 0.8, "step": 0.2}, axis_order="tpcz",
         stage_positions=[(100, 200, 1.0), (300, 400, 2.0)])
-    sink = ServiceSink(tmp_path / "ours" / f"run{suffix}", overwrite=True, endpoint=daemon.endpoint,
-                       token=daemon.token)
-    snapped = run(scope, seq, sink)
-    assert sink.error is None and not sink.report["errors"]
-    assert sink.report["frames_written"] == len(snapped) == 10 * 2 * 5 * 2
-    ours = images(Path(sink.settings.output_path))
-    n = check_frames(snapped, ours, by_position())
-    ref = reference(scope, seq, tmp_path, suffix)  # the built-in sink, ome-writers 0.3.2
-    compare_with_builtin(ours, ref)
-    CHECKED[suffix] = CHECKED.get(suffix, 0) + n
+    snapped, _ = write_and_compare(daemon, scope, tmp_path, suffix, seq, by_position())
+    assert len(snapped) == 10 * 2 * 5 * 2
 
 
 @pytest.mark.parametrize("suffix", FORMATS)
@@ -193,18 +199,11 @@ def test_grid_plan_positions_match_the_builtin_sink(daemon, scope, tmp_path, suf
         stage_positions=[useq.Position(x=1000, y=500, name="A"),
                          useq.Position(x=2000, y=500, name="B")],
         grid_plan=useq.GridRowsColumns(rows=2, columns=2, fov_width=40, fov_height=24))
-    sink = ServiceSink(tmp_path / "ours" / f"run{suffix}", overwrite=True, endpoint=daemon.endpoint,
-                       token=daemon.token)
-    snapped = run(scope, seq, sink)
-    assert sink.error is None and len(snapped) == 2 * 2 * 4
-    out = Path(sink.settings.output_path)
-    ours = images(out)
+    snapped, ours = write_and_compare(daemon, scope, tmp_path, suffix, seq, by_position(4))
+    assert len(snapped) == 2 * 2 * 4
     if suffix == ".ome.zarr":  # grid positions are named <name>_<row>_<column>, as 0.3.2
         assert sorted(i["name"] for i in ours) == [f"{p}_{r}_{c}" for p in "AB"
                                                    for r in range(2) for c in range(2)]
-    n = check_frames(snapped, ours, by_position(4))
-    compare_with_builtin(ours, reference(scope, seq, tmp_path, suffix))
-    CHECKED[suffix] = CHECKED.get(suffix, 0) + n
 
 
 class SkippingEngine(MDAEngine):
@@ -223,18 +222,26 @@ def test_skipped_events_keep_the_fill_value_as_the_builtin_sink(daemon, scope, t
         time_plan={"interval": 0, "loops": 3}, channels=list(CHANNELS),
         z_plan={"range": 0.4, "step": 0.2}, axis_order="tpcz",
         stage_positions=[(10, 20, 1.0), (30, 40, 1.0)])
-    sink = ServiceSink(tmp_path / "ours" / f"run{suffix}", overwrite=True, endpoint=daemon.endpoint,
-                       token=daemon.token)
-    snapped = run(scope, seq, sink, SkippingEngine)
-    total = 3 * 2 * 2 * 3
-    assert len(snapped) == total - 2 * 2 - 1 and sink.error is None
-    assert sink.report["frames_written"] == len(snapped)
-    out = Path(sink.settings.output_path)
-    ours = images(out)
+    snapped, ours = write_and_compare(daemon, scope, tmp_path, suffix, seq, by_position(),
+                                      SkippingEngine)
+    assert len(snapped) == 3 * 2 * 2 * 3 - 2 * 2 - 1
     assert ours[0]["data"].shape[0] == 3  # the trailing skip did not cut the time axis
-    n = check_frames(snapped, ours, by_position())
-    compare_with_builtin(ours, reference(scope, seq, tmp_path, suffix, SkippingEngine))
-    CHECKED[suffix] = CHECKED.get(suffix, 0) + n
+
+
+@pytest.mark.parametrize("suffix", FORMATS)
+def test_an_event_generator_is_written_along_an_unbounded_t_as_the_builtin_sink(
+        daemon, scope, tmp_path, suffix):
+    def events():
+        for i in range(5):
+            yield useq.MDAEvent(index={"t": i}, x_pos=100 + i, y_pos=50)
+
+    class Replay:  # a fresh generator per run, as a sequence would give
+        def __iter__(self):
+            return events()
+
+    snapped, ours = write_and_compare(daemon, scope, tmp_path, suffix, Replay(), by_position())
+    assert len(snapped) == 5
+    assert ours[0]["data"].shape[0] == 5  # the unbounded t grew to the frames that came
 
 
 # the sink raises in the handler; pymmcore-plus' relay thread reports it as unhandled
@@ -257,11 +264,17 @@ def test_an_error_is_raised_recorded_and_logged_not_only_logged(daemon, scope, t
     assert sink.error is not None and str(root) in str(sink.error)
     assert sink.report is not None and sink.report["errors"]
     assert any("ServiceSink" in r.message and r.levelno == logging.ERROR for r in caplog.records)
-    # an existing dataset without overwrite: refused at the start, as the in-process stream
+    # an existing dataset without overwrite: refused before the acquisition starts
     root = tmp_path / "exists.ome.zarr"
     root.mkdir()
     (root / "zarr.json").write_text('{"zarr_format": 3, "node_type": "group"}')
-    sink = ServiceSink(root, endpoint=daemon.endpoint, token=daemon.token)
+    with pytest.raises(FileExistsError, match="already exists"):
+        ServiceSink(root, endpoint=daemon.endpoint, token=daemon.token)
+    # ... and if it appears after the sink was made: refused when the sequence starts
+    late = tmp_path / "late.ome.zarr"
+    sink = ServiceSink(late, endpoint=daemon.endpoint, token=daemon.token)
+    late.mkdir()
+    (late / "zarr.json").write_text('{"zarr_format": 3, "node_type": "group"}')
     core.mda.run(seq, output=sink)
     assert isinstance(sink.error, FileExistsError) and sink.report is None
 
@@ -312,25 +325,6 @@ def test_a_daemon_error_raises_in_the_next_frame_ready(daemon, scope, tmp_path, 
             assert len(tf.pages) >= 1
     finally:
         subprocess.run(["umount", "-l", str(mnt)], check=False)
-
-
-@pytest.mark.parametrize("suffix", FORMATS)
-def test_an_event_generator_is_written_along_an_unbounded_t_as_the_builtin_sink(
-        daemon, scope, tmp_path, suffix):
-    def events():
-        for i in range(5):
-            yield useq.MDAEvent(index={"t": i}, x_pos=100 + i, y_pos=50)
-
-    sink = ServiceSink(tmp_path / "ours" / f"run{suffix}", endpoint=daemon.endpoint,
-                       token=daemon.token)
-    snapped = run(scope, events(), sink)
-    assert sink.error is None and len(snapped) == 5
-    out = Path(sink.settings.output_path)
-    ours = images(out)
-    assert ours[0]["data"].shape[0] == 5  # the unbounded t grew to the frames that came
-    n = check_frames(snapped, ours, by_position())
-    compare_with_builtin(ours, reference(scope, events(), tmp_path, suffix))
-    CHECKED[suffix] = CHECKED.get(suffix, 0) + n
 
 
 def test_several_cameras_add_a_cam_axis_as_the_builtin_sink(daemon, scope, tmp_path):

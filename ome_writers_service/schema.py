@@ -542,6 +542,10 @@ class OmeZarrFormat(_Model):
         return ome_stem(root_path) + self.suffix
 
 
+#: The OME-TIFF specification's suffix of a companion OME-XML file (Bio-Formats needs it).
+COMPANION_SUFFIX = ".companion.ome"
+
+
 class OmeTiffFormat(_Model):
     """OME-TIFF, written with tifffile; one file per position.
 
@@ -551,6 +555,12 @@ class OmeTiffFormat(_Model):
     images, files linked by UUID) where ``multi_file_metadata`` says: in every file
     ("redundant"), in the first ("master-tiff", the others hold a ``BinaryOnly`` reference),
     or in the XML file ``companion_file`` beside them ("companion-file").
+
+    The companion file is named ``<stem>.companion.ome`` unless ``companion_file`` says
+    otherwise (ome-writers 0.3.2 names it ``companion.ome``, which Bio-Formats does not take
+    for a companion: it recognises one only by the suffix ``.companion.ome``, the OME-TIFF
+    specification's, and reads a bare ``companion.ome`` as an image of zeros). A name without
+    that suffix is accepted with a warning.
     """
 
     name: Literal["ome-tiff"] = "ome-tiff"
@@ -558,7 +568,8 @@ class OmeTiffFormat(_Model):
     suffix: str = ".ome.tiff"
     prefer_single_file: Literal["auto", "always", "never"] = "auto"
     multi_file_metadata: Literal["redundant", "master-tiff", "companion-file"] = "redundant"
-    companion_file: str = "companion.ome"
+    companion_file: str | None = None
+    """None: ``<stem>.companion.ome`` (see `companion_name`)."""
 
     @field_validator("prefer_single_file", mode="before")
     @classmethod
@@ -567,11 +578,23 @@ class OmeTiffFormat(_Model):
 
     @field_validator("companion_file")
     @classmethod
-    def _plain_file_name(cls, v: str) -> str:
+    def _plain_file_name(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
         if not v or v in (".", "..") or "/" in v or "\\" in v or "\0" in v:
             raise ValueError(f"companion_file {v!r} must be a plain file name (it is written "
                              "in the directory of the position files)")
+        if not v.lower().endswith(COMPANION_SUFFIX):
+            warnings.warn(
+                f"companion_file {v!r}: Bio-Formats (Fiji, OMERO, QuPath) recognises a "
+                f"companion file only by a name ending in {COMPANION_SUFFIX!r}, and reads "
+                f"{v!r} as an image of zeros; name it e.g. 'experiment{COMPANION_SUFFIX}' (or "
+                "leave companion_file unset: <stem>.companion.ome)", UserWarning, stacklevel=2)
         return v
+
+    def companion_name(self, stem: str) -> str:
+        """The companion file's name for a dataset whose directory is ``stem``."""
+        return self.companion_file or stem + COMPANION_SUFFIX
 
     def is_multi_file(self, n_positions: int) -> bool:
         """Whether positions go to a directory of files (else: one file)."""

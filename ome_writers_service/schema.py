@@ -527,15 +527,20 @@ class PositionDimension(Dimension):
 
 
 class OmeZarrFormat(_Model):
-    """OME-Zarr v0.5 (zarr v3), written with tensorstore.
+    """OME-Zarr, written with tensorstore: NGFF 0.5 on zarr v3 (the default), or 0.4 on
+    zarr v2 (``version="0.4"``) for readers that read only that (Fiji's n5-zarr, older napari
+    plugins, MoBIE). Both have every feature but sharding, which zarr v2 lacks.
 
     ``backend`` accepts every name ome-writers 0.3.2 does, so its scripts run unchanged; the
-    service always writes with tensorstore (the arrays are the same zarr v3 either way).
+    service always writes with tensorstore (the arrays are the same zarr either way).
     """
 
     name: Literal["ome-zarr"] = "ome-zarr"
     backend: Literal["auto", "tensorstore", "acquire-zarr", "zarr-python", "zarrs-python"] = "auto"
     suffix: str = ".ome.zarr"
+    # --- an addition of the service (not in ome-writers 0.3.2) ---
+    version: Literal["0.4", "0.5"] = "0.5"
+    """The OME-Zarr (NGFF) version: "0.5" (zarr v3) or "0.4" (zarr v2)."""
 
     def output_path(self, root_path: str, n_positions: int) -> str:
         """The store: ``root_path``'s stem with this format's suffix (as ome-writers 0.3.2)."""
@@ -998,19 +1003,26 @@ def _check_zarr(s: AcquisitionSettings) -> None:
         raise ValueError(
             f"compression {s.compression!r} is not available for OME-Zarr; use one of {ZARR_COMPRESSIONS}"
         )
+    version = s.format.version
+    sharded = [d.name for d in s.dimensions if d.shard_size_chunks]
+    if version == "0.4" and sharded:
+        raise ValueError(
+            f"dimensions {sharded}: shard_size_chunks asks for sharding, which OME-Zarr 0.4 "
+            "cannot store (zarr v2 has no shards); drop shard_size_chunks or write OME-Zarr "
+            "0.5 (format=OmeZarrFormat(version='0.5'))")
     axes = s.storage_dimensions
     types = [d.type for d in axes]
     n_space = types.count("space")
     if len(axes) > 5 or types.count("time") > 1 or types.count("channel") + types.count("other") > 1 \
             or n_space > 3:
         raise ValueError(
-            f"storage axes {[d.name for d in axes]} cannot be OME-Zarr v0.5 axes: at most one "
+            f"storage axes {[d.name for d in axes]} cannot be OME-Zarr v{version} axes: at most one "
             "time, one channel-or-custom and three space axes (five in all)"
         )
     ranks = [_OME_RANK[t] for t in types]
     if ranks != sorted(ranks):
         raise ValueError(
-            f"storage_order gives axes {[d.name for d in axes]}, which OME-Zarr v0.5 forbids: "
+            f"storage_order gives axes {[d.name for d in axes]}, which OME-Zarr v{version} forbids: "
             "time must come first, then channel/custom, then space; use storage_order='ome'"
         )
 

@@ -82,25 +82,25 @@ class Written:
         found = sorted(self.root.glob("*.companion.ome")) if self.root.is_dir() else []
         return found[0] if found else None
 
-    def tiff_letters(self) -> list[str]:
-        """OME letter of each non-frame storage axis."""
+    def ome_letters(self) -> list[str]:
+        """OME letter (T, C, Z) of each non-frame storage axis."""
         return [{"time": "T", "channel": "C", "space": "Z"}[d.type]
                 for d in self.storage_dims[:-2]]
 
     def dimension_order(self) -> str:
         """The DimensionOrder a reader must report: the fastest storage axis first."""
-        letters = self.tiff_letters()[::-1]
+        letters = self.ome_letters()[::-1]
         return "XY" + "".join(letters) + "".join(c for c in "ZCT" if c not in letters)
 
     def plane(self, image: int, z: int, c: int, t: int) -> np.ndarray:
         where = {"Z": z, "C": c, "T": t}
-        return self.expected[image][tuple(where[a] for a in self.tiff_letters())]
+        return self.expected[image][tuple(where[a] for a in self.ome_letters())]
 
     def sizes(self, image: int) -> dict[str, int]:
         """SizeX..SizeT of an image as written."""
         shape = self.expected[image].shape
         out = {"X": shape[-1], "Y": shape[-2], "Z": 1, "C": 1, "T": 1}
-        for letter, n in zip(self.tiff_letters(), shape[:-2]):
+        for letter, n in zip(self.ome_letters(), shape[:-2]):
             out[letter] = n
         return out
 
@@ -241,6 +241,49 @@ def tiff_recipes() -> list[Recipe]:
             r / "crashed.ome.tiff", _dims(("t", 3), _positions(2), ("c", 2, {
                 "coords": ["a", "b"]}))), {"frames": 9}),
     ]
+
+
+def zarr_recipes(version: str) -> list[Recipe]:
+    """(layout, how, settings, write options) of every OME-Zarr layout of NGFF ``version``."""
+    fmt = {"name": "ome-zarr", "version": version}
+    plate_dim, plate = _plate_positions()
+    tag = version.replace(".", "")
+
+    def zarr(name: str, dims, **kw) -> Callable[[Path], ows.AcquisitionSettings]:
+        return lambda r: _settings(r / f"{name}_{tag}.ome.zarr", dims, format=fmt, **kw)
+
+    out = [
+        # acquisition order c, z, t: stored t, c, z (NGFF's order); chunks of 2 z planes
+        ("image, 5D (c,z,t acquisition order), chunked", "in process", zarr(
+            "five_d", _dims(("c", 3, CHANNELS),
+                            ("z", 4, {"scale": 1.5, "unit": "um", "chunk_size": 2,
+                                      "translation": 10.0}),
+                            ("t", 2, {"scale": 2.5, "unit": "s"})), image_name="five-d"), {}),
+        ("image, uint8, blosc-zstd", "daemon", zarr(
+            "blosc", _dims(("t", 3, {"chunk_size": 3}), ("c", 2, {"coords": ["BF", "GFP"]})),
+            dtype="uint8", compression="blosc-zstd"), {}),
+        ("image, float32, zstd", "in process", zarr(
+            "zstd", _dims(("z", 3, {"scale": 0.5, "unit": "um"})), dtype="float32",
+            compression="zstd"), {}),
+        ("image, unbounded t", "daemon", zarr(
+            "unbounded", _dims(("t", None, {"chunk_size": 2}),
+                               ("c", 2, {"coords": ["a", "b"]}))), {"frames": 7}),
+        ("3 positions (bioformats2raw)", "daemon", zarr(
+            "positions", _dims(("t", 2), _positions(3), ("c", 2, {"coords": ["DAPI", "GFP"]}))),
+         {}),
+        ("plate, 2×2 wells × 2 fields", "in process", zarr(
+            "plate", _dims(plate_dim, ("c", 2, {"coords": ["DAPI", "GFP"]}), yx=(16, 12)),
+            plate=plate), {}),
+        ("2 positions, recovered after a crash", "recovered", zarr(
+            "crashed", _dims(("t", 4, {"chunk_size": 1}), _positions(2),
+                             ("c", 2, {"coords": ["a", "b"]}))), {"frames": 11}),
+    ]
+    if version == "0.5":  # sharding is zarr v3's
+        out.insert(3, ("image, sharded", "in process", zarr(
+            "sharded", _dims(("t", 4, {"chunk_size": 1, "shard_size_chunks": 2}),
+                             ("z", 2, {"chunk_size": 1, "shard_size_chunks": 2}),
+                             yx=(32, 24)), compression="blosc-lz4"), {}))
+    return out
 
 
 def write_all(recipes: list[Recipe], root: Path) -> list[Written]:

@@ -21,13 +21,11 @@ import tifffile
 from .. import format_metadata as fm
 from ..schema import COMPANION_SUFFIX, AcquisitionSettings, OmeTiffFormat
 from .base import ArrayBackend, BackendError, prepare_output
-from .ome_xml import ImageRecord, binary_only, build_ome
+from .ome_xml import SUMMARY_NS, ImageRecord, binary_only, build_ome
 from .tiff_pages import PageAppender
 
 #: Classic TIFF addresses 4 GiB; leave room for IFDs and the OME-XML.
 CLASSIC_TIFF_LIMIT = 2**32 - 2**26
-#: MapAnnotation namespace of the frames expected/written summary
-SUMMARY_NS = "ome_writers.acquisition"
 _COMPRESSION = {None: None, "none": None, "lzw": "lzw", "zstd": "zstd"}
 #: Room kept after the first OME-XML (bytes): per plane, and at most; unbounded acquisitions
 _RESERVE_PER_PLANE = 256

@@ -7,7 +7,9 @@
 // sizes with their units, time increment, image and channel names, and for every plane its
 // (Z, C, T) and the MD5 of its bytes; the plates with their wells and well samples; and each
 // OME-XML document of the dataset (TIFF ImageDescription or companion file) validated against
-// the OME schema bundled in the jar. One JVM for every file: tests batch their datasets.
+// the OME schema bundled in the jar. A FILE named *.ome.xml (an OME-Zarr store's
+// OME/METADATA.ome.xml, MetadataOnly) is parsed by Bio-Formats' OME-XML service and reported
+// the same way, without planes. One JVM for every file: tests batch their datasets.
 
 import java.io.File;
 import java.io.FileOutputStream;
@@ -72,6 +74,10 @@ public final class OmeProbe {
 
   private static void probe(String path, OMEXMLService service, Schema schema, Json out)
       throws Exception {
+    if (path.toLowerCase().endsWith(".ome.xml")) {
+      metadataOnly(path, service, schema, out);
+      return;
+    }
     IMetadata meta = service.createOMEXMLMetadata();
     ImageReader reader = new ImageReader();
     reader.setMetadataStore(meta);
@@ -111,6 +117,49 @@ public final class OmeProbe {
     out.key("pixel_type").str(FormatTools.getPixelTypeString(r.getPixelType()));
     out.key("little_endian").bool(r.isLittleEndian());
     out.key("rgb").bool(r.isRGB());
+    physical(meta, s, out);
+    out.key("planes").begin('[');
+    MessageDigest md5 = MessageDigest.getInstance("MD5");
+    for (int p = 0; p < r.getImageCount(); p++) {
+      int[] zct = r.getZCTCoords(p);
+      byte[] bytes = r.openBytes(p);
+      out.begin().key("z").num(zct[0]).key("c").num(zct[1]).key("t").num(zct[2])
+          .key("md5").str(hex(md5.digest(bytes))).end();
+    }
+    out.end(']');
+    out.end();
+  }
+
+  /** An OME-XML document alone: what Bio-Formats' OME-XML service makes of it. */
+  private static void metadataOnly(String path, OMEXMLService service, Schema schema, Json out)
+      throws Exception {
+    String xml = new String(Files.readAllBytes(new File(path).toPath()), StandardCharsets.UTF_8);
+    IMetadata meta = service.createOMEXMLMetadata(xml);
+    out.key("format").str("OME-XML metadata");
+    out.key("series").begin('[');
+    for (int s = 0; s < meta.getImageCount(); s++) {
+      out.begin().key("name").str(meta.getImageName(s));
+      out.key("size").begin()
+          .key("X").num(meta.getPixelsSizeX(s).getValue())
+          .key("Y").num(meta.getPixelsSizeY(s).getValue())
+          .key("Z").num(meta.getPixelsSizeZ(s).getValue())
+          .key("C").num(meta.getPixelsSizeC(s).getValue())
+          .key("T").num(meta.getPixelsSizeT(s).getValue()).end();
+      out.key("dimension_order").str(meta.getPixelsDimensionOrder(s).getValue());
+      out.key("pixel_type").str(meta.getPixelsType(s).getValue());
+      physical(meta, s, out);
+      out.key("metadata_only").bool(meta.getPixelsBinDataCount(s) == 0
+          && meta.getTiffDataCount(s) == 0);
+      out.end();
+    }
+    out.end(']');
+    plates(meta, out);
+    out.key("xml").begin('[');
+    validateText(new File(path).getName(), xml, schema, out);
+    out.end(']');
+  }
+
+  private static void physical(IMetadata meta, int s, Json out) {
     out.key("physical_size").begin();
     length(out, "X", meta.getPixelsPhysicalSizeX(s));
     length(out, "Y", meta.getPixelsPhysicalSizeY(s));
@@ -126,16 +175,6 @@ public final class OmeProbe {
       out.str(meta.getChannelName(s, c));
     }
     out.end(']');
-    out.key("planes").begin('[');
-    MessageDigest md5 = MessageDigest.getInstance("MD5");
-    for (int p = 0; p < r.getImageCount(); p++) {
-      int[] zct = r.getZCTCoords(p);
-      byte[] bytes = r.openBytes(p);
-      out.begin().key("z").num(zct[0]).key("c").num(zct[1]).key("t").num(zct[2])
-          .key("md5").str(hex(md5.digest(bytes))).end();
-    }
-    out.end(']');
-    out.end();
   }
 
   private static void length(Json out, String axis, Length v) {
@@ -180,6 +219,11 @@ public final class OmeProbe {
     } else {
       xml = new String(Files.readAllBytes(new File(file).toPath()), StandardCharsets.UTF_8);
     }
+    validateText(new File(file).getName(), xml, schema, out);
+  }
+
+  private static void validateText(String name, String xml, Schema schema, Json out)
+      throws Exception {
     List<String> errors = new ArrayList<>();
     if (xml == null) {
       errors.add("no OME-XML");
@@ -198,7 +242,7 @@ public final class OmeProbe {
         }
       }
     }
-    out.begin().key("file").str(new File(file).getName()).key("errors").begin('[');
+    out.begin().key("file").str(name).key("errors").begin('[');
     for (String e : errors) {
       out.str(e);
     }

@@ -132,6 +132,7 @@ class StreamWorker(threading.Thread):
         self.closing = False
         self.finished = threading.Event()
         self._pending_error: str | None = None
+        self._pending_exception: str | None = None  # its type (`P.exception_name`)
         #: slots handed back by the backend (possibly from its threads), not yet sent
         self._released: collections.deque[int] = collections.deque()
         self._lent = 0  # slots lent to the backend and not yet released
@@ -204,9 +205,11 @@ class StreamWorker(threading.Thread):
         except Exception as e:  # noqa: BLE001 - reported to the client
             log.warning("stream %d: cannot open %s: %s", self.sid, self.settings.root_path, e)
             self._remove_ring()
-            code, what = (P.E_RESOURCES, "") if isinstance(e, RingError) else \
+            ring = isinstance(e, RingError)  # the service's own: no in-process counterpart
+            code, what = (P.E_RESOURCES, "") if ring else \
                 (P.E_SETTINGS, f"cannot create {self.settings.root_path}: ")
-            self._send(out, {"type": P.ERROR, "code": code, "message": f"{what}{e}"})
+            self._send(out, {"type": P.ERROR, "code": code, "message": f"{what}{e}",
+                             "exception": None if ring else P.exception_name(e)})
             return False
         ring = self.ring
         self._send(out, {**self.opened_reply, "paths": self.stream.paths, "ring": None if
@@ -264,7 +267,7 @@ class StreamWorker(threading.Thread):
         except Exception as e:  # noqa: BLE001 - a failed read is the reader's problem
             self._send(out, {"type": P.ERROR, "code": P.E_READ, "stream": self.sid,
                              "message": f"read of plane {list(index)} at position {position} "
-                                        f"failed: {e}"})
+                                        f"failed: {e}", "exception": P.exception_name(e)})
             return
         header = {"type": P.PLANE, "stream": self.sid, "written": plane is not None}
         self._send(out, header, None if plane is None else np.ascontiguousarray(plane))
@@ -285,6 +288,7 @@ class StreamWorker(threading.Thread):
         if self.ring is not None:
             self.ring.set_error(1)
         self._pending_error = msg
+        self._pending_exception = P.exception_name(e)
 
     def _finish(self, out: zmq.Socket, total: int | None, reason: str) -> None:
         """Finalize the dataset with what arrived and send the final report."""
@@ -323,7 +327,7 @@ class StreamWorker(threading.Thread):
         if err is not None:
             self._pending_error = None
             self._send(out, {"type": P.ERROR, "code": P.E_WRITE, "stream": self.sid,
-                             "message": err})
+                             "message": err, "exception": self._pending_exception})
 
     def _send(self, out: zmq.Socket, header: dict, payload: Any = None) -> None:
         out.send_multipart([self.peer, *P.encode(header, payload)])

@@ -178,12 +178,18 @@ def _validate_zarr(root: Path, report: Report) -> None:
     if root_attrs is None:
         return
     v2 = not (root / "zarr.json").is_file()
+    images = _image_groups(root, report)
     try:
         yaozarrs.validate_zarr_store(str(root))
         report.check(True, "yaozarrs: OME-Zarr hierarchy valid")
     except Exception as e:  # noqa: BLE001 - any failure is a finding
-        report.check(False, "yaozarrs: OME-Zarr hierarchy valid", str(e)[:500])
-    images = _image_groups(root, report)
+        if v2 and "Unable to determine OME-Zarr version" in str(e) and \
+                "bioformats2raw.layout" in root_attrs and images:
+            # a 0.4 bioformats2raw root states no version: yaozarrs looks for it in a group
+            # named "0" only; series named otherwise (Pos0, ...) are validated one by one
+            _validate_each_image(root, images, report)
+        else:
+            report.check(False, "yaozarrs: OME-Zarr hierarchy valid", str(e)[:500])
     report.check(bool(images), "at least one multiscales image", "none found")
     shapes = {}
     for img, ome in images:
@@ -212,6 +218,20 @@ def _validate_zarr(root: Path, report: Report) -> None:
         _check_ome_xml(root, shapes, report)
 
 
+def _validate_each_image(root: Path, images: list[tuple[Path, dict]], report: Report) -> None:
+    import yaozarrs
+
+    bad = []
+    for img, _ in images:
+        try:
+            yaozarrs.validate_zarr_store(str(img))
+        except Exception as e:  # noqa: BLE001
+            bad.append(f"{img.relative_to(root)}: {str(e)[:300]}")
+    report.check(not bad, f"yaozarrs: each of the {len(images)} images valid (a 0.4 "
+                          "bioformats2raw root without a group 0 has no version it can "
+                          "read)", "; ".join(bad))
+
+
 def _check_ome_xml(root: Path, images: dict, report: Report) -> None:
     """A bioformats2raw layout's OME/METADATA.ome.xml: valid against the OME XSD, one
     Image per group the OME group's series lists, in that order, each with that group's
@@ -221,9 +241,15 @@ def _check_ome_xml(root: Path, images: dict, report: Report) -> None:
     path = root / "OME" / "METADATA.ome.xml"
     if not path.is_file():
         wide = sorted({v[3] for v in images.values()} & {"int64", "uint64"})
-        if wide:  # (what this service writes then: no document rather than a wrong one)
+        kinds = [{a.get("type") for a in v[1]["axes"]} for v in images.values()]
+        both = any("channel" in k and k - {"time", "channel", "space"} for k in kinds)
+        # (what this service writes then: no document rather than a wrong one)
+        if wide:
             report.check(True, f"no OME/METADATA.ome.xml: there is no OME-XML PixelType for "
                                f"{wide[0]}")
+        elif both:
+            report.check(True, "no OME/METADATA.ome.xml: OME-XML has one C axis for both a "
+                               "channel and a custom axis")
         else:
             report.check(False, "OME/METADATA.ome.xml present (bioformats2raw layout)",
                          "missing")

@@ -136,11 +136,13 @@ def _positions(n: int) -> ows.PositionDimension:
                                                       y_coord=-50.0 * i) for i in range(n)])
 
 
-def _plate_positions() -> tuple[ows.PositionDimension, ows.Plate]:
-    """A 2×2-well plate (B/C × 3/4 of a 96-well plate) with 2 fields per well."""
+def _plate_positions(numbered: bool = False) -> tuple[ows.PositionDimension, ows.Plate]:
+    """A 2×2-well plate (B/C × 3/4 of a 96-well plate) with 2 fields per well, named
+    ``B3f0``, ... (or, ``numbered``, 0 and 1 in each well)."""
     plate = ows.Plate.from_standard_wells(96)
     plate.name = "screen"
-    coords = [ows.Position(name=f"{r}{c}f{f}", plate_row=r, plate_column=c,
+    coords = [ows.Position(name=str(f) if numbered else f"{r}{c}f{f}", plate_row=r,
+                           plate_column=c,
                            x_coord=1000.0 * int(c) + 10 * f, y_coord=2000.0 * (ord(r) - 65))
               for r in "BC" for c in "34" for f in range(2)]
     return ows.PositionDimension(coords=coords), plate
@@ -268,11 +270,16 @@ def zarr_recipes(version: str) -> list[Recipe]:
         ("image, unbounded t", "daemon", zarr(
             "unbounded", _dims(("t", None, {"chunk_size": 2}),
                                ("c", 2, {"coords": ["a", "b"]}))), {"frames": 7}),
-        ("3 positions (bioformats2raw)", "daemon", zarr(
+        ("3 positions named P0..P2 (groups named after them)", "daemon", zarr(
             "positions", _dims(("t", 2), _positions(3), ("c", 2, {"coords": ["DAPI", "GFP"]}))),
          {}),
+        ("3 positions by count (groups 0, 1, 2)", "in process", zarr(
+            "numbered", _dims(("t", 2), ows.PositionDimension(count=3), ("z", 2))), {}),
         ("plate, 2×2 wells × 2 fields", "in process", zarr(
             "plate", _dims(plate_dim, ("c", 2, {"coords": ["DAPI", "GFP"]}), yx=(16, 12)),
+            plate=plate), {}),
+        ("plate, fields named 0, 1 in each well", "in process", zarr(
+            "plate_numbered", _dims(_plate_positions(numbered=True)[0], yx=(16, 12)),
             plate=plate), {}),
         ("2 positions, recovered after a crash", "recovered", zarr(
             "crashed", _dims(("t", 4, {"chunk_size": 1}), _positions(2),

@@ -59,15 +59,15 @@ def test_ome_xml_describes_every_image_from_creation_to_close(tmp_path, version)
     stream.close()
     final = ome_xml(root)
     series = read_zarr_attributes(root / "OME")
-    assert series.get("ome", series)["series"] == ["0", "1", "2"]
+    assert series.get("ome", series)["series"] == ["A", "B", "C"]  # named after the positions
     for image in final.images:
         px = image.pixels
         assert (px.size_t, px.size_c, px.size_z, px.size_y, px.size_x) == (3, 2, 1, 16, 12)
         assert [c.name for c in px.channels] == ["DAPI", "GFP"]
         assert (px.physical_size_x, px.physical_size_x_unit.value) == (0.5, "µm")
-    summary = {a.namespace: {m.k: m.value for m in a.value.ms}
+    summary = {a.namespace: {m.k: json.loads(m.value) for m in a.value.ms}
                for a in final.structured_annotations.map_annotations}
-    assert summary["ome_writers.acquisition"]["frames_written"] == "15"
+    assert summary["ome_writers.acquisition"]["frames_written"] == 15
     reports = validate_all(root)
     assert all(r.ok for r in reports), "\n".join(map(str, reports))
 
@@ -81,9 +81,9 @@ def test_ome_xml_follows_update_metadata_in_process_and_through_the_daemon(tmp_p
             stream = ows.create_stream(s, in_process=True) if how == "in process" else \
                 ows.create_stream(s, endpoint=d.endpoint, token=d.token)
             meta = stream.get_metadata()
-            ngff = meta["1"].get("ome", meta["1"])
+            ngff = meta["B"].get("ome", meta["B"])
             ngff["multiscales"][0]["name"] = "renamed while acquiring"
-            stream.update_metadata({"1": meta["1"]})
+            stream.update_metadata({"B": meta["B"]})
             append_all(stream, s)
             stream.close()
             root = Path(s.output_path)
@@ -91,16 +91,16 @@ def test_ome_xml_follows_update_metadata_in_process_and_through_the_daemon(tmp_p
                 ["A", "renamed while acquiring", "C"], how
             # after close too (the daemon-backed stream writes from this process then)
             meta = stream.get_metadata()
-            ngff = meta["2"].get("ome", meta["2"])
+            ngff = meta["C"].get("ome", meta["C"])
             ngff["omero"]["channels"][1]["label"] = "EGFP"
-            stream.update_metadata({"2": meta["2"]})
+            stream.update_metadata({"C": meta["C"]})
             doc = ome_xml(root)
             assert [c.name for c in doc.images[2].pixels.channels] == ["DAPI", "EGFP"], how
             assert [c.name for c in doc.images[0].pixels.channels] == ["DAPI", "GFP"], how
             stream.set_global_metadata("lab", {"scope": "spinning disk"})
-            anns = {a.namespace: {m.k: m.value for m in a.value.ms}
+            anns = {a.namespace: {m.k: json.loads(m.value) for m in a.value.ms}
                     for a in ome_xml(root).structured_annotations.map_annotations}
-            assert anns["lab"] == {"scope": "spinning disk"}, how
+            assert anns["lab"] == {"scope": "spinning disk"}, how  # (values as JSON)
             reports = validate_all(root)
             assert all(r.ok for r in reports), "\n".join(map(str, reports))
     finally:
@@ -143,12 +143,12 @@ def test_ngff_04_is_zarr_v2_throughout(tmp_path):
     root = Path(s.output_path)
     assert not list(root.rglob("zarr.json"))
     assert json.loads((root / ".zgroup").read_text()) == {"zarr_format": 2}
-    attrs = json.loads((root / "0" / ".zattrs").read_text())
+    attrs = json.loads((root / ".zattrs").read_text())  # one position: the root is the image
     assert attrs["multiscales"][0]["version"] == "0.4" and "ome" not in attrs
-    array = json.loads((root / "0" / "0" / ".zarray").read_text())
+    array = json.loads((root / "0" / ".zarray").read_text())
     assert array["dimension_separator"] == "/" and array["zarr_format"] == 2
     assert array["compressor"]["id"] == "blosc" and array["compressor"]["cname"] == "lz4"
-    assert (root / "0" / "0" / "1" / "1" / "0" / "0").is_file()  # t=1, c=1: "/"-separated keys
+    assert (root / "0" / "1" / "1" / "0" / "0").is_file()  # t=1, c=1: "/"-separated keys
 
 
 def test_ngff_04_refuses_sharding_and_its_own_keys_as_global_metadata(tmp_path):
@@ -209,6 +209,6 @@ def test_ngff_04_view_info_validate_and_recover(tmp_path):
     res = subprocess.run([*cli, "recover", str(crash)], capture_output=True, text=True)
     assert res.returncode == 0, res.stdout + res.stderr
     assert [i.pixels.size_t for i in ome_xml(crash).images] == [3, 3, 3]
-    assert json.loads((crash / "1" / "0" / ".zarray").read_text())["shape"][0] == 3
+    assert json.loads((crash / "B" / "0" / ".zarray").read_text())["shape"][0] == 3
     reports = validate_all(crash)
     assert all(r.ok for r in reports), "\n".join(map(str, reports))

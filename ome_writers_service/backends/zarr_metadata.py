@@ -1,12 +1,12 @@
 """The metadata of an OME-Zarr store, in NGFF 0.5 (zarr v3) or 0.4 (zarr v2).
 
-`ZarrLayout` is the one place that says where each image's group goes and what the groups
-above it hold:
+`ZarrLayout` says where each image's group goes (named as ome-writers 0.3.2 names them:
+`schema.zarr_image_groups`) and what the groups above it hold:
 
 * one position, no plate: the root group is the image;
-* several positions: a bioformats2raw layout, one image group per position, and an ``OME``
-  group whose ``series`` lists them;
-* a plate: an HCS plate, ``<row>/<column>/<field>`` per position, marked as a
+* several positions: a bioformats2raw layout, one image group per position (``Pos0``, ...),
+  and an ``OME`` group whose ``series`` lists them;
+* a plate: an HCS plate, ``<row>/<column>/<position name>`` per position, marked as a
   bioformats2raw layout too, with a matching ``series`` (NGFF: for readers unaware of plates).
 
 A store of several images carries ``OME/METADATA.ome.xml``: one OME-XML document describing
@@ -34,7 +34,7 @@ import numpy as np
 
 from .. import __version__
 from .. import format_metadata as fm
-from ..schema import ZARR_ONLY_DTYPES, AcquisitionSettings, Dimension
+from ..schema import ZARR_ONLY_DTYPES, AcquisitionSettings, Dimension, zarr_image_groups
 from ..units import ngff_unit
 
 #: the full-resolution array of each image group
@@ -79,26 +79,12 @@ class ZarrLayout:
         self.root = Path(settings.output_path)
         self.positions = settings.positions
         #: each position's image group, relative to the store ("" when the root is it)
-        self.image_paths = self._image_paths()
+        self.image_paths = zarr_image_groups(settings)
         if self.version == "0.5":
             from yaozarrs import v05 as ngff
         else:
             from yaozarrs import v04 as ngff
         self._ngff = ngff
-
-    def _image_paths(self) -> list[str]:
-        s = self.settings
-        if s.plate is not None:
-            fields: dict[tuple[str, str], int] = {}
-            out = []
-            for p in self.positions:
-                key = (p.plate_row, p.plate_column)
-                fields[key] = fields.get(key, -1) + 1
-                out.append(f"{p.plate_row}/{p.plate_column}/{fields[key]}")
-            return out
-        if s.position_dimension is None:
-            return [""]
-        return [str(i) for i in range(len(self.positions))]
 
     @property
     def is_collection(self) -> bool:
@@ -240,11 +226,21 @@ class ZarrLayout:
 
     # ---- OME/METADATA.ome.xml ----
 
+    def ome_xml_impossible(self) -> str | None:
+        """Why OME-XML cannot describe these images, if it cannot: 64-bit integer pixels
+        (no PixelType), or a channel and a custom axis together (one C axis for both)."""
+        if self.settings.dtype in ZARR_ONLY_DTYPES:
+            return f"OME-XML has no PixelType for {self.settings.dtype}"
+        types = [d.type for d in self.settings.storage_dimensions]
+        if "channel" in types and "other" in types:
+            return "OME-XML has one C axis for both a channel and a custom axis"
+        return None
+
     def write_ome_xml(self) -> None:
         """Write ``OME/METADATA.ome.xml`` of a multi-image store from the settings and the
-        store's zarr metadata as it is now (nothing for a single image, nor for 64-bit
-        integer pixels, which OME-XML has no PixelType for)."""
-        if not self.is_collection or self.settings.dtype in ZARR_ONLY_DTYPES:
+        store's zarr metadata as it is now (nothing for a single image, nor for images
+        OME-XML cannot describe: `ome_xml_impossible`)."""
+        if not self.is_collection or self.ome_xml_impossible():
             return
         xml = self.ome_document().to_xml().encode("utf-8")
         path = self.root / OME_XML

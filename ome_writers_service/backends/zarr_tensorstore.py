@@ -208,6 +208,15 @@ class TensorstoreZarrBackend(ArrayBackend):
         }
 
     def create(self) -> None:
+        plate = self.settings.plate
+        if plate is not None:
+            outside = [p.name for p in self.positions if p.plate_row not in plate.row_names
+                       or p.plate_column not in plate.column_names]
+            if outside:
+                raise ValueError(
+                    f"{self.root}: positions {outside} lie outside the plate's rows "
+                    f"{plate.row_names} / columns {plate.column_names}; an OME-Zarr plate "
+                    "lists every well it holds: add their rows/columns to the Plate")
         prepare_output(self.root, self.settings.overwrite)
         try:
             self._write_hierarchy()

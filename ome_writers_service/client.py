@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Mapping
@@ -347,8 +348,8 @@ class ServiceStream:
         return self._closed_reader.read(position, index)
 
     def _too_many(self, seq: int) -> None:
-        raise FrameCountError(f"frame {seq}: the acquisition declares {self._total} frames; "
-                              "nothing more can be appended")
+        raise FrameCountError(f"frame {seq}: Cannot append frame: would exceed total of "
+                              f"{self._total} frames the acquisition declares")
 
     # ---- slots and replies ----
 
@@ -726,6 +727,10 @@ class ServiceStream:
         """A stream dropped without close(): ask the daemon to finalize it (best effort,
         no wait), so that its dataset and ring do not live as long as this process."""
         if not getattr(self, "_closed", True) and getattr(self, "_sock", None) is not None:
+            if getattr(self, "_seq", 0):  # as the in-process stream (and ome-writers 0.3.2)
+                warnings.warn("OMEStream was not closed before garbage collection. Please use "
+                              "`with create_stream(...):` in a context manager or call "
+                              "`stream.close()` before deletion.", UserWarning, stacklevel=2)
             try:
                 self._sock.send_multipart(P.encode({"type": P.CLOSE, "stream": self._sid,
                                                     "frames": self._seq}), zmq.NOBLOCK)

@@ -374,9 +374,9 @@ class TifffileBackend(ArrayBackend):
         page = self._page_of[position].get(index)
         if page is None:
             return None
-        if self._appenders[position] is None:
-            self._writers[position]._fh.flush()
-        with tifffile.TiffFile(self._paths[position]) as tf:
+        if not self._finalized and self._appenders[position] is None:
+            self._writers[position]._fh.flush()  # (after finalize the writer is closed)
+        with tifffile.TiffFile(self._paths[position], is_ome=False) as tf:
             return tf.pages[page].asarray()
 
     def finalize(self) -> None:

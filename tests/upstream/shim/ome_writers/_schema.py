@@ -2,6 +2,7 @@
 
 from typing import Literal
 
+from ome_writers_service.schema import TIFF_COMPRESSIONS, ZARR_COMPRESSIONS
 from ome_writers_service.schema import (  # noqa: F401
     AcquisitionSettings,
     Channel,
@@ -18,3 +19,5 @@ from ome_writers_service.schema import (  # noqa: F401
 
 BackendName = Literal["tensorstore", "acquire-zarr", "zarr-python", "zarrs-python", "tifffile",
                       "scratch"]
+TiffCompression = Literal[TIFF_COMPRESSIONS]  # type: ignore[valid-type]
+ZarrCompression = Literal[ZARR_COMPRESSIONS]  # type: ignore[valid-type]

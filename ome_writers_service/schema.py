@@ -590,7 +590,7 @@ class OmeTiffFormat(_Model):
     prefer_single_file: Literal["auto", "always", "never"] = "auto"
     multi_file_metadata: Literal["redundant", "master-tiff", "companion-file"] = "redundant"
     companion_file: str | None = None
-    """None: ``<stem>.companion.ome`` (see `companion_name`)."""
+    """None: ``<stem>.companion.ome``, filled in by AcquisitionSettings (`companion_name`)."""
 
     @field_validator("prefer_single_file", mode="before")
     @classmethod
@@ -614,8 +614,9 @@ class OmeTiffFormat(_Model):
         return v
 
     def companion_name(self, stem: str) -> str:
-        """The companion file's name for a dataset whose directory is ``stem``."""
-        return self.companion_file or stem + COMPANION_SUFFIX
+        """The companion file's name for a dataset whose directory is ``stem``: the one the
+        user gave, else ``<stem>.companion.ome``."""
+        return self.companion_file if self._given("companion_file") else stem + COMPANION_SUFFIX
 
     def is_multi_file(self, n_positions: int) -> bool:
         """Whether positions go to a directory of files (else: one file)."""
@@ -855,6 +856,7 @@ class AcquisitionSettings(_Model):
             _check_zarr(self)
         elif isinstance(self.format, OmeTiffFormat):
             _check_tiff(self)
+            self.__dict__["format"] = _with_companion_name(self.format, self.root_path)
         if self.plate is not None:
             _check_plate(self.plate, self.position_dimension)
         return self
@@ -1168,6 +1170,20 @@ def zarr_image_groups(s: AcquisitionSettings) -> list[str]:
                              f"{positions[i].name!r} would share the OME-Zarr group {path!r}")
         seen[path] = i
     return paths
+
+
+def _with_companion_name(fmt: OmeTiffFormat, root_path: str) -> OmeTiffFormat:
+    """The format with its companion file named after the dataset (``<stem>.companion.ome``)
+    where the user named none, so that ``settings.format.companion_file`` is the file's name
+    as in ome-writers 0.3.2. A copy: the user's format object may serve other settings."""
+    if fmt._given("companion_file") or not root_path:
+        return fmt
+    name = fmt.companion_name(os.path.basename(ome_stem(root_path.rstrip("/\\"))))
+    if fmt.companion_file == name:
+        return fmt
+    out = fmt.model_copy()
+    out.__dict__["companion_file"] = name  # derived: not in model_fields_set
+    return out
 
 
 def _check_tiff(s: AcquisitionSettings) -> None:

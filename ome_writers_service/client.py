@@ -528,6 +528,10 @@ class ServiceStream:
         it at close; after close (as ome-writers allows), written into the finished files
         from this process."""
         value = check_global_metadata(namespace, metadata)
+        if self._settings.format_name == "ome-zarr":
+            from .backends.zarr_metadata import check_global_namespace
+
+            check_global_namespace(self._settings, namespace)
         with self._lock:  # before close's request, or after its report: never during
             if self._closed and self.report is not None:
                 self._write_global_metadata(namespace, value)
@@ -547,6 +551,7 @@ class ServiceStream:
                 attrs = fm.read_zarr_attributes(backend.root)
                 attrs[namespace] = value
                 fm.write_zarr_attributes(backend.root, attrs)
+                backend.layout.write_ome_xml()  # its annotations hold global metadata too
                 return
             layout = backend.layout
             for key in layout.keys():  # the documents that describe images get it
@@ -566,7 +571,7 @@ class ServiceStream:
         """The format's metadata in ome-writers' structure (see `OMEStream.get_metadata`):
         OME-Zarr ``{group path: attributes}``, OME-TIFF ``{position index: ome_types.OME}``.
 
-        Read from the dataset's files, which the daemon writes (zarr.json at creation and at
+        Read from the dataset's files, which the daemon writes (zarr metadata at creation and at
         close, OME-TIFF's final OME-XML at close). Before an OME-TIFF is closed, or where this
         process cannot see the files (a remote daemon), built from the settings and the global
         metadata set here, as the daemon builds it (no per-frame metadata then)."""
@@ -634,6 +639,7 @@ class ServiceStream:
                 except OSError as e:
                     raise OSError(f"{group}: cannot update its metadata from this process: "
                                   f"{e}") from e
+            backend.layout.write_ome_xml()  # the names it gives the images follow
             return
         layout = backend.layout
         updates = fm.check_tiff_update(metadata, layout.keys())

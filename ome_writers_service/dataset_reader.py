@@ -60,10 +60,11 @@ class DatasetReader:
         if position not in self._arrays:
             import tensorstore as ts
 
-            from .backends.zarr_tensorstore import DATASET
+            from .backends.zarr_tensorstore import DATASET, array_driver
 
             path = f"{self._backend.paths[position]}/{DATASET}"
-            spec = {"driver": "zarr3", "kvstore": {"driver": "file", "path": path}}
+            spec = {"driver": array_driver(self._settings.format.version),
+                    "kvstore": {"driver": "file", "path": path}}
             self._arrays[position] = ts.open(spec, open=True, read=True).result()
         arr = self._arrays[position]
         if any(i >= n for i, n in zip(index, arr.shape)):

@@ -14,8 +14,9 @@ from typing import Any
 import numpy as np
 import tifffile
 
-from .backends.ome_xml import ImageRecord, build_ome
-from .backends.tiff_tifffile import CLASSIC_TIFF_LIMIT, SUMMARY_NS, TiffLayout, write_companion
+from . import format_metadata as fm
+from .backends.ome_xml import SUMMARY_NS, ImageRecord, build_ome
+from .backends.tiff_tifffile import CLASSIC_TIFF_LIMIT, TiffLayout, write_companion
 from .backends.zarr_tensorstore import ATTR_NAMESPACE, DATASET, TensorstoreZarrBackend
 from .journal import SUFFIX, read_journal
 from .router import FrameRouter
@@ -174,6 +175,8 @@ def _outer_shape(settings: AcquisitionSettings, first: int | None, extent: int) 
 def _recover_zarr(settings: AcquisitionSettings) -> dict[str, Any]:
     """Cut each array's slowest acquisition axis to the last chunk (or shard) on disk."""
     backend = TensorstoreZarrBackend(settings)  # for its layout and metadata, not to write
+    layout = backend.layout
+    v3 = layout.zarr_format == 3
     first = _storage_axis_of_first(settings)
     storage = settings.storage_dimensions
     extent = None
@@ -182,22 +185,23 @@ def _recover_zarr(settings: AcquisitionSettings) -> dict[str, Any]:
         per_key = (d.chunk_size or 1) * (d.shard_size_chunks or 1)
         extent = 0
         for img in backend.paths:
-            chunks = Path(img) / DATASET / "c"
+            # chunk keys: zarr v3 c/<i0>/<i1>/...; v2 (NGFF 0.4, "/" separator) <i0>/<i1>/...
+            chunks = Path(img) / DATASET / "c" if v3 else Path(img) / DATASET
             for key in chunks.rglob("*"):
-                if key.is_file():  # default encoding: c/<i0>/<i1>/...
-                    idx = [int(v) for v in key.relative_to(chunks).parts]
-                    extent = max(extent, (idx[first] + 1) * per_key)
+                parts = key.relative_to(chunks).parts
+                if key.is_file() and all(p.isdigit() for p in parts):
+                    extent = max(extent, (int(parts[first]) + 1) * per_key)
         if d.count is not None:
             extent = min(extent, d.count)
     for img in backend.paths:
-        meta_path = Path(img) / DATASET / "zarr.json"
+        meta_path = Path(img) / DATASET / ("zarr.json" if v3 else ".zarray")
         meta = json.loads(meta_path.read_text())
         if extent is not None:
             meta["shape"][first] = extent
         meta_path.write_text(json.dumps(meta, indent=2))
-        group = Path(img) / "zarr.json"
-        doc = json.loads(group.read_text())
-        doc["attributes"].setdefault(ATTR_NAMESPACE, {})["acquisition"] = {
+        attrs = fm.read_zarr_attributes(img)
+        attrs.setdefault(ATTR_NAMESPACE, {})["acquisition"] = {
             "frames_expected": settings.num_frames, "complete": False, "recovered": True}
-        group.write_text(json.dumps(doc, indent=2))
+        fm.write_zarr_attributes(img, attrs)
+    layout.write_ome_xml()  # the recovered extents, from the metadata just written
     return {"format": "ome-zarr", "paths": backend.paths, "extent": extent}

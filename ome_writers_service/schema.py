@@ -541,15 +541,20 @@ class PositionDimension(Dimension):
 
 
 class OmeZarrFormat(_Model):
-    """OME-Zarr v0.5 (zarr v3), written with tensorstore.
+    """OME-Zarr, written with tensorstore: NGFF 0.5 on zarr v3 (the default), or 0.4 on
+    zarr v2 (``version="0.4"``) for readers that read only that (Fiji's n5-zarr, older napari
+    plugins, MoBIE). Both have every feature but sharding, which zarr v2 lacks.
 
     ``backend`` accepts every name ome-writers 0.3.2 does, so its scripts run unchanged; the
-    service always writes with tensorstore (the arrays are the same zarr v3 either way).
+    service always writes with tensorstore (the arrays are the same zarr either way).
     """
 
     name: Literal["ome-zarr"] = "ome-zarr"
     backend: Literal["auto", "tensorstore", "acquire-zarr", "zarr-python", "zarrs-python"] = "auto"
     suffix: str = ".ome.zarr"
+    # --- an addition of the service (not in ome-writers 0.3.2) ---
+    version: Literal["0.4", "0.5"] = "0.5"
+    """The OME-Zarr (NGFF) version: "0.5" (zarr v3) or "0.4" (zarr v2)."""
 
     def output_path(self, root_path: str, n_positions: int) -> str:
         """The store: ``root_path``'s stem with this format's suffix (as ome-writers 0.3.2)."""
@@ -558,6 +563,10 @@ class OmeZarrFormat(_Model):
     def get_output_path(self, root_path: str, *, num_positions: int = 1) -> str:
         """ome-writers 0.3.2's name for `output_path`."""
         return self.output_path(root_path, num_positions)
+
+
+#: The OME-TIFF specification's suffix of a companion OME-XML file (Bio-Formats needs it).
+COMPANION_SUFFIX = ".companion.ome"
 
 
 class OmeTiffFormat(_Model):
@@ -569,6 +578,12 @@ class OmeTiffFormat(_Model):
     images, files linked by UUID) where ``multi_file_metadata`` says: in every file
     ("redundant"), in the first ("master-tiff", the others hold a ``BinaryOnly`` reference),
     or in the XML file ``companion_file`` beside them ("companion-file").
+
+    The companion file is named ``<stem>.companion.ome`` unless ``companion_file`` says
+    otherwise (ome-writers 0.3.2 names it ``companion.ome``, which Bio-Formats does not take
+    for a companion: it recognises one only by the suffix ``.companion.ome``, the OME-TIFF
+    specification's, and reads a bare ``companion.ome`` as an image of zeros). A name without
+    that suffix is accepted with a warning.
     """
 
     name: Literal["ome-tiff"] = "ome-tiff"
@@ -576,7 +591,8 @@ class OmeTiffFormat(_Model):
     suffix: str = ".ome.tiff"
     prefer_single_file: Literal["auto", "always", "never"] = "auto"
     multi_file_metadata: Literal["redundant", "master-tiff", "companion-file"] = "redundant"
-    companion_file: str = "companion.ome"
+    companion_file: str | None = None
+    """None: ``<stem>.companion.ome``, filled in by AcquisitionSettings (`companion_name`)."""
 
     @field_validator("prefer_single_file", mode="before")
     @classmethod
@@ -585,11 +601,24 @@ class OmeTiffFormat(_Model):
 
     @field_validator("companion_file")
     @classmethod
-    def _plain_file_name(cls, v: str) -> str:
+    def _plain_file_name(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
         if not v or v in (".", "..") or "/" in v or "\\" in v or "\0" in v:
             raise ValueError(f"companion_file {v!r} must be a plain file name (it is written "
                              "in the directory of the position files)")
+        if not v.lower().endswith(COMPANION_SUFFIX):
+            warnings.warn(
+                f"companion_file {v!r}: Bio-Formats (Fiji, OMERO, QuPath) recognises a "
+                f"companion file only by a name ending in {COMPANION_SUFFIX!r}, and reads "
+                f"{v!r} as an image of zeros; name it e.g. 'experiment{COMPANION_SUFFIX}' (or "
+                "leave companion_file unset: <stem>.companion.ome)", UserWarning, stacklevel=2)
         return v
+
+    def companion_name(self, stem: str) -> str:
+        """The companion file's name for a dataset whose directory is ``stem``: the one the
+        user gave, else ``<stem>.companion.ome``."""
+        return self.companion_file if self._given("companion_file") else stem + COMPANION_SUFFIX
 
     def is_multi_file(self, n_positions: int) -> bool:
         """Whether positions go to a directory of files (else: one file)."""
@@ -829,6 +858,7 @@ class AcquisitionSettings(_Model):
             _check_zarr(self)
         elif isinstance(self.format, OmeTiffFormat):
             _check_tiff(self)
+            self.__dict__["format"] = _with_companion_name(self.format, self.root_path)
         if self.plate is not None:
             _check_plate(self.plate, self.position_dimension)
         return self
@@ -1068,13 +1098,20 @@ def _check_zarr(s: AcquisitionSettings) -> None:
         raise ValueError(
             f"compression {s.compression!r} is not available for OME-Zarr; use one of {ZARR_COMPRESSIONS}"
         )
+    version = s.format.version
+    sharded = [d.name for d in s.dimensions if d.shard_size_chunks]
+    if version == "0.4" and sharded:
+        raise ValueError(
+            f"dimensions {sharded}: shard_size_chunks asks for sharding, which OME-Zarr 0.4 "
+            "cannot store (zarr v2 has no shards); drop shard_size_chunks or write OME-Zarr "
+            "0.5 (format=OmeZarrFormat(version='0.5'))")
     axes = s.storage_dimensions
     types = [d.type for d in axes]
     n_space = types.count("space")
     if len(axes) > 5 or types.count("time") > 1 or types.count("channel") > 1 \
             or types.count("other") > 1 or n_space > 3:
         raise ValueError(
-            f"storage axes {[d.name for d in axes]} cannot be OME-Zarr v0.5 axes: at most one "
+            f"storage axes {[d.name for d in axes]} cannot be OME-Zarr v{version} axes: at most one "
             "time, one channel, one custom and three space axes (five in all)"
         )
     if "channel" in types and "other" in types:
@@ -1090,7 +1127,7 @@ def _check_zarr(s: AcquisitionSettings) -> None:
     ranks = [_OME_RANK[t] for t in types]
     if ranks != sorted(ranks):
         raise ValueError(
-            f"storage_order gives axes {[d.name for d in axes]}, which OME-Zarr v0.5 forbids: "
+            f"storage_order gives axes {[d.name for d in axes]}, which OME-Zarr v{version} forbids: "
             "time must come first, then channel/custom, then space; use storage_order='ome'"
         )
     zarr_image_groups(s)
@@ -1135,6 +1172,20 @@ def zarr_image_groups(s: AcquisitionSettings) -> list[str]:
                              f"{positions[i].name!r} would share the OME-Zarr group {path!r}")
         seen[path] = i
     return paths
+
+
+def _with_companion_name(fmt: OmeTiffFormat, root_path: str) -> OmeTiffFormat:
+    """The format with its companion file named after the dataset (``<stem>.companion.ome``)
+    where the user named none, so that ``settings.format.companion_file`` is the file's name
+    as in ome-writers 0.3.2. A copy: the user's format object may serve other settings."""
+    if fmt._given("companion_file") or not root_path:
+        return fmt
+    name = fmt.companion_name(os.path.basename(ome_stem(root_path.rstrip("/\\"))))
+    if fmt.companion_file == name:
+        return fmt
+    out = fmt.model_copy()
+    out.__dict__["companion_file"] = name  # derived: not in model_fields_set
+    return out
 
 
 def _check_tiff(s: AcquisitionSettings) -> None:

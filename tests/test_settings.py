@@ -37,8 +37,10 @@ def test_defaults_match_ome_writers_0_3_2():
     assert PositionDimension().name == "p" and PositionDimension().type == "position"
     assert OmeZarrFormat().suffix == ".ome.zarr" and OmeTiffFormat().suffix == ".ome.tiff"
     t = OmeTiffFormat()
+    # (not the companion file's name: 0.3.2's "companion.ome" is not one Bio-Formats reads)
     assert (t.prefer_single_file, t.multi_file_metadata, t.companion_file) == \
-        ("auto", "redundant", "companion.ome")
+        ("auto", "redundant", None)
+    assert t.companion_name("run") == "run.companion.ome"
     assert Position(name="A1").plate_row is None and Channel(name="GFP").color is None
 
 

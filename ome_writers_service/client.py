@@ -492,7 +492,10 @@ class ServiceStream:
             self._send({"type": P.PING})
 
     def _raise_remote(self) -> None:
-        if self._error is None:
+        # the ring's error flag is set before the message naming the error is sent: wait
+        # for it (a failure path; the cause is worth a moment), then raise what it says
+        deadline = _monotonic() + 2.0
+        while self._error is None and _monotonic() < deadline:
             self._pump(0.05)
         err = self._error or ServiceError("daemon reported an error on this stream")
         raise err

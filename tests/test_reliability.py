@@ -158,7 +158,10 @@ def test_soak_three_streams_flat_memory_no_leaks(daemon, tmp_path):
     half = len(rss) // 2
     assert max(rss[half:]) < max(rss[:half]) + 64 * 1024, (max(rss[:half]), max(rss[half:]))
     assert len(os.listdir(f"/proc/{daemon.pid}/fd")) <= fds_before + 2
-    assert shm_rings() == rings_before
+    # this daemon's rings only: other test runs on the machine make their own
+    own = f"ows-{daemon.pid}-"
+    assert {r for r in shm_rings() if r.startswith(own)} == \
+        {r for r in rings_before if r.startswith(own)}
     print(f"soak: {3 * per} frames in {elapsed:.1f} s, daemon RSS first/second half max "
           f"{max(rss[:half]) // 1024}/{max(rss[half:]) // 1024} MiB")
     assert total - 3 * per < 3

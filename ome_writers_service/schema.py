@@ -300,7 +300,8 @@ def _coerce_coords(name: str, coords: list[Any], dim_type: str) -> list[Any]:
     has_channel = any(isinstance(c, Channel) for c in coords)
     has_position = any(isinstance(c, Position) for c in coords)
     if has_channel and has_position:
-        raise ValueError(f"dimension {name!r}: coords mix Channel and Position objects")
+        raise ValueError(f"dimension {name!r}: May not mix Channel objects with Position "
+                         "objects in coords")
     if has_channel:
         if not all(isinstance(c, (str, Channel)) for c in coords):
             raise ValueError(f"dimension {name!r}: May not mix Channel objects with other "
@@ -346,8 +347,9 @@ def _check_position_names(dim_name: str, positions: Sequence[Position]) -> None:
         if not dupes:
             continue
         if all(v is None for v in key):
-            raise ValueError(f"dimension {dim_name!r}: positions without plate or grid "
-                             f"coordinates must have unique names; duplicates: {dupes}")
+            raise ValueError(f"dimension {dim_name!r}: positions without row/column must have "
+                             f"unique names (no plate or grid coordinates tell them apart); "
+                             f"duplicates: {dupes}")
         plate_row, plate_column, grid_row, grid_column = key
         where = []
         if plate_row is not None:

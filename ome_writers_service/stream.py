@@ -225,6 +225,12 @@ class OMEStream(metaclass=abc.ABCMeta):
         return self._backend.frames_written
 
     @property
+    def frames_sent(self) -> int:
+        """Frames appended or skipped so far: the next frame's number (as the daemon-backed
+        stream's ``frames_sent``)."""
+        return self._router.frames_done
+
+    @property
     def paths(self) -> list[str]:
         """Where each position's image is stored."""
         return self._backend.paths

@@ -36,7 +36,13 @@ def tiff_axes(storage_dims: Sequence[Dimension]) -> list[str]:
 def dimension_order(storage_dims: Sequence[Dimension]) -> str:
     """DimensionOrder whose plane raster order equals the storage order of the pages."""
     letters = tiff_axes(storage_dims)[::-1]  # OME lists the fastest-varying first
-    return "XY" + "".join(letters) + "".join(c for c in "ZCT" if c not in letters)
+    # absent axes (size 1) in the first of OME's orders that fits, as ome-writers 0.3.2
+    prefix = "XY" + "".join(letters)
+    return next(o for o in _OME_ORDERS if o.startswith(prefix))
+
+
+#: OME's DimensionOrder values, in the schema's order
+_OME_ORDERS = ("XYZCT", "XYZTC", "XYCTZ", "XYCZT", "XYTCZ", "XYTZC")
 
 
 @dataclass

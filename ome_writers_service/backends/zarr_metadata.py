@@ -148,8 +148,7 @@ class ZarrLayout:
             return ngff.SpaceAxis(name=d.name, type="space", unit=unit)
         if d.type == "channel":
             return ngff.ChannelAxis(name=d.name, type="channel")
-        return ngff.CustomAxis(name=d.name, type=d.type if d.type != "other" else None,
-                               unit=d.unit)
+        return ngff.CustomAxis(name=d.name, type=d.type, unit=d.unit)  # "other", as 0.3.2
 
     def _omero(self, dims: list[Dimension], dtype: np.dtype) -> Any:
         ngff = self._ngff

@@ -159,7 +159,9 @@ class TensorstoreZarrBackend(ArrayBackend):
         inner: list[dict[str, Any]] = [{"name": "bytes", "configuration": {"endian": "little"}}]
         if comp in ("blosc-zstd", "blosc-lz4"):
             inner.append({"name": "blosc", "configuration": {
-                "cname": comp.split("-")[1], "clevel": 5, "shuffle": "shuffle",
+                # the levels ome-writers 0.3.2 writes: zstd 3, lz4 5
+                "cname": comp.split("-")[1], "clevel": 3 if comp == "blosc-zstd" else 5,
+                "shuffle": "shuffle",
                 "typesize": self.dtype.itemsize, "blocksize": 0}})
         elif comp == "zstd":
             inner.append({"name": "zstd", "configuration": {"level": 3, "checksum": False}})
@@ -192,7 +194,8 @@ class TensorstoreZarrBackend(ArrayBackend):
         """A zarr v2 array (NGFF 0.4): "/" between chunk indices, as NGFF 0.4 requires."""
         compressor = None
         if comp in ("blosc-zstd", "blosc-lz4"):
-            compressor = {"id": "blosc", "cname": comp.split("-")[1], "clevel": 5,
+            compressor = {"id": "blosc", "cname": comp.split("-")[1],
+                          "clevel": 3 if comp == "blosc-zstd" else 5,
                           "shuffle": 1, "blocksize": 0}
         elif comp == "zstd":
             compressor = {"id": "zstd", "level": 3}

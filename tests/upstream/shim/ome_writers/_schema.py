@@ -2,7 +2,6 @@
 
 from typing import Literal
 
-from ome_writers_service.schema import TIFF_COMPRESSIONS, ZARR_COMPRESSIONS
 from ome_writers_service.schema import (  # noqa: F401
     AcquisitionSettings,
     Channel,
@@ -19,5 +18,7 @@ from ome_writers_service.schema import (  # noqa: F401
 
 BackendName = Literal["tensorstore", "acquire-zarr", "zarr-python", "zarrs-python", "tifffile",
                       "scratch"]
-TiffCompression = Literal[TIFF_COMPRESSIONS]  # type: ignore[valid-type]
-ZarrCompression = Literal[ZARR_COMPRESSIONS]  # type: ignore[valid-type]
+# upstream's public type aliases of the compressions it accepts (we accept these and more)
+TiffCompression = Literal["lzw", "none"]
+ZarrCompression = Literal["blosc-zstd", "blosc-lz4", "zstd", "none"]
+Compression = Literal["blosc-zstd", "blosc-lz4", "zstd", "lzw", "none"]

@@ -525,8 +525,27 @@ class Daemon:
             notice = P.parse_notice(parts[1].bytes)
             if notice is not None:  # the plain frame notice: no JSON parsing on the frame path
                 return self._on_frame(peer, *notice, None, None)
-        header, payload = P.decode(parts)
+        try:
+            header, payload = P.decode(parts)
+        except P.ProtocolError:
+            self._refuse_oversized_frame(peer, parts)
+            raise
         return self._handle(peer, header, payload)
+
+    def _refuse_oversized_frame(self, peer: bytes, parts: list) -> None:
+        """A frame notice whose metadata makes it too large to parse: its slot comes back and
+        the error names the frame (else both would be lost without a word)."""
+        found = P.oversized_frame(parts[1].bytes) if len(parts) in (2, 3) else None
+        if found is None:
+            return
+        sid, seq, slot = found
+        w = self.streams.get(sid)
+        if w is not None and w.peer == peer and 0 <= slot < w.slots and not w.closing:
+            w.enqueue(("release", slot))
+        raise P.ProtocolError(P.E_MALFORMED, f"frame {seq}: its header is {len(parts[1]):,} "
+                                             f"bytes, more than {P.MAX_HEADER_BYTES:,} (frame "
+                                             "metadata too large): the frame is not written "
+                                             "and its slot is released")
 
     def _flush_batches(self) -> None:
         for w in self.streams.values():

@@ -20,6 +20,8 @@ import os
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
+from .safe_files import write_atomically
+
 #: keys under ``attributes.ome_writers`` that the writer keeps current whatever the user sets
 LIVE_KEYS = ("frame_metadata", "acquisition")
 
@@ -79,9 +81,19 @@ def write_zarr_attributes(group: str | os.PathLike, attrs: Mapping[str, Any]) ->
     path = Path(group) / "zarr.json"
     doc = json.loads(path.read_text())
     doc["attributes"] = dict(attrs)
-    tmp = path.with_name("zarr.json.tmp")
-    tmp.write_text(json.dumps(doc, indent=2))
-    tmp.replace(path)
+    write_zarr_json(path, doc)
+
+
+def write_zarr_group(group: str | os.PathLike, attrs: Mapping[str, Any]) -> None:
+    """Create or replace a zarr v3 group's zarr.json with these attributes."""
+    Path(group).mkdir(parents=True, exist_ok=True)
+    write_zarr_json(Path(group) / "zarr.json",
+                    {"zarr_format": 3, "node_type": "group", "attributes": dict(attrs)})
+
+
+def write_zarr_json(path: str | os.PathLike, doc: Mapping[str, Any]) -> None:
+    """Replace a zarr.json document atomically: a reader never sees half of it."""
+    write_atomically(path, json.dumps(doc, indent=2).encode())
 
 
 # ---- OME-TIFF ----

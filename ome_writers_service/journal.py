@@ -14,6 +14,7 @@ import os
 import time
 from pathlib import Path
 
+from .safe_files import create_new_file
 from .schema import AcquisitionSettings
 
 SUFFIX = ".ows-journal"
@@ -29,8 +30,9 @@ class Journal:
 
     def __init__(self, settings: AcquisitionSettings) -> None:
         self.path = journal_path(settings)
-        # never through a symlink: the journal must not overwrite what it points to
-        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+        # a new file, never opened through a name planted there (a journal a crash left
+        # behind at this path belonged to the dataset being replaced)
+        fd = create_new_file(self.path, 0o644, replace_stale=True)
         self._f = os.fdopen(fd, "w", encoding="utf-8")
         head = {"version": VERSION, "pid": os.getpid(), "started": time.time(),
                 "settings": settings.model_dump(mode="json")}

@@ -116,6 +116,19 @@ def parse_notice(header: bytes) -> tuple[int, int, int] | None:
     return None if m is None else (int(m[1]), int(m[2]), int(m[3]))
 
 
+_NOTICE_START = re.compile(rb'\{"type":"frame","stream":(\d{1,18}),"seq":(\d{1,18}),"slot":(\d{1,18})[,}]')
+
+
+def oversized_frame(header: bytes) -> tuple[int, int, int] | None:
+    """(stream, seq, slot) of a frame notice too large to parse (its metadata exceeds the
+    header limit), read from its first bytes as the reference clients order them; else None.
+    The daemon hands the slot back and names the frame instead of losing both silently."""
+    if len(header) <= MAX_HEADER_BYTES:
+        return None
+    m = _NOTICE_START.match(bytes(memoryview(header)[:128]))
+    return None if m is None else (int(m[1]), int(m[2]), int(m[3]))
+
+
 def field(header: dict[str, Any], name: str, kind: type | tuple[type, ...], *, required=True):
     """A header field of the right JSON type, or a `ProtocolError` naming it."""
     if name not in header:

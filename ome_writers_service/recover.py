@@ -17,6 +17,7 @@ import tifffile
 from .backends.ome_xml import ImageRecord, build_ome
 from .backends.tiff_tifffile import CLASSIC_TIFF_LIMIT, SUMMARY_NS, TiffLayout, write_companion
 from .backends.zarr_tensorstore import ATTR_NAMESPACE, DATASET, TensorstoreZarrBackend
+from .format_metadata import write_zarr_json
 from .journal import SUFFIX, read_journal
 from .router import FrameRouter
 from .schema import AcquisitionSettings, ome_stem
@@ -194,10 +195,10 @@ def _recover_zarr(settings: AcquisitionSettings) -> dict[str, Any]:
         meta = json.loads(meta_path.read_text())
         if extent is not None:
             meta["shape"][first] = extent
-        meta_path.write_text(json.dumps(meta, indent=2))
+        write_zarr_json(meta_path, meta)
         group = Path(img) / "zarr.json"
         doc = json.loads(group.read_text())
         doc["attributes"].setdefault(ATTR_NAMESPACE, {})["acquisition"] = {
             "frames_expected": settings.num_frames, "complete": False, "recovered": True}
-        group.write_text(json.dumps(doc, indent=2))
+        write_zarr_json(group, doc)
     return {"format": "ome-zarr", "paths": backend.paths, "extent": extent}

@@ -599,6 +599,25 @@ _FORMAT_NAMES: dict[str, tuple[type, dict[str, str]]] = {
 
 
 _OME_SUFFIX = re.compile(r"(\.ome)?\.(tiff?|zarr)$", re.IGNORECASE)
+#: URL schemes a root_path may name and the service writes to. None yet: datasets go to
+#: local (or mounted) paths. This is the one place a scheme is let through (s3:// through
+#: tensorstore's kvstore is the planned first).
+WRITABLE_URL_SCHEMES: frozenset[str] = frozenset()
+_URL_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)://")
+
+
+def check_root_path_scheme(root_path: str) -> None:
+    """Refuse a URL root_path whose scheme the service does not write (it would otherwise
+    become a local folder named like ``s3:``), naming the scheme."""
+    match = _URL_SCHEME.match(root_path)
+    if match is None or len(match.group(1)) == 1:  # "C://..." is a Windows drive
+        return
+    scheme = match.group(1).lower()
+    if scheme not in WRITABLE_URL_SCHEMES:
+        supported = ", ".join(f"{s}://" for s in sorted(WRITABLE_URL_SCHEMES)) or "none"
+        raise ValueError(f"root_path {root_path!r}: the URL scheme {scheme!r} is not supported "
+                         f"(URL schemes written: {supported}); give a local or mounted "
+                         "filesystem path")
 
 
 def ome_stem(path: str) -> str:
@@ -660,6 +679,8 @@ class AcquisitionSettings(_Model):
             v = os.fspath(v)
         if isinstance(v, bytes):
             v = os.fsdecode(v)
+        if isinstance(v, str):
+            check_root_path_scheme(v)
         return v
 
     @field_validator("format", mode="before")

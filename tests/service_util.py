@@ -42,7 +42,7 @@ class DaemonProcess:
 
 
 def start_daemon(rt: Path, *extra: str) -> DaemonProcess:
-    rt.mkdir(parents=True, exist_ok=True)
+    rt.mkdir(mode=0o700, parents=True, exist_ok=True)  # a runtime dir must be private
     log = rt / "test-daemon.log"
     proc = subprocess.Popen(
         [sys.executable, "-m", "ome_writers_service", "serve", "--runtime-dir", str(rt), *extra],
@@ -176,8 +176,10 @@ def run_checker(path: str, shape=None, dtype=None) -> str:
     return res.stdout
 
 
-def shm_rings() -> set[str]:
-    return {p.name for p in Path("/dev/shm").glob("ows-*")}
+def shm_rings(daemon_pid: int) -> set[str]:
+    """The rings in /dev/shm that daemon ``daemon_pid`` created (never another program's:
+    other daemons, other test runs may share /dev/shm)."""
+    return {p.name for p in Path("/dev/shm").glob(f"ows-{daemon_pid}-*")}
 
 
 def ensure_debian_packages(packages: list[str], present: bool) -> None:

@@ -14,6 +14,7 @@ to tensorstore, so a chunk that spans several frames is encoded once, not rewrit
 from __future__ import annotations
 
 import json
+import os
 from collections import deque
 from operator import floordiv, mul, sub
 from pathlib import Path
@@ -50,14 +51,6 @@ def _axis(d: Dimension) -> Any:
     if d.type == "channel":
         return v05.ChannelAxis(name=d.name, type="channel")
     return v05.CustomAxis(name=d.name, type=d.type if d.type != "other" else None, unit=d.unit)
-
-
-def _write_group(path: Path, attributes: Mapping[str, Any]) -> None:
-    path.mkdir(parents=True, exist_ok=True)
-    doc = {"zarr_format": 3, "node_type": "group", "attributes": dict(attributes)}
-    tmp = path / "zarr.json.tmp"
-    tmp.write_text(json.dumps(doc, indent=2))
-    tmp.replace(path / "zarr.json")  # atomic: a reader never sees half a document
 
 
 def _dump(model: Any) -> dict[str, Any]:
@@ -234,17 +227,17 @@ class TensorstoreZarrBackend(ArrayBackend):
                 ],
                 field_count=max(len(f) for f in wells.values()),
             ))
-            _write_group(self.root, {"ome": _dump(plate), **self.global_metadata})
+            fm.write_zarr_group(self.root, {"ome": _dump(plate), **self.global_metadata})
             for (r, c), fields in wells.items():
-                _write_group(self.root / r, {})
+                fm.write_zarr_group(self.root / r, {})
                 well = v05.Well(well=v05.WellDef(images=[v05.FieldOfView(path=f) for f in fields]))
-                _write_group(self.root / r / c, {"ome": _dump(well)})
+                fm.write_zarr_group(self.root / r / c, {"ome": _dump(well)})
         elif self._image_paths != [""]:
-            _write_group(self.root, {"ome": _dump(v05.Bf2Raw(bioformats2raw_layout=3)),
+            fm.write_zarr_group(self.root, {"ome": _dump(v05.Bf2Raw(bioformats2raw_layout=3)),
                                      **self.global_metadata})
-            _write_group(self.root / "OME", {"ome": _dump(v05.Series(series=self._image_paths))})
+            fm.write_zarr_group(self.root / "OME", {"ome": _dump(v05.Series(series=self._image_paths))})
         for i, path in enumerate(self._image_paths):
-            _write_group(self.root / path, self._image_attributes(i))
+            fm.write_zarr_group(self.root / path, self._image_attributes(i))
 
     # ---- arrays ----
 
@@ -286,8 +279,9 @@ class TensorstoreZarrBackend(ArrayBackend):
         }
 
     def create(self) -> None:
-        prepare_output(self.root, self.settings.overwrite)
+        prepare_output(self.root, self.settings.overwrite, directory=True)
         try:
+            os.mkdir(self.root)  # ours: never an existing name (a symlink planted meanwhile)
             self._write_hierarchy()
             for path in self._image_paths:
                 spec = self._array_spec(self.root / path / DATASET)
@@ -452,7 +446,7 @@ class TensorstoreZarrBackend(ArrayBackend):
                 if ax is not None and final[ax] != self._arrays[0].shape[ax]:
                     self._resize_all(ax, final[ax], expand=False)
             for i, path in enumerate(self._image_paths):
-                _write_group(self.root / path, self._image_attributes(i))
+                fm.write_zarr_group(self.root / path, self._image_attributes(i))
             if self._image_paths != [""]:
                 self._write_hierarchy_roots()
         except OSError as e:
@@ -478,4 +472,4 @@ class TensorstoreZarrBackend(ArrayBackend):
         """Root attributes hold the global metadata of multi-image stores; rewrite them."""
         meta = json.loads((self.root / "zarr.json").read_text())
         meta["attributes"] = {"ome": meta["attributes"]["ome"], **self.global_metadata}
-        _write_group(self.root, meta["attributes"])
+        fm.write_zarr_group(self.root, meta["attributes"])

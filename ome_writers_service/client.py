@@ -373,14 +373,21 @@ class ServiceStream:
             if kind == P.PLANE:
                 self._last_payload = payload
             elif kind == P.ERROR and header.get("code") not in _ANSWER_CODES:
-                # a frame or metadata could not be written: the stream is broken
-                self._error = ServiceError(f"daemon: {header['message']}", header.get("code", ""))
+                # a frame or metadata could not be written, or the daemon ends the stream:
+                # the stream is broken; the first reason is the one to raise
+                if self._error is None:
+                    kind_of = DaemonGoneError if header.get("code") == P.E_SHUTDOWN else \
+                        ServiceError
+                    self._error = kind_of(f"daemon: {header['message']}", header.get("code", ""))
                 continue
             elif kind == P.CLOSED and not self._closed:  # the daemon ended the stream
                 self.report = header
-                self._error = DaemonGoneError(
-                    f"the daemon closed the stream ({header.get('reason')}) after writing "
-                    f"{header.get('frames_written')} frames to {self._settings.root_path}")
+                if self._error is None or self._error.code == P.E_SHUTDOWN:
+                    self._error = DaemonGoneError(
+                        f"the daemon closed the stream ({header.get('reason')}) after writing "
+                        f"{header.get('frames_written')} frames to {self._settings.root_path}"
+                        + (f": {'; '.join(header['errors'])}" if header.get("errors") else ""),
+                        P.E_SHUTDOWN)
             self._replies[kind] = header
 
     def _await(self, kind: str, timeout: float | None, *, what: str) -> dict:
@@ -448,10 +455,21 @@ class ServiceStream:
             self._send({"type": P.PING})
 
     def _raise_remote(self) -> None:
-        if self._error is None:
-            self._pump(0.05)
-        err = self._error or ServiceError("daemon reported an error on this stream")
-        raise err
+        """The ring's error flag is up (or an error arrived): raise the daemon's own reason.
+        The daemon sends it just before it raises the flag, so wait for it to arrive (as
+        long as the daemon lives and answers)."""
+        start = _monotonic()
+        while self._error is None:
+            self._pump(LIVENESS_INTERVAL)
+            if self._error is not None:
+                break
+            self._check_daemon_alive()
+            if _monotonic() - start > HUNG_TIMEOUT:
+                raise ServiceError(f"the daemon flagged the stream to {self._settings.root_path}"
+                                   f" as failed (ring error flag {int(self._err_flag[0])}) but "
+                                   f"sent no reason within {HUNG_TIMEOUT:.0f} s")
+            self._check_responsive("waiting for the daemon's error message", start)
+        raise self._error
 
     def _check_usable(self) -> None:
         if self._closed:
@@ -614,6 +632,11 @@ class ServiceStream:
         if self.report.get("errors"):
             raise ServiceError(f"{self._settings.root_path}: " + "; ".join(self.report["errors"]),
                                P.E_WRITE)
+        if self.report.get("reason", "closed by client") != "closed by client":
+            raise DaemonGoneError(f"{self._settings.root_path}: the daemon ended the stream "
+                                  f"({self.report['reason']}) after writing "
+                                  f"{self.report.get('frames_written')} of the "
+                                  f"{self._seq} frames sent", P.E_SHUTDOWN)
         return self.report
 
     def _release_ring(self) -> None:

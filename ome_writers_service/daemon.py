@@ -131,6 +131,7 @@ class StreamWorker(threading.Thread):
         self.closing = False
         self.finished = threading.Event()
         self._pending_error: str | None = None
+        self._out: zmq.Socket | None = None  # the worker thread's socket to the main loop
         #: slots handed back by the backend (possibly from its threads), not yet sent
         self._released: collections.deque[int] = collections.deque()
         self._lent = 0  # slots lent to the backend and not yet released
@@ -147,6 +148,7 @@ class StreamWorker(threading.Thread):
     def run(self) -> None:
         out = self._ctx.socket(zmq.PUSH)
         out.connect(OUTBOX)
+        self._out = out
         try:
             if not self._open(out):
                 return
@@ -277,20 +279,30 @@ class StreamWorker(threading.Thread):
             return False
 
     def _failed(self, e: Exception, seq: int | None = None) -> None:
-        """The stream cannot go on: tell the client (ring flag now, message soon)."""
+        """The stream cannot go on: tell the client, the message first, then the ring flag
+        (the client, seeing the flag, waits for the message that says why)."""
         msg = f"frame {seq}: {e}" if seq is not None else str(e)
         log.error("stream %d (%s): %s", self.sid, self.settings.root_path, msg)
         self.stats.errors.append(msg)
+        if self._out is not None:
+            self._send(self._out, {"type": P.ERROR, "code": P.E_WRITE, "stream": self.sid,
+                                   "message": msg})
+        else:
+            self._pending_error = msg
         if self.ring is not None:
             self.ring.set_error(1)
-        self._pending_error = msg
 
     def _finish(self, out: zmq.Socket, total: int | None, reason: str) -> None:
         """Finalize the dataset with what arrived and send the final report."""
         if total is not None and not self.stats.errors:
             self._skip_to(total, dropped=True)  # frames the client dropped at the very end
-        if reason != "closed by client" and self.ring is not None and not self.ring.error_flag:
-            self.ring.set_error(2)  # the client's next append learns it without a socket read
+        if reason != "closed by client":  # the daemon ends it: say why, then raise the flag
+            self._send(out, {"type": P.ERROR, "code": P.E_SHUTDOWN, "stream": self.sid,
+                             "message": f"the daemon ended the stream ({reason}); it is "
+                                        f"finalized with the {self.stats.received} frames "
+                                        "received"})
+            if self.ring is not None and not self.ring.error_flag:
+                self.ring.set_error(2)  # the client's next append learns it without a read
         if self.stream is not None:
             started = time.monotonic()
             try:
@@ -599,6 +611,9 @@ class Daemon:
             return P.encode({"type": P.STATUS_REPLY, "pid": os.getpid(), "version": __version__,
                              "streams": {str(k): v.report() for k, v in self.streams.items()}})
         if kind == P.CLOSE:
+            w = self.streams.get(P.field(h, "stream", int))
+            if w is not None and w.peer == peer and w.closing:
+                return None  # the daemon is ending it already: its `closed` report follows
             w = self._stream_of(peer, h)
             total = P.field(h, "frames", int)
             if total < w.expected_seq:

@@ -51,7 +51,7 @@ E_FRAME = "bad_frame"              # inline payload of the wrong size
 E_WRITE = "write_failed"           # the backend failed (disk full, permission...)
 E_READ = "read_failed"             # a live-view read failed (the stream goes on)
 E_RESOURCES = "resources"          # e.g. /dev/shm too small for the ring
-E_SHUTDOWN = "shutdown"
+E_SHUTDOWN = "shutdown"            # the daemon ends the stream itself: shutdown, client lost
 
 
 #: Every connection authenticates in the ZMTP handshake with the PLAIN mechanism: this user

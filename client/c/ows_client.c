@@ -242,7 +242,9 @@ static cJSON *pump(ows_stream *s, long timeout_ms, const char *want) {
         } else if (!strcmp(type, "error")) {
             const char *code = str_field(h, "code", "?");
             if (answers(want, code)) return h;
-            remote_fail(s, OWS_ERR_DAEMON, "daemon: %s (%s)", str_field(h, "message", "?"), code);
+            /* "shutdown": the daemon ends the stream itself (SIGTERM, client taken for lost) */
+            remote_fail(s, strcmp(code, "shutdown") ? OWS_ERR_DAEMON : OWS_ERR_DAEMON_GONE,
+                        "daemon: %s (%s)", str_field(h, "message", "?"), code);
         } else if (!strcmp(type, "closed")) {
             remote_fail(s, OWS_ERR_DAEMON_GONE, "the daemon closed the stream (%s) after writing "
                         "%.0f frames", str_field(h, "reason", "?"),
@@ -727,11 +729,20 @@ ows_stream *ows_open(const char *endpoint, const char *token, const char *settin
 static int check_usable(ows_stream *s) {
     if (s->closed) return fail(s, OWS_ERR_CLOSED, "the stream is closed");
     if (*s->err_flag && !s->remote_code) {
-        cJSON_Delete(pump(s, 50, NULL)); /* fetch the daemon's message */
-        if (!s->remote_code)
-            remote_fail(s, *s->err_flag == 2 ? OWS_ERR_DAEMON_GONE : OWS_ERR_DAEMON,
-                        *s->err_flag == 2 ? "the daemon shut down and finalized the stream"
-                                          : "the daemon reported an error on this stream");
+        /* the daemon sent its reason just before it raised the flag: wait for it while the
+         * daemon lives and answers */
+        double start = now_s();
+        while (!s->remote_code) {
+            cJSON_Delete(pump(s, OWS_LIVENESS_MS, NULL));
+            if (s->remote_code) break;
+            int rc = check_daemon(s);
+            if (rc != OWS_OK) return rc;
+            if (now_s() - start > OWS_HUNG_TIMEOUT)
+                remote_fail(s, *s->err_flag == 2 ? OWS_ERR_DAEMON_GONE : OWS_ERR_DAEMON,
+                            "the daemon flagged the stream as %s (ring error flag %u) but sent "
+                            "no reason within %.0f s", *s->err_flag == 2 ? "ended" : "failed",
+                            (unsigned)*s->err_flag, OWS_HUNG_TIMEOUT);
+        }
     }
     if (!s->remote_code && now_s() >= s->next_liveness) {
         cJSON_Delete(pump(s, 0, NULL)); /* releases, pongs, errors */

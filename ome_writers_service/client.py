@@ -774,9 +774,19 @@ def daemon_running(info: ConnectionInfo | None) -> bool:
         return False
 
 
+#: Starts the daemon detached and prints its pid: the daemon is then not our child (init or
+#: the nearest subreaper adopts and reaps it), so it never lingers as a zombie of a client
+#: that outlives it, and exits on its own when idle.
+_LAUNCHER = ("import subprocess, sys\n"
+             "p = subprocess.Popen(sys.argv[1:], stdin=subprocess.DEVNULL, stdout=sys.stderr, "
+             "stderr=sys.stderr, start_new_session=True)\n"
+             "print(p.pid, flush=True)\n")
+
+
 def local_daemon(rt_dir: str | os.PathLike | None = None, *, start: bool = True,
                  idle_exit: float = 300.0, timeout: float = 30.0) -> ConnectionInfo:
-    """The connection of the local daemon, starting one (detached) when none runs."""
+    """The connection of the local daemon, starting one (detached; it exits after
+    ``idle_exit`` seconds without streams) when none runs."""
     rt = runtime_dir(rt_dir)
     info = ConnectionInfo.read(rt)
     if daemon_running(info):
@@ -790,17 +800,22 @@ def local_daemon(rt_dir: str | os.PathLike | None = None, *, start: bool = True,
             return info
         log_path = rt / "daemon.log"
         with open(log_path, "ab") as log:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "ome_writers_service", "serve", "--runtime-dir", str(rt),
-                 "--idle-exit", str(idle_exit)],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
-            )
+            launched = subprocess.run(
+                [sys.executable, "-c", _LAUNCHER, sys.executable, "-m", "ome_writers_service",
+                 "serve", "--runtime-dir", str(rt), "--idle-exit", str(idle_exit)],
+                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log, timeout=timeout,
+                check=False)
+        try:
+            pid = int(launched.stdout)
+        except ValueError:
+            raise DaemonGoneError(f"the writer daemon could not be started; see {log_path}:\n"
+                                  + _tail(log_path)) from None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             info = ConnectionInfo.read(rt)
-            if info is not None and info.pid == proc.pid:
+            if info is not None and info.pid == pid:
                 return info
-            if proc.poll() is not None:
+            if not pid_alive(pid):
                 break
             time.sleep(0.05)
         raise DaemonGoneError(f"the writer daemon did not start; see {log_path}:\n"

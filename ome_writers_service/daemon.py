@@ -59,6 +59,12 @@ INLINE_BYTES = 1024 * 2**20
 #: Largest jump in frame numbers (frames dropped by the client, skip, close) one message may
 #: make: each missing frame costs the worker a little work.
 MAX_GAP = 1_000_000
+#: Most messages the daemon queues for one peer (one connection) that does not read them; a
+#: peer that lets that many pile up is dropped. A client that reads at least when it needs a
+#: slot has at most one unread release per slot of its streams, plus a few replies.
+PEER_QUEUE = 2 * MAX_SLOTS + 1024
+#: Most ring slots the streams of one connection may hold together (see PEER_QUEUE).
+PEER_CREDITS = 2 * MAX_SLOTS
 #: Below this much free /dev/shm the daemon warns at start-up.
 SHM_WARN_BYTES = 128 * 2**20
 OUTBOX = "inproc://ows-outbox"
@@ -386,6 +392,7 @@ class Daemon:
         self._next_sid = 1
         self._stop = threading.Event()
         self._last_active = time.monotonic()
+        self._dropped: set[bytes] = set()  # peers that did not read their messages
 
     # ---- lifecycle ----
 
@@ -406,11 +413,12 @@ class Daemon:
         auth.configure_plain(domain="*", passwords={P.PLAIN_USERNAME.decode(): self.token})
         router = self.ctx.socket(zmq.ROUTER)
         router.plain_server = True
-        router.setsockopt(zmq.ROUTER_MANDATORY, 0)
+        # a peer's queue is bounded (PEER_QUEUE); a send that finds it full fails at once
+        # (mandatory routing, no wait), and that peer is dropped rather than any reply of a
+        # reading client (a lost `release` would cost it its slots for good)
+        router.setsockopt(zmq.ROUTER_MANDATORY, 1)
         router.setsockopt(zmq.LINGER, 2000)
-        # never drop a reply: a lost `release` would cost the client its slots for good
-        # (credits bound what is in flight, so the queue cannot grow without bound)
-        router.setsockopt(zmq.SNDHWM, 0)
+        router.setsockopt(zmq.SNDHWM, PEER_QUEUE)
         router.setsockopt(zmq.MAXMSGSIZE, INLINE_BYTES)  # a larger message: peer disconnected
         _bind(router, self.endpoint)
         # tcp://127.0.0.1:* (or :0) picks a free port: publish the one actually bound
@@ -502,7 +510,32 @@ class Daemon:
                 parts = outbox.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 return
-            router.send_multipart(parts)
+            self._send_to(router, parts)
+
+    def _send_to(self, router: zmq.Socket, parts: list) -> None:
+        """Send to a peer (``parts[0]``) without ever waiting: a peer gone is ignored, one
+        whose queue is full is dropped."""
+        try:
+            router.send_multipart(parts, zmq.NOBLOCK)
+        except zmq.Again:
+            self._drop_peer(parts[0])
+        except zmq.ZMQError as e:
+            if e.errno != zmq.EHOSTUNREACH:  # a peer that disconnected: nothing to tell it
+                raise
+
+    def _drop_peer(self, peer: bytes) -> None:
+        """A peer that does not read what the daemon sends it: ignore it from now on and
+        finalize its streams, as for a client that died."""
+        if peer in self._dropped:
+            return
+        self._dropped.add(peer)
+        mine = [w for w in self.streams.values() if w.peer == peer and not w.closing]
+        log.warning("peer %s does not read the daemon's messages (%d unread): dropping it%s",
+                    peer.hex(), PEER_QUEUE, "" if not mine else "; finalizing its streams " +
+                    ", ".join(f"{w.sid} ({w.settings.root_path})" for w in mine))
+        for w in mine:
+            w.closing = True
+            w.enqueue(("close", None, "client lost: it does not read the daemon's messages"))
 
     def _drain(self, router: zmq.Socket, outbox: zmq.Socket) -> None:
         recv = router.recv
@@ -516,6 +549,8 @@ class Daemon:
             while part.more:
                 part = recv(copy=False)
                 parts.append(part)
+            if peer in self._dropped:
+                continue
             try:
                 reply = self._dispatch(peer, parts)
             except P.ProtocolError as e:
@@ -525,7 +560,7 @@ class Daemon:
                 log.exception("peer %s: unexpected error", peer.hex())
                 reply = P.error(P.E_MALFORMED, f"internal error handling the message: {e!r}")
             if reply is not None:
-                router.send_multipart([peer, *reply])
+                self._send_to(router, [peer, *reply])
             if i % 32 == 31:  # keep the workers and the clients' credits moving
                 self._flush_batches()
                 self._forward(outbox, router)
@@ -659,6 +694,12 @@ class Daemon:
             slots = ring_slots_for(settings, inline=transport == "inline")
         except ValueError as e:
             raise P.ProtocolError(P.E_RESOURCES, str(e)) from None
+        held = sum(w.slots for w in self.streams.values() if w.peer == peer)
+        if held + slots > PEER_CREDITS:
+            raise P.ProtocolError(P.E_RESOURCES, f"this connection's streams hold {held} ring "
+                                                 f"slots; {slots} more would pass the "
+                                                 f"{PEER_CREDITS} one connection may hold: open "
+                                                 "the stream on a connection of its own")
         worker = StreamWorker(self._next_sid, peer, settings, transport, slots, self.ctx)
         pid, pidns = h.get("pid"), h.get("pidns")
         if isinstance(pid, int) and not isinstance(pid, bool) and pidns == PID_NAMESPACE \

@@ -119,3 +119,57 @@ def test_a_daemon_started_on_demand_is_reaped_and_exits_when_idle(tmp_path, mode
         pages = [p.asarray() for p in tf.pages]
     if mode == "client-lives":
         assert [int(p[0, 0]) for p in pages] == [0, 1, 2]
+
+
+def _rss_mib(pid: int) -> float:
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def test_a_peer_that_never_reads_is_dropped_and_bounds_the_daemons_memory(tmp_path):
+    """A raw ZeroMQ peer holding the token sends 50,000 status requests and never reads a
+    reply: the daemon queues a bounded number for it, then drops it with a log line naming
+    it; a stream of another client goes on untouched."""
+    import zmq
+
+    from ome_writers_service import protocol as P
+
+    d = start_daemon(tmp_path / "rt")
+    try:
+        s = AcquisitionSettings(root_path=str(tmp_path / "ok.ome.zarr"), dtype="uint16",
+                                overwrite=True, dimensions=[Dimension(name="t", count=40), *YX])
+        good = create_stream(s, endpoint=d.endpoint, token=d.token)
+        for i in range(20):
+            good.append(frame_pixels(9, i, (16, 16), np.uint16))
+        base = _rss_mib(d.pid)
+        sock = zmq.Context.instance().socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.RCVHWM, 1)
+        sock.setsockopt(zmq.SNDHWM, 0)
+        P.authenticate(sock, d.token)
+        sock.connect(d.endpoint)
+        request = P.encode({"type": "status"})  # every reply lists every stream
+        for _ in range(50_000):
+            sock.send_multipart(request)
+        ping = P.encode({"type": "ping"})
+        deadline = time.monotonic() + 60
+        while "does not read the daemon's messages" not in d.log_text():
+            assert time.monotonic() < deadline, d.log_text()[-2000:]
+            time.sleep(0.1)
+        grown = _rss_mib(d.pid) - base
+        line = next(ln for ln in d.log_text().splitlines() if "does not read" in ln)
+        identity = line.split("peer ")[1].split()[0]
+        assert len(identity) >= 8 and all(c in "0123456789abcdef" for c in identity), line
+        assert grown < 40, f"daemon grew by {grown:.0f} MiB"  # was 117 MiB without a bound
+        sock.send_multipart(ping)  # ignored from now on: it never gets an answer
+        for i in range(20, 40):
+            good.append(frame_pixels(9, i, (16, 16), np.uint16))
+        assert good.close()["frames_written"] == 40
+        want = np.stack([frame_pixels(9, i, (16, 16), np.uint16) for i in range(40)])
+        np.testing.assert_array_equal(read_image(s.output_path), want)
+        sock.close(0)
+        print(f"daemon grew by {grown:.1f} MiB before it dropped the peer")
+    finally:
+        assert d.stop() == 0, d.log_text()

@@ -18,6 +18,7 @@ from .schema import (  # noqa: E402
     Plate,
     Position,
     PositionDimension,
+    ScratchFormat,
     StandardAxis,
     dims_from_standard_axes,
 )
@@ -39,6 +40,7 @@ __all__ = [
     "Plate",
     "Position",
     "PositionDimension",
+    "ScratchFormat",
     "StandardAxis",
     "StreamView",
     "__version__",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any, Literal, Mapping
 
-from .schema import AcquisitionSettings
+from .schema import AcquisitionSettings, ScratchFormat
 from .stream import OMEStream
 
 
@@ -25,11 +25,12 @@ def create_stream(
     daemon; its token comes from ``token``, ``$OME_WRITERS_SERVICE_TOKEN`` or the local
     connection file. ``transport="inline"`` sends pixels inside the messages (no shared
     memory: another machine or a container without shared IPC). ``in_process=True`` writes
-    from this process instead, as ome-writers does.
+    from this process instead, as ome-writers does. A scratch stream (`ScratchFormat`:
+    arrays in this process's memory) always runs in process.
     """
     if not isinstance(settings, AcquisitionSettings):
         settings = AcquisitionSettings.model_validate(settings)
-    if in_process:
+    if in_process or isinstance(settings.format, ScratchFormat):
         return OMEStream(settings)
     from .client import connect_stream
 

@@ -8,6 +8,7 @@ ZeroMQ send.
 
 from __future__ import annotations
 
+import builtins
 import fcntl
 import os
 import subprocess
@@ -57,6 +58,30 @@ class ServiceError(RuntimeError):
         self.code = code
 
 
+_BUILTIN_ERRORS: dict[str, type[Exception]] = {
+    name: getattr(builtins, name) for name in P.EXCEPTION_TYPES}
+_SERVICE_VARIANTS: dict[type, type] = {}
+
+
+def remote_error(message: str, code: str = "", exception: str | None = None) -> Exception:
+    """The exception for an error the daemon reported: of the type the in-process stream
+    raises for the same cause (``exception``, one of `protocol.EXCEPTION_TYPES`), else a
+    `ServiceError`. Non-OS types are also ServiceErrors; OS errors (which cannot be) carry
+    the protocol ``code`` as an attribute too."""
+    cls = _BUILTIN_ERRORS.get(exception or "")
+    if cls is None:
+        return ServiceError(message, code)
+    if issubclass(cls, OSError):
+        err = cls(message)
+        err.code = code  # type: ignore[attr-defined]
+        return err
+    variant = _SERVICE_VARIANTS.get(cls)
+    if variant is None:
+        variant = _SERVICE_VARIANTS[cls] = type(f"Service{cls.__name__}", (ServiceError, cls),
+                                                {"__module__": __name__})
+    return variant(message, code)
+
+
 class DaemonGoneError(ServiceError):
     """The daemon died or stopped answering."""
 
@@ -77,6 +102,10 @@ class ServiceStream:
         self._settings = settings
         self._ctx = ctx or zmq.Context.instance()
         self._sock = self._ctx.socket(zmq.DEALER)
+        #: a ZeroMQ socket is not thread-safe: every use of ``_sock`` (sends and the replies
+        #: they wait for) holds this lock, so the stream may be used from several threads as
+        #: the in-process one can (e.g. set_global_metadata() while close() runs)
+        self._lock = threading.RLock()
         self._sock.setsockopt(zmq.LINGER, 0)
         # never block in send, never drop a reply (a lost `release` would lose slots for
         # good): credits bound what is in flight either way
@@ -90,7 +119,7 @@ class ServiceStream:
         self._daemon_pid = daemon_pid
         self._closed = False
         self._ring: FrameRing | None = None
-        self._error: ServiceError | None = None
+        self._error: Exception | None = None
         self._last_heard = self._last_ping = _monotonic()
         self._replies: dict[str, dict] = {}  # latest reply of each type, until awaited
         self.report: dict[str, Any] | None = None
@@ -128,9 +157,10 @@ class ServiceStream:
                 self._sock.close(linger=1000)
                 raise
             self._slots = self._ring.slots(self._shape, self._dtype)
+            self._filled = self._ring.filled  # the slot table (PROTOCOL.md 3.1)
             self._err_flag = self._ring._error
         else:
-            self._slots = None
+            self._slots = self._filled = None
             self._err_flag = np.zeros(1, np.uint32)
         self._scratch = np.empty(self._shape, self._dtype)  # claim() target for dropped frames
         self._seq = 0
@@ -157,41 +187,50 @@ class ServiceStream:
 
     def append(self, frame: np.ndarray, *, frame_metadata: Mapping | None = None) -> None:
         """Copy ``frame`` into the next free slot and notify the daemon; returns at once."""
-        seq = self._seq
-        if type(frame) is not np.ndarray or frame.shape != self._shape or frame.dtype != self._dtype:
-            check_frame(frame, self._shape, self._dtype, seq)
-        slot, meta = self._take_slot(frame_metadata)
-        if slot < 0:
-            return  # dropped
-        try:
-            if self._inline:
-                self._send_frame(seq, slot, meta, np.ascontiguousarray(frame))
-            else:
-                np.copyto(self._slots[slot], frame)
-                self._send_frame(seq, slot, meta)
-        except BaseException:  # nothing was sent: the slot is still ours
-            self._give_back(slot)
-            raise
-        self._sent(seq)
+        with self._lock:
+            seq = self._seq
+            if type(frame) is not np.ndarray or frame.shape != self._shape or \
+                    frame.dtype != self._dtype:
+                check_frame(frame, self._shape, self._dtype, seq)
+            slot, meta = self._take_slot(frame_metadata)
+            if slot < 0:
+                return  # dropped
+            try:
+                if self._inline:
+                    self._send_frame(seq, slot, meta, np.ascontiguousarray(frame))
+                else:
+                    np.copyto(self._slots[slot], frame)
+                    self._filled[slot] = seq + 1  # after the pixels: the daemon finds the
+                    self._send_frame(seq, slot, meta)  # frame even if the notice is lost
+            except BaseException:  # nothing was sent: the slot is still ours
+                self._give_back(slot)
+                raise
+            self._sent(seq)
 
     @contextmanager
     def claim(self, *, frame_metadata: Mapping | None = None) -> Iterator[np.ndarray]:
         """A writable view of the next slot: fill it in place (zero-copy) and leave the block
         to send it. If the block raises, the slot is returned unsent. Under the "drop"
         policy a full ring yields a scratch buffer and the frame is counted as dropped."""
-        seq = self._seq
-        slot, meta = self._take_slot(frame_metadata)
+        with self._lock:
+            seq = self._seq
+            slot, meta = self._take_slot(frame_metadata)
         if slot < 0:
             yield self._scratch  # dropped: the camera still needs somewhere to put it
             return
         view = self._scratch if self._inline else self._slots[slot]
         try:
             yield view
-            self._send_frame(seq, slot, meta, view if self._inline else None)
+            with self._lock:
+                if not self._inline:
+                    self._filled[slot] = seq + 1  # the frame is in the ring (see append)
+                self._send_frame(seq, slot, meta, view if self._inline else None)
         except BaseException:  # nothing was sent: the slot is still ours
-            self._give_back(slot)
+            with self._lock:
+                self._give_back(slot)
             raise
-        self._sent(seq)
+        with self._lock:
+            self._sent(seq)
 
     def _take_slot(self, frame_metadata: Mapping | None) -> tuple[int, Mapping | None]:
         """What every frame goes through before its pixels move: the daemon's health, the
@@ -219,6 +258,9 @@ class ServiceStream:
         return slot, frame_metadata
 
     def _give_back(self, slot: int) -> None:
+        """A slot taken for a frame that was not sent."""
+        if self._filled is not None:
+            self._filled[slot] = 0  # (if its table entry was written) not a frame
         self._free[slot] = 1
         self._nfree += 1
 
@@ -246,6 +288,10 @@ class ServiceStream:
 
     def skip(self, *, frames: int = 1) -> None:
         """Advance ``frames`` frames without data (they keep the fill value)."""
+        with self._lock:
+            self._skip(frames)
+
+    def _skip(self, frames: int) -> None:
         self._check_usable()
         if frames <= 0:
             raise ValueError(f"skip: frames must be positive, not {frames}")
@@ -288,15 +334,16 @@ class ServiceStream:
     def read_plane(self, position: int, index: tuple[int, ...]) -> np.ndarray | None:
         """One stored plane: from the daemon while the stream is open (after every frame sent
         before the request), from the finished files after close (as ome-writers' view)."""
-        if self._closed and self.report is not None:
-            return self._read_closed(position, index)
-        self._check_usable()
-        self._send({"type": P.READ, "stream": self._sid, "position": position,
-                    "index": [int(i) for i in index]})
-        reply = self._await(P.PLANE, REPLY_TIMEOUT, what="read")
-        if not reply["written"]:
-            return None
-        return np.frombuffer(self._last_payload, self._dtype).reshape(self._shape).copy()
+        with self._lock:
+            if not (self._closed and self.report is not None):
+                self._check_usable()
+                self._send({"type": P.READ, "stream": self._sid, "position": position,
+                            "index": [int(i) for i in index]})
+                reply = self._await(P.PLANE, REPLY_TIMEOUT, what="read")
+                if not reply["written"]:
+                    return None
+                return np.frombuffer(self._last_payload, self._dtype).reshape(self._shape).copy()
+        return self._read_closed(position, index)
 
     def _read_closed(self, position: int, index: tuple[int, ...]) -> np.ndarray | None:
         n = self._router.frame_number(position, index)
@@ -376,9 +423,11 @@ class ServiceStream:
                 # a frame or metadata could not be written, or the daemon ends the stream:
                 # the stream is broken; the first reason is the one to raise
                 if self._error is None:
-                    kind_of = DaemonGoneError if header.get("code") == P.E_SHUTDOWN else \
-                        ServiceError
-                    self._error = kind_of(f"daemon: {header['message']}", header.get("code", ""))
+                    code = header.get("code", "")
+                    self._error = DaemonGoneError(f"daemon: {header['message']}", code) \
+                        if code == P.E_SHUTDOWN else \
+                        remote_error(f"daemon: {header['message']}", code,
+                                     header.get("exception"))
                 continue
             elif kind == P.CLOSED and not self._closed:  # the daemon ended the stream
                 self.report = header
@@ -400,10 +449,12 @@ class ServiceStream:
             if kind in replies:
                 return replies.pop(kind)
             err = replies.pop(P.ERROR, None)
-            if err is not None or (kind == P.OPENED and self._error is not None):
-                err = err or {"message": str(self._error), "code": self._error.code}
-                self._error = None
-                raise ServiceError(f"{what}: {err['message']}", err.get("code", ""))
+            if err is not None:
+                raise remote_error(f"{what}: {err['message']}", err.get("code", ""),
+                                   err.get("exception"))
+            if kind == P.OPENED and self._error is not None:
+                error, self._error = self._error, None
+                raise error
             if P.CLOSED in replies:
                 closed = replies[P.CLOSED]
                 raise DaemonGoneError(f"{what}: the daemon closed the stream "
@@ -484,10 +535,11 @@ class ServiceStream:
 
     def status(self) -> dict[str, Any]:
         """The daemon's view of this stream: frames written, dropped, backlog, rate, errors."""
-        if self._closed and self.report is not None:
-            return dict(self.report)
-        self._send({"type": P.STATUS, "stream": self._sid})
-        st = self._await(P.STATUS_REPLY, REPLY_TIMEOUT, what="status")
+        with self._lock:
+            if self._closed and self.report is not None:
+                return dict(self.report)
+            self._send({"type": P.STATUS, "stream": self._sid})
+            st = self._await(P.STATUS_REPLY, REPLY_TIMEOUT, what="status")
         st["frames_sent"] = self._seq
         st["client_dropped"] = self._dropped
         st["slots_in_use"] = self._credits - self._nfree
@@ -498,13 +550,14 @@ class ServiceStream:
         it at close; after close (as ome-writers allows), written into the finished files
         from this process."""
         value = check_global_metadata(namespace, metadata)
-        if self._closed and self.report is not None:
-            self._write_global_metadata(namespace, value)
-        else:
-            self._check_usable()
-            self._send({"type": P.METADATA, "stream": self._sid, "namespace": namespace,
-                        "value": value})
-        self._global_metadata[namespace] = value
+        with self._lock:  # before close's request, or after its report: never during
+            if self._closed and self.report is not None:
+                self._write_global_metadata(namespace, value)
+            else:
+                self._check_usable()
+                self._send({"type": P.METADATA, "stream": self._sid, "namespace": namespace,
+                            "value": value})
+            self._global_metadata[namespace] = value
 
     def _write_global_metadata(self, namespace: str, value: dict[str, Any]) -> None:
         from . import format_metadata as fm
@@ -570,6 +623,10 @@ class ServiceStream:
         with the frames (a failure to write it is reported by the next call, as any write
         error). After close, and for OME-TIFF (only after close, as ome-writers), written from
         this process into the files the daemon finalized (so this process must see them)."""
+        with self._lock:
+            self._update_metadata(metadata)
+
+    def _update_metadata(self, metadata: Mapping[Any, Any]) -> None:
         from . import format_metadata as fm
         from .backends import create_backend
 
@@ -619,16 +676,20 @@ class ServiceStream:
         `ServiceError` if any frame could not be written."""
         if self._closed:
             return self.report or {}
-        self._closed = True
-        try:
-            self._send({"type": P.CLOSE, "stream": self._sid, "frames": self._seq})
-            # unmapped while the daemon still maps the ring: cheap; the daemon's unmap, after
-            # its report, frees the memory
-            self._release_ring()
-            self.report = self._await(P.CLOSED, timeout, what="close")
-        finally:
-            self._release_resources()
-            self._events.close()  # the handlers have seen every frame when close() returns
+        # the handlers see every frame sent (and may still read the view) before it ends
+        self._events.close()
+        with self._lock:
+            if self._closed:  # closed by another thread meanwhile
+                return self.report or {}
+            self._closed = True
+            try:
+                self._send({"type": P.CLOSE, "stream": self._sid, "frames": self._seq})
+                # unmapped while the daemon still maps the ring: cheap; the daemon's unmap,
+                # after its report, frees the memory
+                self._release_ring()
+                self.report = self._await(P.CLOSED, timeout, what="close")
+            finally:
+                self._release_resources()
         if self.report.get("errors"):
             raise ServiceError(f"{self._settings.root_path}: " + "; ".join(self.report["errors"]),
                                P.E_WRITE)
@@ -640,7 +701,7 @@ class ServiceStream:
         return self.report
 
     def _release_ring(self) -> None:
-        self._slots = None
+        self._slots = self._filled = None
         # append()/claim() check these first: make them raise "closed"
         self._err_flag = np.ones(1, np.uint32)
         self._error = RuntimeError(f"the stream to {self._settings.root_path} is closed")
@@ -774,15 +835,6 @@ def daemon_running(info: ConnectionInfo | None) -> bool:
         return False
 
 
-#: Starts the daemon detached and prints its pid: the daemon is then not our child (init or
-#: the nearest subreaper adopts and reaps it), so it never lingers as a zombie of a client
-#: that outlives it, and exits on its own when idle.
-_LAUNCHER = ("import subprocess, sys\n"
-             "p = subprocess.Popen(sys.argv[1:], stdin=subprocess.DEVNULL, stdout=sys.stderr, "
-             "stderr=sys.stderr, start_new_session=True)\n"
-             "print(p.pid, flush=True)\n")
-
-
 def local_daemon(rt_dir: str | os.PathLike | None = None, *, start: bool = True,
                  idle_exit: float = 300.0, timeout: float = 30.0) -> ConnectionInfo:
     """The connection of the local daemon, starting one (detached; it exits after
@@ -799,17 +851,9 @@ def local_daemon(rt_dir: str | os.PathLike | None = None, *, start: bool = True,
         if daemon_running(info):
             return info
         log_path = rt / "daemon.log"
-        with open(log_path, "ab") as log:
-            launched = subprocess.run(
-                [sys.executable, "-c", _LAUNCHER, sys.executable, "-m", "ome_writers_service",
-                 "serve", "--runtime-dir", str(rt), "--idle-exit", str(idle_exit)],
-                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log, timeout=timeout,
-                check=False)
-        try:
-            pid = int(launched.stdout)
-        except ValueError:
-            raise DaemonGoneError(f"the writer daemon could not be started; see {log_path}:\n"
-                                  + _tail(log_path)) from None
+        pid = _spawn_detached(
+            [sys.executable, "-m", "ome_writers_service", "serve", "--runtime-dir", str(rt),
+             "--idle-exit", str(idle_exit)], log_path)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             info = ConnectionInfo.read(rt)
@@ -820,6 +864,23 @@ def local_daemon(rt_dir: str | os.PathLike | None = None, *, start: bool = True,
             time.sleep(0.05)
         raise DaemonGoneError(f"the writer daemon did not start; see {log_path}:\n"
                               + _tail(log_path))
+
+
+#: starts argv[1:] in a session of its own and prints its pid: the daemon is then nobody's
+#: child here (init reaps it when it exits; no zombie, no "subprocess still running" warning)
+_LAUNCHER = ("import subprocess, sys\n"
+             "p = subprocess.Popen(sys.argv[1:], stdin=subprocess.DEVNULL, stdout=sys.stdout, "
+             "stderr=sys.stdout, start_new_session=True)\n"
+             "sys.stderr.write(str(p.pid))\n")
+
+
+def _spawn_detached(argv: list[str], log_path: Path) -> int:
+    """Start ``argv`` detached from this process (double fork), output to ``log_path``."""
+    with open(log_path, "ab") as log:
+        launcher = subprocess.run([sys.executable, "-c", _LAUNCHER, *argv],
+                                  stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.PIPE,
+                                  check=True, timeout=30)
+    return int(launcher.stderr.decode().strip())
 
 
 def _tail(path: Path, n: int = 20) -> str:

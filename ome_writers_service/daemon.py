@@ -99,6 +99,7 @@ class StreamStats:
     written: int = 0
     dropped: int = 0
     skipped: int = 0
+    recovered: int = 0  #: written from the ring without a notice (the client died)
     started: float = field(default_factory=time.monotonic)
     errors: list[str] = field(default_factory=list)
 
@@ -137,6 +138,7 @@ class StreamWorker(threading.Thread):
         self.closing = False
         self.finished = threading.Event()
         self._pending_error: str | None = None
+        self._pending_exception: str | None = None  # its type (`P.exception_name`)
         self._out: zmq.Socket | None = None  # the worker thread's socket to the main loop
         #: slots handed back by the backend (possibly from its threads), not yet sent
         self._released: collections.deque[int] = collections.deque()
@@ -173,6 +175,8 @@ class StreamWorker(threading.Thread):
                 elif kind == "skip":
                     self._skip_to(item[1] + item[2], dropped=False)
                 elif kind == "release":  # a notice the main thread refused
+                    if self.ring is not None:
+                        self.ring.forget(item[1])  # not a frame whose notice was lost
                     self._lent += 1
                     self._released.append(item[1])
                 elif kind == "metadata":
@@ -211,9 +215,11 @@ class StreamWorker(threading.Thread):
         except Exception as e:  # noqa: BLE001 - reported to the client
             log.warning("stream %d: cannot open %s: %s", self.sid, self.settings.root_path, e)
             self._remove_ring()
-            code, what = (P.E_RESOURCES, "") if isinstance(e, RingError) else \
+            ring = isinstance(e, RingError)  # the service's own: no in-process counterpart
+            code, what = (P.E_RESOURCES, "") if ring else \
                 (P.E_SETTINGS, f"cannot create {self.settings.root_path}: ")
-            self._send(out, {"type": P.ERROR, "code": code, "message": f"{what}{e}"})
+            self._send(out, {"type": P.ERROR, "code": code, "message": f"{what}{e}",
+                             "exception": None if ring else P.exception_name(e)})
             return False
         ring = self.ring
         self._send(out, {**self.opened_reply, "paths": self.stream.paths, "ring": None if
@@ -271,7 +277,7 @@ class StreamWorker(threading.Thread):
         except Exception as e:  # noqa: BLE001 - a failed read is the reader's problem
             self._send(out, {"type": P.ERROR, "code": P.E_READ, "stream": self.sid,
                              "message": f"read of plane {list(index)} at position {position} "
-                                        f"failed: {e}"})
+                                        f"failed: {e}", "exception": P.exception_name(e)})
             return
         header = {"type": P.PLANE, "stream": self.sid, "written": plane is not None}
         self._send(out, header, None if plane is None else np.ascontiguousarray(plane))
@@ -292,9 +298,10 @@ class StreamWorker(threading.Thread):
         self.stats.errors.append(msg)
         if self._out is not None:
             self._send(self._out, {"type": P.ERROR, "code": P.E_WRITE, "stream": self.sid,
-                                   "message": msg})
+                                   "message": msg, "exception": P.exception_name(e)})
         else:
             self._pending_error = msg
+            self._pending_exception = P.exception_name(e)
         if self.ring is not None:
             self.ring.set_error(1)
 
@@ -302,13 +309,15 @@ class StreamWorker(threading.Thread):
         """Finalize the dataset with what arrived and send the final report."""
         if total is not None and not self.stats.errors:
             self._skip_to(total, dropped=True)  # frames the client dropped at the very end
-        if reason != "closed by client":  # the daemon ends it: say why, then raise the flag
+        if reason != "closed by client":  # the daemon ends it
+            if self.ring is not None and not self.ring.error_flag:
+                self.ring.set_error(2)  # a live client stops filling slots at its next append
+            if reason != "internal error":
+                self._write_unannounced()
             self._send(out, {"type": P.ERROR, "code": P.E_SHUTDOWN, "stream": self.sid,
                              "message": f"the daemon ended the stream ({reason}); it is "
                                         f"finalized with the {self.stats.received} frames "
                                         "received"})
-            if self.ring is not None and not self.ring.error_flag:
-                self.ring.set_error(2)  # the client's next append learns it without a read
         if self.stream is not None:
             started = time.monotonic()
             try:
@@ -322,6 +331,21 @@ class StreamWorker(threading.Thread):
             self.ring.unlink()  # the name is gone before the client reads the report
         self._send(out, {"type": P.CLOSED, "stream": self.sid, "reason": reason, **self.report()})
         self._remove_ring()  # unmapping frees the memory: not on the client's clock
+
+    def _write_unannounced(self) -> None:
+        """Write the frames the client put in the ring whose notices never arrived: a
+        client killed right after append() returned takes its queued notices with it, not
+        the ring, whose slot table names the frame in each slot (PROTOCOL.md 3.1)."""
+        if self.ring is None or self.stream is None or self.stats.errors:
+            return
+        found = self.ring.unannounced(self.expected_seq, self.num_frames)
+        for seq, slot in found:
+            self._write(seq, slot, None, None)
+        if found:
+            self.stats.recovered += len(found)
+            log.info("stream %d (%s): wrote %d frames (%d..%d) from the ring whose notices "
+                     "were lost with the client", self.sid, self.settings.root_path, len(found),
+                     found[0][0], found[-1][0])
 
     def _remove_ring(self) -> None:
         self._views = None  # drop the slot views so the mapping can go
@@ -340,7 +364,7 @@ class StreamWorker(threading.Thread):
         if err is not None:
             self._pending_error = None
             self._send(out, {"type": P.ERROR, "code": P.E_WRITE, "stream": self.sid,
-                             "message": err})
+                             "message": err, "exception": self._pending_exception})
 
     def _send(self, out: zmq.Socket, header: dict, payload: Any = None) -> None:
         out.send_multipart([self.peer, *P.encode(header, payload)])
@@ -369,6 +393,7 @@ class StreamWorker(threading.Thread):
             "frames_written": s.written,
             "frames_dropped": s.dropped,
             "frames_skipped": s.skipped,
+            "frames_recovered": s.recovered,
             "backlog": max(0, self.frames_queued - s.received),
             "ring_slots": self.slots,
             "elapsed_s": round(elapsed, 3),
@@ -465,6 +490,7 @@ class Daemon:
 
     def _shutdown(self, router: zmq.Socket, outbox: zmq.Socket) -> None:
         """Finalize every open stream with what it received, tell its client, then exit."""
+        self._drain(router, outbox)  # notices already here are frames received
         for w in list(self.streams.values()):
             if not w.closing:
                 w.closing = True

@@ -142,9 +142,10 @@ def set_global_annotation(ome: Any, namespace: str, mapping: Mapping[str, Any]) 
     MapAnnotation's value is replaced, or one is added and referenced by each Image."""
     from ome_types import model as m
 
-    from .user_metadata import annotation_text
+    from .user_metadata import global_annotation_text
 
-    value = m.Map(ms=[m.Map.M(k=str(k), value=annotation_text(v)) for k, v in mapping.items()])
+    value = m.Map(ms=[m.Map.M(k=str(k), value=global_annotation_text(v))
+                      for k, v in mapping.items()])
     if ome.structured_annotations is None:
         ome.structured_annotations = m.StructuredAnnotations()
     anns = ome.structured_annotations.map_annotations

@@ -53,6 +53,19 @@ class Journal:
         self._f.close()
 
 
+class NullJournal:
+    """The journal of a dataset that needs none (scratch arrays in memory)."""
+
+    def skipped(self, first_frame: int, count: int) -> None:
+        pass
+
+    def remove(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 def read_journal(path: str | os.PathLike) -> tuple[AcquisitionSettings, set[int], dict]:
     """(settings, frame numbers skipped or dropped, header) of a journal file."""
     try:

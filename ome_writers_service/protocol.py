@@ -147,3 +147,18 @@ def field(header: dict[str, Any], name: str, kind: type | tuple[type, ...], *, r
 
 def error(code: str, message: str, **extra: Any) -> list:
     return encode({"type": ERROR, "code": code, "message": message, **extra})
+
+
+#: Python exception types an `error` message may name in its optional ``exception`` field: the
+#: type the in-process stream raises for the same cause, which a client raises in turn.
+EXCEPTION_TYPES = ("FileExistsError", "FileNotFoundError", "IsADirectoryError",
+                   "NotADirectoryError", "PermissionError", "OSError", "MemoryError",
+                   "KeyError", "IndexError", "TypeError", "ValueError", "NotImplementedError")
+
+
+def exception_name(e: BaseException) -> str | None:
+    """The most specific of `EXCEPTION_TYPES` that ``e`` is an instance of (or None)."""
+    for cls in type(e).__mro__:
+        if cls.__name__ in EXCEPTION_TYPES and cls.__module__ == "builtins":
+            return cls.__name__
+    return None

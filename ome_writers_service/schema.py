@@ -123,6 +123,7 @@ class _Model(BaseModel):
         saved = dict(self.__dict__)
         saved_set = set(self.__pydantic_fields_set__)
         try:
+            self._before_assign(name, value)
             super().__setattr__(name, value)
         except Exception:
             self.__dict__.clear()
@@ -130,6 +131,9 @@ class _Model(BaseModel):
             self.__pydantic_fields_set__.clear()
             self.__pydantic_fields_set__.update(saved_set)
             raise
+
+    def _before_assign(self, name: str, value: Any) -> None:
+        """Called before a field is assigned (inside the restore-on-failure scope)."""
 
     def _given(self, field: str) -> bool:
         """Whether the user gave ``field`` a value (not derived, not None)."""
@@ -584,7 +588,29 @@ class OmeTiffFormat(_Model):
         return stem if self.is_multi_file(n_positions) else stem + self.suffix
 
 
-Format = Annotated[OmeZarrFormat | OmeTiffFormat, Field(discriminator="name")]
+class ScratchFormat(_Model):
+    """Arrays in the caller's memory (ome-writers 0.3.2's scratch format; pymmcore-plus'
+    ``output="memory"``): no daemon, no OME metadata, in acquisition order.
+
+    With a ``root_path`` the arrays are memory-mapped files in that directory
+    (``pos_<i>.dat``, ``manifest.json``, ``frame_metadata.jsonl``, as ome-writers). Without
+    one they live in memory, up to ``max_memory_bytes``; beyond it they spill to memory-mapped
+    files in a temporary directory (``spill_to_disk``, with a warning) or `MemoryError` is
+    raised.
+    """
+
+    name: Literal["scratch"] = "scratch"
+    backend: Literal["scratch"] = "scratch"
+    max_memory_bytes: int = 4 * 1024**3
+    suffix: str = ""
+    spill_to_disk: bool = True
+
+    def output_path(self, root_path: str, n_positions: int) -> str:
+        """``root_path`` itself (a directory of memory-mapped arrays), or "" in memory."""
+        return root_path
+
+
+Format = Annotated[OmeZarrFormat | OmeTiffFormat | ScratchFormat, Field(discriminator="name")]
 
 #: Strings ``format=`` accepts: the format names and, as in ome-writers, the backend names.
 _FORMAT_NAMES: dict[str, tuple[type, dict[str, str]]] = {
@@ -697,11 +723,16 @@ class AcquisitionSettings(_Model):
                     kw = {**kw, "suffix": found[1]}
                 return model(**kw)
             if key in ("scratch", "memory"):
-                raise ValueError(f"format {v!r}: the service writes OME-Zarr and OME-TIFF files; "
-                                 "the in-memory scratch format of ome-writers is not supported")
+                return ScratchFormat()
             raise ValueError(f"format must be 'auto', 'ome-zarr', 'ome-tiff' or a backend name "
                              f"({', '.join(k for k in _FORMAT_NAMES if '-' in k or k.endswith('file'))}), "
                              f"not {v!r}")
+        if isinstance(v, Mapping) and "suffix" not in v and v.get("name") in ("ome-zarr",
+                                                                               "ome-tiff"):
+            # a format given as a mapping takes its suffix from root_path, as ome-writers
+            found = _path_suffix(str(info.data.get("root_path") or ""))
+            if found is not None and found[0] == v["name"]:
+                v = {**v, "suffix": found[1]}
         return v
 
     @field_validator("dimensions", mode="before")
@@ -741,28 +772,50 @@ class AcquisitionSettings(_Model):
                              f"{SUPPORTED_DTYPES + ZARR_ONLY_DTYPES}")
         return name
 
+    def _before_assign(self, name: str, value: Any) -> None:
+        # A root_path whose suffix names another format than the current one: the format
+        # follows the new path (ome-writers 0.3.2 accepts the assignment too), unless it is
+        # a scratch format the user chose (a scratch dataset may live at any path). A format
+        # derived from the old path's suffix follows the new suffix.
+        if name != "root_path" or self.format == "auto":
+            return
+        found = _path_suffix(os.fspath(value)) if isinstance(value, (str, os.PathLike)) else None
+        if found is None:
+            return
+        if self._given("format") and (found[0] == self.format.name
+                                      or isinstance(self.format, ScratchFormat)):
+            return
+        self.__dict__["format"] = "auto"
+        self.__pydantic_fields_set__.discard("format")
+
     @model_validator(mode="after")
     def _check(self) -> AcquisitionSettings:
         if self.format == "auto" and self.root_path:
             fmt = _format_from_path(self.root_path)
             if fmt is not None:
                 self.__dict__["format"] = fmt
+        elif self.format == "auto":
+            # as ome-writers 0.3.2: without a root_path the only possible format is scratch
+            self.__dict__["format"] = ScratchFormat()
         dims = self.dimensions
         if not dims:
             return self  # an empty model, as ome-writers allows; create_stream() refuses it
         if self.format == "auto" and self.root_path:
-            # as ome-writers 0.3.2: a warning, then OME-Zarr at root_path + ".ome.zarr"
+            # as ome-writers 0.3.2 (its text, so filters written for it match): a warning,
+            # then OME-Zarr at root_path + ".ome.zarr"
             warnings.warn(
-                f"root_path {self.root_path!r}: the format cannot be inferred from its suffix; "
+                f"Output format could not be inferred from root_path {self.root_path!r}: "
                 "writing OME-Zarr (to root_path + '.ome.zarr'). End root_path in .ome.zarr or "
                 ".ome.tiff, or set format='ome-zarr'/'ome-tiff'.", UserWarning, stacklevel=2)
             self.__dict__["format"] = OmeZarrFormat()
-        found = _path_suffix(self.root_path) if self.root_path else None
+        scratch = isinstance(self.format, ScratchFormat)
+        found = _path_suffix(self.root_path) if self.root_path and not scratch else None
         if found is not None and found[0] != self.format.name:
             raise ValueError(f"format {self.format.name!r} contradicts root_path "
                              f"{self.root_path!r}, whose suffix {found[1]!r} says {found[0]}: "
                              "change one of them")
-        if self.root_path and not os.path.basename(ome_stem(self.root_path.rstrip("/\\"))):
+        if self.root_path and not scratch and \
+                not os.path.basename(ome_stem(self.root_path.rstrip("/\\"))):
             raise ValueError(f"root_path {self.root_path!r} has no name before its suffix: "
                              "the dataset (and a multi-file OME-TIFF's directory) is named "
                              "after it")
@@ -806,10 +859,11 @@ class AcquisitionSettings(_Model):
         arr = self.array_dimensions
         frame = arr[-2:]
         outer = arr[:-2]
-        if self.storage_order == "acquisition" or (
-                self.storage_order == "ome" and isinstance(self.format, OmeTiffFormat)):
+        if self.storage_order == "acquisition" or (self.storage_order == "ome" and isinstance(
+                self.format, (OmeTiffFormat, ScratchFormat))):
             # OME-TIFF's DimensionOrder takes T, C, Z in any order: its "ome" order is the
-            # acquisition order (as ome-writers 0.3.2), so pages arrive in plane order
+            # acquisition order (as ome-writers 0.3.2), so pages arrive in plane order;
+            # scratch arrays are in acquisition order too (as ome-writers)
             order = outer
         elif self.storage_order == "ome":
             order = sorted(outer, key=lambda d: _OME_RANK[d.type])  # stable: ties keep acq order
@@ -908,7 +962,7 @@ class AcquisitionSettings(_Model):
 
     def validate_for_writing(self) -> None:
         """Checks only create_stream() needs (ome-writers allows empty models to be built)."""
-        if not self.root_path:
+        if not self.root_path and not isinstance(self.format, ScratchFormat):
             raise ValueError("AcquisitionSettings.root_path is empty")
         if not self.dimensions:
             raise ValueError("AcquisitionSettings.dimensions is empty")
@@ -921,6 +975,8 @@ class AcquisitionSettings(_Model):
     def output_path(self) -> str:
         """Where the dataset goes, absolute: the OME-Zarr store, the OME-TIFF file, or the
         directory of a multi-file OME-TIFF (see `OmeTiffFormat`)."""
+        if isinstance(self.format, ScratchFormat) and not self.root_path:
+            return ""  # in memory
         root = os.path.expanduser(self.root_path)
         if self.format != "auto" and self.dimensions:
             root = self.format.output_path(root, len(self.positions))
@@ -999,18 +1055,70 @@ def _check_zarr(s: AcquisitionSettings) -> None:
     axes = s.storage_dimensions
     types = [d.type for d in axes]
     n_space = types.count("space")
-    if len(axes) > 5 or types.count("time") > 1 or types.count("channel") + types.count("other") > 1 \
-            or n_space > 3:
+    if len(axes) > 5 or types.count("time") > 1 or types.count("channel") > 1 \
+            or types.count("other") > 1 or n_space > 3:
         raise ValueError(
             f"storage axes {[d.name for d in axes]} cannot be OME-Zarr v0.5 axes: at most one "
-            "time, one channel-or-custom and three space axes (five in all)"
+            "time, one channel, one custom and three space axes (five in all)"
         )
+    if "channel" in types and "other" in types:
+        # what pymmcore-plus asks for with several cameras (t, c, cam, y, x); ome-writers
+        # 0.3.2 writes it and yaozarrs accepts it, but NGFF v0.5 reads "a channel *or* a
+        # custom axis": say so rather than refuse the acquisition
+        custom = next(d.name for d in axes if d.type == "other")
+        warnings.warn(
+            f"storage axes {[d.name for d in axes]}: a channel axis and a custom axis "
+            f"({custom!r}) together go beyond NGFF v0.5's 'channel or custom' axis; "
+            "yaozarrs and ome-writers accept it, strict OME-Zarr readers may not",
+            UserWarning, stacklevel=5)
     ranks = [_OME_RANK[t] for t in types]
     if ranks != sorted(ranks):
         raise ValueError(
             f"storage_order gives axes {[d.name for d in axes]}, which OME-Zarr v0.5 forbids: "
             "time must come first, then channel/custom, then space; use storage_order='ome'"
         )
+    zarr_image_groups(s)
+
+
+#: what an HCS field's path may hold (yaozarrs' FieldOfView; the NGFF spec wants [A-Za-z0-9])
+_FIELD_NAME = re.compile(r"^[A-Za-z0-9._-]+$")
+
+
+def zarr_image_groups(s: AcquisitionSettings) -> list[str]:
+    """Each position's image group in an OME-Zarr store, named as ome-writers 0.3.2 names
+    them: a plate's ``<row>/<column>/<position name>``; else, with one position, the root
+    (``""``); else, bioformats2raw series named after the positions (``<name>``, or
+    ``<name>_<grid_row>_<grid_column>`` for a grid position). Raises ValueError naming the
+    position whose name cannot be a group, or two positions that would share one."""
+    positions = s.positions
+    if s.plate is not None:
+        for p in positions:
+            if not _FIELD_NAME.match(p.name) or p.name in (".", ".."):
+                raise ValueError(
+                    f"position {p.name!r}: a plate field's name is its OME-Zarr group "
+                    f"({p.plate_row}/{p.plate_column}/<name>) and may hold only letters, digits, "
+                    "'.', '_' and '-'")
+        paths = [f"{p.plate_row}/{p.plate_column}/{p.name}" for p in positions]
+    elif len(positions) == 1:
+        return [""]
+    else:
+        paths = []
+        for p in positions:
+            name = p.name if p.grid_row is None else f"{p.name}_{p.grid_row}_{p.grid_column}"
+            if "/" in name or "\\" in name or name in (".", "..") or name.startswith("__") \
+                    or name == "OME":
+                raise ValueError(
+                    f"position {p.name!r}: its OME-Zarr series group would be {name!r}, which "
+                    "zarr forbids (no '/' or '\\', not '.', '..', 'OME' or starting with "
+                    "'__'); rename the position")
+            paths.append(name)
+    seen: dict[str, int] = {}
+    for i, path in enumerate(paths):
+        if path in seen:
+            raise ValueError(f"positions {positions[seen[path]].name!r} and "
+                             f"{positions[i].name!r} would share the OME-Zarr group {path!r}")
+        seen[path] = i
+    return paths
 
 
 def _check_tiff(s: AcquisitionSettings) -> None:
@@ -1048,12 +1156,14 @@ def _check_plate(plate: Plate, pd: PositionDimension | None) -> None:
     for p in pd.coords:
         if p.plate_row is None or p.plate_column is None:
             raise ValueError(f"plate: position {p.name!r} has no plate_row/plate_column")
-        if p.plate_row not in plate.row_names:
-            raise ValueError(f"plate: position {p.name!r} plate_row {p.plate_row!r} not in row_names")
-        if p.plate_column not in plate.column_names:
-            raise ValueError(
-                f"plate: position {p.name!r} plate_column {p.plate_column!r} not in column_names"
-            )
+    outside = [p.name for p in pd.coords
+               if p.plate_row not in plate.row_names or p.plate_column not in plate.column_names]
+    if outside:
+        # a warning, as ome-writers 0.3.2 (its words): OME-TIFF leaves them out of the Plate;
+        # OME-Zarr, whose plate must list every well, refuses them when the stream is created
+        warnings.warn(
+            f"Some positions have row/column values not in the plate definition: {outside}. "
+            "These may be omitted from the plate metadata on disk.", UserWarning, stacklevel=5)
 
 
 def dims_from_standard_axes(

@@ -19,9 +19,9 @@ from typing import Any, Callable, Literal, Mapping, Sequence
 import numpy as np
 
 from .backends import ArrayBackend, create_backend
-from .journal import Journal
+from .journal import Journal, NullJournal
 from .router import FrameRouter
-from .schema import AcquisitionSettings
+from .schema import AcquisitionSettings, ScratchFormat
 from .user_metadata import check_frame_metadata
 
 log = logging.getLogger(__name__)
@@ -93,7 +93,9 @@ class OMEStream(metaclass=abc.ABCMeta):
         self._backend = backend or create_backend(settings)
         self._backend.lend_limit = lend_limit  # frames append_borrowed() may leave lent
         self._backend.create()
-        self._journal = Journal(settings)  # lets `recover` finalize the dataset if we die
+        # lets `recover` finalize the dataset if we die (scratch arrays have nothing to recover)
+        self._journal = NullJournal() if isinstance(settings.format, ScratchFormat) \
+            else Journal(settings)
         self._frame_shape = settings.frame_shape
         self._dtype = np.dtype(settings.dtype)
         self._events = CoordEvents(self._router)

@@ -133,6 +133,12 @@ def annotation_text(value: Any) -> str:
                       or bool(XML_ILLEGAL.search(value)))
 
 
+def global_annotation_text(value: Any) -> str:
+    """A global-metadata MapAnnotation value: always JSON, as ome-writers 0.3.2 writes it (a
+    string too, so readers doing ``json.loads`` on every value get it back)."""
+    return json.dumps(value)
+
+
 def parse_annotation_text(text: str) -> Any:
     try:
         return json.loads(text)

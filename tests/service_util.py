@@ -176,6 +176,31 @@ def run_checker(path: str, shape=None, dtype=None) -> str:
     return res.stdout
 
 
+def wait_finalized(settings, timeout: float = 30.0) -> None:
+    """Wait until the dataset's writer has finalized it (its journal is gone)."""
+    journal = Path(settings.output_path + ".ows-journal")
+    deadline = time.monotonic() + timeout
+    while journal.exists():
+        assert time.monotonic() < deadline, f"{settings.output_path} was not finalized"
+        time.sleep(0.02)
+
+
+def frames_written_in_metadata(path: str) -> int:
+    """The ``frames_written`` the dataset's metadata records (OME-Zarr: the image group's
+    ``ome_writers.acquisition``; OME-TIFF: the ``ome_writers.acquisition`` MapAnnotation),
+    read with ome-types / plain JSON."""
+    if path.lower().endswith((".tif", ".tiff")):
+        from ome_types import from_xml
+
+        with tifffile.TiffFile(path) as tf:
+            ome = from_xml(tf.ome_metadata)
+        return int(next(m.value for a in ome.structured_annotations.map_annotations
+                        if a.namespace == "ome_writers.acquisition" for m in a.value.ms
+                        if m.k == "frames_written"))
+    attrs = json.loads((Path(path) / "zarr.json").read_text())["attributes"]
+    return int(attrs["ome_writers"]["acquisition"]["frames_written"])
+
+
 def shm_rings(daemon_pid: int) -> set[str]:
     """The rings in /dev/shm that daemon ``daemon_pid`` created (never another program's:
     other daemons, other test runs may share /dev/shm)."""

@@ -115,7 +115,7 @@ def test_multi_position_with_positions_in_the_middle(tmp_path, suffix):
 
 @pytest.mark.parametrize("suffix", FORMATS)
 def test_plate_two_by_two_wells_two_fields(tmp_path, suffix):
-    positions = [Position(name=f"{r}{c}-f{f}", plate_row=r, plate_column=c)
+    positions = [Position(name=f"f{f}", plate_row=r, plate_column=c)
                  for r in "AB" for c in "12" for f in range(2)]
     s = acq(tmp_path, suffix, [PositionDimension(coords=positions),
                                Dimension(name="c", count=2), *YX],
@@ -127,7 +127,9 @@ def test_plate_two_by_two_wells_two_fields(tmp_path, suffix):
         root = json.loads((Path(s.root_path) / "zarr.json").read_text())["attributes"]["ome"]
         assert [w["path"] for w in root["plate"]["wells"]] == ["A/1", "A/2", "B/1", "B/2"]
         well = json.loads((Path(s.root_path) / "B/2/zarr.json").read_text())["attributes"]["ome"]
-        assert [i["path"] for i in well["well"]["images"]] == ["0", "1"]
+        # fields named after their positions, as ome-writers 0.3.2 names them
+        assert [i["path"] for i in well["well"]["images"]] == ["f0", "f1"]
+        assert (Path(s.root_path) / "B/2/f1/0/zarr.json").is_file()
 
 
 @pytest.mark.parametrize("suffix", FORMATS)
@@ -468,7 +470,7 @@ def test_zarr_get_and_update_metadata_as_ome_writers(tmp_path, layout):
             Position(name="g", plate_row="B", plate_column="2")]))
         kw["plate"] = Plate(row_names=["A", "B"], column_names=["1", "2"])
     s = acq(tmp_path, ".ome.zarr", [*outer, *YX], **kw)
-    keys = {"single": ["."], "positions": ["0", "1"], "plate": ["A/1/0", "A/1/1", "B/2/0"]}[layout]
+    keys = {"single": ["."], "positions": ["a", "b"], "plate": ["A/1/f0", "A/1/f1", "B/2/g"]}[layout]
     stream = create_stream(s, in_process=True)
     md = stream.get_metadata()
     assert list(md) == keys
@@ -708,3 +710,29 @@ def test_close_does_not_wait_forever_for_a_blocked_handler(tmp_path, monkeypatch
     assert time.monotonic() - t0 < 10
     release.set()
     verify(s, stream.paths, 34)
+
+
+def test_zarr_groups_are_named_after_positions_as_ome_writers_0_3_2(tmp_path):
+    # read off ome-writers 0.3.2: series <name>, grid positions <name>_<row>_<column>
+    from ome_writers_service.schema import zarr_image_groups
+    pos = [Position(name="Pos0"), Position(name="Pos1", grid_row=0, grid_column=1),
+           Position(name="Pos1", grid_row=1, grid_column=0)]
+    s = acq(tmp_path, ".ome.zarr", [PositionDimension(coords=pos), *YX])
+    assert zarr_image_groups(s) == ["Pos0", "Pos1_0_1", "Pos1_1_0"]
+    paths = write(s, 1)
+    assert [Path(p).name for p in paths] == ["Pos0", "Pos1_0_1", "Pos1_1_0"]
+    series = json.loads((Path(s.output_path) / "OME/zarr.json").read_text())
+    assert series["attributes"]["ome"]["series"] == ["Pos0", "Pos1_0_1", "Pos1_1_0"]
+    # one position, even on a position axis: the root is the image (as 0.3.2)
+    one = acq(tmp_path / "one", ".ome.zarr", [PositionDimension(coords=["only"]), *YX])
+    assert zarr_image_groups(one) == [""]
+    for bad in (["a/b", "c"], ["OME", "x"], ["__x", "y"], ["a_0_1", Position(
+            name="a", grid_row=0, grid_column=1)]):
+        with pytest.raises(ValueError, match="OME-Zarr"):
+            acq(tmp_path, ".ome.zarr", [PositionDimension(coords=bad), *YX])
+    with pytest.raises(ValueError, match="plate field"):
+        acq(tmp_path, ".ome.zarr", [PositionDimension(coords=[
+            Position(name="field 1", plate_row="A", plate_column="1")]), *YX],
+            plate=Plate(row_names=["A"], column_names=["1"]))
+    # the same names are fine for OME-TIFF (files are numbered)
+    acq(tmp_path, ".ome.tiff", [PositionDimension(coords=["a/b", "c"]), *YX])

@@ -106,7 +106,7 @@ def test_useq_sequence_streams_through_the_daemon(daemon, tmp_path):
             stream.append(frame_pixels(61, i, (32, 48), np.uint16),
                           frame_metadata={"delta_t": event.min_start_time or 0.0})
     paths = stream.report["paths"]
-    assert [Path(p).name for p in paths] == ["0", "1"]
+    assert [Path(p).name for p in paths] == ["A1", "B2"]  # named after the positions
     want = expected_images(settings, 61)
     for path, arr in zip(paths, want):
         assert arr.shape == (2, 2, 3, 32, 48)

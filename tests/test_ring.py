@@ -12,8 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ome_writers_service.ring import (HEADER_SIZE, MAGIC, FrameRing, RingError,
-                                      clean_stale_rings, slot_size_for)
+from ome_writers_service.ring import (MAGIC, SLOT_TABLE, FrameRing, RingError,
+                                      clean_stale_rings, header_size_for, slot_size_for)
+
+HEADER_SIZE = header_size_for(3)
 
 
 def test_layout_matches_the_documented_header():
@@ -21,8 +23,19 @@ def test_layout_matches_the_documented_header():
     try:
         raw = ring.path.read_bytes()
         magic, version, header, slots, pid, slot_size, nbytes = struct.unpack_from("<8sIIIIQQ", raw)
-        assert (magic, version, header, slots, pid) == (MAGIC, 1, HEADER_SIZE, 3, os.getpid())
+        assert (magic, version, header, slots, pid) == (MAGIC, 2, 8192, 3, os.getpid())
+        assert HEADER_SIZE == 8192 and header_size_for(512) == 8192
+        assert header_size_for(513) == 12288 and header_size_for(4096) == 4096 + 32768
         assert slot_size == slot_size_for(16000) == 16384 and nbytes == 16000
+        assert struct.unpack_from("<I", raw, 56) == (SLOT_TABLE,) == (4096,)
+        # the slot table: 1 + the frame last written into each slot, 0 for none
+        assert struct.unpack_from("<3Q", raw, SLOT_TABLE) == (0, 0, 0)
+        ring.filled[1] = 41 + 1
+        assert struct.unpack_from("<3Q", ring.path.read_bytes(), SLOT_TABLE) == (0, 42, 0)
+        assert ring.unannounced(41, None) == [(41, 1)] and ring.unannounced(42, None) == []
+        assert ring.unannounced(0, 41) == []
+        ring.forget(1)
+        assert ring.unannounced(0, None) == []
         assert len(raw) == HEADER_SIZE + 3 * 16384
         assert stat.S_IMODE(ring.path.stat().st_mode) == 0o600
         views = ring.slots((100, 80), np.uint16)

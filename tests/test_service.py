@@ -190,9 +190,12 @@ def test_daemon_errors_reach_the_client(daemon, tmp_path):
     (target / "precious.txt").write_text("keep me")
     settings = AcquisitionSettings(root_path=str(target), dtype="uint8", dimensions=[
         Dimension(name="t", count=2), Dimension(name="y", count=8), Dimension(name="x", count=8)])
-    with pytest.raises(ServiceError, match="already exists") as err:
+    # raised as what the in-process stream raises for the same cause (ome-writers' type)
+    with pytest.raises(FileExistsError, match="already exists") as err:
         create_stream(settings, endpoint=daemon.endpoint, token=daemon.token)
     assert err.value.code == P.E_SETTINGS and str(target) in str(err.value)
+    with pytest.raises(FileExistsError):
+        create_stream(settings, in_process=True)
     assert (target / "precious.txt").read_text() == "keep me"
     with pytest.raises(ServiceError, match="token"):
         create_stream(settings.model_copy(update={"overwrite": True}),
@@ -722,7 +725,7 @@ def test_unwritable_target_is_refused_before_the_first_frame(daemon, tmp_path):
     try:
         settings = settings_5d(ro / "nope.ome.zarr", dimensions=[
             Dimension(name="t", count=2), Dimension(name="y", count=8), Dimension(name="x", count=8)])
-        with pytest.raises(ServiceError, match="not writable") as err:
+        with pytest.raises(PermissionError, match="not writable") as err:
             create_stream(settings, endpoint=daemon.endpoint, token=daemon.token)
         assert str(ro) in str(err.value)
     finally:
@@ -741,13 +744,13 @@ def test_daemon_view_in_acquisition_order_strict_and_format_metadata(daemon, tmp
     assert view.dims == ("z", "t", "p", "y", "x") and view.shape == (0, 0, 0, *yx)
     assert stream.view(dynamic_shape=False).shape == (3, 2, 2, *yx)
     md = stream.get_metadata()  # ome-writers' structure, read from the daemon's zarr.json
-    assert list(md) == ["0", "1"] and "multiscales" in md["1"]["ome"]
-    with pytest.raises(KeyError, match="Unknown path: 2"):  # checked here, before sending
-        stream.update_metadata({"2": {}})
-    md["0"]["during"] = {"operator": "ada"}  # handed to the daemon, kept at close
-    md["0"]["ome"]["multiscales"][0]["name"] = "renamed"
-    stream.update_metadata({"0": md["0"]})
-    assert stream.get_metadata()["0"]["during"] == {"operator": "ada"}  # seen at once
+    assert list(md) == ["A", "B"] and "multiscales" in md["B"]["ome"]
+    with pytest.raises(KeyError, match="Unknown path: C"):  # checked here, before sending
+        stream.update_metadata({"C": {}})
+    md["A"]["during"] = {"operator": "ada"}  # handed to the daemon, kept at close
+    md["A"]["ome"]["multiscales"][0]["name"] = "renamed"
+    stream.update_metadata({"A": md["A"]})
+    assert stream.get_metadata()["A"]["during"] == {"operator": "ada"}  # seen at once
     os.kill(daemon.pid, signal.SIGSTOP)
     try:
         for i in range(6):  # 4 fit in the ring, frames 4 and 5 are dropped
@@ -775,16 +778,16 @@ def test_daemon_view_in_acquisition_order_strict_and_format_metadata(daemon, tmp
     report = stream.close()
     check_dataset(settings, report["paths"], 71, frames=8, missing={4, 5})
     md = stream.get_metadata()
-    assert md["0"]["during"] == {"operator": "ada"}
-    assert md["0"]["ome"]["multiscales"][0]["name"] == "renamed"
-    assert md["0"]["ome_writers"]["frame_metadata"]  # the writer's table kept beside it
-    assert md["1"]["ome_writers"]["frame_metadata"]
-    md["1"]["my_attrs"] = {"operator": "ada"}
-    stream.update_metadata({"1": md["1"]})
+    assert md["A"]["during"] == {"operator": "ada"}
+    assert md["A"]["ome"]["multiscales"][0]["name"] == "renamed"
+    assert md["A"]["ome_writers"]["frame_metadata"]  # the writer's table kept beside it
+    assert md["B"]["ome_writers"]["frame_metadata"]
+    md["B"]["my_attrs"] = {"operator": "ada"}
+    stream.update_metadata({"B": md["B"]})
     import zarr
     got = dict(zarr.open_group(report["paths"][1], mode="r").attrs)
     assert got["my_attrs"] == {"operator": "ada"}
-    assert got["ome_writers"]["frame_metadata"] == md["1"]["ome_writers"]["frame_metadata"]
+    assert got["ome_writers"]["frame_metadata"] == md["B"]["ome_writers"]["frame_metadata"]
 
     # OME-TIFF: {position: ome_types.OME}, updated after close
     import tifffile

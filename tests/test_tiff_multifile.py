@@ -195,7 +195,7 @@ def test_output_paths_match_ome_writers(tmp_path):
         s = ows.AcquisitionSettings(root_path=str(tmp_path / root), dimensions=d,
                                     dtype="uint8", format=fmt)
         assert s.output_path == str(tmp_path / want), (root, fmt)
-    with pytest.warns(UserWarning, match="cannot be inferred"):
+    with pytest.warns(UserWarning, match="could not be inferred"):
         s = ows.AcquisitionSettings(root_path=str(tmp_path / "d/data.h5"), dimensions=dims,
                                     dtype="uint8")
     assert s.output_path == str(tmp_path / "d/data.h5.ome.zarr")

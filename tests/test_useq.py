@@ -148,5 +148,5 @@ def test_plate_sequence_is_written_and_valid(tmp_path):
     info = dataset_info(s.root_path)
     assert info["kind"] == "plate"
     assert sorted(img["path"] for img in info["images"]) == [
-        "plate.ome.zarr/A/1/0", "plate.ome.zarr/A/1/1", "plate.ome.zarr/B/3/0",
-        "plate.ome.zarr/B/3/1"]
+        "plate.ome.zarr/A/1/fov0", "plate.ome.zarr/A/1/fov1", "plate.ome.zarr/B/3/fov0",
+        "plate.ome.zarr/B/3/fov1"]

@@ -40,7 +40,10 @@
 #define OWS_HUNG_TIMEOUT 5.0  /* s a ping may stay unanswered before the daemon counts as gone */
 #define OWS_STATUS_TIMEOUT 30.0 /* s to wait for a status reply from a daemon that answers pings */
 #define OWS_ABANDON_TIMEOUT 5.0 /* s to wait for `closed` when open fails after `opened` */
-#define OWS_RING_MIN_HEADER 56
+#define OWS_RING_MIN_HEADER 60
+#define OWS_RING_VERSION 2
+/* Most bytes of JSON one frame's metadata may take (the daemon's header limit is 1 MiB). */
+#define OWS_MAX_META_BYTES 1000000
 
 struct ows_stream {
     void *ctx;
@@ -57,6 +60,7 @@ struct ows_stream {
     int inline_mode;
     unsigned char *ring;
     size_t ring_size, header_size, slot_size;
+    volatile uint64_t *filled; /* the slot table: 1 + the frame last written into each slot */
     volatile uint32_t *err_flag;
     uint32_t no_flag;
     int daemon_pid;        /* > 0: the daemon shares our pid namespace, watch its pid */
@@ -436,12 +440,14 @@ static int attach_ring(ows_stream *s, const cJSON *ring) {
     s->ring = p;
     s->ring_size = (size_t)st.st_size;
     const unsigned char *h = s->ring;
-    if (memcmp(h, "OWSRING1", 8) || le32(h + 8) != 1)
-        return fail(s, OWS_ERR_DAEMON, "%s is not a version-1 frame ring", name);
+    if (memcmp(h, "OWSRING1", 8) || le32(h + 8) != OWS_RING_VERSION)
+        return fail(s, OWS_ERR_DAEMON, "%s is not a version-%d frame ring", name,
+                    OWS_RING_VERSION);
     uint64_t header = le32(h + 12), slots = le32(h + 16), slot_size = le64(h + 24);
-    uint64_t frame = le64(h + 32);
+    uint64_t frame = le64(h + 32), table = le32(h + 56);
     if (header < OWS_RING_MIN_HEADER || frame != s->frame_nbytes || slot_size < frame ||
-        slots < (uint64_t)s->credits || header + slots * slot_size > (uint64_t)st.st_size)
+        slots < (uint64_t)s->credits || header + slots * slot_size > (uint64_t)st.st_size ||
+        table < OWS_RING_MIN_HEADER || table % 8 || table + 8 * slots > header)
         return fail(s, OWS_ERR_DAEMON, "ring %s does not match the stream (header %llu, %llu "
                     "slots of %llu bytes for %llu-byte frames, %zu credits, file %lld bytes)",
                     name, (unsigned long long)header, (unsigned long long)slots,
@@ -450,6 +456,7 @@ static int attach_ring(ows_stream *s, const cJSON *ring) {
     s->header_size = (size_t)header;
     s->slot_size = (size_t)slot_size;
     s->err_flag = (volatile uint32_t *)(void *)(s->ring + 40);
+    s->filled = (volatile uint64_t *)(void *)(s->ring + table);
     return OWS_OK;
 }
 #endif
@@ -814,6 +821,12 @@ static int send_frame(ows_stream *s, int slot, const char *meta_json, const void
     char *dynamic = NULL;
     const char *text = header;
     meta_json = nonempty(meta_json);
+    if (meta_json && strlen(meta_json) > OWS_MAX_META_BYTES) {
+        give_back(s, slot);
+        return fail(s, OWS_ERR_ARG, "frame %lld: meta_json is %zu bytes: at most %d bytes of "
+                    "metadata may go with one frame", (long long)s->seq, strlen(meta_json),
+                    OWS_MAX_META_BYTES);
+    }
     if (meta_json) {
         cJSON *meta = cJSON_Parse(meta_json);
         if (!cJSON_IsObject(meta)) {
@@ -839,12 +852,18 @@ static int send_frame(ows_stream *s, int slot, const char *meta_json, const void
                  s->sid, (long long)s->seq, slot);
     }
 #if OWS_HAVE_SHM
-    /* the pixels in the slot are complete before the daemon can learn of the frame */
+    /* the pixels in the slot are complete before the slot table names the frame (the daemon
+     * writes a frame it finds there if this process dies before the notice leaves: PROTOCOL.md
+     * 3.1), and before the daemon can learn of the frame */
     atomic_thread_fence(memory_order_release);
+    if (!s->inline_mode) s->filled[slot] = (uint64_t)s->seq + 1;
 #endif
     int rc = send_msg(s->sock, text, payload, s->frame_nbytes, 0);
     cJSON_free(dynamic);
     if (rc < 0) {
+#if OWS_HAVE_SHM
+        if (!s->inline_mode) s->filled[slot] = 0; /* not sent: not a frame */
+#endif
         give_back(s, slot);
         return fail(s, OWS_ERR_SYSTEM, "frame %lld: zmq send: %s", (long long)s->seq,
                     zmq_strerror(zmq_errno()));

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..schema import AcquisitionSettings, OmeTiffFormat, OmeZarrFormat
+from ..schema import AcquisitionSettings, OmeTiffFormat, OmeZarrFormat, ScratchFormat
 from .base import ArrayBackend, BackendError
 
 __all__ = ["ArrayBackend", "BackendError", "create_backend"]
@@ -19,4 +19,8 @@ def create_backend(settings: AcquisitionSettings) -> ArrayBackend:
         from .tiff_tifffile import TifffileBackend
 
         return TifffileBackend(settings)
+    if isinstance(fmt, ScratchFormat):
+        from .scratch import ScratchBackend
+
+        return ScratchBackend(settings)
     raise ValueError(f"no backend for format {fmt!r}")

@@ -16,7 +16,7 @@ from ome_types import model as m
 from .. import __version__
 from ..schema import AcquisitionSettings, Dimension, Position
 from ..units import ome_unit, unit_kind
-from ..user_metadata import KNOWN_FRAME_KEYS, annotation_text
+from ..user_metadata import KNOWN_FRAME_KEYS, annotation_text, global_annotation_text
 
 _LETTER = {"time": "T", "channel": "C", "space": "Z"}
 _PIXEL_TYPE = {"float32": "float", "float64": "double"}
@@ -62,7 +62,7 @@ def build_ome(
     for k, (ns, mapping) in enumerate(global_metadata.items()):
         ann = m.MapAnnotation(
             id=f"Annotation:global:{k}", namespace=ns,
-            value=m.Map(ms=[m.Map.M(k=str(key), value=annotation_text(v))
+            value=m.Map(ms=[m.Map.M(k=str(key), value=global_annotation_text(v))
                             for key, v in mapping.items()]),
         )
         annotations.append(ann)

@@ -3,9 +3,11 @@
 Layout of the store:
 
 * one position, no plate: the root group is the image, its full-resolution array is ``0``;
-* several positions: a bioformats2raw layout, one image group per position (``0``, ``1``, ...),
-  and an ``OME`` group listing the series;
-* a plate: an HCS plate, ``<row>/<column>/<field>`` for each position.
+* several positions: a bioformats2raw layout, one image group per position named after it
+  (``Pos0``, ``Pos1``, ...; a grid position ``<name>_<row>_<column>``), and an ``OME`` group
+  listing the series;
+* a plate: an HCS plate, ``<row>/<column>/<position name>`` for each position.
+(The names ome-writers 0.3.2 gives, `schema.zarr_image_groups`.)
 
 Frames are assembled into whole write units (a shard, or a chunk when unsharded) before they go
 to tensorstore, so a chunk that spans several frames is encoded once, not rewritten per frame.
@@ -26,7 +28,7 @@ from yaozarrs import v05
 
 from .. import __version__
 from .. import format_metadata as fm
-from ..schema import Dimension, Position
+from ..schema import Dimension, Position, zarr_image_groups
 from ..units import ngff_unit
 from .base import ArrayBackend, BackendError, prepare_output
 from .blocks import Block, BufferPool
@@ -88,19 +90,8 @@ class TensorstoreZarrBackend(ArrayBackend):
     # ---- layout and metadata ----
 
     def _layout(self) -> list[str]:
-        """Relative path of each position's image group."""
-        s = self.settings
-        if s.plate is not None:
-            fields: dict[tuple[str, str], int] = {}
-            out = []
-            for p in self.positions:
-                key = (p.plate_row, p.plate_column)
-                fields[key] = fields.get(key, -1) + 1
-                out.append(f"{p.plate_row}/{p.plate_column}/{fields[key]}")
-            return out
-        if s.position_dimension is None:
-            return [""]
-        return [str(i) for i in range(len(self.positions))]
+        """Relative path of each position's image group (`zarr_image_groups`)."""
+        return zarr_image_groups(self.settings)
 
     @property
     def paths(self) -> list[str]:
@@ -279,6 +270,15 @@ class TensorstoreZarrBackend(ArrayBackend):
         }
 
     def create(self) -> None:
+        plate = self.settings.plate
+        if plate is not None:
+            outside = [p.name for p in self.positions if p.plate_row not in plate.row_names
+                       or p.plate_column not in plate.column_names]
+            if outside:
+                raise ValueError(
+                    f"{self.root}: positions {outside} lie outside the plate's rows "
+                    f"{plate.row_names} / columns {plate.column_names}; an OME-Zarr plate "
+                    "lists every well it holds: add their rows/columns to the Plate")
         prepare_output(self.root, self.settings.overwrite, directory=True)
         try:
             os.mkdir(self.root)  # ours: never an existing name (a symlink planted meanwhile)

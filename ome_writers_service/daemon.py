@@ -33,10 +33,12 @@ from pydantic import ValidationError
 from zmq.auth.thread import ThreadAuthenticator
 
 from . import __version__
+from . import chunk_buffers
 from . import format_metadata as fm
 from . import protocol as P
 from .backends import create_backend
 from .connection import ConnectionInfo, default_endpoint, pid_alive, pid_namespace, runtime_dir
+from .chunk_buffers import physical_memory
 from .ring import FrameRing, RingError, clean_stale_rings, shm_free
 from .schema import AcquisitionSettings
 from .stream import OMEStream
@@ -65,6 +67,9 @@ MAX_GAP = 1_000_000
 PEER_QUEUE = 2 * MAX_SLOTS + 1024
 #: Most ring slots the streams of one connection may hold together (see PEER_QUEUE).
 PEER_CREDITS = 2 * MAX_SLOTS
+#: Share of the machine's RAM the streams' buffers may take together by default (the rest is
+#: the page cache's, the rings', the acquisition software's): `serve --memory-budget`.
+MEMORY_FRACTION = 0.4
 #: Below this much free /dev/shm the daemon warns at start-up.
 SHM_WARN_BYTES = 128 * 2**20
 OUTBOX = "inproc://ows-outbox"
@@ -140,6 +145,10 @@ class StreamWorker(threading.Thread):
         self._pending_error: str | None = None
         self._pending_exception: str | None = None  # its type (`P.exception_name`)
         self._out: zmq.Socket | None = None  # the worker thread's socket to the main loop
+        #: worst-case bytes of its buffers the daemon admitted the stream with, and whether
+        #: they are free again (the stream finalized): no longer counted in the budget
+        self.memory = 0
+        self.memory_freed = False
         #: slots handed back by the backend (possibly from its threads), not yet sent
         self._released: collections.deque[int] = collections.deque()
         self._lent = 0  # slots lent to the backend and not yet released
@@ -327,6 +336,7 @@ class StreamWorker(threading.Thread):
                 self.stats.errors.append(f"finalize: {e}")
             log.info("stream %d (%s) finalized in %.3f s: %s", self.sid,
                      self.settings.root_path, time.monotonic() - started, reason)
+        self.memory_freed = True  # finalized: the buffers are gone before the report says so
         if self.ring is not None:
             self.ring.unlink()  # the name is gone before the client reads the report
         self._send(out, {"type": P.CLOSED, "stream": self.sid, "reason": reason, **self.report()})
@@ -396,6 +406,7 @@ class StreamWorker(threading.Thread):
             "frames_recovered": s.recovered,
             "backlog": max(0, self.frames_queued - s.received),
             "ring_slots": self.slots,
+            "max_buffer_bytes": self.memory,
             "elapsed_s": round(elapsed, 3),
             "rate_fps": round(s.written / elapsed, 1) if elapsed > 0 else 0.0,
             "errors": list(s.errors),
@@ -406,8 +417,11 @@ class Daemon:
     """Serves any number of streams on one endpoint until stopped."""
 
     def __init__(self, endpoint: str | None = None, *, rt_dir: str | os.PathLike | None = None,
-                 idle_exit: float | None = None, allow_remote: bool = False) -> None:
+                 idle_exit: float | None = None, allow_remote: bool = False,
+                 memory_budget: int | None = None) -> None:
         self.rt = runtime_dir(rt_dir)
+        #: bytes the streams' buffers may take together, worst case (`chunk_buffers`)
+        self.memory_budget = memory_budget or default_memory_budget()
         self.endpoint = endpoint or default_endpoint(self.rt)
         _check_endpoint(self.endpoint, allow_remote)
         self.token = secrets.token_hex(16)
@@ -670,6 +684,8 @@ class Daemon:
                 w = self._stream_of(peer, h)
                 return P.encode({"type": P.STATUS_REPLY, "stream": sid, **w.report()})
             return P.encode({"type": P.STATUS_REPLY, "pid": os.getpid(), "version": __version__,
+                             "memory_budget": self.memory_budget,
+                             "memory_committed": self._memory_committed(),
                              "streams": {str(k): v.report() for k, v in self.streams.items()}})
         if kind == P.CLOSE:
             w = self.streams.get(P.field(h, "stream", int))
@@ -720,6 +736,8 @@ class Daemon:
             slots = ring_slots_for(settings, inline=transport == "inline")
         except ValueError as e:
             raise P.ProtocolError(P.E_RESOURCES, str(e)) from None
+        memory = self._admit_memory(settings, slots * settings.frame_nbytes
+                                    if transport == "inline" else 0)
         held = sum(w.slots for w in self.streams.values() if w.peer == peer)
         if held + slots > PEER_CREDITS:
             raise P.ProtocolError(P.E_RESOURCES, f"this connection's streams hold {held} ring "
@@ -727,6 +745,7 @@ class Daemon:
                                                  f"{PEER_CREDITS} one connection may hold: open "
                                                  "the stream on a connection of its own")
         worker = StreamWorker(self._next_sid, peer, settings, transport, slots, self.ctx)
+        worker.memory = memory
         pid, pidns = h.get("pid"), h.get("pidns")
         if isinstance(pid, int) and not isinstance(pid, bool) and pidns == PID_NAMESPACE \
                 and PID_NAMESPACE:
@@ -745,10 +764,33 @@ class Daemon:
             "backpressure_timeout": settings.backpressure_timeout,
             "liveness": "pid" if worker.client_pid is not None else "heartbeat",
             "heartbeat_key": worker.heartbeat_key, "heartbeat_interval": HEARTBEAT_TIMEOUT / 4,
+            "max_buffer_bytes": memory,
         }
         worker.start()  # replies `opened` (ring, paths) or `error` once ring and dataset exist
         self._last_active = time.monotonic()
         return None
+
+    def _memory_committed(self) -> int:
+        return sum(w.memory for w in self.streams.values() if not w.memory_freed)
+
+    def _admit_memory(self, settings: AcquisitionSettings, inline_bytes: int) -> int:
+        """The worst-case memory a new stream may take here (its chunk buffers, and an
+        inline stream's frames in flight), or `resources` when it does not fit the budget
+        beside the open streams: naming the axis and chunk size to change."""
+        found = chunk_buffers.estimate(settings)
+        need = found.total + inline_bytes
+        used = self._memory_committed()
+        if used + need <= self.memory_budget:
+            return need
+        gib = 2**30
+        where = (f"beside the open streams' {used / gib:.2f} GiB " if used else "")
+        why = found.explain() if found.total else \
+            f"an inline stream holds up to {inline_bytes / gib:.2f} GiB of frames: lower ring_slots"
+        raise P.ProtocolError(P.E_RESOURCES, f"{settings.root_path}: its buffers may take "
+                                             f"{need / gib:.2f} GiB, which does not fit "
+                                             f"{where}in the daemon's memory budget of "
+                                             f"{self.memory_budget / gib:.2f} GiB (serve "
+                                             f"--memory-budget): {why}")
 
     def _on_frame(self, peer: bytes, sid: int, seq: int, slot: int, meta: dict | None,
                   payload: Any) -> None:
@@ -846,10 +888,18 @@ def _bind(sock: zmq.Socket, endpoint: str) -> None:
         os.chmod(path, 0o600)
 
 
+def default_memory_budget() -> int:
+    """What the streams' buffers may take together unless told: MEMORY_FRACTION of the RAM
+    (1 GiB where the RAM is unknown)."""
+    ram = physical_memory()
+    return int(ram * MEMORY_FRACTION) if ram else 2**30
+
+
 def run(endpoint: str | None = None, *, rt_dir: str | None = None, idle_exit: float | None = None,
-        allow_remote: bool = False) -> None:
+        allow_remote: bool = False, memory_budget: int | None = None) -> None:
     """Run a daemon in this process until SIGTERM/SIGINT (finalizing every open stream)."""
-    daemon = Daemon(endpoint, rt_dir=rt_dir, idle_exit=idle_exit, allow_remote=allow_remote)
+    daemon = Daemon(endpoint, rt_dir=rt_dir, idle_exit=idle_exit, allow_remote=allow_remote,
+                    memory_budget=memory_budget)
     signal.signal(signal.SIGTERM, daemon.stop)
     signal.signal(signal.SIGINT, daemon.stop)
     daemon.serve()

@@ -944,6 +944,17 @@ class AcquisitionSettings(_Model):
         return int(np.prod(self.frame_shape)) * np.dtype(self.dtype).itemsize
 
     @property
+    def max_buffer_bytes(self) -> int:
+        """The most memory the writer can hold in chunk buffers for this acquisition, in
+        bytes (as acquire-zarr's ``get_maximum_memory_usage()``): OME-Zarr frames wait in
+        them until their chunk (or shard) is complete, so it grows with the chunks open at
+        once; OME-TIFF holds none. A daemon refuses a stream whose buffers would not fit its
+        memory budget (`chunk_buffers` explains the estimate)."""
+        from .chunk_buffers import estimate
+
+        return estimate(self).total
+
+    @property
     def is_unbounded(self) -> bool:
         return bool(self.dimensions) and self.dimensions[0].count is None
 

@@ -16,6 +16,7 @@ rewritten per frame. Its frames arrive in one of two ways:
 from __future__ import annotations
 
 import collections
+import threading
 from operator import mul
 from typing import Callable
 
@@ -33,16 +34,28 @@ class BufferPool:
         nbytes = int(np.prod(shape)) * self.dtype.itemsize
         self._keep = max(1, keep_bytes // max(1, nbytes))
         self._spare: collections.deque[np.ndarray] = collections.deque()
+        #: bytes of buffers handed out and not given back, and the most there ever were
+        #: (what `chunk_buffers.estimate` bounds)
+        self.in_use = self.peak = 0
+        self._lock = threading.Lock()  # give() comes from the writes' threads
 
     def take(self, shape: tuple[int, ...]) -> np.ndarray:
+        buf = None
         if shape == self.shape:
             try:
-                return self._spare.pop()
+                buf = self._spare.pop()
             except IndexError:
                 pass
-        return np.empty(shape, self.dtype)
+        if buf is None:
+            buf = np.empty(shape, self.dtype)
+        with self._lock:
+            self.in_use += buf.nbytes
+            self.peak = max(self.peak, self.in_use)
+        return buf
 
     def give(self, buf: np.ndarray) -> None:
+        with self._lock:
+            self.in_use -= buf.nbytes
         if buf.shape == self.shape and len(self._spare) < self._keep:
             self._spare.append(buf)
 

@@ -28,15 +28,12 @@ from yaozarrs import v05
 
 from .. import __version__
 from .. import format_metadata as fm
+from ..chunk_buffers import MAX_PENDING_BYTES, MAX_PENDING_WRITES, write_unit
 from ..schema import Dimension, Position, zarr_image_groups
 from ..units import ngff_unit
 from .base import ArrayBackend, BackendError, prepare_output
 from .blocks import Block, BufferPool
 
-#: How many encoded-but-uncommitted write units may be in flight before write() waits,
-#: and how many bytes of them (at least one unit is always in flight).
-MAX_PENDING_WRITES = 16
-MAX_PENDING_BYTES = 256 * 2**20
 DATASET = "0"
 #: Custom attribute (outside "ome") holding what OME-Zarr has no field for.
 ATTR_NAMESPACE = "ome_writers"
@@ -66,14 +63,9 @@ class TensorstoreZarrBackend(ArrayBackend):
         super().__init__(settings)
         self.root = Path(settings.output_path)
         self._image_paths = self._layout()
-        outer = self.storage_dims[:-2]
-        chunks = [d.chunk_size or 1 for d in outer]
         self._sharded = any(d.shard_size_chunks for d in self.storage_dims)
-        self._unit = [
-            c * (d.shard_size_chunks or 1) if self._sharded else c for c, d in zip(chunks, outer)
-        ]
         # a write unit never exceeds the axis, so a complete unit can always fill up
-        self._unit = [u if n is None else min(u, n) for u, n in zip(self._unit, self.outer_shape)]
+        self._unit = list(write_unit(settings))
         unit_shape = (*self._unit, *self.frame_shape)
         self._pool = BufferPool(unit_shape, self.dtype, keep_bytes=MAX_PENDING_BYTES)
         self._held = 0  # lent frames held in units still being assembled

@@ -411,11 +411,7 @@ class ServiceStream:
             header, payload = P.decode(parts)
             kind = header["type"]
             if kind == P.RELEASE:
-                free = self._free
-                for slot in header["slots"]:
-                    if not free[slot]:
-                        free[slot] = 1
-                        self._nfree += 1
+                self._take_release(header["slots"])
                 continue
             if kind == P.PLANE:
                 self._last_payload = payload
@@ -438,6 +434,15 @@ class ServiceStream:
                         + (f": {'; '.join(header['errors'])}" if header.get("errors") else ""),
                         P.E_SHUTDOWN)
             self._replies[kind] = header
+
+    def _take_release(self, slots: list[int]) -> None:
+        """Slots the daemon no longer needs (their frames are written, or safe in its chunk
+        buffers, with their metadata journaled) are ours to fill again."""
+        free = self._free
+        for slot in slots:
+            if not free[slot]:
+                free[slot] = 1
+                self._nfree += 1
 
     def _await(self, kind: str, timeout: float | None, *, what: str) -> dict:
         """Wait for the reply of type ``kind`` to the request just sent, handling releases;

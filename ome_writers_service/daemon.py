@@ -38,7 +38,9 @@ from . import format_metadata as fm
 from . import protocol as P
 from .backends import create_backend
 from .connection import ConnectionInfo, default_endpoint, pid_alive, pid_namespace, runtime_dir
+from .arena import ArenaError, BufferArena, clean_stale_arenas
 from .chunk_buffers import physical_memory
+from .journal import journal_path
 from .ring import FrameRing, RingError, clean_stale_rings, shm_free
 from .schema import AcquisitionSettings
 from .stream import OMEStream
@@ -207,6 +209,17 @@ class StreamWorker(threading.Thread):
             out.close(linger=1000)
             self.finished.set()
 
+    def _create_arena(self) -> BufferArena | None:
+        """The chunk buffers of an OME-Zarr stream, in shared memory so that the frames in
+        them survive the daemon (`arena`); sized by their worst case (`chunk_buffers`)."""
+        found = chunk_buffers.estimate(self.settings)
+        if not found.total:
+            return None
+        return BufferArena.create(chunk_buffers.write_unit(self.settings),
+                                  self.settings.frame_nbytes,
+                                  found.open_units + found.pending_units,
+                                  journal=str(journal_path(self.settings)))
+
     def metadata_keys(self) -> list[str]:
         """The group paths update_metadata() accepts (an OME-Zarr stream's image groups),
         worked out once from the layout."""
@@ -216,15 +229,20 @@ class StreamWorker(threading.Thread):
 
     def _open(self, out: zmq.Socket) -> bool:
         """Create the ring and the dataset, then answer `opened`; or answer `error`."""
+        arena = None
         try:
             if not self.inline:
                 self.ring = FrameRing.create(self.settings.frame_nbytes, self.slots)
                 self._views = self.ring.slots(self._shape, self._dtype)
-            self.stream = OMEStream(self.settings, lend_limit=self.slots)
+            arena = self._create_arena()
+            self.stream = OMEStream(self.settings, lend_limit=self.slots, arena=arena)
         except Exception as e:  # noqa: BLE001 - reported to the client
             log.warning("stream %d: cannot open %s: %s", self.sid, self.settings.root_path, e)
             self._remove_ring()
-            ring = isinstance(e, RingError)  # the service's own: no in-process counterpart
+            if arena is not None:
+                arena.close(unlink=True)
+            # the service's own resources: no in-process counterpart
+            ring = isinstance(e, (RingError, ArenaError))
             code, what = (P.E_RESOURCES, "") if ring else \
                 (P.E_SETTINGS, f"cannot create {self.settings.root_path}: ")
             self._send(out, {"type": P.ERROR, "code": code, "message": f"{what}{e}",
@@ -368,6 +386,10 @@ class StreamWorker(threading.Thread):
         while released:
             slots.append(released.popleft())
         if slots:
+            # the metadata of the frames released is in the journal first: a frame the
+            # daemon released keeps its metadata even if the daemon dies
+            if self.stream is not None and not self.stats.errors:
+                self._guard(self.stream.flush_journal)
             self._lent -= len(slots)
             self._send(out, {"type": P.RELEASE, "stream": self.sid, "slots": slots})
         err = self._pending_error
@@ -445,6 +467,10 @@ class Daemon:
         removed = clean_stale_rings()
         if removed:
             log.info("removed %d stale ring(s) of dead daemons: %s", len(removed), removed)
+        removed = clean_stale_arenas()
+        if removed:
+            log.info("removed %d chunk-buffer arena(s) of finalized datasets: %s",
+                     len(removed), removed)
         # peers prove they hold the token in the ZMTP handshake (PLAIN): without it nothing
         # they send reaches the daemon (no routing-id games, no giant messages)
         auth = ThreadAuthenticator(self.ctx, log=logging.getLogger("ome_writers_service.auth"))

@@ -83,7 +83,7 @@ class OMEStream(metaclass=abc.ABCMeta):
     ``create_stream`` returns is an ``OMEStream``, as in ome-writers."""
 
     def __init__(self, settings: AcquisitionSettings, backend: ArrayBackend | None = None, *,
-                 lend_limit: int = 0) -> None:
+                 lend_limit: int = 0, arena: Any = None) -> None:
         settings.validate_for_writing()
         if settings.acquisition_date is None:  # the OME-XML's AcquisitionDate: now, as
             settings = settings.model_copy(  # ome-writers (kept in the journal for recover)
@@ -96,6 +96,12 @@ class OMEStream(metaclass=abc.ABCMeta):
         # lets `recover` finalize the dataset if we die (scratch arrays have nothing to recover)
         self._journal = NullJournal() if isinstance(settings.format, ScratchFormat) \
             else Journal(settings)
+        #: the daemon's chunk buffers in shared memory (`arena`): kept with the journal when
+        #: the stream cannot be finalized, removed with it when it is
+        self._arena = arena
+        if arena is not None:
+            self._backend.use_arena(arena)
+            self._journal.buffers(str(arena.path))
         self._frame_shape = settings.frame_shape
         self._dtype = np.dtype(settings.dtype)
         self._events = CoordEvents(self._router)
@@ -135,12 +141,20 @@ class OMEStream(metaclass=abc.ABCMeta):
                 "nothing more can be appended"
             ) from None
         with self._lock:
+            if frame_metadata:  # journaled: `recover` gives it back if the writer dies
+                self._journal.frame_metadata(n, frame_metadata)
             if done is None:
                 self._backend.write(loc.position, loc.index, frame, frame_metadata)
             else:
                 self._backend.write_borrowed(loc.position, loc.index, frame, frame_metadata, done)
         if self._events:
             self._events.emit(n, loc.index)
+
+    def flush_journal(self) -> None:
+        """Write the per-frame metadata batched so far to the journal (the daemon does, before
+        it releases the frames' slots)."""
+        with self._lock:
+            self._journal.flush()
 
     def skip(self, *, frames: int = 1) -> None:
         """Advance ``frames`` frames without data; they keep the fill value (zero)."""
@@ -182,8 +196,12 @@ class OMEStream(metaclass=abc.ABCMeta):
                 backend.finalize()
             except BaseException:
                 self._journal.close()  # kept: `recover` can retry what finalize could not
+                if self._arena is not None:
+                    self._arena.close()  # kept too: it holds the units not written
                 raise
             self._journal.remove()
+            if self._arena is not None:
+                self._arena.close(unlink=True)
 
     @property
     def closed(self) -> bool:

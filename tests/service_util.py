@@ -190,15 +190,20 @@ def frames_written_in_metadata(path: str) -> int:
     ``ome_writers.acquisition``; OME-TIFF: the ``ome_writers.acquisition`` MapAnnotation),
     read with ome-types / plain JSON."""
     if path.lower().endswith((".tif", ".tiff")):
-        from ome_types import from_xml
-
-        with tifffile.TiffFile(path) as tf:
-            ome = from_xml(tf.ome_metadata)
+        ome = tiff_document(path)
         return int(next(m.value for a in ome.structured_annotations.map_annotations
                         if a.namespace == "ome_writers.acquisition" for m in a.value.ms
                         if m.k == "frames_written"))
     attrs = json.loads((Path(path) / "zarr.json").read_text())["attributes"]
     return int(attrs["ome_writers"]["acquisition"]["frames_written"])
+
+
+def remove_daemon_shm(daemon_pid: int) -> None:
+    """Remove what a SIGKILLed daemon left in /dev/shm: its rings and chunk-buffer arenas
+    (`recover` would take the arenas; a test that does not recover removes them)."""
+    for name in ("ows", "owsbuf"):
+        for path in Path("/dev/shm").glob(f"{name}-{daemon_pid}-*"):
+            path.unlink(missing_ok=True)
 
 
 def shm_rings(daemon_pid: int) -> set[str]:
@@ -222,3 +227,44 @@ def ensure_debian_packages(packages: list[str], present: bool) -> None:
     subprocess.run(["apt-get", "update", "-qq"], check=True, env=env, capture_output=True)
     subprocess.run(["apt-get", "install", "-y", "-qq", *packages], check=True, env=env,
                    capture_output=True)
+
+
+def tiff_document(path: str):
+    """The OME document (ome-types) describing an OME-TIFF file: its own, or that of the
+    master or companion file its BinaryOnly names."""
+    from ome_types import from_xml
+
+    with tifffile.TiffFile(path) as tf:
+        ome = from_xml(tf.ome_metadata)
+    if ome.binary_only is not None:
+        target = Path(path).parent / Path(ome.binary_only.metadata_file).name
+        if target.suffix.lower() in (".tif", ".tiff"):
+            with tifffile.TiffFile(target) as tf:
+                ome = from_xml(tf.ome_metadata)
+        else:
+            ome = from_xml(target.read_text(encoding="utf-8"))
+    return ome
+
+
+def plane_metadata(path: str) -> dict[tuple[int, int, int], dict]:
+    """Per-frame metadata of one written image, read with independent readers, keyed by
+    (t, c, z): OME-TIFF Plane DeltaT/ExposureTime through ome-types (the document of this
+    file, or of the master/companion file its BinaryOnly names); OME-Zarr rows of
+    ``attributes.ome_writers.frame_metadata`` through plain JSON (storage axes named by the
+    multiscales)."""
+    if path.lower().endswith((".tif", ".tiff")):
+        ome = tiff_document(path)
+        name = Path(path).name
+        image = next((i for i in ome.images if any(
+            td.uuid is not None and td.uuid.file_name == name
+            for td in i.pixels.tiff_data_blocks)), ome.images[0])
+        return {(pl.the_t, pl.the_c, pl.the_z): {"delta_t": pl.delta_t,
+                                                 "exposure_time": pl.exposure_time}
+                for pl in image.pixels.planes}
+    attrs = json.loads((Path(path) / "zarr.json").read_text())["attributes"]
+    axes = [a["name"] for a in attrs["ome"]["multiscales"][0]["axes"]][:-2]
+    out = {}
+    for row in attrs.get("ome_writers", {}).get("frame_metadata", []):
+        where = dict(zip(axes, row["storage_index"]))
+        out[(where.get("t", 0), where.get("c", 0), where.get("z", 0))] = row
+    return out

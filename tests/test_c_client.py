@@ -21,7 +21,7 @@ from ome_writers_service import AcquisitionSettings, Dimension
 from ome_writers_service.metadata import read_frame_metadata
 
 from service_util import (ensure_debian_packages, frames_written_in_metadata, read_image,
-                          run_checker, start_daemon, wait_finalized)
+                          remove_daemon_shm, run_checker, start_daemon, wait_finalized)
 
 CLIENT = Path(__file__).resolve().parents[1] / "client" / "c"
 HEADERS = [Path("/usr/include/zmq.h"), Path("/usr/include/cjson/cJSON.h")]
@@ -52,8 +52,7 @@ def daemon(tmp_path):
     if d.proc.poll() is None:
         os.kill(d.pid, signal.SIGCONT)  # in case a test left it stopped
         assert d.stop() == 0, d.log_text()
-    for ring in Path("/dev/shm").glob(f"ows-{d.pid}-*"):  # rings of a SIGKILLed daemon
-        ring.unlink(missing_ok=True)
+    remove_daemon_shm(d.pid)  # rings and chunk buffers of a SIGKILLed daemon
 
 
 def pattern(i: int, h: int, w: int) -> np.ndarray:

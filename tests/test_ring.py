@@ -110,3 +110,31 @@ def test_attach_refuses_names_that_are_not_rings():
         FrameRing.attach("../etc/passwd")
     with pytest.raises(RingError):
         FrameRing.attach("ows-does-not-exist")
+
+
+def test_stale_chunk_buffer_arenas_are_removed_once_their_journal_is_gone(tmp_path):
+    """An arena outlives a killed daemon for `recover`; the next daemon removes it only when
+    nobody holds it and its dataset's journal is gone (finalized or recovered)."""
+    from ome_writers_service.arena import BufferArena, clean_stale_arenas
+
+    journal = tmp_path / "run.ome.zarr.ows-journal"
+    journal.write_text("{}")
+    code = ("import sys; from ome_writers_service.arena import BufferArena; "
+            f"a = BufferArena.create((2,), 4096, 3, journal={str(journal)!r}); "
+            "print(a.path, flush=True); sys.stdin.read()")
+    holder = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    path = Path(holder.stdout.readline().strip())
+    try:
+        assert path.name not in clean_stale_arenas()  # its daemon lives
+        holder.kill()
+        holder.wait()
+        assert path.exists() and path.name not in clean_stale_arenas()  # awaits recover
+        arena = BufferArena.open(path)
+        assert arena.journal == str(journal) and list(arena.pending()) == []
+        arena.close()
+        journal.unlink()
+        assert path.name in clean_stale_arenas() and not path.exists()
+    finally:
+        holder.kill()
+        path.unlink(missing_ok=True)

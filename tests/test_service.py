@@ -24,7 +24,8 @@ from ome_writers_service.client import DaemonGoneError, RingFullError, ServiceEr
 from ome_writers_service.stream import FrameCountError, FrameMismatchError
 from ome_writers_service.validate import validate_all
 
-from service_util import (CLIENT_SCRIPT, expected_images, frame_pixels, read_image, run_checker,
+from service_util import (CLIENT_SCRIPT, expected_images, frame_pixels,
+                          frames_written_in_metadata, read_image, remove_daemon_shm, run_checker,
                           shm_rings, start_daemon)
 
 FORMATS = [".ome.zarr", ".ome.tiff"]
@@ -635,6 +636,8 @@ def test_recover_after_daemon_sigkill(tmp_path, suffix):
     assert not journal.exists()
     # every frame written before the crash is there; the last step (t=4) lacks its channel 1
     check_dataset(settings, [settings.root_path], 17, frames=9)
+    assert frames_written_in_metadata(settings.root_path) == 9  # OME-Zarr too
+    remove_daemon_shm(d.pid)
 
 
 def test_daemon_backed_stream_offers_view_and_events(daemon, tmp_path):

@@ -79,6 +79,10 @@ class TensorstoreZarrBackend(ArrayBackend):
         self.user_attributes: dict[int, dict[str, Any]] = {}
         self._context = ts.Context({"file_io_sync": False})
 
+    def use_arena(self, arena: Any) -> None:
+        """Keep the chunk buffers in ``arena`` (shared memory that outlives this process)."""
+        self._pool.arena = arena
+
     # ---- layout and metadata ----
 
     def _layout(self) -> list[str]:
@@ -259,6 +263,9 @@ class TensorstoreZarrBackend(ArrayBackend):
                 "dimension_names": [d.name for d in dims],
             },
             "create": True,
+            # a unit is on disk as a file even when all its pixels are 0: `recover` counts the
+            # frames written by the units it finds
+            "store_data_equal_to_fill_value": True,
         }
 
     def create(self) -> None:
@@ -354,7 +361,7 @@ class TensorstoreZarrBackend(ArrayBackend):
                 u if n is None else min(u, n - o)
                 for u, n, o in zip(self._unit, self.outer_shape, origin)
             )
-            block = blocks[key] = Block(origin, shape, self._pool)
+            block = blocks[key] = Block(origin, shape, self._pool, position)
         return key, block, tuple(map(sub, index, block.origin))
 
     def _after_put(self, position: int, key: tuple[int, ...], block: Block) -> None:
@@ -379,7 +386,7 @@ class TensorstoreZarrBackend(ArrayBackend):
         # back once the write is done
         fut = arr[region].write(data, can_reference_source_data_indefinitely=True)
         for callback in on_written:
-            fut.add_done_callback(lambda _, cb=callback: cb())
+            fut.add_done_callback(lambda f, cb=callback: cb(f.exception() is None))
         self._track(fut, position, block.origin, data.nbytes, frames)
 
     def _track(self, fut: Any, position: int, where: tuple[int, ...], nbytes: int,

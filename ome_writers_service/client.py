@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Mapping
@@ -354,8 +355,8 @@ class ServiceStream:
         return self._closed_reader.read(position, index)
 
     def _too_many(self, seq: int) -> None:
-        raise FrameCountError(f"frame {seq}: the acquisition declares {self._total} frames; "
-                              "nothing more can be appended")
+        raise FrameCountError(f"frame {seq}: Cannot append frame: would exceed total of "
+                              f"{self._total} frames the acquisition declares")
 
     # ---- slots and replies ----
 
@@ -555,6 +556,10 @@ class ServiceStream:
         it at close; after close (as ome-writers allows), written into the finished files
         from this process."""
         value = check_global_metadata(namespace, metadata)
+        if self._settings.format_name == "ome-zarr":
+            from .backends.zarr_metadata import check_global_namespace
+
+            check_global_namespace(self._settings, namespace)
         with self._lock:  # before close's request, or after its report: never during
             if self._closed and self.report is not None:
                 self._write_global_metadata(namespace, value)
@@ -574,6 +579,7 @@ class ServiceStream:
                 attrs = fm.read_zarr_attributes(backend.root)
                 attrs[namespace] = value
                 fm.write_zarr_attributes(backend.root, attrs)
+                backend.layout.write_ome_xml()  # its annotations hold global metadata too
                 return
             layout = backend.layout
             for key in layout.keys():  # the documents that describe images get it
@@ -593,7 +599,7 @@ class ServiceStream:
         """The format's metadata in ome-writers' structure (see `OMEStream.get_metadata`):
         OME-Zarr ``{group path: attributes}``, OME-TIFF ``{position index: ome_types.OME}``.
 
-        Read from the dataset's files, which the daemon writes (zarr.json at creation and at
+        Read from the dataset's files, which the daemon writes (zarr metadata at creation and at
         close, OME-TIFF's final OME-XML at close). Before an OME-TIFF is closed, or where this
         process cannot see the files (a remote daemon), built from the settings and the global
         metadata set here, as the daemon builds it (no per-frame metadata then)."""
@@ -661,6 +667,7 @@ class ServiceStream:
                 except OSError as e:
                     raise OSError(f"{group}: cannot update its metadata from this process: "
                                   f"{e}") from e
+            backend.layout.write_ome_xml()  # the names it gives the images follow
             return
         layout = backend.layout
         updates = fm.check_tiff_update(metadata, layout.keys())
@@ -756,6 +763,10 @@ class ServiceStream:
         """A stream dropped without close(): ask the daemon to finalize it (best effort,
         no wait), so that its dataset and ring do not live as long as this process."""
         if not getattr(self, "_closed", True) and getattr(self, "_sock", None) is not None:
+            if getattr(self, "_seq", 0):  # as the in-process stream (and ome-writers 0.3.2)
+                warnings.warn("OMEStream was not closed before garbage collection. Please use "
+                              "`with create_stream(...):` in a context manager or call "
+                              "`stream.close()` before deletion.", UserWarning, stacklevel=2)
             try:
                 self._sock.send_multipart(P.encode({"type": P.CLOSE, "stream": self._sid,
                                                     "frames": self._seq}), zmq.NOBLOCK)

@@ -37,6 +37,7 @@ from . import chunk_buffers
 from . import format_metadata as fm
 from . import protocol as P
 from .backends import create_backend
+from .backends.zarr_metadata import check_global_namespace
 from .connection import ConnectionInfo, default_endpoint, pid_alive, pid_namespace, runtime_dir
 from .arena import ArenaError, BufferArena, clean_stale_arenas
 from .chunk_buffers import physical_memory
@@ -688,6 +689,8 @@ class Daemon:
             ns = P.field(h, "namespace", str)
             try:
                 value = check_global_metadata(ns, P.field(h, "value", dict))
+                if w.settings.format_name == "ome-zarr":
+                    check_global_namespace(w.settings, ns)
             except (TypeError, ValueError) as e:
                 raise P.ProtocolError(P.E_MALFORMED, f"metadata: {e}") from None
             w.enqueue(("metadata", ns, value))

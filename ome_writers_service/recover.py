@@ -19,12 +19,12 @@ import numpy as np
 import tensorstore as ts
 import tifffile
 
+from . import format_metadata as fm
 from .arena import BufferArena
-from .backends.ome_xml import ImageRecord, build_ome
-from .backends.tiff_tifffile import CLASSIC_TIFF_LIMIT, SUMMARY_NS, TiffLayout, write_companion
+from .backends.ome_xml import SUMMARY_NS, ImageRecord, build_ome
+from .backends.tiff_tifffile import CLASSIC_TIFF_LIMIT, TiffLayout, write_companion
 from .backends.zarr_tensorstore import ATTR_NAMESPACE, DATASET, TensorstoreZarrBackend
 from .chunk_buffers import write_unit
-from .format_metadata import write_zarr_json
 from .journal import SUFFIX, JournalContents, read_journal
 from .router import FrameRouter
 from .schema import AcquisitionSettings, ome_stem
@@ -193,10 +193,12 @@ def _recover_zarr(journal: JournalContents) -> dict[str, Any]:
     their count and their per-frame metadata in each image's attributes."""
     settings = journal.settings
     backend = TensorstoreZarrBackend(settings)  # for its layout and metadata, not to write
+    layout = backend.layout
+    v3 = layout.zarr_format == 3
     arrays = [Path(img) / DATASET for img in backend.paths]
     unit = write_unit(settings)
-    restored = _write_buffered_frames(journal, arrays, settings)
-    on_disk = [_units_on_disk(a) for a in arrays]
+    restored = _write_buffered_frames(journal, arrays, settings, v3)
+    on_disk = [_units_on_disk(a, v3) for a in arrays]
     first = _storage_axis_of_first(settings)
     router = FrameRouter(settings)
     limit = router.num_frames
@@ -227,27 +229,28 @@ def _recover_zarr(journal: JournalContents) -> dict[str, Any]:
     summary = {"frames_expected": settings.num_frames, "frames_written": written,
                "frames_without_data": done - written, "complete": False, "recovered": True}
     for pos, img in enumerate(backend.paths):
-        meta_path = arrays[pos] / "zarr.json"
+        meta_path = arrays[pos] / ("zarr.json" if v3 else ".zarray")
         meta = json.loads(meta_path.read_text())
         if extent is not None:
             meta["shape"][first] = extent
-        write_zarr_json(meta_path, meta)
-        group = Path(img) / "zarr.json"
-        doc = json.loads(group.read_text())
-        ours = doc["attributes"].setdefault(ATTR_NAMESPACE, {})
+        fm.write_zarr_json(meta_path, meta)
+        attrs = fm.read_zarr_attributes(img)
+        ours = attrs.setdefault(ATTR_NAMESPACE, {})
         ours["acquisition"] = summary
         rows = [{**journal.frame_metadata[n], "storage_index": list(idx)}
                 for n, p, idx in frames if p == pos and n in journal.frame_metadata]
         if rows:  # ome-writers' layout: one row per frame, in arrival order
             ours["frame_metadata"] = rows
-        write_zarr_json(group, doc)
+        fm.write_zarr_attributes(img, attrs)
+    layout.write_ome_xml()  # the recovered extents, from the metadata just written
     return {"format": "ome-zarr", "paths": backend.paths, "extent": extent,
             "frames_recovered": written,
             "frames_from_buffers": int(sum(m.sum() for m in restored.values()))}
 
 
 def _write_buffered_frames(journal: JournalContents, arrays: list[Path],
-                           settings: AcquisitionSettings) -> dict[tuple[int, tuple], np.ndarray]:
+                           settings: AcquisitionSettings, v3: bool
+                           ) -> dict[tuple[int, tuple], np.ndarray]:
     """Write the planes the daemon held in its shared-memory chunk buffers (frames it had
     released, waiting for their chunk to fill) into the arrays; returns each such unit's
     marks by (position, origin)."""
@@ -260,7 +263,7 @@ def _write_buffered_frames(journal: JournalContents, arrays: list[Path],
         for pos, origin, marks, pixels in arena.pending():
             arr = opened.get(pos)
             if arr is None:
-                arr = opened[pos] = ts.open({"driver": "zarr3", "kvstore": {
+                arr = opened[pos] = ts.open({"driver": "zarr3" if v3 else "zarr", "kvstore": {
                     "driver": "file", "path": str(arrays[pos])}}, open=True).result()
             need = [o + n for o, n in zip(origin, marks.shape)]
             if any(n > s for n, s in zip(need, arr.shape[:-2])):  # past the grown extent
@@ -279,17 +282,22 @@ def _write_buffered_frames(journal: JournalContents, arrays: list[Path],
     return out
 
 
-def _units_on_disk(array: Path) -> set[tuple[int, ...]]:
+def _units_on_disk(array: Path, v3: bool) -> set[tuple[int, ...]]:
     """Keys (index // unit along the outer axes) of the write units whose every chunk (or
     shard) file along the frame axes exists."""
-    meta = json.loads((array / "zarr.json").read_text())
-    grid = meta["chunk_grid"]["configuration"]["chunk_shape"]
+    if v3:
+        meta = json.loads((array / "zarr.json").read_text())
+        grid = meta["chunk_grid"]["configuration"]["chunk_shape"]
+    else:
+        meta = json.loads((array / ".zarray").read_text())
+        grid = meta["chunks"]
     need = math.prod(-(-n // g) for n, g in zip(meta["shape"][-2:], grid[-2:]))
-    chunks = array / "c"
+    # chunk keys: zarr v3 c/<i0>/<i1>/.../<iy>/<ix>; v2 (NGFF 0.4, "/" separator) <i0>/...
+    chunks = array / "c" if v3 else array
     found: Counter[tuple[int, ...]] = Counter()
     if chunks.is_dir():
         for key in chunks.rglob("*"):
-            if key.is_file():  # default encoding: c/<i0>/<i1>/.../<iy>/<ix>
+            if key.is_file():
                 parts = key.relative_to(chunks).parts
                 if all(v.isdigit() for v in parts):  # not a write's temporary file (a crash
                     found[tuple(int(v) for v in parts[:-2])] += 1  # leaves "<i>.__lock")

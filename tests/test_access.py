@@ -136,7 +136,8 @@ def test_names_planted_in_a_shared_acquisition_folder_never_redirect_a_write(
         run = lab / "run"
         as_user(other_user, "mkdir", "-m", "0777", str(run))  # they made it first
         planted = [run / name for name in (".companion.ome.tmp", "companion.ome.tmp",
-                                           "companion.ome", "run_p000.ome.tiff",
+                                           "companion.ome", "run.companion.ome",
+                                           ".run.companion.ome.tmp", "run_p000.ome.tiff",
                                            "run_p001.ome.tiff")]
         planted.append(lab / "run.ows-journal")
     else:
@@ -153,9 +154,12 @@ def test_names_planted_in_a_shared_acquisition_folder_never_redirect_a_write(
             stream.append(frame_pixels(3, i, (16, 16), np.uint16))
     assert precious.read_text() == "years of work"
     # the names the writer uses are its own files now (the journal is gone after close);
-    # the old fixed temporary names are not used at all any more
-    used = [p for p in planted if not p.name.endswith(".tmp")]
-    assert not any(p.is_symlink() for p in used), [p for p in used if p.is_symlink()]
+    # fixed temporary names are not used at all any more
+    used = [Path(p) for p in stream.paths]
+    if suffix == ".ome.tiff":
+        used.append(run / settings.format.companion_file)
+    assert all(p.exists() and not p.is_symlink() for p in used), used
+    assert not (lab / f"run{suffix}.ows-journal").is_symlink()
     for pos, path in enumerate(stream.paths):
         got = read_image(path)
         want = np.stack([frame_pixels(3, i, (16, 16), np.uint16)

@@ -19,6 +19,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
+from ..format_metadata import is_zarr_group
 from ..schema import AcquisitionSettings
 from ..user_metadata import KNOWN_FRAME_KEYS, check_global_metadata
 
@@ -165,7 +166,7 @@ def prepare_output(path: str | os.PathLike, overwrite: bool, *, directory: bool 
     """Make ``path`` ready to be created: refuse to clobber data unless told, check writability.
 
     With ``overwrite``, only a dataset of the kind about to be written is replaced: a zarr
-    store (``directory``: a directory holding zarr.json, or an empty one) or a file; anything
+    store (``directory``: a zarr group's directory, or an empty one) or a file; anything
     else is refused, never deleted. A symlink is removed, never followed."""
     p = Path(path)
     if p.exists() or p.is_symlink():
@@ -178,7 +179,7 @@ def prepare_output(path: str | os.PathLike, overwrite: bool, *, directory: bool 
                 raise FileExistsError(
                     f"{p} is a file, not a zarr store: overwrite=True replaces a dataset, never "
                     "other data; remove it yourself if it must go")
-            if not (p / "zarr.json").is_file() and any(p.iterdir()):
+            if not is_zarr_group(p) and any(p.iterdir()):
                 raise FileExistsError(
                     f"{p} is a directory that is not a zarr store: overwrite=True replaces a "
                     "dataset, never other data; remove it yourself if it must go")

@@ -1,13 +1,9 @@
-"""OME-Zarr v0.5 through tensorstore (arrays) and yaozarrs (metadata models).
+"""OME-Zarr through tensorstore (arrays) and yaozarrs (metadata models): NGFF 0.5 on zarr v3,
+or 0.4 on zarr v2.
 
-Layout of the store:
-
-* one position, no plate: the root group is the image, its full-resolution array is ``0``;
-* several positions: a bioformats2raw layout, one image group per position named after it
-  (``Pos0``, ``Pos1``, ...; a grid position ``<name>_<row>_<column>``), and an ``OME`` group
-  listing the series;
-* a plate: an HCS plate, ``<row>/<column>/<position name>`` for each position.
-(The names ome-writers 0.3.2 gives, `schema.zarr_image_groups`.)
+Where the images go and what the groups hold is `ZarrLayout`'s (zarr_metadata.py): one image
+at the root, a bioformats2raw layout of several, or an HCS plate, with
+``OME/METADATA.ome.xml`` describing a store of several images.
 
 Frames are assembled into whole write units (a shard, or a chunk when unsharded) before they go
 to tensorstore, so a chunk that spans several frames is encoded once, not rewritten per frame.
@@ -15,54 +11,37 @@ to tensorstore, so a chunk that spans several frames is encoded once, not rewrit
 
 from __future__ import annotations
 
-import json
 import os
 from collections import deque
 from operator import floordiv, mul, sub
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import tensorstore as ts
-from yaozarrs import v05
 
 from .. import __version__
 from .. import format_metadata as fm
 from ..chunk_buffers import MAX_PENDING_BYTES, MAX_PENDING_WRITES, write_unit
-from ..schema import Dimension, Position, zarr_image_groups
-from ..units import ngff_unit
 from .base import ArrayBackend, BackendError, prepare_output
 from .blocks import Block, BufferPool
+from .zarr_metadata import ATTR_NAMESPACE, DATASET, ZarrLayout, check_global_namespace
 
-DATASET = "0"
-#: Custom attribute (outside "ome") holding what OME-Zarr has no field for.
-ATTR_NAMESPACE = "ome_writers"
+__all__ = ["ATTR_NAMESPACE", "DATASET", "TensorstoreZarrBackend", "array_driver"]
 
-_DEFAULT_COLORS = ["00FF00", "FF00FF", "00FFFF", "FFFF00", "FF0000", "0000FF", "FFFFFF"]
-
-
-def _axis(d: Dimension) -> Any:
-    unit = ngff_unit(d.unit)
-    if d.type == "time":
-        return v05.TimeAxis(name=d.name, type="time", unit=unit)
-    if d.type == "space":
-        return v05.SpaceAxis(name=d.name, type="space", unit=unit)
-    if d.type == "channel":
-        return v05.ChannelAxis(name=d.name, type="channel")
-    return v05.CustomAxis(name=d.name, type=d.type if d.type != "other" else None, unit=d.unit)
-
-
-def _dump(model: Any) -> dict[str, Any]:
-    return model.model_dump(mode="json", by_alias=True, exclude_none=True)
+def array_driver(version: str) -> str:
+    """tensorstore's driver for the arrays of an OME-Zarr store of NGFF ``version``."""
+    return "zarr3" if version == "0.5" else "zarr"
 
 
 class TensorstoreZarrBackend(ArrayBackend):
-    """Writes an OME-Zarr v0.5 store with tensorstore's zarr3 driver."""
+    """Writes an OME-Zarr store with tensorstore's zarr3 (NGFF 0.5) or zarr (0.4) driver."""
 
     def __init__(self, settings) -> None:
         super().__init__(settings)
         self.root = Path(settings.output_path)
-        self._image_paths = self._layout()
+        self.layout = ZarrLayout(settings)
+        self._image_paths = self.layout.image_paths
         self._sharded = any(d.shard_size_chunks for d in self.storage_dims)
         # a write unit never exceeds the axis, so a complete unit can always fill up
         self._unit = list(write_unit(settings))
@@ -85,10 +64,6 @@ class TensorstoreZarrBackend(ArrayBackend):
 
     # ---- layout and metadata ----
 
-    def _layout(self) -> list[str]:
-        """Relative path of each position's image group (`zarr_image_groups`)."""
-        return zarr_image_groups(self.settings)
-
     @property
     def paths(self) -> list[str]:
         return [str(self.root / p) if p else str(self.root) for p in self._image_paths]
@@ -98,44 +73,8 @@ class TensorstoreZarrBackend(ArrayBackend):
         """Each position's image group, relative to the store ("" when the root is it)."""
         return list(self._image_paths)
 
-    def _image_model(self, position: Position) -> v05.Image:
-        dims = self.storage_dims
-        scale = [float(d.scale) if d.scale is not None else 1.0 for d in dims]
-        transforms: list[Any] = [v05.ScaleTransformation(scale=scale)]
-        if any(d.translation for d in dims):
-            transforms.append(
-                v05.TranslationTransformation(translation=[float(d.translation or 0) for d in dims])
-            )
-        multiscale = v05.Multiscale(
-            name=self.settings.image_name_of(position),
-            axes=[_axis(d) for d in dims],
-            datasets=[v05.Dataset(path=DATASET, coordinateTransformations=transforms)],
-        )
-        return v05.Image(multiscales=[multiscale], omero=self._omero())
-
-    def _omero(self) -> v05.Omero | None:
-        cdim = next((d for d in self.storage_dims if d.type == "channel"), None)
-        if cdim is None:
-            return None
-        if np.issubdtype(self.dtype, np.integer):
-            info = np.iinfo(self.dtype)
-            lo, hi = float(info.min), float(info.max)
-        else:
-            lo, hi = 0.0, 1.0
-        names = cdim.channels or []
-        chans = []
-        for i in range(int(cdim.count or len(names))):
-            ch = names[i] if i < len(names) else None
-            color = ch.color.as_hex(format="long").lstrip("#").upper()[:6] if ch and ch.color else \
-                _DEFAULT_COLORS[i % len(_DEFAULT_COLORS)]
-            chans.append(v05.OmeroChannel(
-                label=ch.name if ch else f"Channel {i}", color=color, active=True,
-                window=v05.OmeroWindow(start=lo, end=hi, min=lo, max=hi),
-            ))
-        return v05.Omero(channels=chans)
-
     def _image_attributes(self, pos: int) -> dict[str, Any]:
-        attrs: dict[str, Any] = {"ome": _dump(self._image_model(self.positions[pos]))}
+        attrs = self.layout.image_attributes(pos, self.storage_dims, self.dtype)
         # "version", as ome-writers writes its own there (readers look for the key)
         extra: dict[str, Any] = {"version": __version__,
                                  "writer": f"ome-writers-service {__version__}"}
@@ -172,6 +111,7 @@ class TensorstoreZarrBackend(ArrayBackend):
     def set_global_metadata(self, namespace: str, metadata) -> None:
         """Also written into the root group's attributes at once (as ome-writers), so a
         reader sees it during the acquisition; finalize writes it again."""
+        check_global_namespace(self.settings, namespace)
         super().set_global_metadata(namespace, metadata)
         if self._arrays and not self._finalized:  # created, not yet finalized
             try:
@@ -179,52 +119,27 @@ class TensorstoreZarrBackend(ArrayBackend):
                 attrs[namespace] = self.global_metadata[namespace]
                 fm.write_zarr_attributes(self.root, attrs)
             except OSError as e:
-                raise BackendError(f"{self.root / 'zarr.json'}: cannot write global metadata "
+                raise BackendError(f"{self.root}: cannot write global metadata "
                                    f"{namespace!r}: {e}") from e
 
     def update_metadata(self, metadata) -> None:
         """Each group's attributes are replaced at once and kept at finalize (the per-frame
         table and acquisition summary under ``ome_writers``, and global metadata, stay
-        ours)."""
+        ours); METADATA.ome.xml follows the names they give."""
         for pos, attrs in fm.check_zarr_update(metadata, fm.zarr_keys(self._image_paths)).items():
             self.user_attributes[pos] = attrs
             fm.write_zarr_attributes(self.root / self._image_paths[pos],
                                      self._image_attributes(pos))
+        self.layout.write_ome_xml()
 
     def wait_for_writes(self) -> None:
         for pending in tuple(self._pending):
             pending[0].exception()  # waits; a failed write stays queued for write() to raise
 
     def _write_hierarchy(self) -> None:
-        s = self.settings
-        if s.plate is not None:
-            rows = s.plate.row_names
-            cols = s.plate.column_names
-            wells: dict[tuple[str, str], list[str]] = {}
-            for path in self._image_paths:
-                r, c, f = path.split("/")
-                wells.setdefault((r, c), []).append(f)
-            plate = v05.Plate(plate=v05.PlateDef(
-                name=s.plate.name,
-                rows=[v05.Row(name=r) for r in rows],
-                columns=[v05.Column(name=c) for c in cols],
-                wells=[
-                    v05.PlateWell(path=f"{r}/{c}", rowIndex=rows.index(r), columnIndex=cols.index(c))
-                    for (r, c) in wells
-                ],
-                field_count=max(len(f) for f in wells.values()),
-            ))
-            fm.write_zarr_group(self.root, {"ome": _dump(plate), **self.global_metadata})
-            for (r, c), fields in wells.items():
-                fm.write_zarr_group(self.root / r, {})
-                well = v05.Well(well=v05.WellDef(images=[v05.FieldOfView(path=f) for f in fields]))
-                fm.write_zarr_group(self.root / r / c, {"ome": _dump(well)})
-        elif self._image_paths != [""]:
-            fm.write_zarr_group(self.root, {"ome": _dump(v05.Bf2Raw(bioformats2raw_layout=3)),
-                                     **self.global_metadata})
-            fm.write_zarr_group(self.root / "OME", {"ome": _dump(v05.Series(series=self._image_paths))})
+        self.layout.write_hierarchy(self.global_metadata)
         for i, path in enumerate(self._image_paths):
-            fm.write_zarr_group(self.root / path, self._image_attributes(i))
+            self.layout.write_group(path, self._image_attributes(i))
 
     # ---- arrays ----
 
@@ -232,11 +147,16 @@ class TensorstoreZarrBackend(ArrayBackend):
         dims = self.storage_dims
         chunk = [d.chunk_size or (d.count if j >= len(dims) - 2 else 1) for j, d in enumerate(dims)]
         chunk = [min(c, d.count) if d.count else c for c, d in zip(chunk, dims)]
-        inner: list[dict[str, Any]] = [{"name": "bytes", "configuration": {"endian": "little"}}]
         comp = self.settings.compression
+        shape = [0 if n is None else n for n in self.outer_shape] + list(self.frame_shape)
+        if self.layout.zarr_format == 2:
+            return self._array_spec_v2(path, shape, chunk, comp)
+        inner: list[dict[str, Any]] = [{"name": "bytes", "configuration": {"endian": "little"}}]
         if comp in ("blosc-zstd", "blosc-lz4"):
             inner.append({"name": "blosc", "configuration": {
-                "cname": comp.split("-")[1], "clevel": 5, "shuffle": "shuffle",
+                # the levels ome-writers 0.3.2 writes: zstd 3, lz4 5
+                "cname": comp.split("-")[1], "clevel": 3 if comp == "blosc-zstd" else 5,
+                "shuffle": "shuffle",
                 "typesize": self.dtype.itemsize, "blocksize": 0}})
         elif comp == "zstd":
             inner.append({"name": "zstd", "configuration": {"level": 3, "checksum": False}})
@@ -249,7 +169,6 @@ class TensorstoreZarrBackend(ArrayBackend):
                 "index_location": "end"}}]
         else:
             grid, codecs = chunk, inner
-        shape = [0 if n is None else n for n in self.outer_shape] + list(self.frame_shape)
         return {
             "driver": "zarr3",
             "kvstore": {"driver": "file", "path": str(path)},
@@ -266,6 +185,28 @@ class TensorstoreZarrBackend(ArrayBackend):
             # a unit is on disk as a file even when all its pixels are 0: `recover` counts the
             # frames written by the units it finds
             "store_data_equal_to_fill_value": True,
+        }
+
+    def _array_spec_v2(self, path: Path, shape: list[int], chunk: list[int],
+                       comp: str | None) -> dict[str, Any]:
+        """A zarr v2 array (NGFF 0.4): "/" between chunk indices, as NGFF 0.4 requires."""
+        compressor = None
+        if comp in ("blosc-zstd", "blosc-lz4"):
+            compressor = {"id": "blosc", "cname": comp.split("-")[1],
+                          "clevel": 3 if comp == "blosc-zstd" else 5,
+                          "shuffle": 1, "blocksize": 0}
+        elif comp == "zstd":
+            compressor = {"id": "zstd", "level": 3}
+        return {
+            "driver": "zarr",
+            "kvstore": {"driver": "file", "path": str(path)},
+            "metadata": {
+                "zarr_format": 2, "shape": shape, "chunks": chunk,
+                "dtype": self.dtype.newbyteorder("<").str, "compressor": compressor,
+                "fill_value": 0, "order": "C", "filters": None, "dimension_separator": "/",
+            },
+            "create": True,
+            "store_data_equal_to_fill_value": True,  # (see the zarr v3 spec)
         }
 
     def create(self) -> None:
@@ -285,6 +226,7 @@ class TensorstoreZarrBackend(ArrayBackend):
             for path in self._image_paths:
                 spec = self._array_spec(self.root / path / DATASET)
                 self._arrays.append(ts.open(spec, context=self._context).result())
+            self.layout.write_ome_xml()
             st = self.root.stat()
             self._root_id = (st.st_dev, st.st_ino)
         except OSError as e:
@@ -445,9 +387,10 @@ class TensorstoreZarrBackend(ArrayBackend):
                 if ax is not None and final[ax] != self._arrays[0].shape[ax]:
                     self._resize_all(ax, final[ax], expand=False)
             for i, path in enumerate(self._image_paths):
-                fm.write_zarr_group(self.root / path, self._image_attributes(i))
-            if self._image_paths != [""]:
-                self._write_hierarchy_roots()
+                self.layout.write_group(path, self._image_attributes(i))
+            if self.layout.is_collection:
+                self.layout.rewrite_root(self.global_metadata)
+            self.layout.write_ome_xml()  # from the final shapes and attributes
         except OSError as e:
             raise BackendError(f"finalizing {self.root} failed: {e}") from e
         self._finalized = True
@@ -459,16 +402,11 @@ class TensorstoreZarrBackend(ArrayBackend):
         into the recreated directories succeeds: say so instead of reporting success."""
         try:
             st = self.root.stat()
+            array_doc = "zarr.json" if self.layout.zarr_format == 3 else ".zarray"
             intact = (st.st_dev, st.st_ino) == self._root_id and all(
-                (self.root / path / DATASET / "zarr.json").is_file() for path in self._image_paths)
+                (self.root / path / DATASET / array_doc).is_file() for path in self._image_paths)
         except OSError:
             intact = False
         if not intact:
             raise BackendError(f"{self.root} was removed or replaced while it was being written: "
                                "frames written before that are lost")
-
-    def _write_hierarchy_roots(self) -> None:
-        """Root attributes hold the global metadata of multi-image stores; rewrite them."""
-        meta = json.loads((self.root / "zarr.json").read_text())
-        meta["attributes"] = {"ome": meta["attributes"]["ome"], **self.global_metadata}
-        fm.write_zarr_group(self.root, meta["attributes"])

@@ -676,6 +676,25 @@ _FORMAT_NAMES: dict[str, tuple[type, dict[str, str]]] = {
 
 
 _OME_SUFFIX = re.compile(r"(\.ome)?\.(tiff?|zarr)$", re.IGNORECASE)
+#: URL schemes a root_path may name and the service writes to. None yet: datasets go to
+#: local (or mounted) paths. This is the one place a scheme is let through (s3:// through
+#: tensorstore's kvstore is the planned first).
+WRITABLE_URL_SCHEMES: frozenset[str] = frozenset()
+_URL_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)://")
+
+
+def check_root_path_scheme(root_path: str) -> None:
+    """Refuse a URL root_path whose scheme the service does not write (it would otherwise
+    become a local folder named like ``s3:``), naming the scheme."""
+    match = _URL_SCHEME.match(root_path)
+    if match is None or len(match.group(1)) == 1:  # "C://..." is a Windows drive
+        return
+    scheme = match.group(1).lower()
+    if scheme not in WRITABLE_URL_SCHEMES:
+        supported = ", ".join(f"{s}://" for s in sorted(WRITABLE_URL_SCHEMES)) or "none"
+        raise ValueError(f"root_path {root_path!r}: the URL scheme {scheme!r} is not supported "
+                         f"(URL schemes written: {supported}); give a local or mounted "
+                         "filesystem path")
 
 
 def ome_stem(path: str) -> str:
@@ -737,6 +756,8 @@ class AcquisitionSettings(_Model):
             v = os.fspath(v)
         if isinstance(v, bytes):
             v = os.fsdecode(v)
+        if isinstance(v, str):
+            check_root_path_scheme(v)
         return v
 
     @field_validator("format", mode="before")
@@ -974,6 +995,17 @@ class AcquisitionSettings(_Model):
     @property
     def frame_nbytes(self) -> int:
         return int(np.prod(self.frame_shape)) * np.dtype(self.dtype).itemsize
+
+    @property
+    def max_buffer_bytes(self) -> int:
+        """The most memory the writer can hold in chunk buffers for this acquisition, in
+        bytes (as acquire-zarr's ``get_maximum_memory_usage()``): OME-Zarr frames wait in
+        them until their chunk (or shard) is complete, so it grows with the chunks open at
+        once; OME-TIFF holds none. A daemon refuses a stream whose buffers would not fit its
+        memory budget (`chunk_buffers` explains the estimate)."""
+        from .chunk_buffers import estimate
+
+        return estimate(self).total
 
     @property
     def is_unbounded(self) -> bool:

@@ -26,7 +26,6 @@ attributes in both.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -34,6 +33,7 @@ import numpy as np
 
 from .. import __version__
 from .. import format_metadata as fm
+from ..safe_files import write_atomically
 from ..schema import ZARR_ONLY_DTYPES, AcquisitionSettings, Dimension, zarr_image_groups
 from ..units import ngff_unit
 
@@ -65,9 +65,7 @@ def _dump(model: Any) -> dict[str, Any]:
 
 
 def _atomic_json(path: Path, doc: Mapping[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(doc, indent=2))
-    tmp.replace(path)  # a reader never sees half a document
+    fm.write_zarr_json(path, doc)  # a reader never sees half a document
 
 
 class ZarrLayout:
@@ -241,15 +239,7 @@ class ZarrLayout:
         OME-XML cannot describe: `ome_xml_impossible`)."""
         if not self.is_collection or self.ome_xml_impossible():
             return
-        xml = self.ome_document().to_xml().encode("utf-8")
-        path = self.root / OME_XML
-        tmp = path.with_name(f".{path.name}.tmp")
-        try:
-            with open(tmp, "wb") as f:
-                f.write(xml)
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        write_atomically(self.root / OME_XML, self.ome_document().to_xml().encode("utf-8"))
 
     def ome_document(self) -> Any:
         from .ome_xml import SUMMARY_NS, ImageRecord, build_ome

@@ -11,6 +11,7 @@ to tensorstore, so a chunk that spans several frames is encoded once, not rewrit
 
 from __future__ import annotations
 
+import os
 from collections import deque
 from operator import floordiv, mul, sub
 from pathlib import Path
@@ -21,17 +22,12 @@ import tensorstore as ts
 
 from .. import __version__
 from .. import format_metadata as fm
+from ..chunk_buffers import MAX_PENDING_BYTES, MAX_PENDING_WRITES, write_unit
 from .base import ArrayBackend, BackendError, prepare_output
 from .blocks import Block, BufferPool
 from .zarr_metadata import ATTR_NAMESPACE, DATASET, ZarrLayout, check_global_namespace
 
 __all__ = ["ATTR_NAMESPACE", "DATASET", "TensorstoreZarrBackend", "array_driver"]
-
-#: How many encoded-but-uncommitted write units may be in flight before write() waits,
-#: and how many bytes of them (at least one unit is always in flight).
-MAX_PENDING_WRITES = 16
-MAX_PENDING_BYTES = 256 * 2**20
-
 
 def array_driver(version: str) -> str:
     """tensorstore's driver for the arrays of an OME-Zarr store of NGFF ``version``."""
@@ -46,14 +42,9 @@ class TensorstoreZarrBackend(ArrayBackend):
         self.root = Path(settings.output_path)
         self.layout = ZarrLayout(settings)
         self._image_paths = self.layout.image_paths
-        outer = self.storage_dims[:-2]
-        chunks = [d.chunk_size or 1 for d in outer]
         self._sharded = any(d.shard_size_chunks for d in self.storage_dims)
-        self._unit = [
-            c * (d.shard_size_chunks or 1) if self._sharded else c for c, d in zip(chunks, outer)
-        ]
         # a write unit never exceeds the axis, so a complete unit can always fill up
-        self._unit = [u if n is None else min(u, n) for u, n in zip(self._unit, self.outer_shape)]
+        self._unit = list(write_unit(settings))
         unit_shape = (*self._unit, *self.frame_shape)
         self._pool = BufferPool(unit_shape, self.dtype, keep_bytes=MAX_PENDING_BYTES)
         self._held = 0  # lent frames held in units still being assembled
@@ -66,6 +57,10 @@ class TensorstoreZarrBackend(ArrayBackend):
         #: attributes the user set with update_metadata(), by position
         self.user_attributes: dict[int, dict[str, Any]] = {}
         self._context = ts.Context({"file_io_sync": False})
+
+    def use_arena(self, arena: Any) -> None:
+        """Keep the chunk buffers in ``arena`` (shared memory that outlives this process)."""
+        self._pool.arena = arena
 
     # ---- layout and metadata ----
 
@@ -187,6 +182,9 @@ class TensorstoreZarrBackend(ArrayBackend):
                 "dimension_names": [d.name for d in dims],
             },
             "create": True,
+            # a unit is on disk as a file even when all its pixels are 0: `recover` counts the
+            # frames written by the units it finds
+            "store_data_equal_to_fill_value": True,
         }
 
     def _array_spec_v2(self, path: Path, shape: list[int], chunk: list[int],
@@ -208,6 +206,7 @@ class TensorstoreZarrBackend(ArrayBackend):
                 "fill_value": 0, "order": "C", "filters": None, "dimension_separator": "/",
             },
             "create": True,
+            "store_data_equal_to_fill_value": True,  # (see the zarr v3 spec)
         }
 
     def create(self) -> None:
@@ -220,8 +219,9 @@ class TensorstoreZarrBackend(ArrayBackend):
                     f"{self.root}: positions {outside} lie outside the plate's rows "
                     f"{plate.row_names} / columns {plate.column_names}; an OME-Zarr plate "
                     "lists every well it holds: add their rows/columns to the Plate")
-        prepare_output(self.root, self.settings.overwrite)
+        prepare_output(self.root, self.settings.overwrite, directory=True)
         try:
+            os.mkdir(self.root)  # ours: never an existing name (a symlink planted meanwhile)
             self._write_hierarchy()
             for path in self._image_paths:
                 spec = self._array_spec(self.root / path / DATASET)
@@ -303,7 +303,7 @@ class TensorstoreZarrBackend(ArrayBackend):
                 u if n is None else min(u, n - o)
                 for u, n, o in zip(self._unit, self.outer_shape, origin)
             )
-            block = blocks[key] = Block(origin, shape, self._pool)
+            block = blocks[key] = Block(origin, shape, self._pool, position)
         return key, block, tuple(map(sub, index, block.origin))
 
     def _after_put(self, position: int, key: tuple[int, ...], block: Block) -> None:
@@ -328,7 +328,7 @@ class TensorstoreZarrBackend(ArrayBackend):
         # back once the write is done
         fut = arr[region].write(data, can_reference_source_data_indefinitely=True)
         for callback in on_written:
-            fut.add_done_callback(lambda _, cb=callback: cb())
+            fut.add_done_callback(lambda f, cb=callback: cb(f.exception() is None))
         self._track(fut, position, block.origin, data.nbytes, frames)
 
     def _track(self, fut: Any, position: int, where: tuple[int, ...], nbytes: int,

@@ -22,25 +22,24 @@ Layout (little-endian), version 1::
     4096  descriptors: state u32 (1: holds frames not written yet), position u32,
           origin u64[ndim], shape u32[ndim], then one mark byte per plane
 
-The daemon holds a shared flock on the file while it lives, as on its rings; a starting
-daemon removes arenas nobody locks whose journal is gone (their dataset was finalized).
+The daemon holds a lock on the file while it lives, as on its rings; a starting daemon
+removes arenas nobody locks whose journal is gone (their dataset was finalized). On Windows
+the arena is a mapped file in the per-user `platform.SHM_DIR`, marked temporary (the memory
+manager keeps it in RAM while it can): the only shared memory there that outlives its owner.
 """
 
 from __future__ import annotations
 
-import fcntl
 import math
-import mmap
 import os
 import secrets
-import stat
 import struct
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 
-from .ring import SHM_DIR, shm_free
+from .platform import SHM_MORE, SHM_WHAT, SharedSegment, remove_stale_segments, shm_free
 
 PREFIX = "owsbuf-"
 MAGIC = b"OWSBUF01"
@@ -62,15 +61,15 @@ class BufferArena:
     """Unit-sized buffers in a /dev/shm file; `take` one, mark its planes, `give` it back once
     its unit is written."""
 
-    def __init__(self, path: Path, fd: int, mm: mmap.mmap, owner: bool) -> None:
-        self.path = path
-        self._fd = fd
-        self._mm = mm
-        self.owner = owner
+    def __init__(self, segment: SharedSegment) -> None:
+        self._segment = segment
+        self.path = segment.path
+        self._mm = mm = segment.mm
+        self.owner = segment.owner
         (magic, version, self.header_size, self.capacity, self.ndim, self.stride,
          self.frame_nbytes, self.planes, self.desc_size, path_len) = _HEADER.unpack_from(mm)
         if magic != MAGIC or version != VERSION:
-            raise ArenaError(f"{path}: not a version-{VERSION} chunk-buffer arena")
+            raise ArenaError(f"{self.path}: not a version-{VERSION} chunk-buffer arena")
         self.journal = bytes(mm[_PATH_AT:_PATH_AT + path_len]).decode("utf-8", "replace")
         self._buf = np.frombuffer(mm, dtype=np.uint8)
         self._free = list(range(self.capacity - 1, -1, -1))  # never used yet: allocate lazily
@@ -94,37 +93,30 @@ class BufferArena:
         free = shm_free()
         if total > free:
             raise ArenaError(
-                f"/dev/shm has {free / 2**20:.0f} MiB free but the chunk buffers need up to "
-                f"{total / 2**20:.0f} MiB ({capacity} units of {stride / 2**20:.1f} MiB): give "
-                "the container more shared memory (docker: --shm-size / compose: shm_size), or "
-                "use smaller chunks")
-        path = SHM_DIR / f"{PREFIX}{os.getpid()}-{secrets.token_hex(6)}"
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+                f"{SHM_WHAT} has {free / 2**20:.0f} MiB free but the chunk buffers need up to "
+                f"{total / 2**20:.0f} MiB ({capacity} units of {stride / 2**20:.1f} MiB): "
+                f"{SHM_MORE}, or use smaller chunks")
+        name = f"{PREFIX}{os.getpid()}-{secrets.token_hex(6)}"
+        # the buffers' memory is taken when each is first used (`take`)
+        segment = SharedSegment.create(name, total, durable=True, reserve_bytes=header)
         try:
-            fcntl.flock(fd, fcntl.LOCK_SH)  # held while it lives (see clean_stale_arenas)
-            os.posix_fallocate(fd, 0, header)
-            os.ftruncate(fd, total)  # the buffers: allocated when first taken
-            mm = mmap.mmap(fd, total, flags=mmap.MAP_SHARED)
-            _HEADER.pack_into(mm, 0, MAGIC, VERSION, header, capacity, ndim, stride,
+            _HEADER.pack_into(segment.mm, 0, MAGIC, VERSION, header, capacity, ndim, stride,
                               frame_nbytes, planes, desc, len(jpath))
-            mm[_PATH_AT:_PATH_AT + len(jpath)] = jpath
+            segment.mm[_PATH_AT:_PATH_AT + len(jpath)] = jpath
+            return cls(segment)
         except BaseException:
-            os.close(fd)
-            path.unlink(missing_ok=True)
+            segment.close(unlink=True)
             raise
-        return cls(path, fd, mm, owner=True)
 
     @classmethod
     def open(cls, path: str | os.PathLike) -> BufferArena:
         """Map an existing arena (recover)."""
-        path = Path(path)
-        fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW)
+        segment = SharedSegment.open(path)
         try:
-            mm = mmap.mmap(fd, os.fstat(fd).st_size, flags=mmap.MAP_SHARED)
-        except OSError:
-            os.close(fd)
+            return cls(segment)
+        except BaseException:
+            segment.close()
             raise
-        return cls(path, fd, mm, owner=False)
 
     # ---- buffers ----
 
@@ -145,10 +137,10 @@ class BufferArena:
         i = self._free.pop()
         if not self._allocated[i]:
             try:  # memory now, so a full /dev/shm is an error here and never a SIGBUS
-                os.posix_fallocate(self._fd, self.header_size + i * self.stride, self.stride)
+                self._segment.reserve(self.header_size + i * self.stride, self.stride)
             except OSError as e:
                 self._free.append(i)
-                raise ArenaError(f"{self.path}: /dev/shm is full, no room for another chunk "
+                raise ArenaError(f"{self.path}: {SHM_WHAT} is full, no room for another chunk "
                                  f"buffer ({e.strerror})") from e
             self._allocated[i] = True
         d = self._descriptor(i)
@@ -197,43 +189,19 @@ class BufferArena:
         if self._mm is None:
             return
         self._buf = None
-        try:
-            self._mm.close()
-        except BufferError:
-            pass  # a view is still referenced; the mapping goes with it
         self._mm = None
-        os.close(self._fd)
-        if unlink:
-            self.path.unlink(missing_ok=True)
+        self._segment.close(unlink=unlink)
 
 
 def clean_stale_arenas() -> list[str]:
     """Remove arenas of ours nobody holds whose journal is gone (their dataset was finalized
     or recovered); an arena whose journal remains waits for `recover`."""
-    removed = []
-    for path in SHM_DIR.glob(PREFIX + "*") if SHM_DIR.is_dir() else ():
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-        except OSError:
-            continue
-        try:
-            st = os.fstat(fd)
-            if st.st_uid != os.getuid() or not stat.S_ISREG(st.st_mode):
-                continue
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                continue  # its daemon lives
-            head = os.pread(fd, PAGE, 0)
-            journal = None
-            if head[:8] == MAGIC:
-                n = _HEADER.unpack_from(head)[-1]
-                journal = head[_PATH_AT:_PATH_AT + n].decode("utf-8", "replace")
-            if journal is None or not os.path.exists(journal):
-                path.unlink(missing_ok=True)
-                removed.append(path.name)
-        except OSError:
-            continue
-        finally:
-            os.close(fd)
-    return removed
+    return remove_stale_segments(PREFIX, lambda head, age: not os.path.exists(_journal_of(head)))
+
+
+def _journal_of(head: bytes) -> str:
+    """The journal path an arena's header names ("" if it is not an arena's header)."""
+    if head[:8] != MAGIC or len(head) < _PATH_AT:
+        return ""
+    n = _HEADER.unpack_from(head)[-1]
+    return head[_PATH_AT:_PATH_AT + n].decode("utf-8", "replace")

@@ -16,9 +16,10 @@ OME-TIFF writes each frame as a page when it arrives: no buffers.
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
+
+from . import platform
 
 
 if TYPE_CHECKING:
@@ -102,10 +103,7 @@ def _positions(settings: AcquisitionSettings) -> int:
 
 def physical_memory() -> int:
     """Bytes of RAM of this machine (0 where unknown)."""
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return 0
+    return platform.physical_memory()
 
 
 def parse_size(text: str) -> int:

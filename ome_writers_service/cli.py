@@ -48,24 +48,22 @@ def _demo_problem(args: argparse.Namespace) -> str | None:
 
 
 def _stop_daemon(pid: int, timeout: float = 15.0) -> None:
-    """SIGTERM the daemon this command started and wait until it has exited."""
+    """Ask the daemon this command started to stop and wait until it has exited."""
     import os
-    import signal
 
-    try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
+    from .platform import ProcessWatch, request_stop
+
+    watch = ProcessWatch(pid)
+    if not request_stop(pid):
         return
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            done, _ = os.waitpid(pid, os.WNOHANG)  # our child: reap it
+            done, _ = os.waitpid(pid, os.WNOHANG)  # our child (POSIX): reap it
             if done:
                 return
-        except ChildProcessError:  # not our child (or already reaped)
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
+        except (ChildProcessError, OSError):  # not our child, already reaped, or Windows
+            if not watch.alive():
                 return
         time.sleep(0.05)
 
@@ -348,9 +346,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="run the writer daemon in the foreground")
     serve.add_argument("--endpoint", help="ipc://PATH or tcp://127.0.0.1:PORT (default: an ipc "
-                                          "socket in the runtime directory)")
+                                          "socket in the runtime directory; on Windows "
+                                          "tcp://127.0.0.1 on a free port)")
     serve.add_argument("--runtime-dir", help="directory for the connection file and socket "
-                                             "(default: $XDG_RUNTIME_DIR/ome-writers-service-UID)")
+                                             "(default: $XDG_RUNTIME_DIR/ome-writers-service-UID; "
+                                             r"on Windows %%LOCALAPPDATA%%\ome-writers-service)")
     serve.add_argument("--idle-exit", type=float, default=None, metavar="SECONDS",
                        help="exit after this long without open streams")
     serve.add_argument("--allow-remote", action="store_true",

@@ -9,9 +9,7 @@ ZeroMQ send.
 from __future__ import annotations
 
 import builtins
-import fcntl
 import os
-import subprocess
 import sys
 import threading
 import time
@@ -27,7 +25,8 @@ from zmq.utils.monitor import recv_monitor_message
 _monotonic = time.monotonic
 
 from . import protocol as P
-from .connection import ConnectionInfo, pid_alive, pid_namespace, runtime_dir
+from .connection import ConnectionInfo, runtime_dir
+from .platform import ProcessWatch, hold_lock, pid_alive, pid_namespace, spawn_detached
 from .dataset_reader import DatasetReader
 from .ring import FrameRing
 from .schema import AcquisitionSettings
@@ -118,6 +117,7 @@ class ServiceStream:
         self._sock.connect(endpoint)
         self._endpoint = endpoint
         self._daemon_pid = daemon_pid
+        self._daemon = ProcessWatch(daemon_pid) if daemon_pid else None
         self._closed = False
         self._ring: FrameRing | None = None
         self._error: Exception | None = None
@@ -137,6 +137,8 @@ class ServiceStream:
         self._sid: int = reply["stream"]
         same_ns = reply.get("pidns") == pid_namespace() != ""
         self._daemon_pid = reply.get("pid", daemon_pid) if same_ns else None
+        if self._daemon_pid != daemon_pid:
+            self._daemon = ProcessWatch(self._daemon_pid) if self._daemon_pid else None
         self._next_liveness = 0.0
         self.paths: list[str] = reply["paths"]
         self._shape = settings.frame_shape
@@ -493,7 +495,7 @@ class ServiceStream:
 
     def _check_daemon_alive(self) -> None:
         self._next_liveness = _monotonic() + LIVENESS_INTERVAL
-        if self._daemon_pid is not None and not pid_alive(self._daemon_pid):
+        if self._daemon is not None and not self._daemon.alive():
             raise DaemonGoneError(f"the writer daemon (pid {self._daemon_pid}) is gone; frames "
                                   f"it acknowledged are on disk at {self._settings.root_path}")
 
@@ -862,12 +864,12 @@ def local_daemon(rt_dir: str | os.PathLike | None = None, *, start: bool = True,
     if not start:
         raise DaemonGoneError(f"no daemon runs for {rt}")
     with open(rt / "start.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # two clients starting at once start one daemon
+        hold_lock(lock.fileno())  # two clients starting at once start one daemon
         info = ConnectionInfo.read(rt)
         if daemon_running(info):
             return info
         log_path = rt / "daemon.log"
-        pid = _spawn_detached(
+        pid = spawn_detached(
             [sys.executable, "-m", "ome_writers_service", "serve", "--runtime-dir", str(rt),
              "--idle-exit", str(idle_exit)], log_path)
         deadline = time.monotonic() + timeout
@@ -880,23 +882,6 @@ def local_daemon(rt_dir: str | os.PathLike | None = None, *, start: bool = True,
             time.sleep(0.05)
         raise DaemonGoneError(f"the writer daemon did not start; see {log_path}:\n"
                               + _tail(log_path))
-
-
-#: starts argv[1:] in a session of its own and prints its pid: the daemon is then nobody's
-#: child here (init reaps it when it exits; no zombie, no "subprocess still running" warning)
-_LAUNCHER = ("import subprocess, sys\n"
-             "p = subprocess.Popen(sys.argv[1:], stdin=subprocess.DEVNULL, stdout=sys.stdout, "
-             "stderr=sys.stdout, start_new_session=True)\n"
-             "sys.stderr.write(str(p.pid))\n")
-
-
-def _spawn_detached(argv: list[str], log_path: Path) -> int:
-    """Start ``argv`` detached from this process (double fork), output to ``log_path``."""
-    with open(log_path, "ab") as log:
-        launcher = subprocess.run([sys.executable, "-c", _LAUNCHER, *argv],
-                                  stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.PIPE,
-                                  check=True, timeout=30)
-    return int(launcher.stderr.decode().strip())
 
 
 def _tail(path: Path, n: int = 20) -> str:

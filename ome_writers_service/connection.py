@@ -1,18 +1,20 @@
 """Where the local daemon listens and how a client proves it may use it.
 
-The daemon writes a connection file (``daemon.json``, mode 0600) into a per-user runtime
-directory (mode 0700), as Jupyter does with its kernel connection files: the endpoint, the
-daemon's pid and a secret token that every ``open`` request must carry.
+The daemon writes a connection file (``daemon.json``, only the user may read it) into a
+per-user runtime directory (mode 0700; on Windows a DACL for the user alone), as Jupyter does
+with its kernel connection files: the endpoint, the daemon's pid and a secret token that
+every ``open`` request must carry.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from . import platform
+from .platform import pid_alive, pid_namespace  # noqa: F401 - re-exported (clients, tests)
 from .safe_files import ensure_private_dir, write_atomically
 
 CONNECTION_FILE = "daemon.json"
@@ -20,19 +22,19 @@ ENV_RUNTIME_DIR = "OME_WRITERS_SERVICE_RUNTIME_DIR"
 
 
 def runtime_dir(path: str | os.PathLike | None = None) -> Path:
-    """The per-user runtime directory, created 0700. One that is a symlink, another user's,
-    or open to others is refused (PermissionError), never repaired: in the shared temp
-    directory another user may have made it."""
+    """The per-user runtime directory, created private (`platform.ensure_private_dir`;
+    default `platform.default_runtime_dir`). One that is a symlink, another user's, or open
+    to others is refused (PermissionError), never repaired: in the shared temp directory
+    another user may have made it."""
     if path is None:
         path = os.environ.get(ENV_RUNTIME_DIR)
     if path is None:
-        base = os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()
-        path = Path(base) / f"ome-writers-service-{os.getuid()}"
+        path = platform.default_runtime_dir()
     return ensure_private_dir(path)
 
 
 def default_endpoint(rt: Path) -> str:
-    return f"ipc://{rt / 'daemon.sock'}"
+    return platform.default_endpoint(rt)
 
 
 @dataclass
@@ -57,28 +59,3 @@ class ConnectionInfo:
             return cls(**data)
         except (OSError, ValueError, TypeError):
             return None
-
-
-def pid_alive(pid: int) -> bool:
-    """True while process ``pid`` runs; a zombie (dead, not yet reaped) counts as gone."""
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True  # no procfs: trust kill()
-    return stat[stat.rfind(")") + 2:][:1] not in ("Z", "X")
-
-
-def pid_namespace() -> str:
-    """This process's pid namespace ("" where there is no procfs)."""
-    try:
-        return os.readlink("/proc/self/ns/pid")
-    except OSError:
-        return ""

@@ -20,7 +20,6 @@ import math
 import os
 import queue
 import secrets
-import signal
 import threading
 import time
 from dataclasses import dataclass, field
@@ -38,7 +37,8 @@ from . import format_metadata as fm
 from . import protocol as P
 from .backends import create_backend
 from .backends.zarr_metadata import check_global_namespace
-from .connection import ConnectionInfo, default_endpoint, pid_alive, pid_namespace, runtime_dir
+from . import platform
+from .connection import ConnectionInfo, default_endpoint, pid_namespace, runtime_dir
 from .arena import ArenaError, BufferArena, clean_stale_arenas
 from .chunk_buffers import physical_memory
 from .journal import journal_path
@@ -73,7 +73,7 @@ PEER_CREDITS = 2 * MAX_SLOTS
 #: Share of the machine's RAM the streams' buffers may take together by default (the rest is
 #: the page cache's, the rings', the acquisition software's): `serve --memory-budget`.
 MEMORY_FRACTION = 0.4
-#: Below this much free /dev/shm the daemon warns at start-up.
+#: Below this much free shared memory (/dev/shm) the daemon warns at start-up.
 SHM_WARN_BYTES = 128 * 2**20
 OUTBOX = "inproc://ows-outbox"
 
@@ -141,6 +141,7 @@ class StreamWorker(threading.Thread):
         self.batch: list[tuple] = []
         #: liveness: the client's pid when it shares our pid namespace, else heartbeats
         self.client_pid: int | None = None
+        self.client_watch: platform.ProcessWatch | None = None  # watches client_pid
         self.heartbeat_key = secrets.token_hex(8)
         self.last_heartbeat = math.inf  # the clock starts when `opened` is sent
         self.closing = False
@@ -549,7 +550,7 @@ class Daemon:
             if w.closing:
                 continue
             if w.client_pid is not None:
-                dead = not pid_alive(w.client_pid)
+                dead = not w.client_watch.alive()
                 why = f"client pid {w.client_pid} is gone"
             else:
                 dead = now - w.last_heartbeat > HEARTBEAT_TIMEOUT
@@ -779,6 +780,7 @@ class Daemon:
         if isinstance(pid, int) and not isinstance(pid, bool) and pidns == PID_NAMESPACE \
                 and PID_NAMESPACE:
             worker.client_pid = pid
+            worker.client_watch = platform.ProcessWatch(pid)
         sid = self._next_sid
         self._next_sid += 1
         self.streams[sid] = worker
@@ -888,10 +890,10 @@ def check_shm_size() -> int:
     free = shm_free()
     need = SHM_WARN_BYTES
     if free < need:
-        log.warning("/dev/shm has only %.0f MiB free; rings get small (slow disks will block the "
+        log.warning("%s has only %.0f MiB free; rings get small (slow disks will block the "
                     "camera sooner) and streams of large frames cannot open (8 slots of a 2048x"
-                    "2048 uint16 frame need 64 MiB). In a container, raise shm_size (compose) or "
-                    "--shm-size (docker run), e.g. shm_size: 1gb.", free / 2**20)
+                    "2048 uint16 frame need 64 MiB): %s.", platform.SHM_WHAT,
+                    free / 2**20, platform.SHM_MORE)
     return free
 
 
@@ -914,7 +916,7 @@ def _bind(sock: zmq.Socket, endpoint: str) -> None:
         path.unlink(missing_ok=True)  # a stale socket of a dead daemon
     sock.bind(endpoint)
     if endpoint.startswith("ipc://"):
-        os.chmod(path, 0o600)
+        platform.make_socket_private(path)
 
 
 def default_memory_budget() -> int:
@@ -926,9 +928,14 @@ def default_memory_budget() -> int:
 
 def run(endpoint: str | None = None, *, rt_dir: str | None = None, idle_exit: float | None = None,
         allow_remote: bool = False, memory_budget: int | None = None) -> None:
-    """Run a daemon in this process until SIGTERM/SIGINT (finalizing every open stream)."""
+    """Run a daemon in this process until asked to stop (SIGTERM, Ctrl+C; on Windows also its
+    stop event, Ctrl+Break and the console closing: `platform.on_stop_request`), finalizing
+    every open stream."""
     daemon = Daemon(endpoint, rt_dir=rt_dir, idle_exit=idle_exit, allow_remote=allow_remote,
                     memory_budget=memory_budget)
-    signal.signal(signal.SIGTERM, daemon.stop)
-    signal.signal(signal.SIGINT, daemon.stop)
-    daemon.serve()
+    finished = threading.Event()
+    platform.on_stop_request(daemon.stop, finished)
+    try:
+        daemon.serve()
+    finally:
+        finished.set()

@@ -46,7 +46,7 @@ class Journal:
         # a new file, never opened through a name planted there (a journal a crash left
         # behind at this path belonged to the dataset being replaced)
         fd = create_new_file(self.path, 0o644, replace_stale=True)
-        self._f = os.fdopen(fd, "w", encoding="utf-8")
+        self._f = os.fdopen(fd, "w", encoding="utf-8", newline="\n")
         self._meta: list[list] = []  # [frame, metadata] rows not written yet
         head = {"version": VERSION, "pid": os.getpid(), "started": time.time(),
                 "settings": settings.model_dump(mode="json")}

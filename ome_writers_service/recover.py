@@ -20,6 +20,7 @@ import tensorstore as ts
 import tifffile
 
 from . import format_metadata as fm
+from . import platform
 from .arena import BufferArena
 from .backends.ome_xml import SUMMARY_NS, ImageRecord, build_ome
 from .backends.tiff_tifffile import CLASSIC_TIFF_LIMIT, TiffLayout, write_companion
@@ -53,7 +54,8 @@ def recover(path: str) -> dict[str, Any]:
         summary = _recover_zarr(journal)
     jpath.unlink()
     if journal.buffers:  # its frames are in the store now
-        Path(journal.buffers).unlink(missing_ok=True)
+        platform.remove(journal.buffers)  # (Windows: still mapped elsewhere? a daemon's
+        # start removes it once its journal is gone)
     return summary
 
 

@@ -1,11 +1,12 @@
-"""A ring of equal frame slots in POSIX shared memory (a file in /dev/shm, mapped by both sides).
+"""A ring of equal frame slots in shared memory, mapped by both sides.
 
-The daemon creates and owns a ring per stream; the client maps it by name. We map the
-/dev/shm file directly instead of using ``multiprocessing.shared_memory`` because, on Python
-3.11/3.12, merely *attaching* to a SharedMemory registers it with the resource tracker, which
-unlinks it when the attaching process exits (CPython issue 82300) — a client exiting would
-delete the daemon's ring. ``shm_open(name)`` in C opens the same file, so a C client maps it
-the same way.
+The daemon creates and owns a ring per stream; the client maps it by name. On POSIX it is a
+file in /dev/shm, mapped directly rather than through ``multiprocessing.shared_memory``
+because, on Python 3.11/3.12, merely *attaching* to a SharedMemory registers it with the
+resource tracker, which unlinks it when the attaching process exits (CPython issue 82300) — a
+client exiting would delete the daemon's ring. ``shm_open(name)`` in C opens the same file.
+On Windows it is a named pagefile-backed mapping (``OpenFileMappingA(name)`` in C); see
+`platform.SharedSegment`.
 
 Layout (little-endian), version 2::
 
@@ -33,9 +34,10 @@ notice with it, but not the ring. When the daemon loses a client it writes the s
 entry names a frame it was never told about before it finalizes the dataset. It reads the
 table only then; frames otherwise travel by messages alone.
 
-The daemon holds a shared ``flock`` on the file while the ring lives; the kernel drops it
-when the daemon dies, which is how a starting daemon tells stale rings from live ones (pids
-say nothing across pid namespaces that share /dev/shm, e.g. containers with ``ipc: host``).
+The daemon holds a lock on the ring's file while the ring lives (`platform.SharedSegment`);
+the kernel drops it when the daemon dies, which is how a starting daemon tells stale rings
+from live ones (pids say nothing across pid namespaces that share /dev/shm, e.g. containers
+with ``ipc: host``).
 
 Slots are handed back and forth by protocol messages (``frame`` and ``release``), never by
 flags in memory, so neither side spins on shared memory.
@@ -43,19 +45,17 @@ flags in memory, so neither side spins on shared memory.
 
 from __future__ import annotations
 
-import fcntl
 import mmap
 import os
 import secrets
-import stat
 import struct
-import time
 from pathlib import Path
 
 import numpy as np
 
+from .platform import (SHM_DIR, SHM_MORE, SHM_WHAT, SharedSegment, remove_stale_segments,
+                       shm_free)
 
-SHM_DIR = Path("/dev/shm")
 PREFIX = "ows-"
 MAGIC = b"OWSRING1"
 LAYOUT_VERSION = 2
@@ -83,11 +83,11 @@ def header_size_for(slots: int) -> int:
 class FrameRing:
     """A mapped ring: ``slot(i)`` is a numpy view of slot ``i`` shaped as one frame."""
 
-    def __init__(self, name: str, fd: int, mm: mmap.mmap, owner: bool) -> None:
-        self.name = name
-        self._fd = fd
-        self._mm = mm
-        self.owner = owner
+    def __init__(self, segment: SharedSegment) -> None:
+        self.name = segment.name
+        self._segment = segment
+        self._mm = mm = segment.mm
+        self.owner = segment.owner
         magic, version, header, slots, pid, slot_size, frame_nbytes, _, _, _, table = \
             _HEADER.unpack_from(mm)
         if magic != MAGIC or version != LAYOUT_VERSION:
@@ -105,6 +105,7 @@ class FrameRing:
 
     @property
     def path(self) -> Path:
+        """Its file: the memory (POSIX) or the owner's lock (Windows)."""
         return SHM_DIR / self.name
 
     # ---- creation / attachment ----
@@ -120,47 +121,34 @@ class FrameRing:
         if total > free:  # fail before allocating anything
             raise RingError(_too_small(free, total, slots, slot_size))
         name = f"{PREFIX}{os.getpid()}-{secrets.token_hex(6)}"
-        path = SHM_DIR / name
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
-        except OSError as e:
-            raise RingError(f"cannot create shared memory {path}: {e.strerror}") from e
+            segment = SharedSegment.create(name, total, populate=prefault)
+        except FileExistsError as e:
+            raise RingError(f"cannot create shared memory {name}: {e.strerror}") from e
+        except OSError as e:  # no room: /dev/shm full, or no commit charge left (Windows)
+            raise RingError(_too_small(shm_free(), total, slots, slot_size)) from e
         try:
-            # held while the ring lives, released by the kernel when the owner dies: how
-            # `clean_stale_rings` tells a live ring from a stale one, across pid namespaces
-            fcntl.flock(fd, fcntl.LOCK_SH)
-            try:
-                os.posix_fallocate(fd, 0, total)
-            except OSError as e:
-                raise RingError(_too_small(shm_free(), total, slots, slot_size)) from e
-            flags = mmap.MAP_SHARED | (getattr(mmap, "MAP_POPULATE", 0) if prefault else 0)
-            mm = mmap.mmap(fd, total, flags=flags)
-            _HEADER.pack_into(mm, 0, MAGIC, LAYOUT_VERSION, header_size, slots, os.getpid(),
-                              slot_size, frame_nbytes, 0, 0, 0, SLOT_TABLE)
+            _HEADER.pack_into(segment.mm, 0, MAGIC, LAYOUT_VERSION, header_size, slots,
+                              os.getpid(), slot_size, frame_nbytes, 0, 0, 0, SLOT_TABLE)
+            return cls(segment)
         except BaseException:
-            os.close(fd)
-            path.unlink(missing_ok=True)
+            segment.close()
             raise
-        return cls(name, fd, mm, owner=True)
 
     @classmethod
     def attach(cls, name: str, *, prefault: bool = True) -> FrameRing:
         """Map an existing ring by name (client side). Never unlinks it."""
-        if "/" in name or not name.startswith(PREFIX):
+        if "/" in name or "\\" in name or not name.startswith(PREFIX):
             raise RingError(f"{name!r} is not a frame ring name")
-        path = SHM_DIR / name
         try:
-            fd = os.open(path, os.O_RDWR)
+            segment = SharedSegment.attach(name, populate=prefault)
         except OSError as e:
-            raise RingError(f"cannot open shared memory {path}: {e.strerror}") from e
+            raise RingError(f"cannot open shared memory {name}: {e.strerror or e}") from e
         try:
-            size = os.fstat(fd).st_size
-            flags = mmap.MAP_SHARED | (getattr(mmap, "MAP_POPULATE", 0) if prefault else 0)
-            mm = mmap.mmap(fd, size, flags=flags)
-        except OSError:
-            os.close(fd)
+            ring = cls(segment)
+        except BaseException:
+            segment.close()
             raise
-        ring = cls(name, fd, mm, owner=False)
         if prefault:
             ring.prefault()
         return ring
@@ -213,8 +201,7 @@ class FrameRing:
 
     def unlink(self) -> None:
         """Remove the ring's name (owner only). The memory goes with the last mapping."""
-        if self.owner:
-            self.path.unlink(missing_ok=True)
+        self._segment.unlink()
 
     def close(self) -> None:
         """Unmap; the owner also removes the segment."""
@@ -223,26 +210,14 @@ class FrameRing:
         if self.filled is not None:
             self.filled.release()
         self._buf = self._error = self._written = self.filled = None  # views go before unmap
-        try:
-            self._mm.close()
-        except BufferError:
-            pass  # a caller still holds a slot view; the mapping goes when it does
         self._mm = None
-        os.close(self._fd)
-        self.unlink()
+        self._segment.close()
 
 
 def _too_small(free: int, total: int, slots: int, slot_size: int) -> str:
-    return (f"/dev/shm has {free / 2**20:.0f} MiB free but the frame ring needs "
-            f"{total / 2**20:.0f} MiB ({slots} slots of {slot_size / 2**20:.2f} MiB). Give the "
-            "container more shared memory (docker: --shm-size / compose: shm_size), or lower "
-            "ring_slots in the settings.")
-
-
-def shm_free() -> int:
-    """Free bytes in /dev/shm."""
-    st = os.statvfs(SHM_DIR)
-    return st.f_bavail * st.f_frsize
+    return (f"{SHM_WHAT} has {free / 2**20:.0f} MiB free but the frame ring needs "
+            f"{total / 2**20:.0f} MiB ({slots} slots of {slot_size / 2**20:.2f} MiB): "
+            f"{SHM_MORE}, or lower ring_slots in the settings.")
 
 
 def clean_stale_rings(min_age: float = 10.0) -> list[str]:
@@ -252,28 +227,5 @@ def clean_stale_rings(min_age: float = 10.0) -> list[str]:
     it runs in; a file nobody locks is stale once it carries a ring header, or once it is
     older than ``min_age`` seconds (a ring still being created has no header yet).
     """
-    removed = []
-    if not SHM_DIR.is_dir():
-        return removed
-    for path in SHM_DIR.glob(PREFIX + "*"):
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-        except OSError:
-            continue
-        try:
-            st = os.fstat(fd)
-            if st.st_uid != os.getuid() or not stat.S_ISREG(st.st_mode):
-                continue
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                continue  # its owner holds it
-            head = os.pread(fd, len(MAGIC), 0)
-            if head == MAGIC or time.time() - st.st_mtime > min_age:
-                path.unlink(missing_ok=True)
-                removed.append(path.name)
-        except OSError:
-            continue
-        finally:
-            os.close(fd)
-    return removed
+    return remove_stale_segments(PREFIX, lambda head, age: head[:len(MAGIC)] == MAGIC
+                                 or age > min_age)

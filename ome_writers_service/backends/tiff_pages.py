@@ -5,7 +5,8 @@ to store: it builds and sorts the tags anew for every call. Every page after the
 the same tags, though, with only the strip offset (and the offsets of values kept outside
 the entry table) depending on where the page lands. So tifffile writes the first two pages
 (the first carries the OME-XML), and `PageAppender` clones the second page's IFD for every
-later one: one ``writev`` of IFD + pixels, then one write linking the previous IFD to it.
+later one: one ``pwritev`` of IFD + pixels (on Windows, which has none, the pieces joined
+and written at once: `platform.pwritev`), then one write linking the previous IFD to it.
 The file is a valid TIFF after every page, as with tifffile page by page.
 """
 
@@ -17,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 import tifffile
+
+from .. import platform
 
 #: bytes per value of each TIFF field type (TIFF 6.0 and BigTIFF)
 _TYPE_SIZE = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8,
@@ -61,9 +64,9 @@ class PageAppender:
         self._strip_field = strip_field
         self._next_field = table_end - ifd
         self._path = Path(path)
-        self._fd = os.open(self._path, os.O_RDWR)
+        self._fd = os.open(self._path, os.O_RDWR | platform.O_BINARY | platform.O_CLOEXEC)
         try:
-            self._template = bytearray(os.pread(self._fd, end - ifd, ifd))
+            self._template = bytearray(platform.pread(self._fd, end - ifd, ifd))
             self._template_pos = ifd
             # the pointer of the file's last IFD, linked to each new page in turn
             last_tags = len(last.tags)
@@ -95,12 +98,12 @@ class PageAppender:
         buffers = [ifd, pad, memoryview(frame).cast("B")]
         if pos != self._end:
             buffers.insert(0, b"\0")
-        written = os.pwritev(self._fd, buffers, self._end)
+        written = platform.pwritev(self._fd, buffers, self._end)
         expected = data + self._nbytes - self._end
         if written != expected:
             raise OSError(f"short write to {self._path}: {written} of {expected} bytes")
         # only now is the page reachable: a crash before leaves the file as it was
-        os.pwrite(self._fd, struct.pack(fmt, pos), self._link)
+        platform.pwrite(self._fd, struct.pack(fmt, pos), self._link)
         self._link = pos + self._next_field
         self._end = data + self._nbytes
 

@@ -19,6 +19,7 @@ import numpy as np
 import tifffile
 
 from .. import format_metadata as fm
+from .. import platform
 from ..safe_files import create_new_file, write_atomically
 from ..schema import COMPANION_SUFFIX, AcquisitionSettings, OmeTiffFormat
 from .base import ArrayBackend, BackendError, prepare_output
@@ -458,8 +459,7 @@ def _why(e: OSError, path: Path) -> str:
     if e.errno is not None:
         return e.strerror or str(e)
     try:
-        st = os.statvfs(path.parent)
-        if st.f_bavail * st.f_frsize < 1 << 20:
+        if platform.disk_free(path.parent) < 1 << 20:
             return f"no space left on the device of {path.parent} ({e})"
     except OSError:
         pass

@@ -73,14 +73,10 @@ def pread(fd: int, n: int, offset: int) -> bytes:
 
 
 def pwrite(fd: int, data, offset: int) -> int:
-    """Write all of ``data`` at ``offset``; returns the bytes written."""
+    """Write ``data`` at ``offset`` (the file position is not kept); the bytes written."""
     if not WINDOWS:
         return os.pwrite(fd, data, offset)
-    os.lseek(fd, offset, os.SEEK_SET)
-    view, done = memoryview(data).cast("B"), 0
-    while done < len(view):
-        done += os.write(fd, view[done:done + 2**30])
-    return done
+    return _write_at(fd, data, offset)
 
 
 def pwritev(fd: int, buffers: list, offset: int) -> int:
@@ -88,7 +84,16 @@ def pwritev(fd: int, buffers: list, offset: int) -> int:
     with one positioned write: one more copy of the data (benchmarks/pwritev.py measures it)."""
     if hasattr(os, "pwritev"):
         return os.pwritev(fd, buffers, offset)
-    return pwrite(fd, b"".join(buffers), offset)
+    return _write_at(fd, b"".join(buffers), offset)
+
+
+def _write_at(fd: int, data, offset: int) -> int:
+    """All of ``data`` at ``offset`` with seek + write (not atomic: one writer per fd)."""
+    os.lseek(fd, offset, os.SEEK_SET)
+    view, done = memoryview(data).cast("B"), 0
+    while done < len(view):
+        done += os.write(fd, view[done:done + 2**30])
+    return done
 
 
 def reserve(fd: int, offset: int, length: int) -> None:
@@ -336,8 +341,7 @@ class SharedSegment:
                 reserve(fd, 0, size if reserve_bytes is None else reserve_bytes)
                 if os.fstat(fd).st_size < size:
                     os.ftruncate(fd, size)  # the rest: taken as it is first used
-                flags = mmap.MAP_SHARED | (getattr(mmap, "MAP_POPULATE", 0) if populate else 0)
-                mm = _map(fd, size, flags)
+                mm = _map(fd, size, populate)
         except BaseException:
             if mm is not None:
                 mm.close()
@@ -362,8 +366,7 @@ class SharedSegment:
         path = Path(path)
         fd = os.open(path, os.O_RDWR | O_NOFOLLOW | O_BINARY | O_CLOEXEC)
         try:
-            flags = mmap.MAP_SHARED | (getattr(mmap, "MAP_POPULATE", 0) if populate else 0)
-            mm = _map(fd, os.fstat(fd).st_size, flags)
+            mm = _map(fd, os.fstat(fd).st_size, populate)
         except BaseException:
             os.close(fd)
             raise
@@ -403,13 +406,15 @@ class SharedSegment:
 
 
 def _ensure_shm_dir() -> None:
-    if WINDOWS and not SHM_DIR.is_dir():
+    if WINDOWS and not SHM_DIR.is_dir():  # inside the default runtime directory, private
+        ensure_private_dir(SHM_DIR.parent)
         ensure_private_dir(SHM_DIR)
 
 
-def _map(fd: int, size: int, flags: int) -> mmap.mmap:
+def _map(fd: int, size: int, populate: bool) -> mmap.mmap:
     if WINDOWS:
         return mmap.mmap(fd, size, access=mmap.ACCESS_WRITE)
+    flags = mmap.MAP_SHARED | (getattr(mmap, "MAP_POPULATE", 0) if populate else 0)
     return mmap.mmap(fd, size, flags=flags)
 
 

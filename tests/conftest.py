@@ -10,7 +10,8 @@ import signal
 
 import pytest
 
-from ome_writers_service.connection import ENV_RUNTIME_DIR
+from ome_writers_service import platform
+from ome_writers_service.connection import ENV_RUNTIME_DIR, runtime_dir
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -18,8 +19,7 @@ def private_runtime_dir(tmp_path_factory):
     if os.environ.get(ENV_RUNTIME_DIR):  # the caller chose one
         yield None
         return
-    rt = tmp_path_factory.mktemp("runtime")
-    rt.chmod(0o700)
+    rt = runtime_dir(tmp_path_factory.getbasetemp() / "runtime")  # private, on Windows too
     os.environ[ENV_RUNTIME_DIR] = str(rt)
     try:
         yield rt
@@ -27,6 +27,9 @@ def private_runtime_dir(tmp_path_factory):
         del os.environ[ENV_RUNTIME_DIR]
         try:  # the daemon started on demand for this session: ours alone, so stop it
             pid = int(json.loads((rt / "daemon.json").read_text())["pid"])
+            if platform.WINDOWS:  # only a daemon has a stop event
+                platform.request_stop(pid)
+                return
             with open(f"/proc/{pid}/cmdline", "rb") as f:  # still that daemon (not a reuse)
                 ours = str(rt).encode() in f.read()
             if ours:

@@ -12,12 +12,152 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pytest
 import tensorstore as ts
 import tifffile
+
+from ome_writers_service import platform
+from ome_writers_service.connection import runtime_dir
 
 REPO = Path(__file__).resolve().parents[1]
 CHECKER = REPO.parent / "shared" / "conformance" / "omecheck.py"
 CLIENT_SCRIPT = Path(__file__).with_name("stream_client.py")
+
+# ---- processes, on POSIX and Windows ----
+
+WINDOWS = platform.WINDOWS
+#: a hard kill (SIGKILL; on Windows TerminateProcess, with this as the exit code)
+SIGKILL = getattr(signal, "SIGKILL", 9)
+#: the status of a process killed so (Popen.returncode)
+KILLED = 9 if WINDOWS else -SIGKILL
+#: the ask-to-stop request (SIGTERM; on Windows the daemon's stop event)
+STOP = "stop"
+
+
+#: root on POSIX (Windows has no euid)
+IS_ROOT = not WINDOWS and os.geteuid() == 0
+#: a small tmpfs (a full disk, a read-only file system), mounted for the test: root on Linux
+needs_tmpfs = pytest.mark.skipif(
+    WINDOWS or not IS_ROOT, reason="mounts a small tmpfs (a full or read-only disk): root on "
+    "Linux; Windows has no tmpfs (and Wine no disk quota) to fill")
+
+
+def assert_private(path: Path) -> None:
+    """Only this user may read ``path``: mode 0700 (a directory) or 0600; on Windows no ACE
+    of its DACL lets anyone in but the user, SYSTEM and the Administrators."""
+    if not WINDOWS:
+        want = 0o700 if path.is_dir() else 0o600
+        assert path.stat().st_mode & 0o777 == want, f"{path}: mode {path.stat().st_mode:o}"
+        return
+    from ome_writers_service import _win32
+
+    owner, allowed = _win32.owner_and_access(str(path))
+    assert owner == _win32.user_sid(), (path, owner)
+    assert allowed is not None and set(allowed) <= {owner, *_win32.TRUSTED_SIDS}, (path, allowed)
+
+
+def kill_hard(pid: int) -> None:
+    """SIGKILL, or on Windows TerminateProcess: no handler runs, nothing is flushed."""
+    try:
+        os.kill(pid, SIGKILL)
+    except (ProcessLookupError, PermissionError, OSError):
+        pass
+
+
+def pause_process(pid: int, resume: bool = False) -> None:
+    """SIGSTOP / SIGCONT; on Windows every thread of the process suspended or resumed."""
+    if not WINDOWS:
+        os.kill(pid, signal.SIGCONT if resume else signal.SIGSTOP)
+        return
+    import _winapi
+
+    from ome_writers_service import _win32
+
+    h = _winapi.OpenProcess(0x0800, False, pid)  # PROCESS_SUSPEND_RESUME
+    try:
+        _win32.suspend_process(h, resume=resume)
+    finally:
+        _winapi.CloseHandle(h)
+
+
+def continue_process(pid: int) -> None:
+    pause_process(pid, resume=True)
+
+
+def wait_gone(pid: int, timeout: float) -> bool:
+    """Whether process ``pid`` is gone entirely within ``timeout`` s (POSIX: exited and
+    reaped, no zombie either)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not platform.pid_alive(pid) and (WINDOWS or not os.path.exists(f"/proc/{pid}")):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def parent_pid(pid: int) -> int | None:
+    """The parent of ``pid`` (None if it is gone); POSIX only: Windows has no zombies for a
+    parent to reap."""
+    try:
+        stat = open(f"/proc/{pid}/stat").read()
+    except OSError:
+        return None
+    return int(stat[stat.rfind(")") + 2:].split()[1])
+
+
+def rss_mib(pid: int) -> float:
+    """Resident memory of a process (Windows: its working set)."""
+    if WINDOWS:
+        import ctypes
+        from ctypes import wintypes as wt
+
+        import _winapi
+
+        class Counters(ctypes.Structure):
+            _fields_ = [("cb", wt.DWORD), ("PageFaultCount", wt.DWORD)] + [
+                (n, ctypes.c_size_t) for n in (
+                    "PeakWorkingSetSize", "WorkingSetSize", "QuotaPeakPagedPoolUsage",
+                    "QuotaPagedPoolUsage", "QuotaPeakNonPagedPoolUsage",
+                    "QuotaNonPagedPoolUsage", "PagefileUsage", "PeakPagefileUsage")]
+
+        h = _winapi.OpenProcess(0x1000 | 0x0010, False, pid)  # query limited | vm read
+        try:
+            c = Counters()
+            c.cb = ctypes.sizeof(c)
+            fn = ctypes.WinDLL("psapi").GetProcessMemoryInfo
+            fn.argtypes = [wt.HANDLE, ctypes.c_void_p, wt.DWORD]
+            assert fn(h, ctypes.byref(c), c.cb)
+            return c.WorkingSetSize / 2**20
+        finally:
+            _winapi.CloseHandle(h)
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def open_handles(pid: int) -> int:
+    """Open file descriptors of a process (Windows: its handles)."""
+    if WINDOWS:
+        import ctypes
+        from ctypes import wintypes as wt
+
+        import _winapi
+
+        h = _winapi.OpenProcess(0x1000, False, pid)
+        try:
+            n = wt.DWORD()
+            fn = ctypes.WinDLL("kernel32").GetProcessHandleCount
+            fn.argtypes = [wt.HANDLE, ctypes.POINTER(wt.DWORD)]
+            assert fn(h, ctypes.byref(n))
+            return n.value
+        finally:
+            _winapi.CloseHandle(h)
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def process_gone(pid: int) -> bool:
+    return not platform.pid_alive(pid)
 
 
 @dataclass
@@ -32,9 +172,16 @@ class DaemonProcess:
     def pid(self) -> int:
         return self.proc.pid
 
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
+    def stop(self, sig: int | str = STOP, timeout: float = 60) -> int:
+        """Ask the daemon to stop (STOP: SIGTERM or its Windows stop event) or send ``sig``
+        (SIGKILL: a hard kill on Windows too); its exit status."""
         if self.proc.poll() is None:
-            os.kill(self.proc.pid, sig)
+            if sig == STOP:
+                platform.request_stop(self.proc.pid)
+            elif sig == SIGKILL:
+                kill_hard(self.proc.pid)
+            else:
+                os.kill(self.proc.pid, sig)
         return self.proc.wait(timeout)
 
     def log_text(self) -> str:
@@ -42,7 +189,7 @@ class DaemonProcess:
 
 
 def start_daemon(rt: Path, *extra: str) -> DaemonProcess:
-    rt.mkdir(mode=0o700, parents=True, exist_ok=True)  # a runtime dir must be private
+    runtime_dir(rt)  # a runtime dir must be private (created so on Windows too)
     log = rt / "test-daemon.log"
     proc = subprocess.Popen(
         [sys.executable, "-m", "ome_writers_service", "serve", "--runtime-dir", str(rt), *extra],
@@ -201,17 +348,24 @@ def frames_written_in_metadata(path: str) -> int:
 
 
 def remove_daemon_shm(daemon_pid: int) -> None:
-    """Remove what a SIGKILLed daemon left in /dev/shm: its rings and chunk-buffer arenas
-    (`recover` would take the arenas; a test that does not recover removes them)."""
-    for name in ("ows", "owsbuf"):
-        for path in Path("/dev/shm").glob(f"{name}-{daemon_pid}-*"):
-            path.unlink(missing_ok=True)
+    """Remove what a SIGKILLed daemon left in /dev/shm (Windows: `platform.SHM_DIR`): its
+    rings (their owner locks) and chunk-buffer arenas (`recover` would take the arenas; a
+    test that does not recover removes them)."""
+    for path in shm_files(daemon_pid):
+        platform.remove(path)
+
+
+def shm_files(daemon_pid: int, prefix: str = "ows") -> list[Path]:
+    """Files daemon ``daemon_pid`` made in the shared-memory directory: rings ("ows"; on
+    Windows their owner locks) and chunk-buffer arenas ("owsbuf"), or the one ``prefix``."""
+    prefixes = ("ows", "owsbuf") if prefix == "ows" else (prefix,)
+    return [p for name in prefixes for p in platform.SHM_DIR.glob(f"{name}-{daemon_pid}-*")]
 
 
 def shm_rings(daemon_pid: int) -> set[str]:
-    """The rings in /dev/shm that daemon ``daemon_pid`` created (never another program's:
-    other daemons, other test runs may share /dev/shm)."""
-    return {p.name for p in Path("/dev/shm").glob(f"ows-{daemon_pid}-*")}
+    """The rings that daemon ``daemon_pid`` created (never another program's: other daemons,
+    other test runs may share /dev/shm), by the files in the shared-memory directory."""
+    return {p.name for p in platform.SHM_DIR.glob(f"ows-{daemon_pid}-*")}
 
 
 def ensure_debian_packages(packages: list[str], present: bool) -> None:
@@ -223,6 +377,9 @@ def ensure_debian_packages(packages: list[str], present: bool) -> None:
 
     import pytest
 
+    if WINDOWS:
+        pytest.skip(f"uses Debian's {', '.join(packages)}: Linux programs, not run from the "
+                    "Windows CPython (the Linux run covers it)")
     if os.geteuid() != 0 or not shutil.which("apt-get"):
         pytest.skip(f"{', '.join(packages)} missing and cannot be installed here")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -11,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from ome_writers_service import platform
 from ome_writers_service.validate import validate_all
 
 EXAMPLES = sorted((Path(__file__).resolve().parents[1] / "examples").glob("*.py"))
@@ -23,7 +23,7 @@ def runtime(tmp_path_factory):
     info = rt / "daemon.json"
     if info.exists():
         import json
-        os.kill(json.loads(info.read_text())["pid"], signal.SIGTERM)
+        platform.request_stop(json.loads(info.read_text())["pid"])
         for _ in range(100):
             if not info.exists():
                 break

@@ -18,7 +18,7 @@ from pymmcore_plus.mda._runner import SkipEvent
 
 from mda_devices import CHANNELS, make_core, stamp
 from ome_writers_service.mda import ServiceSink
-from service_util import start_daemon
+from service_util import needs_tmpfs, start_daemon
 
 FORMATS = [".ome.zarr", ".ome.tiff"]
 #: frames checked at their storage index, per format (reported at the end of the module)
@@ -293,7 +293,7 @@ def test_memory_output_and_import_isolation(scope):
     assert sink.report["frames_written"] == len(snapped) == 6
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root")
+@needs_tmpfs
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
 def test_a_daemon_error_raises_in_the_next_frame_ready(daemon, scope, tmp_path, caplog):
     import subprocess

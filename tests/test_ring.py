@@ -12,16 +12,25 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ome_writers_service import platform
 from ome_writers_service.ring import (MAGIC, SLOT_TABLE, FrameRing, RingError,
                                       clean_stale_rings, header_size_for, slot_size_for)
 
 HEADER_SIZE = header_size_for(3)
 
 
+def ring_bytes(ring: FrameRing) -> bytes:
+    """The ring's memory as another process sees it: its /dev/shm file, or (Windows, where
+    it is a named mapping) the mapping."""
+    if platform.WINDOWS:
+        return bytes(ring._mm)
+    return ring.path.read_bytes()
+
+
 def test_layout_matches_the_documented_header():
     ring = FrameRing.create(frame_nbytes=100 * 80 * 2, slots=3)
     try:
-        raw = ring.path.read_bytes()
+        raw = ring_bytes(ring)
         magic, version, header, slots, pid, slot_size, nbytes = struct.unpack_from("<8sIIIIQQ", raw)
         assert (magic, version, header, slots, pid) == (MAGIC, 2, 8192, 3, os.getpid())
         assert HEADER_SIZE == 8192 and header_size_for(512) == 8192
@@ -31,17 +40,18 @@ def test_layout_matches_the_documented_header():
         # the slot table: 1 + the frame last written into each slot, 0 for none
         assert struct.unpack_from("<3Q", raw, SLOT_TABLE) == (0, 0, 0)
         ring.filled[1] = 41 + 1
-        assert struct.unpack_from("<3Q", ring.path.read_bytes(), SLOT_TABLE) == (0, 42, 0)
+        assert struct.unpack_from("<3Q", ring_bytes(ring), SLOT_TABLE) == (0, 42, 0)
         assert ring.unannounced(41, None) == [(41, 1)] and ring.unannounced(42, None) == []
         assert ring.unannounced(0, 41) == []
         ring.forget(1)
         assert ring.unannounced(0, None) == []
         assert len(raw) == HEADER_SIZE + 3 * 16384
-        assert stat.S_IMODE(ring.path.stat().st_mode) == 0o600
+        if not platform.WINDOWS:  # (there a named object with the user's default DACL)
+            assert stat.S_IMODE(ring.path.stat().st_mode) == 0o600
         views = ring.slots((100, 80), np.uint16)
         views[2][...] = 7
         off = HEADER_SIZE + 2 * 16384
-        assert np.frombuffer(ring.path.read_bytes()[off:off + 16000], np.uint16).tolist() == \
+        assert np.frombuffer(ring_bytes(ring)[off:off + 16000], np.uint16).tolist() == \
             [7] * 8000
     finally:
         ring.close()
@@ -68,7 +78,7 @@ def test_stale_rings_of_dead_owners_are_removed_live_ones_kept():
     dead_pid = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                               capture_output=True, text=True, check=True).stdout.strip()
     stale = live.path.with_name(f"ows-{dead_pid}-deadbeef0000")
-    header = bytearray(live.path.read_bytes()[:HEADER_SIZE])
+    header = bytearray(ring_bytes(live)[:HEADER_SIZE])
     struct.pack_into("<I", header, 20, int(dead_pid))
     stale.write_bytes(bytes(header))
     try:
@@ -89,11 +99,11 @@ def test_a_ring_whose_owner_lives_elsewhere_is_kept_even_if_its_pid_means_nothin
     owner = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
                              stdout=subprocess.PIPE, text=True)
     name = owner.stdout.readline().strip()
-    path = Path("/dev/shm") / name
+    path = platform.SHM_DIR / name
     try:
-        with open(path, "r+b") as f:  # a pid that is nobody's here
-            f.seek(20)
-            f.write(struct.pack("<I", 2**31 - 7))
+        ring = FrameRing.attach(name, prefault=False)  # a pid that is nobody's here
+        struct.pack_into("<I", ring._mm, 20, 2**31 - 7)
+        ring.close()
         assert name not in clean_stale_rings() and path.exists()
         young = path.with_name("ows-0-beingcreated")  # no header yet: a ring being created
         young.write_bytes(b"")

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import threading
@@ -24,9 +23,11 @@ from ome_writers_service.client import DaemonGoneError, RingFullError, ServiceEr
 from ome_writers_service.stream import FrameCountError, FrameMismatchError
 from ome_writers_service.validate import validate_all
 
-from service_util import (CLIENT_SCRIPT, expected_images, frame_pixels,
-                          frames_written_in_metadata, read_image, remove_daemon_shm, run_checker,
-                          shm_rings, start_daemon)
+from ome_writers_service import platform
+from service_util import (CLIENT_SCRIPT, SIGKILL, assert_private, expected_images, frame_pixels,
+                          frames_written_in_metadata, needs_tmpfs, read_image, remove_daemon_shm,
+                          continue_process, pause_process, run_checker, shm_rings,
+                          start_daemon)
 
 FORMATS = [".ome.zarr", ".ome.tiff"]
 
@@ -203,7 +204,7 @@ def test_daemon_errors_reach_the_client(daemon, tmp_path):
                       endpoint=daemon.endpoint, token="0" * 32)
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root")
+@needs_tmpfs
 @pytest.mark.parametrize("suffix,chunk", [(".ome.tiff", 1), (".ome.zarr", 1), (".ome.zarr", 4)])
 def test_disk_full_reaches_client_and_keeps_written_frames(daemon, tmp_path, suffix, chunk):
     mnt = tmp_path / "small"
@@ -261,14 +262,14 @@ def test_backpressure_raise(daemon, tmp_path):
                            dimensions=[Dimension(name="t", count=10), Dimension(name="y", count=32),
                                        Dimension(name="x", count=32)])
     stream = create_stream(settings, endpoint=daemon.endpoint, token=daemon.token)
-    os.kill(daemon.pid, signal.SIGSTOP)
+    pause_process(daemon.pid)
     try:
         for i in range(4):
             stream.append(frame_pixels(1, i, (32, 32), np.uint16))
         with pytest.raises(RingFullError, match="frame 4: all 4 ring slots"):
             stream.append(frame_pixels(1, 4, (32, 32), np.uint16))
     finally:
-        os.kill(daemon.pid, signal.SIGCONT)
+        continue_process(daemon.pid)
     for i in range(4, 10):  # the refused frame can be appended again once slots come back
         deadline = time.monotonic() + 10
         while True:
@@ -288,12 +289,12 @@ def test_backpressure_drop_counts_and_reports(daemon, tmp_path):
                            dimensions=[Dimension(name="t", count=12), Dimension(name="y", count=32),
                                        Dimension(name="x", count=32)])
     stream = create_stream(settings, endpoint=daemon.endpoint, token=daemon.token)
-    os.kill(daemon.pid, signal.SIGSTOP)
+    pause_process(daemon.pid)
     try:
         for i in range(10):  # 4 fit, 6 are dropped
             stream.append(frame_pixels(2, i, (32, 32), np.uint16))
     finally:
-        os.kill(daemon.pid, signal.SIGCONT)
+        continue_process(daemon.pid)
     assert stream.frames_dropped == 6
     time.sleep(0.5)  # let the daemon release the slots
     for i in range(10, 12):
@@ -309,19 +310,19 @@ def test_backpressure_block_waits_then_times_out(daemon, tmp_path):
                            dimensions=[Dimension(name="t", count=10), Dimension(name="y", count=32),
                                        Dimension(name="x", count=32)])
     stream = create_stream(settings, endpoint=daemon.endpoint, token=daemon.token)
-    os.kill(daemon.pid, signal.SIGSTOP)
-    resume = threading.Timer(0.3, os.kill, (daemon.pid, signal.SIGCONT))
+    pause_process(daemon.pid)
+    resume = threading.Timer(0.3, continue_process, (daemon.pid,))
     resume.start()
     for i in range(6):  # blocks on frame 4 until the daemon resumes, then goes on
         stream.append(frame_pixels(6, i, (32, 32), np.uint16))
     resume.join()
-    os.kill(daemon.pid, signal.SIGSTOP)
+    pause_process(daemon.pid)
     try:
         with pytest.raises(RingFullError, match="within 0.5 s"):
             for i in range(6, 10):
                 stream.append(frame_pixels(6, i, (32, 32), np.uint16))
     finally:
-        os.kill(daemon.pid, signal.SIGCONT)
+        continue_process(daemon.pid)
     report = stream.close()
     assert report["errors"] == []
     assert report["frames_written"] == stream.frames_sent - stream.frames_dropped
@@ -338,7 +339,7 @@ def test_sigterm_finalizes_open_streams(tmp_path):
     while stream.status()["frames_written"] < 7:
         assert time.monotonic() < deadline
         time.sleep(0.02)
-    assert d.stop(signal.SIGTERM) == 0
+    assert d.stop() == 0
     with pytest.raises((DaemonGoneError, ServiceError)):
         stream.append(frame_pixels(8, 7, (32, 32), np.uint16))
     check_dataset(settings, [str(tmp_path / "s.ome.tiff")], 8, frames=7)
@@ -456,8 +457,8 @@ def test_create_stream_starts_a_daemon_when_none_runs(tmp_path, monkeypatch):
             stream.append(frame_pixels(13, i, (16, 16), np.uint16))
     info = json.loads((rt / "daemon.json").read_text())
     assert info["pid"] != os.getpid()
-    assert (rt.stat().st_mode & 0o777) == 0o700
-    assert ((rt / "daemon.json").stat().st_mode & 0o777) == 0o600
+    assert_private(rt)
+    assert_private(rt / "daemon.json")
     try:
         check_dataset(settings, stream.report["paths"], 13)
         # a second stream reuses the running daemon
@@ -466,7 +467,7 @@ def test_create_stream_starts_a_daemon_when_none_runs(tmp_path, monkeypatch):
                 again.append(frame_pixels(13, i, (16, 16), np.uint16))
         assert json.loads((rt / "daemon.json").read_text())["pid"] == info["pid"]
     finally:
-        os.kill(info["pid"], signal.SIGTERM)
+        platform.request_stop(info["pid"])
         for _ in range(200):
             if not (rt / "daemon.json").exists():
                 break
@@ -474,8 +475,7 @@ def test_create_stream_starts_a_daemon_when_none_runs(tmp_path, monkeypatch):
 
 
 def test_ring_too_big_for_dev_shm_is_a_clear_error(daemon, tmp_path):
-    free = os.statvfs("/dev/shm")
-    free_bytes = free.f_bavail * free.f_frsize
+    free_bytes = platform.shm_free()
     side = 2048  # frames so large that at most 4096 slots (the most allowed) do not fit
     while side * side * 2 * 4096 <= free_bytes:
         side *= 2
@@ -483,7 +483,7 @@ def test_ring_too_big_for_dev_shm_is_a_clear_error(daemon, tmp_path):
     settings = settings_5d(tmp_path / "big.ome.zarr", ring_slots=slots, dimensions=[
         Dimension(name="t", count=2), Dimension(name="y", count=side),
         Dimension(name="x", count=side)])
-    with pytest.raises(ServiceError, match="shm_size") as err:
+    with pytest.raises(ServiceError, match=re.escape(platform.SHM_MORE)) as err:
         create_stream(settings, endpoint=daemon.endpoint, token=daemon.token)
     assert err.value.code == P.E_RESOURCES
     with pytest.raises(ServiceError, match="ring_slots=5000 is more than 4096"):
@@ -562,7 +562,7 @@ def test_killed_daemon_makes_the_next_call_raise(tmp_path):
         stream.append(frame_pixels(15, i, (32, 32), np.uint16))
     while stream.status()["frames_written"] < 5:
         time.sleep(0.01)
-    d.stop(signal.SIGKILL)
+    d.stop(SIGKILL)
     time.sleep(0.3)  # one liveness interval: the next call must notice, slots or not
     t0 = time.monotonic()
     with pytest.raises(DaemonGoneError, match=f"pid {d.pid}"):
@@ -587,7 +587,7 @@ def test_hung_daemon_makes_blocking_calls_time_out(daemon, tmp_path):
                            dimensions=[Dimension(name="t", count=20), Dimension(name="y", count=16),
                                        Dimension(name="x", count=16)])
     stream = create_stream(settings, endpoint=daemon.endpoint, token=daemon.token)
-    os.kill(daemon.pid, signal.SIGSTOP)
+    pause_process(daemon.pid)
     try:
         t0 = time.monotonic()
         with pytest.raises(DaemonGoneError, match="has not answered"):
@@ -597,7 +597,7 @@ def test_hung_daemon_makes_blocking_calls_time_out(daemon, tmp_path):
         with pytest.raises(DaemonGoneError, match="has not answered"):
             stream.close()
     finally:
-        os.kill(daemon.pid, signal.SIGCONT)
+        continue_process(daemon.pid)
 
 
 def test_an_idle_stream_is_not_taken_for_a_dead_daemon(daemon, tmp_path):
@@ -610,8 +610,8 @@ def test_an_idle_stream_is_not_taken_for_a_dead_daemon(daemon, tmp_path):
     stream.append(frame_pixels(17, 0, (16, 16), np.uint16))
     time.sleep(C.HUNG_TIMEOUT + 0.5)
     stream.append(frame_pixels(17, 1, (16, 16), np.uint16))
-    os.kill(daemon.pid, signal.SIGSTOP)
-    threading.Timer(1.0, os.kill, (daemon.pid, signal.SIGCONT)).start()
+    pause_process(daemon.pid)
+    threading.Timer(1.0, continue_process, (daemon.pid,)).start()
     report = stream.close()
     check_dataset(settings, report["paths"], 17)
 
@@ -627,7 +627,7 @@ def test_recover_after_daemon_sigkill(tmp_path, suffix):
         stream.append(frame_pixels(17, i, (32, 32), np.uint16))
     while stream.status()["frames_written"] < 9:
         time.sleep(0.01)
-    d.stop(signal.SIGKILL)
+    d.stop(SIGKILL)
     journal = Path(str(settings.root_path) + ".ows-journal")
     assert journal.is_file()
     res = subprocess.run([sys.executable, "-m", "ome_writers_service", "recover",
@@ -713,14 +713,14 @@ def test_daemon_never_binds_a_non_loopback_address_unless_told(tmp_path):
             for i in range(2):
                 stream.append(frame_pixels(71, i, (8, 8), np.uint16))
         check_dataset(settings, stream.report["paths"], 71)
-        assert (d.rt.stat().st_mode & 0o777) == 0o700
-        assert ((d.rt / "daemon.json").stat().st_mode & 0o777) == 0o600
+        assert_private(d.rt)
+        assert_private(d.rt / "daemon.json")
         assert "open refused" not in d.log_text()
     finally:
         assert d.stop() == 0
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a read-only tmpfs needs root")
+@needs_tmpfs
 def test_unwritable_target_is_refused_before_the_first_frame(daemon, tmp_path):
     ro = tmp_path / "ro"
     ro.mkdir()
@@ -754,18 +754,18 @@ def test_daemon_view_in_acquisition_order_strict_and_format_metadata(daemon, tmp
     md["A"]["ome"]["multiscales"][0]["name"] = "renamed"
     stream.update_metadata({"A": md["A"]})
     assert stream.get_metadata()["A"]["during"] == {"operator": "ada"}  # seen at once
-    os.kill(daemon.pid, signal.SIGSTOP)
+    pause_process(daemon.pid)
     try:
         for i in range(6):  # 4 fit in the ring, frames 4 and 5 are dropped
             stream.append(frame_pixels(71, i, yx, np.uint16), frame_metadata={"delta_t": i})
         assert stream.frames_dropped == 2
         # a read waits behind the frames sent before it: never zeros for a sent frame
-        resume = threading.Timer(0.5, os.kill, (daemon.pid, signal.SIGCONT))
+        resume = threading.Timer(0.5, continue_process, (daemon.pid,))
         resume.start()
         np.testing.assert_array_equal(stream.view(strict=True)[0, 1, 1],
                                       frame_pixels(71, 3, yx, np.uint16))
     finally:
-        os.kill(daemon.pid, signal.SIGCONT)
+        continue_process(daemon.pid)
     time.sleep(0.5)  # let the daemon release the slots
     for i in range(6, 8):
         stream.append(frame_pixels(71, i, yx, np.uint16), frame_metadata={"delta_t": i})

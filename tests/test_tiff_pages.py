@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from ome_writers_service import AcquisitionSettings, Dimension
+from ome_writers_service import AcquisitionSettings, Dimension, platform
 from ome_writers_service.backends.tiff_pages import PageAppender
 
 from service_util import ensure_debian_packages, frame_pixels
@@ -74,7 +74,7 @@ def test_the_file_is_a_valid_tiff_after_every_page(tmp_path, monkeypatch):
         for a, b in zip(got, frames):
             np.testing.assert_array_equal(a, b)
     # a crash between writing a page and linking it: the file still holds the earlier pages
-    monkeypatch.setattr(os, "pwrite", lambda *a: (_ for _ in ()).throw(OSError("crash")))
+    monkeypatch.setattr(platform, "pwrite", lambda *a: (_ for _ in ()).throw(OSError("crash")))
     with pytest.raises(OSError):
         appender.append(frames[0])
     appender.close()

@@ -348,8 +348,8 @@ def _check_position_names(dim_name: str, positions: Sequence[Position]) -> None:
             continue
         if all(v is None for v in key):
             raise ValueError(f"dimension {dim_name!r}: positions without row/column must have "
-                             f"unique names (no plate or grid coordinates tell them apart); "
-                             f"duplicates: {dupes}")
+                             f"unique names; duplicates: {dupes} (no plate or grid "
+                             "coordinates tell them apart)")
         plate_row, plate_column, grid_row, grid_column = key
         where = []
         if plate_row is not None:

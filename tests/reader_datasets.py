@@ -88,9 +88,11 @@ class Written:
                 for d in self.storage_dims[:-2]]
 
     def dimension_order(self) -> str:
-        """The DimensionOrder a reader must report: the fastest storage axis first."""
-        letters = self.ome_letters()[::-1]
-        return "XY" + "".join(letters) + "".join(c for c in "ZCT" if c not in letters)
+        """The DimensionOrder a reader must report: the fastest storage axis first, absent
+        axes (size 1) as in the first of OME's orders that fits (as ome-writers 0.3.2)."""
+        prefix = "XY" + "".join(self.ome_letters()[::-1])
+        return next(o for o in ("XYZCT", "XYZTC", "XYCTZ", "XYCZT", "XYTCZ", "XYTZC")
+                    if o.startswith(prefix))
 
     def plane(self, image: int, z: int, c: int, t: int) -> np.ndarray:
         where = {"Z": z, "C": c, "T": t}

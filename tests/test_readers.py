@@ -584,7 +584,7 @@ def test_ome_zarr_models_validates_every_ome_zarr_layout(zarr_sets, k):
 
 # ---- the matrix ----
 
-def test_reader_matrix(tmp_path_factory):
+def test_reader_matrix(tmp_path_factory, request):
     """The reader × layout matrix of this run: datasets each reader opened pixel-exact
     (ome-zarr-models: validated; it reads no pixels), "–" where it does not open that
     layout; written to reader-matrix.md in the session's temporary directory."""
@@ -606,4 +606,17 @@ def test_reader_matrix(tmp_path_factory):
     out = tmp_path_factory.getbasetemp() / "reader-matrix.md"
     out.write_text(text + "\n")
     print("\n" + text)
-    assert MATRIX, "no reader opened any dataset"
+    here = [i for i in request.session.items if i.module is request.module]
+    ran_all = len(here) == len([i for i in here[0].parent.collect()
+                                if i.name.startswith("test_")]) if here else False
+    if not ran_all:
+        pytest.skip("a part of the module ran: the matrix is incomplete")
+    # every reader opened every layout it supports (Bio-Formats: OME-TIFF; bioio-ome-tiff: a
+    # file holding the whole OME-XML; the Python OME-Zarr readers: every store)
+    tiff = [f"OME-TIFF: {r[0]}" for r in TIFF]
+    zarr = [f"OME-Zarr {v}: {r[0]}" for v, r in ZARR]
+    missing = [(r, layout) for r in readers for layout in
+               (tiff if r in ("Bio-Formats", "bioio-ome-tiff") else zarr)
+               if not MATRIX.get((r, layout)) and "refuses" not in UNSUPPORTED.get(
+                   (r, layout), "")]
+    assert not missing, missing

@@ -269,7 +269,7 @@ XML_BAD = "bad\x01name"
     (lambda: dict(dimensions=[PositionDimension(coords=[Position(name="f", grid_column=1)]), *YX]),
      "grid_row and grid_column must both be set"),
     (lambda: dict(dimensions=[PositionDimension(coords=["a", "b", "a"]), *YX]),
-     r"must have unique names; duplicates: \['a'\]"),
+     r"must have unique names.*duplicates: \['a'\]"),
     (lambda: dict(dimensions=[PositionDimension(coords=[
         Position(name="f0", plate_row="A", plate_column="1"),
         Position(name="f0", plate_row="A", plate_column="1")]), *YX]),

@@ -36,6 +36,7 @@ __all__ = ["ATTR_NAMESPACE", "DATASET", "TensorstoreZarrBackend", "array_driver"
 #: summary) are written in place when the disk is full by then
 GROUP_RESERVE = 4096
 
+
 def array_driver(version: str) -> str:
     """tensorstore's driver for the arrays of an OME-Zarr store of NGFF ``version``."""
     return "zarr3" if version == "0.5" else "zarr"

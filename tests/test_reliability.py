@@ -168,7 +168,7 @@ def test_soak_three_streams_flat_memory_no_leaks(daemon, tmp_path):
     half = len(rss) // 2
     assert max(rss[half:]) < max(rss[:half]) + 64 * 1024, (max(rss[:half]), max(rss[half:]))
     assert len(os.listdir(f"/proc/{daemon.pid}/fd")) <= fds_before + 2
-    assert shm_rings(daemon.pid) == rings_before  # this daemon's rings only
+    assert shm_rings(daemon.pid) == rings_before
     other.communicate("", timeout=30)
     print(f"soak: {3 * per} frames in {elapsed:.1f} s, daemon RSS first/second half max "
           f"{max(rss[:half]) // 1024}/{max(rss[half:]) // 1024} MiB")

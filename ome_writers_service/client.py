@@ -24,6 +24,7 @@ from zmq.utils.monitor import recv_monitor_message
 
 _monotonic = time.monotonic
 
+from . import platform
 from . import protocol as P
 from .connection import ConnectionInfo, runtime_dir
 from .platform import ProcessWatch, hold_lock, pid_alive, pid_namespace, spawn_detached
@@ -141,6 +142,11 @@ class ServiceStream:
             self._daemon = ProcessWatch(self._daemon_pid) if self._daemon_pid else None
         self._next_liveness = 0.0
         self.paths: list[str] = reply["paths"]
+        if reply.get("buffers_durable") is False:
+            warnings.warn(f"{settings.root_path}: the daemon's {platform.SHM_WHAT} cannot "
+                          "hold this stream's chunk buffers; they are in the daemon's memory, "
+                          "so frames waiting for their chunk would not survive a daemon crash "
+                          f"({platform.SHM_MORE})", RuntimeWarning, stacklevel=3)
         self._shape = settings.frame_shape
         self._dtype = np.dtype(settings.dtype)
         self._total = settings.num_frames

@@ -14,6 +14,7 @@ renaming over a file a reader holds open) comes from `platform`.
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from pathlib import Path
@@ -67,3 +68,28 @@ def write_atomically(target: str | os.PathLike, data: bytes, *, mode: int = 0o64
         except OSError:
             pass
         raise
+
+
+#: errors of a full disk (or quota): a new file cannot be made, an existing one rewritten
+NO_SPACE = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
+
+
+def rewrite_in_place(target: str | os.PathLike, data: bytes) -> bool:
+    """Overwrite an existing file of ours with ``data`` padded with spaces to its size (no
+    new disk space needed: for a text format with room reserved at the end, e.g. JSON). False
+    when the file is too small to hold ``data`` or cannot be opened. Not atomic: the fallback
+    when `write_atomically` finds the disk full."""
+    try:
+        fd = os.open(target, os.O_WRONLY | platform.O_NOFOLLOW | platform.O_BINARY)
+    except OSError:
+        return False
+    try:
+        size = os.fstat(fd).st_size
+        if len(data) > size:
+            return False
+        view = memoryview(data + b" " * (size - len(data)))
+        while view:
+            view = view[os.write(fd, view):]
+        return True
+    finally:
+        os.close(fd)

@@ -20,12 +20,13 @@ import pytest
 from ome_writers_service import AcquisitionSettings, Dimension
 from ome_writers_service.metadata import read_frame_metadata
 
-from service_util import (ensure_debian_packages, frames_written_in_metadata, read_image,
-                          remove_daemon_shm, run_checker, start_daemon, wait_finalized)
+from service_util import (IS_ROOT, WINDOWS, ensure_debian_packages, frames_written_in_metadata,
+                          read_image, remove_daemon_shm, run_checker, start_daemon,
+                          wait_finalized)
 
 CLIENT = Path(__file__).resolve().parents[1] / "client" / "c"
 HEADERS = [Path("/usr/include/zmq.h"), Path("/usr/include/cjson/cJSON.h")]
-AS_ROOT = os.geteuid() == 0 and shutil.which("unshare") is not None
+AS_ROOT = IS_ROOT and shutil.which("unshare") is not None
 needs_unshare = pytest.mark.skipif(not AS_ROOT, reason="needs root and unshare (namespaces)")
 
 
@@ -37,6 +38,9 @@ def ensure_build_deps() -> None:
 
 @pytest.fixture(scope="module")
 def build(tmp_path_factory) -> Path:
+    if WINDOWS:
+        pytest.skip("the C library's Windows tests run from .ci/windows-c (built with MinGW-w64 "
+                    "on the Linux host)")
     ensure_build_deps()
     out = tmp_path_factory.mktemp("cbuild")
     res = subprocess.run(["make", "-C", str(CLIENT), f"B={out}", "all"], capture_output=True,
@@ -276,6 +280,7 @@ print("inline", rc, lib.ows_close(s, report, 16384), report.value.decode(), flus
     assert lines[2].startswith("inline 0 0 {"), res.stdout
 
 
+@pytest.mark.skipif(WINDOWS, reason="cross-compiles on the Linux host (make, MinGW-w64)")
 def test_c_library_compiles_for_windows(tmp_path):
     """ows_client.c builds for Windows (MinGW-w64), where only the inline transport exists."""
     if not shutil.which("x86_64-w64-mingw32-gcc"):

@@ -21,7 +21,7 @@ from ome_writers_service import AcquisitionSettings, Dimension, PositionDimensio
 from ome_writers_service.chunk_buffers import estimate
 from ome_writers_service.client import ServiceError
 
-from service_util import frame_pixels, read_image, start_daemon
+from service_util import IS_ROOT, frame_pixels, read_image, start_daemon
 
 YX = [Dimension(name="y", count=16), Dimension(name="x", count=16)]
 
@@ -120,8 +120,8 @@ def test_the_daemon_refuses_streams_over_its_memory_budget(tmp_path):
         assert d.stop() == 0, d.log_text()
 
 
-@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("unshare"),
-                    reason="needs root and unshare to give the daemon a small /dev/shm")
+@pytest.mark.skipif(not IS_ROOT or not shutil.which("unshare"),
+                    reason="needs root and unshare to give the daemon a small /dev/shm (Linux)")
 def test_chunk_buffers_that_shared_memory_cannot_hold_are_said_to_be_volatile(tmp_path):
     """A daemon whose /dev/shm is 16 MiB (docker's default is 64): an inline OME-Zarr stream
     whose chunk buffers need more still writes every frame, but its buffers are the daemon's

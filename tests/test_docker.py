@@ -25,7 +25,10 @@ import yaml
 from ome_writers_service import AcquisitionSettings, Dimension, create_stream
 from ome_writers_service.client import ServiceError
 
-from service_util import frame_pixels, read_image, run_checker
+from service_util import IS_ROOT, WINDOWS, frame_pixels, read_image, run_checker
+
+pytestmark = pytest.mark.skipif(WINDOWS, reason="the Linux container image (docker, compose, "
+                                "hadolint, a Linux /dev/shm): not a Windows deployment")
 
 DOCKER = Path(__file__).resolve().parents[1] / "docker"
 REPO = DOCKER.parent
@@ -192,7 +195,7 @@ def test_compose_acquisition_command_streams_to_the_image_daemon(tmp_path):
         assert "demo: all datasets written and valid" in res.stdout, res.stdout
 
 
-@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("unshare"),
+@pytest.mark.skipif(not IS_ROOT or not shutil.which("unshare"),
                     reason="needs root and unshare to give the daemon a small /dev/shm")
 def test_small_dev_shm_is_reported_naming_shm_size(tmp_path):
     """At start-up (a warning) and when a stream's ring does not fit (error `resources`)."""

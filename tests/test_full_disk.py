@@ -6,7 +6,6 @@ is not there."""
 
 from __future__ import annotations
 
-import os
 import random
 import re
 import subprocess
@@ -17,14 +16,13 @@ import pytest
 from ome_writers_service import AcquisitionSettings, Dimension, create_stream
 from ome_writers_service.client import ServiceError
 
-from service_util import (frame_pixels, frames_written_in_metadata, plane_metadata, read_image,
-                          start_daemon)
+from service_util import (frame_pixels, frames_written_in_metadata, needs_tmpfs, plane_metadata,
+                          read_image, start_daemon)
 
-needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root")
 FRAMES = 400  # more than any of the disks holds
 
 
-@needs_root
+@needs_tmpfs
 def test_a_full_disk_at_20_points_leaves_metadata_that_counts_exactly_the_frames_on_disk(
         tmp_path):
     rng = random.Random("full-disk")

@@ -4,7 +4,6 @@ and a bounded soak of three concurrent streams."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import threading
@@ -19,7 +18,9 @@ from hypothesis import HealthCheck, given, settings as hsettings, strategies as 
 from ome_writers_service import AcquisitionSettings, Dimension, create_stream
 from ome_writers_service import protocol as P
 
-from service_util import expected_images, frame_pixels, read_image, shm_rings, start_daemon
+from ome_writers_service import platform
+from service_util import (expected_images, frame_pixels, open_handles, read_image, rss_mib,
+                          shm_rings, start_daemon)
 
 TYPES = ["open", "frame", "skip", "metadata", "status", "close", "ping", "heartbeat",
          "opened", "release", "bogus", ""]
@@ -111,15 +112,8 @@ def test_protocol_fuzz_while_a_stream_is_written(daemon, tmp_path):
                                   expected_images(settings, 30, frames=sent["frames"])[0])
 
 
-def _rss_kb(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
-
-
 def test_soak_three_streams_flat_memory_no_leaks(daemon, tmp_path):
-    fds_before = len(os.listdir(f"/proc/{daemon.pid}/fd"))
+    fds_before = open_handles(daemon.pid)
     rings_before = shm_rings(daemon.pid)
     total, per = 200_000, 200_000 // 3
     specs = [(".ome.zarr", 64), (".ome.tiff", 1), (".ome.zarr", 1)]
@@ -128,7 +122,7 @@ def test_soak_three_streams_flat_memory_no_leaks(daemon, tmp_path):
 
     def sample():
         while not stop.is_set():
-            rss.append(_rss_kb(daemon.pid))
+            rss.append(int(rss_mib(daemon.pid) * 1024))
             time.sleep(0.1)
 
     def produce(i, suffix, chunk):
@@ -156,7 +150,7 @@ def test_soak_three_streams_flat_memory_no_leaks(daemon, tmp_path):
                               "print(r.name, flush=True)\nsys.stdin.read()\nr.close()"],
                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     foreign = other.stdout.readline().strip()
-    assert Path("/dev/shm", foreign).exists()
+    assert (platform.SHM_DIR / foreign).exists()
     for t in threads:
         t.join()
     stop.set()
@@ -167,7 +161,7 @@ def test_soak_three_streams_flat_memory_no_leaks(daemon, tmp_path):
     # flat memory: the second half of the run holds no more than the first half plus slack
     half = len(rss) // 2
     assert max(rss[half:]) < max(rss[:half]) + 64 * 1024, (max(rss[:half]), max(rss[half:]))
-    assert len(os.listdir(f"/proc/{daemon.pid}/fd")) <= fds_before + 2
+    assert open_handles(daemon.pid) <= fds_before + 2
     assert shm_rings(daemon.pid) == rings_before
     other.communicate("", timeout=30)
     print(f"soak: {3 * per} frames in {elapsed:.1f} s, daemon RSS first/second half max "

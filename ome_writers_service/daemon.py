@@ -492,6 +492,7 @@ class Daemon:
                      len(removed), removed)
         # peers prove they hold the token in the ZMTP handshake (PLAIN): without it nothing
         # they send reaches the daemon (no routing-id games, no giant messages)
+        platform.selector_event_loops()  # the authenticator's zmq asyncio (Windows: not proactor)
         auth = ThreadAuthenticator(self.ctx, log=logging.getLogger("ome_writers_service.auth"))
         auth.start()
         auth.configure_plain(domain="*", passwords={P.PLAIN_USERNAME.decode(): self.token})

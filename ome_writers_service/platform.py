@@ -492,6 +492,15 @@ def default_endpoint(rt: Path) -> str:
     return "tcp://127.0.0.1:*"
 
 
+def selector_event_loops() -> None:
+    """asyncio loops that ZeroMQ can poll: Windows' default proactor loop has no add_reader
+    (pyzmq would start a selector thread of its own and warn); POSIX's already can."""
+    if WINDOWS:
+        import asyncio
+
+        asyncio.set_event_loop_policy(asyncio.WindowsSelectorEventLoopPolicy())
+
+
 def make_socket_private(path: Path) -> None:
     if not WINDOWS:
         os.chmod(path, 0o600)

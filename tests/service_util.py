@@ -189,6 +189,8 @@ class DaemonProcess:
 
 
 def start_daemon(rt: Path, *extra: str) -> DaemonProcess:
+    if WINDOWS and rt.is_dir() and not any(rt.iterdir()):
+        rt.rmdir()  # pytest's mktemp: a DACL inherited from the temp dir, refused; made anew
     runtime_dir(rt)  # a runtime dir must be private (created so on Windows too)
     log = rt / "test-daemon.log"
     proc = subprocess.Popen(

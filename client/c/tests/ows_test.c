@@ -18,6 +18,9 @@
 #include <time.h>
 
 #include "../ows_client.h"
+#if defined(_WIN32)
+#include <windows.h> /* TerminateProcess: Windows has no SIGKILL */
+#endif
 
 static char *slurp(const char *path) {
     FILE *f = fopen(path, "rb");
@@ -96,7 +99,11 @@ int main(int argc, char **argv) {
             return 1;
         }
     }
+#if defined(_WIN32)
+    if (kill_after) TerminateProcess(GetCurrentProcess(), 9); /* as SIGKILL: nothing flushed */
+#else
     if (kill_after) raise(SIGKILL);
+#endif
     char status[4096];
     if (ows_status(s, status, sizeof status) != OWS_OK || !strstr(status, "\"frames_received\"")) {
         fprintf(stderr, "status: %s %s\n", ows_last_error(s), status);

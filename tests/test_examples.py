@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from ome_writers_service import platform
+from ome_writers_service.connection import runtime_dir
 from ome_writers_service.validate import validate_all
 
 EXAMPLES = sorted((Path(__file__).resolve().parents[1] / "examples").glob("*.py"))
@@ -18,7 +19,7 @@ EXAMPLES = sorted((Path(__file__).resolve().parents[1] / "examples").glob("*.py"
 
 @pytest.fixture(scope="module")
 def runtime(tmp_path_factory):
-    rt = tmp_path_factory.mktemp("rt")
+    rt = runtime_dir(tmp_path_factory.getbasetemp() / "examples-rt")  # private (Windows too)
     yield rt
     info = rt / "daemon.json"
     if info.exists():

@@ -365,12 +365,14 @@ static int read_connection_file(char *endpoint, size_t elen, char *token, size_t
     char dir[512], path[600];
     const char *rt = nonempty(getenv("OME_WRITERS_SERVICE_RUNTIME_DIR"));
 #if defined(_WIN32)
-    if (!rt) {
-        snprintf(err, errlen, "no endpoint/token given and OME_WRITERS_SERVICE_RUNTIME_DIR is "
-                 "not set: pass the endpoint and token of the daemon's daemon.json");
+    const char *local = nonempty(getenv("LOCALAPPDATA")); /* the daemon's default there */
+    if (!rt && !local) {
+        snprintf(err, errlen, "no endpoint/token given and neither OME_WRITERS_SERVICE_RUNTIME_DIR"
+                 " nor LOCALAPPDATA is set: pass the endpoint and token of the daemon's daemon.json");
         return -1;
     }
-    snprintf(dir, sizeof dir, "%s", rt);
+    if (rt) snprintf(dir, sizeof dir, "%s", rt);
+    else snprintf(dir, sizeof dir, "%s\\ome-writers-service", local);
 #else
     const char *xdg = nonempty(getenv("XDG_RUNTIME_DIR"));
     if (rt) snprintf(dir, sizeof dir, "%s", rt);

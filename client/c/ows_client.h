@@ -107,7 +107,8 @@ typedef struct ows_stream ows_stream;
 
 /* Open a stream. endpoint/token NULL or "": read the local daemon's connection file
  * ($OME_WRITERS_SERVICE_RUNTIME_DIR, else $XDG_RUNTIME_DIR/ome-writers-service-UID, else
- * /tmp/ome-writers-service-UID, file daemon.json). settings_json: AcquisitionSettings as
+ * /tmp/ome-writers-service-UID; on Windows %LOCALAPPDATA%\ome-writers-service; file
+ * daemon.json). settings_json: AcquisitionSettings as
  * JSON (PROTOCOL.md §4). On failure returns NULL and writes the reason to err (err may be
  * NULL). Blocks until the daemon has created the dataset. */
 OWS_API ows_stream *OWS_CALL ows_open(const char *endpoint, const char *token,

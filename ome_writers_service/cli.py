@@ -71,10 +71,10 @@ def _stop_daemon(pid: int, timeout: float = 15.0) -> None:
 def cmd_demo(args: argparse.Namespace) -> int:
     """Start a daemon, stream into both formats at once from this process, validate."""
     import shutil
-    import tempfile
 
     from .client import local_daemon
     from .api import create_stream
+    from .platform import make_private_temp_dir
     from .validate import validate_all
 
     problem = _demo_problem(args)
@@ -108,7 +108,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             return 2
         print(f"using the running daemon (pid {info.pid}) at {info.endpoint}")
     else:
-        rt_dir = tempfile.mkdtemp(prefix="ows-demo-")
+        rt_dir = make_private_temp_dir("ows-demo-")
         try:
             info = local_daemon(rt_dir, idle_exit=60)
         except Exception:

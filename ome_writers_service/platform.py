@@ -245,6 +245,20 @@ def _check_private_dacl(p: Path, fix: str) -> None:
                               f'"{p}" /inheritance:r /grant:r "%USERNAME%":F) or use another one')
 
 
+def make_private_temp_dir(prefix: str) -> str:
+    """A new directory of unpredictable name in the temp dir that only this user can enter,
+    as ``tempfile.mkdtemp`` (0700); on Windows with a DACL of its own, not the temp dir's."""
+    if not WINDOWS:
+        return tempfile.mkdtemp(prefix=prefix)
+    while True:
+        path = os.path.join(tempfile.gettempdir(), prefix + secrets.token_hex(6))
+        try:
+            _win32.make_private_dir(path)
+            return path
+        except FileExistsError:
+            continue
+
+
 def create_private_file(dir: str | os.PathLike, prefix: str = "",  # noqa: A002 - mkstemp's
                         suffix: str = "") -> tuple[int, str]:
     """A new file of unpredictable name in ``dir`` that only this user may read, as

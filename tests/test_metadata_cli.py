@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -160,7 +161,7 @@ def test_validate_info_and_recover_commands(tmp_path):
     res = cli("validate", good.root_path, tiff.root_path)
     assert res.returncode == 0 and res.stdout.count("FAIL") == 0, res.stdout
     broken = tmp_path / "broken.ome.zarr"
-    subprocess.run(["cp", "-r", good.root_path, str(broken)], check=True)
+    shutil.copytree(good.root_path, broken)
     meta = json.loads((broken / "zarr.json").read_text())
     meta["attributes"]["ome"]["multiscales"][0]["axes"][-1]["type"] = "time"  # time after space
     (broken / "zarr.json").write_text(json.dumps(meta))

@@ -106,11 +106,12 @@ class StreamWorker(threading.Thread):
     """
 
     def __init__(self, sid: int, peer: bytes, settings: AcquisitionSettings, transport: str,
-                 slots: int, ctx: zmq.Context) -> None:
+                 slots: int, ctx: zmq.Context, s3_endpoint: str | None = None) -> None:
         super().__init__(name=f"ows-stream-{sid}", daemon=True)
         self.sid = sid
         self.peer = peer
         self.settings = settings
+        self.s3_endpoint = s3_endpoint  #: the client's, for an s3:// root_path
         self.inline = transport == "inline"
         self.ring: FrameRing | None = None  # created on the worker thread
         self.slots = slots
@@ -200,7 +201,8 @@ class StreamWorker(threading.Thread):
             if not self.inline:
                 self.ring = FrameRing.create(self.settings.frame_nbytes, self.slots)
                 self._views = self.ring.slots(self._shape, self._dtype)
-            self.stream = OMEStream(self.settings, lend_limit=self.slots)
+            self.stream = OMEStream(self.settings, lend_limit=self.slots,
+                                    s3_endpoint=self.s3_endpoint)
         except Exception as e:  # noqa: BLE001 - reported to the client
             log.warning("stream %d: cannot open %s: %s", self.sid, self.settings.root_path, e)
             self._remove_ring()
@@ -367,17 +369,30 @@ class Daemon:
     """Serves any number of streams on one endpoint until stopped."""
 
     def __init__(self, endpoint: str | None = None, *, rt_dir: str | os.PathLike | None = None,
-                 idle_exit: float | None = None, allow_remote: bool = False) -> None:
+                 idle_exit: float | None = None, allow_remote: bool = False,
+                 curve: bool = False) -> None:
         self.rt = runtime_dir(rt_dir)
         self.endpoint = endpoint or default_endpoint(self.rt)
         _check_endpoint(self.endpoint, allow_remote)
         self.token = secrets.token_hex(16)
+        #: a non-loopback endpoint is always encrypted (CURVE); ``curve`` forces it on loopback
+        self.curve = self._curve_keys() if curve or not P.is_loopback(self.endpoint) else None
         self.idle_exit = idle_exit
         self.ctx = zmq.Context()
         self.streams: dict[int, StreamWorker] = {}
         self._next_sid = 1
         self._stop = threading.Event()
         self._last_active = time.monotonic()
+
+    @staticmethod
+    def _curve_keys() -> dict[str, str]:
+        if not zmq.has("curve"):
+            raise ValueError("this libzmq has no CURVE support: a daemon reachable from other "
+                             "machines must encrypt its connections")
+        server_public, server_secret = zmq.curve_keypair()
+        client_public, client_secret = zmq.curve_keypair()
+        return {"server_public": server_public.decode(), "server_secret": server_secret.decode(),
+                "client_public": client_public.decode(), "client_secret": client_secret.decode()}
 
     # ---- lifecycle ----
 
@@ -395,9 +410,16 @@ class Daemon:
         # they send reaches the daemon (no routing-id games, no giant messages)
         auth = ThreadAuthenticator(self.ctx, log=logging.getLogger("ome_writers_service.auth"))
         auth.start()
-        auth.configure_plain(domain="*", passwords={P.PLAIN_USERNAME.decode(): self.token})
         router = self.ctx.socket(zmq.ROUTER)
-        router.plain_server = True
+        if self.curve is None:
+            auth.configure_plain(domain="*", passwords={P.PLAIN_USERNAME.decode(): self.token})
+            router.plain_server = True
+        else:  # encrypted: only the client key pair of the connection file gets in
+            allowed = self.curve["client_public"].encode()
+            auth.configure_curve_callback(domain="*", credentials_provider=_OneClientKey(allowed))
+            router.curve_secretkey = self.curve["server_secret"].encode()
+            router.curve_publickey = self.curve["server_public"].encode()
+            router.curve_server = True
         router.setsockopt(zmq.ROUTER_MANDATORY, 0)
         router.setsockopt(zmq.LINGER, 2000)
         # never drop a reply: a lost `release` would cost the client its slots for good
@@ -410,7 +432,8 @@ class Daemon:
         outbox = self.ctx.socket(zmq.PULL)
         outbox.bind(OUTBOX)
         info = ConnectionInfo(self.endpoint, self.token, os.getpid(), __version__,
-                              pid_namespace())
+                              pid_namespace(), curve=None if self.curve is None else {
+                                  k: v for k, v in self.curve.items() if k != "server_secret"})
         conn_file = info.write(self.rt)
         log.info("ome-writers-service %s listening on %s (connection file %s)",
                  __version__, self.endpoint, conn_file)
@@ -629,7 +652,12 @@ class Daemon:
             slots = ring_slots_for(settings, inline=transport == "inline")
         except ValueError as e:
             raise P.ProtocolError(P.E_RESOURCES, str(e)) from None
-        worker = StreamWorker(self._next_sid, peer, settings, transport, slots, self.ctx)
+        s3_endpoint = h.get("s3_endpoint")
+        if s3_endpoint is not None and not (isinstance(s3_endpoint, str) and
+                                            s3_endpoint.startswith(("http://", "https://"))):
+            raise P.ProtocolError(P.E_MALFORMED, "open: s3_endpoint must be an http(s):// URL")
+        worker = StreamWorker(self._next_sid, peer, settings, transport, slots, self.ctx,
+                              s3_endpoint)
         pid, pidns = h.get("pid"), h.get("pidns")
         if isinstance(pid, int) and not isinstance(pid, bool) and pidns == PID_NAMESPACE \
                 and PID_NAMESPACE:
@@ -727,6 +755,17 @@ def check_shm_size() -> int:
     return free
 
 
+class _OneClientKey:
+    """ZAP credentials check of a CURVE daemon: the client's public key must be the one its
+    connection file hands out."""
+
+    def __init__(self, allowed: bytes) -> None:
+        self.allowed = allowed  # Z85, as the authenticator passes the client's key
+
+    def callback(self, domain: str, key: bytes) -> bool:
+        return secrets.compare_digest(key, self.allowed)
+
+
 def _check_endpoint(endpoint: str, allow_remote: bool) -> None:
     if endpoint.startswith("ipc://"):
         return
@@ -750,9 +789,10 @@ def _bind(sock: zmq.Socket, endpoint: str) -> None:
 
 
 def run(endpoint: str | None = None, *, rt_dir: str | None = None, idle_exit: float | None = None,
-        allow_remote: bool = False) -> None:
+        allow_remote: bool = False, curve: bool = False) -> None:
     """Run a daemon in this process until SIGTERM/SIGINT (finalizing every open stream)."""
-    daemon = Daemon(endpoint, rt_dir=rt_dir, idle_exit=idle_exit, allow_remote=allow_remote)
+    daemon = Daemon(endpoint, rt_dir=rt_dir, idle_exit=idle_exit, allow_remote=allow_remote,
+                    curve=curve)
     signal.signal(signal.SIGTERM, daemon.stop)
     signal.signal(signal.SIGINT, daemon.stop)
     daemon.serve()

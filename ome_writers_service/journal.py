@@ -5,6 +5,10 @@ sequence (skipped or dropped frames, one JSON line each). Nothing is written per
 and chunks on disk already say which frames arrived, in order. The journal is removed when the
 stream is finalized, so one that remains marks a dataset whose writer died;
 ``ome-writers-service recover`` reads it to finalize the dataset.
+
+The journal of a dataset in object storage (``s3://bucket/key``) stays on the writing
+machine's disk, under `journal_dir` (``s3/<bucket>/<key>.ows-journal``): it is appended to
+line by line, which an object store cannot do.
 """
 
 from __future__ import annotations
@@ -15,13 +19,35 @@ import time
 from pathlib import Path
 
 from .schema import AcquisitionSettings
+from .storage import S3Location, url_scheme
 
 SUFFIX = ".ows-journal"
 VERSION = 1
+ENV_JOURNAL_DIR = "OME_WRITERS_SERVICE_JOURNAL_DIR"
+
+
+def journal_dir() -> Path:
+    """Where the journals of datasets in object storage are kept on this machine:
+    ``$OME_WRITERS_SERVICE_JOURNAL_DIR``, else ``$XDG_STATE_HOME/ome-writers-service/
+    journals`` (``~/.local/state/...``)."""
+    given = os.environ.get(ENV_JOURNAL_DIR)
+    if given:
+        return Path(given)
+    state = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"),
+                                                             ".local", "state")
+    return Path(state) / "ome-writers-service" / "journals"
+
+
+def journal_path_of(output_path: str) -> Path:
+    """The journal of the dataset at ``output_path`` (a path or an s3:// URL)."""
+    if url_scheme(output_path) == "s3":
+        loc = S3Location.parse(output_path)
+        return journal_dir() / "s3" / loc.bucket / (loc.key + SUFFIX)
+    return Path(output_path + SUFFIX)
 
 
 def journal_path(settings: AcquisitionSettings) -> Path:
-    return Path(settings.output_path + SUFFIX)
+    return journal_path_of(settings.output_path)
 
 
 class Journal:
@@ -29,6 +55,8 @@ class Journal:
 
     def __init__(self, settings: AcquisitionSettings) -> None:
         self.path = journal_path(settings)
+        if url_scheme(settings.output_path) is not None:
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         # never through a symlink: the journal must not overwrite what it points to
         fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
         self._f = os.fdopen(fd, "w", encoding="utf-8")

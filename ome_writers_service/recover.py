@@ -7,7 +7,6 @@ steps the frames reached — and records ``complete: false, recovered: true``.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +14,11 @@ import numpy as np
 import tifffile
 
 from .backends.ome_xml import ImageRecord, build_ome
+from .backends.pyramid import level_shapes
 from .backends.tiff_tifffile import CLASSIC_TIFF_LIMIT, SUMMARY_NS, TiffLayout, write_companion
 from .backends.zarr_tensorstore import ATTR_NAMESPACE, DATASET, TensorstoreZarrBackend
-from .journal import SUFFIX, read_journal
+from .journal import SUFFIX, journal_path_of, read_journal
+from .storage import url_scheme
 from .router import FrameRouter
 from .schema import AcquisitionSettings, ome_stem
 
@@ -26,6 +27,8 @@ def recover(path: str) -> dict[str, Any]:
     """Recover the dataset at ``path`` (its root path or its journal); returns a summary."""
     if path.endswith(SUFFIX):
         tried = [path]
+    elif url_scheme(path) is not None:  # its journal is on this machine's disk
+        tried = [str(journal_path_of(path.rstrip("/")))]
     else:  # the output path, or the root_path it came from (a multi-file OME-TIFF's
         # directory is the stem; a root_path without suffix got the format's)
         stem = ome_stem(path.rstrip("/"))
@@ -111,10 +114,16 @@ def _recover_tiff(settings: AcquisitionSettings, skipped: set[int]) -> dict[str,
             missing = list(np.ndindex(*shape))
             new = True
             bigtiff = len(missing) * settings.frame_nbytes > CLASSIC_TIFF_LIMIT
+        lower = [np.zeros(shape, settings.dtype) for shape in
+                 level_shapes(settings.frame_shape, settings.format.levels)[1:]]
         with tifffile.TiffWriter(path, append=not new, bigtiff=bigtiff) as tw:
             for k, idx in enumerate(missing):  # zero pages for the missing planes
                 tw.write(zero, photometric="minisblack", contiguous=False, metadata=None,
-                         software=False, description="recovering" if new and k == 0 else None)
+                         software=False, description="recovering" if new and k == 0 else None,
+                         subifds=len(lower) or None)
+                for level in lower:  # and their lower resolutions
+                    tw.write(level, photometric="minisblack", contiguous=False, metadata=None,
+                             software=False, subfiletype=1)
         pages[pos].extend(missing)
     # every position's file has pages now: one document describes them all
     records = [ImageRecord(pos, settings.positions[pos], shape, pages[pos])
@@ -172,8 +181,10 @@ def _outer_shape(settings: AcquisitionSettings, first: int | None, extent: int) 
 
 
 def _recover_zarr(settings: AcquisitionSettings) -> dict[str, Any]:
-    """Cut each array's slowest acquisition axis to the last chunk (or shard) on disk."""
+    """Cut each array's slowest acquisition axis to the last chunk (or shard) stored, on disk
+    or in the bucket (the store's objects are listed: S3 keeps no partial object)."""
     backend = TensorstoreZarrBackend(settings)  # for its layout and metadata, not to write
+    store = backend.store
     first = _storage_axis_of_first(settings)
     storage = settings.storage_dimensions
     extent = None
@@ -181,23 +192,85 @@ def _recover_zarr(settings: AcquisitionSettings) -> dict[str, Any]:
         d = storage[first]
         per_key = (d.chunk_size or 1) * (d.shard_size_chunks or 1)
         extent = 0
-        for img in backend.paths:
-            chunks = Path(img) / DATASET / "c"
-            for key in chunks.rglob("*"):
-                if key.is_file():  # default encoding: c/<i0>/<i1>/...
-                    idx = [int(v) for v in key.relative_to(chunks).parts]
-                    extent = max(extent, (idx[first] + 1) * per_key)
+        for img in backend.image_groups:
+            for idx in _chunk_indices(store, _join(img, DATASET)):  # c/<i0>/<i1>/...
+                extent = max(extent, (idx[first] + 1) * per_key)
         if d.count is not None:
             extent = min(extent, d.count)
-    for img in backend.paths:
-        meta_path = Path(img) / DATASET / "zarr.json"
-        meta = json.loads(meta_path.read_text())
-        if extent is not None:
-            meta["shape"][first] = extent
-        meta_path.write_text(json.dumps(meta, indent=2))
-        group = Path(img) / "zarr.json"
-        doc = json.loads(group.read_text())
+    for img in backend.image_groups:
+        for level in range(backend.levels):
+            key = _join(img, str(level), "zarr.json")
+            meta = store.read_json(key)
+            if extent is not None:
+                meta["shape"][first] = extent
+            store.write_json(key, meta)
+        if backend.levels > 1:
+            _complete_lower_levels(backend, img)
+        key = _join(img, "zarr.json")
+        doc = store.read_json(key)
         doc["attributes"].setdefault(ATTR_NAMESPACE, {})["acquisition"] = {
             "frames_expected": settings.num_frames, "complete": False, "recovered": True}
-        group.write_text(json.dumps(doc, indent=2))
+        store.write_json(key, doc)
     return {"format": "ome-zarr", "paths": backend.paths, "extent": extent}
+
+
+def _join(*parts: str) -> str:
+    return "/".join(p for p in parts if p)
+
+
+def _chunk_indices(store, array: str) -> list[list[int]]:
+    """Grid index of every chunk (or shard) object of an array (default key encoding)."""
+    prefix = _join(array, "c") + "/"
+    return [[int(v) for v in key[len(prefix):].split("/")] for key in store.keys(prefix)]
+
+
+def _complete_lower_levels(backend: TensorstoreZarrBackend, image: str) -> None:
+    """The writer computes lower levels beside level 0 and may die between the two: every
+    write unit whose level-0 chunks are stored but whose lower-level chunks are not all
+    there is computed again from level 0 (reading level 0 back: here, unlike in the writer,
+    that is the only source left)."""
+    import tensorstore as ts
+
+    from .backends import pyramid
+
+    store, unit = backend.store, backend._unit
+    n_outer = len(unit)
+    specs = [backend._array_spec(image, k) for k in range(backend.levels)]
+
+    def grid(level: int) -> list[int]:
+        return specs[level]["metadata"]["chunk_grid"]["configuration"]["chunk_shape"]
+
+    def unit_files(level: int) -> dict[tuple[int, ...], int]:
+        """Outer write-unit key -> chunk (or shard) objects stored at a level."""
+        found: dict[tuple[int, ...], int] = {}
+        for idx in _chunk_indices(store, _join(image, str(level))):
+            key = tuple(i * g // u for i, g, u in zip(idx[:n_outer], grid(level), unit))
+            found[key] = found.get(key, 0) + 1
+        return found
+
+    def files_per_unit(level: int) -> int:
+        g = grid(level)
+        per = 1
+        for u, c in zip(unit, g[:n_outer]):
+            per *= max(1, u // c)
+        y, x = backend.level_shapes[level]
+        return per * -(-y // g[-2]) * -(-x // g[-1])
+
+    ctx = ts.Context(store.context())
+    arrays = [ts.open({"driver": "zarr3", "kvstore": spec["kvstore"]}, context=ctx).result()
+              for spec in specs]
+    incomplete: set[tuple[int, ...]] = set()
+    have0 = unit_files(0)
+    for k in range(1, backend.levels):
+        want, have = files_per_unit(k), unit_files(k)
+        incomplete.update(u for u in have0 if have.get(u, 0) < want)
+    for key in sorted(incomplete):
+        region = tuple(slice(i * u, min((i + 1) * u, n))
+                       for i, u, n in zip(key, unit, arrays[0].shape[:n_outer]))
+        src = arrays[0][region].read().result()
+        outs = [np.empty((*src.shape[:n_outer], *shape), src.dtype)
+                for shape in backend.level_shapes[1:]]
+        for plane in np.ndindex(*src.shape[:n_outer]):
+            pyramid.cascade(src[plane], [o[plane] for o in outs], backend.downsampling)
+        for arr, out in zip(arrays[1:], outs):
+            arr[region].write(out).result()

@@ -37,11 +37,13 @@ from pydantic import (
 )
 from pydantic_extra_types.color import Color
 
+from .storage import check_root_path_scheme, url_scheme
 from .units import accepted_units, ngff_unit, unit_kind
 
 DimensionType = Literal["space", "time", "channel", "position", "other"]
 Compression = Literal["blosc-zstd", "blosc-lz4", "zstd", "lzw", "none"]
 BackpressurePolicy = Literal["block", "drop", "raise"]
+Downsampling = Literal["mean", "stride", "min", "max"]
 
 #: dtypes both formats store natively.
 SUPPORTED_DTYPES = (
@@ -540,6 +542,12 @@ class OmeZarrFormat(_Model):
     name: Literal["ome-zarr"] = "ome-zarr"
     backend: Literal["auto", "tensorstore", "acquire-zarr", "zarr-python", "zarrs-python"] = "auto"
     suffix: str = ".ome.zarr"
+    # --- additions of the service ---
+    levels: PositiveInt = 1
+    """Resolution levels ("0", "1", ... in each image's multiscales): each halves the one above
+    in y and x, computed by the daemon as frames arrive."""
+    downsampling: Downsampling = "mean"
+    """How a level's pixel combines the 2x2 pixels above it (see `backends.pyramid`)."""
 
     def output_path(self, root_path: str, n_positions: int) -> str:
         """The store: ``root_path``'s stem with this format's suffix (as ome-writers 0.3.2)."""
@@ -563,6 +571,12 @@ class OmeTiffFormat(_Model):
     prefer_single_file: Literal["auto", "always", "never"] = "auto"
     multi_file_metadata: Literal["redundant", "master-tiff", "companion-file"] = "redundant"
     companion_file: str = "companion.ome"
+    # --- additions of the service ---
+    levels: PositiveInt = 1
+    """Resolution levels: every plane's page gets ``levels - 1`` SubIFDs, each halving the one
+    above in y and x (Bio-Formats reads them as resolutions, tifffile as ``series.levels``)."""
+    downsampling: Downsampling = "mean"
+    """How a level's pixel combines the 2x2 pixels above it (see `backends.pyramid`)."""
 
     @field_validator("prefer_single_file", mode="before")
     @classmethod
@@ -686,6 +700,8 @@ class AcquisitionSettings(_Model):
             v = os.fspath(v)
         if isinstance(v, bytes):
             v = os.fsdecode(v)
+        if isinstance(v, str):
+            check_root_path_scheme(v)
         return v
 
     @field_validator("format", mode="before")
@@ -793,6 +809,12 @@ class AcquisitionSettings(_Model):
             raise ValueError(f"format {self.format.name!r} contradicts root_path "
                              f"{self.root_path!r}, whose suffix {found[1]!r} says {found[0]}: "
                              "change one of them")
+        if url_scheme(self.root_path) is not None and not isinstance(self.format,
+                                                                     OmeZarrFormat):
+            raise ValueError(
+                f"root_path {self.root_path!r}: only OME-Zarr can be written to object storage "
+                f"(format {self.format.name!r} writes files in place, which S3 cannot update); "
+                "end root_path in .ome.zarr, or write to a local or mounted path")
         if self.root_path and not scratch and \
                 not os.path.basename(ome_stem(self.root_path.rstrip("/\\"))):
             raise ValueError(f"root_path {self.root_path!r} has no name before its suffix: "
@@ -807,6 +829,8 @@ class AcquisitionSettings(_Model):
             _check_zarr(self)
         elif isinstance(self.format, OmeTiffFormat):
             _check_tiff(self)
+        if isinstance(self.format, (OmeZarrFormat, OmeTiffFormat)):
+            _check_levels(self.format.levels, self.frame_shape)
         if self.plate is not None:
             _check_plate(self.plate, self.position_dimension)
         return self
@@ -956,10 +980,11 @@ class AcquisitionSettings(_Model):
         directory of a multi-file OME-TIFF (see `OmeTiffFormat`)."""
         if isinstance(self.format, ScratchFormat) and not self.root_path:
             return ""  # in memory
-        root = os.path.expanduser(self.root_path)
+        url = url_scheme(self.root_path) is not None
+        root = self.root_path if url else os.path.expanduser(self.root_path)
         if self.format != "auto" and self.dimensions:
             root = self.format.output_path(root, len(self.positions))
-        return os.path.abspath(root)
+        return root.rstrip("/") if url else os.path.abspath(root)
 
 
 _OME_RANK = {"time": 0, "channel": 1, "other": 1, "space": 2, "position": -1}
@@ -1127,6 +1152,24 @@ def _check_tiff(s: AcquisitionSettings) -> None:
             "channel (C) and one space (Z) axis besides the frame; "
             f"{bad} cannot be represented"
         )
+
+
+def max_pyramid_levels(frame_shape: tuple[int, int]) -> int:
+    """Most resolution levels a frame has while each one still halves both y and x (sizes
+    round up; a level one pixel high or wide is the last)."""
+    n, (y, x) = 1, frame_shape
+    while y > 1 and x > 1:
+        y, x = -(-y // 2), -(-x // 2)
+        n += 1
+    return n
+
+
+def _check_levels(levels: int, frame_shape: tuple[int, int]) -> None:
+    most = max_pyramid_levels(frame_shape)
+    if levels > most:
+        raise ValueError(
+            f"format.levels={levels}: a {frame_shape[0]}x{frame_shape[1]} frame halves only "
+            f"{most - 1} times before y or x is one pixel, so at most levels={most}")
 
 
 def _check_plate(plate: Plate, pd: PositionDimension | None) -> None:

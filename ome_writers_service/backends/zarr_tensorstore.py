@@ -11,15 +11,19 @@ Layout of the store:
 
 Frames are assembled into whole write units (a shard, or a chunk when unsharded) before they go
 to tensorstore, so a chunk that spans several frames is encoded once, not rewritten per frame.
+
+With ``levels`` > 1, each image holds arrays ``0`` .. ``levels-1``: every frame's lower levels
+are computed from it on the downsampling threads (`pyramid`) into units of their own, which
+are written as soon as their last plane is computed (partial ones at finalize).
 """
 
 from __future__ import annotations
 
-import json
+import threading
 from collections import deque
 from operator import floordiv, mul, sub
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import tensorstore as ts
@@ -29,6 +33,8 @@ from .. import __version__
 from .. import format_metadata as fm
 from ..schema import Dimension, Position, zarr_image_groups
 from ..units import ngff_unit
+from . import pyramid
+from ..storage import LocalStore, Store, open_store
 from .base import ArrayBackend, BackendError, prepare_output
 from .blocks import Block, BufferPool
 
@@ -54,24 +60,65 @@ def _axis(d: Dimension) -> Any:
     return v05.CustomAxis(name=d.name, type=d.type if d.type != "other" else None, unit=d.unit)
 
 
-def _write_group(path: Path, attributes: Mapping[str, Any]) -> None:
-    path.mkdir(parents=True, exist_ok=True)
-    doc = {"zarr_format": 3, "node_type": "group", "attributes": dict(attributes)}
-    tmp = path / "zarr.json.tmp"
-    tmp.write_text(json.dumps(doc, indent=2))
-    tmp.replace(path / "zarr.json")  # atomic: a reader never sees half a document
+def multiscale_transforms(dims: list[Dimension], levels: int, method: str
+                          ) -> list[tuple[list[float], list[float] | None]]:
+    """(scale, translation or None) of each resolution level of an image with storage axes
+    ``dims`` (y, x last): the coordinate transformations of its multiscales datasets."""
+    scale = [float(d.scale) if d.scale is not None else 1.0 for d in dims]
+    translation = [float(d.translation or 0) for d in dims] \
+        if any(d.translation for d in dims) else None
+    return [pyramid.level_transforms(scale, translation, k, method) for k in range(levels)]
+
+
+def _join(*parts: str) -> str:
+    """A key within the store ("" is its root)."""
+    return "/".join(p for p in parts if p)
 
 
 def _dump(model: Any) -> dict[str, Any]:
     return model.model_dump(mode="json", by_alias=True, exclude_none=True)
 
 
+def prepare_s3_output(store: Store, overwrite: bool) -> None:
+    """An S3 prefix made ready as `prepare_output` makes a local path: objects already there
+    are refused, or, with ``overwrite``, deleted if they are a zarr store (never other data)."""
+    try:
+        keys = store.keys()
+    except ValueError as e:
+        raise BackendError(f"cannot create {store.name}: {storage_error(e)}") from e
+    if not keys:
+        return
+    if not overwrite:
+        raise FileExistsError(f"{store.name} already exists; pass overwrite=True to replace it")
+    if "zarr.json" not in keys:
+        raise FileExistsError(f"{store.name} holds objects that are not a zarr store: "
+                              "overwrite=True replaces a dataset, never other data")
+    store.delete_all()
+
+
+def storage_error(e: Exception) -> str:
+    """The first line of a tensorstore error, with what it means for an S3 store."""
+    text = str(e).split(" [", 1)[0]
+    if "NoSuchBucket" in text:
+        return f"the bucket does not exist ({text})"
+    if "SignatureDoesNotMatch" in text or "InvalidAccessKeyId" in text or \
+            "PERMISSION_DENIED" in text:
+        return ("the credentials were refused (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY of "
+                f"the writing process) ({text})")
+    if "CURL error" in text or "retry attempts failed" in text:
+        return f"the S3 endpoint cannot be reached ({text})"
+    return text
+
+
 class TensorstoreZarrBackend(ArrayBackend):
     """Writes an OME-Zarr v0.5 store with tensorstore's zarr3 driver."""
 
-    def __init__(self, settings) -> None:
+    def __init__(self, settings, *, s3_endpoint: str | None = None) -> None:
         super().__init__(settings)
-        self.root = Path(settings.output_path)
+        #: where the objects go: a local directory or an S3 bucket (`storage`)
+        self.store = open_store(settings.output_path, s3_endpoint)
+        self._local = isinstance(self.store, LocalStore)
+        self.root = Path(settings.output_path) if self._local else None
         self._image_paths = self._layout()
         outer = self.storage_dims[:-2]
         chunks = [d.chunk_size or 1 for d in outer]
@@ -81,18 +128,24 @@ class TensorstoreZarrBackend(ArrayBackend):
         ]
         # a write unit never exceeds the axis, so a complete unit can always fill up
         self._unit = [u if n is None else min(u, n) for u, n in zip(self._unit, self.outer_shape)]
-        unit_shape = (*self._unit, *self.frame_shape)
-        self._pool = BufferPool(unit_shape, self.dtype, keep_bytes=MAX_PENDING_BYTES)
+        fmt = settings.format
+        self.levels: int = fmt.levels
+        self.downsampling: str = fmt.downsampling
+        #: (y, x) of each level's planes, level 0 first
+        self.level_shapes = pyramid.level_shapes(self.frame_shape, self.levels)
+        self._pool = BufferPool((*self._unit, *self.frame_shape), self.dtype,
+                                keep_bytes=MAX_PENDING_BYTES)
         self._held = 0  # lent frames held in units still being assembled
-        self._arrays: list[ts.TensorStore] = []
+        self._arrays: list[ts.TensorStore] = []  # level 0 of each position
         self._blocks: list[dict[tuple[int, ...], Block]] = [{} for _ in self.positions]
-        self._pending: deque[tuple[Any, str, int]] = deque()
+        self._lower = _LowerLevels(self) if self.levels > 1 else None
+        self._pending: deque[tuple] = deque()  # (future, where, bytes, frames, finish)
         self._pending_bytes = 0
         self._capacity = 0  # allocated extent of the grow axis (all positions alike)
         self._root_id: tuple[int, int] | None = None  # (device, inode) of the store we made
         #: attributes the user set with update_metadata(), by position
         self.user_attributes: dict[int, dict[str, Any]] = {}
-        self._context = ts.Context({"file_io_sync": False})
+        self._context = ts.Context(self.store.context())
 
     # ---- layout and metadata ----
 
@@ -102,7 +155,7 @@ class TensorstoreZarrBackend(ArrayBackend):
 
     @property
     def paths(self) -> list[str]:
-        return [str(self.root / p) if p else str(self.root) for p in self._image_paths]
+        return [self.store.url_of(p) for p in self._image_paths]
 
     @property
     def image_groups(self) -> list[str]:
@@ -111,16 +164,18 @@ class TensorstoreZarrBackend(ArrayBackend):
 
     def _image_model(self, position: Position) -> v05.Image:
         dims = self.storage_dims
-        scale = [float(d.scale) if d.scale is not None else 1.0 for d in dims]
-        transforms: list[Any] = [v05.ScaleTransformation(scale=scale)]
-        if any(d.translation for d in dims):
-            transforms.append(
-                v05.TranslationTransformation(translation=[float(d.translation or 0) for d in dims])
-            )
+        datasets = []
+        for level, (scale, translation) in enumerate(multiscale_transforms(
+                dims, self.levels, self.downsampling)):
+            transforms: list[Any] = [v05.ScaleTransformation(scale=scale)]
+            if translation is not None:
+                transforms.append(v05.TranslationTransformation(translation=translation))
+            datasets.append(v05.Dataset(path=str(level), coordinateTransformations=transforms))
         multiscale = v05.Multiscale(
             name=self.settings.image_name_of(position),
             axes=[_axis(d) for d in dims],
-            datasets=[v05.Dataset(path=DATASET, coordinateTransformations=transforms)],
+            datasets=datasets,
+            type=self.downsampling if self.levels > 1 else None,
         )
         return v05.Image(multiscales=[multiscale], omero=self._omero())
 
@@ -186,12 +241,12 @@ class TensorstoreZarrBackend(ArrayBackend):
         super().set_global_metadata(namespace, metadata)
         if self._arrays and not self._finalized:  # created, not yet finalized
             try:
-                attrs = fm.read_zarr_attributes(self.root)
+                attrs = self.read_attributes("")
                 attrs[namespace] = self.global_metadata[namespace]
-                fm.write_zarr_attributes(self.root, attrs)
-            except OSError as e:
-                raise BackendError(f"{self.root / 'zarr.json'}: cannot write global metadata "
-                                   f"{namespace!r}: {e}") from e
+                self.write_group("", attrs)
+            except (OSError, ValueError) as e:
+                raise BackendError(f"{self.store.url_of('zarr.json')}: cannot write global "
+                                   f"metadata {namespace!r}: {e}") from e
 
     def update_metadata(self, metadata) -> None:
         """Each group's attributes are replaced at once and kept at finalize (the per-frame
@@ -199,12 +254,20 @@ class TensorstoreZarrBackend(ArrayBackend):
         ours)."""
         for pos, attrs in fm.check_zarr_update(metadata, fm.zarr_keys(self._image_paths)).items():
             self.user_attributes[pos] = attrs
-            fm.write_zarr_attributes(self.root / self._image_paths[pos],
-                                     self._image_attributes(pos))
+            self.write_group(self._image_paths[pos], self._image_attributes(pos))
 
     def wait_for_writes(self) -> None:
         for pending in tuple(self._pending):
             pending[0].exception()  # waits; a failed write stays queued for write() to raise
+
+    def write_group(self, group: str, attributes: Mapping[str, Any]) -> None:
+        """Write (or replace) a group's zarr.json: locally through a temporary file renamed
+        over it, on S3 by one PUT (either way a reader never sees half a document)."""
+        doc = {"zarr_format": 3, "node_type": "group", "attributes": dict(attributes)}
+        self.store.write_json(_join(group, "zarr.json"), doc)
+
+    def read_attributes(self, group: str) -> dict[str, Any]:
+        return self.store.read_json(_join(group, "zarr.json")).get("attributes") or {}
 
     def _write_hierarchy(self) -> None:
         s = self.settings
@@ -225,24 +288,28 @@ class TensorstoreZarrBackend(ArrayBackend):
                 ],
                 field_count=max(len(f) for f in wells.values()),
             ))
-            _write_group(self.root, {"ome": _dump(plate), **self.global_metadata})
+            self.write_group("", {"ome": _dump(plate), **self.global_metadata})
             for (r, c), fields in wells.items():
-                _write_group(self.root / r, {})
+                self.write_group(r, {})
                 well = v05.Well(well=v05.WellDef(images=[v05.FieldOfView(path=f) for f in fields]))
-                _write_group(self.root / r / c, {"ome": _dump(well)})
+                self.write_group(_join(r, c), {"ome": _dump(well)})
         elif self._image_paths != [""]:
-            _write_group(self.root, {"ome": _dump(v05.Bf2Raw(bioformats2raw_layout=3)),
-                                     **self.global_metadata})
-            _write_group(self.root / "OME", {"ome": _dump(v05.Series(series=self._image_paths))})
+            self.write_group("", {"ome": _dump(v05.Bf2Raw(bioformats2raw_layout=3)),
+                                   **self.global_metadata})
+            self.write_group("OME", {"ome": _dump(v05.Series(series=self._image_paths))})
         for i, path in enumerate(self._image_paths):
-            _write_group(self.root / path, self._image_attributes(i))
+            self.write_group(path, self._image_attributes(i))
 
     # ---- arrays ----
 
-    def _array_spec(self, path: Path) -> dict[str, Any]:
+    def _array_spec(self, image: str, level: int = 0) -> dict[str, Any]:
+        """The zarr array of an image group's resolution level (its planes
+        ``level_shapes``)."""
         dims = self.storage_dims
-        chunk = [d.chunk_size or (d.count if j >= len(dims) - 2 else 1) for j, d in enumerate(dims)]
-        chunk = [min(c, d.count) if d.count else c for c, d in zip(chunk, dims)]
+        counts = [*(d.count for d in dims[:-2]), *self.level_shapes[level]]
+        chunk = [d.chunk_size or (n if j >= len(dims) - 2 else 1)
+                 for j, (d, n) in enumerate(zip(dims, counts))]
+        chunk = [min(c, n) if n else c for c, n in zip(chunk, counts)]
         inner: list[dict[str, Any]] = [{"name": "bytes", "configuration": {"endian": "little"}}]
         comp = self.settings.compression
         if comp in ("blosc-zstd", "blosc-lz4"):
@@ -260,10 +327,10 @@ class TensorstoreZarrBackend(ArrayBackend):
                 "index_location": "end"}}]
         else:
             grid, codecs = chunk, inner
-        shape = [0 if n is None else n for n in self.outer_shape] + list(self.frame_shape)
+        shape = [0 if n is None else n for n in self.outer_shape] + list(self.level_shapes[level])
         return {
             "driver": "zarr3",
-            "kvstore": {"driver": "file", "path": str(path)},
+            "kvstore": self.store.kvstore(_join(image, str(level))),
             "metadata": {
                 "shape": shape,
                 "data_type": self.dtype.name,
@@ -283,21 +350,28 @@ class TensorstoreZarrBackend(ArrayBackend):
                        or p.plate_column not in plate.column_names]
             if outside:
                 raise ValueError(
-                    f"{self.root}: positions {outside} lie outside the plate's rows "
+                    f"{self.store.name}: positions {outside} lie outside the plate's rows "
                     f"{plate.row_names} / columns {plate.column_names}; an OME-Zarr plate "
                     "lists every well it holds: add their rows/columns to the Plate")
-        prepare_output(self.root, self.settings.overwrite)
+        if self._local:
+            prepare_output(self.root, self.settings.overwrite)
+        else:
+            prepare_s3_output(self.store, self.settings.overwrite)
         try:
             self._write_hierarchy()
             for path in self._image_paths:
-                spec = self._array_spec(self.root / path / DATASET)
+                spec = self._array_spec(path)
                 self._arrays.append(ts.open(spec, context=self._context).result())
-            st = self.root.stat()
-            self._root_id = (st.st_dev, st.st_ino)
+            if self._lower is not None:
+                self._lower.create()
+            if self._local:
+                st = self.root.stat()
+                self._root_id = (st.st_dev, st.st_ino)
         except OSError as e:
-            raise BackendError(f"cannot create {self.root}: {e}") from e
+            raise BackendError(f"cannot create {self.store.name}: {e}") from e
         except ValueError as e:  # tensorstore reports bad specs and I/O failures as ValueError
-            raise BackendError(f"cannot create the arrays of {self.root}: {e}") from e
+            raise BackendError(f"cannot create the arrays of {self.store.name}: "
+                               f"{storage_error(e)}") from e
 
     def _ensure_capacity(self, needed: int) -> None:
         if needed <= self._capacity:
@@ -309,16 +383,19 @@ class TensorstoreZarrBackend(ArrayBackend):
         self._capacity = new
 
     def _resize_all(self, ax: int, extent: int, *, expand: bool) -> None:
-        for i, arr in enumerate(self._arrays):
-            shape = list(arr.shape)
-            shape[ax] = extent  # type: ignore[index]
-            self._arrays[i] = arr.resize(
-                exclusive_max=shape, resize_metadata_only=True,
-                expand_only=expand, shrink_only=not expand,
-            ).result()
+        for arrays in [self._arrays, *(self._lower.arrays if self._lower else ())]:
+            for i, arr in enumerate(arrays):
+                shape = list(arr.shape)
+                shape[ax] = extent  # type: ignore[index]
+                arrays[i] = arr.resize(
+                    exclusive_max=shape, resize_metadata_only=True,
+                    expand_only=expand, shrink_only=not expand,
+                ).result()
 
     def write(self, position, index, frame, metadata=None) -> None:
         self._admit(position, index, metadata)
+        if self._lower is not None:  # the levels are computed from a copy of the frame
+            self._lower.add_copy(position, index, frame)
         key, block, local = self._block_for(position, index)
         block.put(local, frame)  # copied: the caller may reuse its buffer
         self._after_put(position, key, block)
@@ -326,6 +403,9 @@ class TensorstoreZarrBackend(ArrayBackend):
 
     def write_borrowed(self, position, index, frame, metadata, done) -> None:
         self._admit(position, index, metadata)
+        if self._lower is not None:  # the levels are computed from the lent frame too
+            done = pyramid.joined(done, 2)
+            self._lower.add(position, index, frame, done)
         key, block, local = self._block_for(position, index)
         held = len(block.lent)
         # hold lent frames within half the lender's budget, so that the client always has
@@ -354,13 +434,17 @@ class TensorstoreZarrBackend(ArrayBackend):
         block.skip(local)
         self._held += len(block.lent) - held
         self._after_put(position, key, block)
+        if self._lower is not None:
+            self._lower.skip(position, index)
 
-    def _block_for(self, position: int, index: tuple[int, ...]
+    def _block_for(self, position: int, index: tuple[int, ...], level: int = 0
                    ) -> tuple[tuple[int, ...], Block, tuple[int, ...]]:
-        """The unit ``index`` belongs to (created on its first plane): its key, the unit, and
-        the plane in it. (map() with operators: this runs for every frame.)"""
+        """The unit ``index`` belongs to (created on its first plane) at a resolution level:
+        its key, the unit, and the plane in it. (map() with operators: this runs for every
+        frame.)"""
         key = tuple(map(floordiv, index, self._unit))
-        blocks = self._blocks[position]
+        blocks = self._blocks[position] if level == 0 else \
+            self._lower.blocks[level - 1][position]  # type: ignore[union-attr]
         block = blocks.get(key)
         if block is None:
             origin = tuple(map(mul, key, self._unit))
@@ -368,7 +452,9 @@ class TensorstoreZarrBackend(ArrayBackend):
                 u if n is None else min(u, n - o)
                 for u, n, o in zip(self._unit, self.outer_shape, origin)
             )
-            block = blocks[key] = Block(origin, shape, self._pool)
+            pool = self._pool if level == 0 else \
+                self._lower.pools[level - 1]  # type: ignore[union-attr]
+            block = blocks[key] = Block(origin, shape, pool)
         return key, block, tuple(map(sub, index, block.origin))
 
     def _after_put(self, position: int, key: tuple[int, ...], block: Block) -> None:
@@ -379,11 +465,20 @@ class TensorstoreZarrBackend(ArrayBackend):
     def _submit_block(self, position: int, block: Block) -> None:
         self._held -= len(block.lent)
         frames = block.frames
+        written = self._write_unit(self._arrays[position], block)
+        if written is not None:
+            self._track(*written, f"{self.paths[position]} at index {block.origin}", frames)
+
+    def _write_unit(self, arr: ts.TensorStore, block: Block
+                    ) -> tuple[Any, int, Callable[[], None]] | None:
+        """Start writing a complete (or, at finalize, partial) unit into ``arr`` (from any
+        thread): the write's future, its bytes and what hands its pixels back (run once,
+        when the write is done: by the future's callback or by whoever waits for it first),
+        or None when no plane holds a frame (the fill value stands for the unit)."""
         data, on_written = block.materialize()
-        if data is None:  # every plane skipped: the fill value stands for the unit
-            return
+        if data is None:
+            return None
         region = tuple(slice(o, o + n) for o, n in zip(block.origin, block.shape))
-        arr = self._arrays[position]
         if self.grow_axis is not None:  # a partial last block at finalize may overhang the extent
             ax = self.grow_axis
             stop = min(region[ax].stop, arr.shape[ax])
@@ -392,13 +487,22 @@ class TensorstoreZarrBackend(ArrayBackend):
         # tensorstore encodes straight from the buffer or the lent frames; both are handed
         # back once the write is done
         fut = arr[region].write(data, can_reference_source_data_indefinitely=True)
-        for callback in on_written:
-            fut.add_done_callback(lambda _, cb=callback: cb())
-        self._track(fut, position, block.origin, data.nbytes, frames)
+        once = [on_written]
 
-    def _track(self, fut: Any, position: int, where: tuple[int, ...], nbytes: int,
+        def finish() -> None:  # once, from either thread (list.pop is atomic)
+            try:
+                callbacks = once.pop()
+            except IndexError:
+                return
+            for cb in callbacks:
+                cb()
+
+        fut.add_done_callback(lambda _: finish())
+        return fut, data.nbytes, finish
+
+    def _track(self, fut: Any, nbytes: int, finish: Callable[[], None], where: str,
                frames: int) -> None:
-        self._pending.append((fut, f"{self.paths[position]} at index {where}", nbytes, frames))
+        self._pending.append((fut, where, nbytes, frames, finish))
         self._pending_bytes += nbytes
         while len(self._pending) > MAX_PENDING_WRITES or (
                 len(self._pending) > 1 and self._pending_bytes > MAX_PENDING_BYTES) or (
@@ -406,15 +510,19 @@ class TensorstoreZarrBackend(ArrayBackend):
             self._wait_oldest()
 
     def _wait_oldest(self) -> None:
-        fut, where, nbytes, frames = self._pending.popleft()
+        fut, where, nbytes, frames, finish = self._pending.popleft()
         self._pending_bytes -= nbytes
         try:
             fut.result()
+            finish()  # handed back before the caller learns the write is done
         except Exception as e:  # noqa: BLE001 - tensorstore raises ValueError/OSError variants
+            finish()
             self.frames_written -= frames  # accepted, but not on disk: say so in the summary
             raise BackendError(f"writing {where} ({frames} frames) failed: {e}") from e
 
     def _raise_failed_writes(self) -> None:
+        if self._lower is not None:
+            self._lower.collect()
         while self._pending and self._pending[0][0].done():
             self._wait_oldest()
 
@@ -440,6 +548,11 @@ class TensorstoreZarrBackend(ArrayBackend):
                     self._submit_block(pos, blocks.pop(key))
                 except BackendError as e:
                     failed.append(e)
+        if self._lower is not None:
+            try:
+                self._lower.flush()
+            except BackendError as e:
+                failed.append(e)
         while self._pending:
             try:
                 self._wait_oldest()
@@ -452,11 +565,11 @@ class TensorstoreZarrBackend(ArrayBackend):
                 if ax is not None and final[ax] != self._arrays[0].shape[ax]:
                     self._resize_all(ax, final[ax], expand=False)
             for i, path in enumerate(self._image_paths):
-                _write_group(self.root / path, self._image_attributes(i))
+                self.write_group(path, self._image_attributes(i))
             if self._image_paths != [""]:
                 self._write_hierarchy_roots()
-        except OSError as e:
-            raise BackendError(f"finalizing {self.root} failed: {e}") from e
+        except (OSError, ValueError) as e:
+            raise BackendError(f"finalizing {self.store.name} failed: {storage_error(e)}") from e
         self._finalized = True
         if failed:
             raise failed[0]
@@ -465,17 +578,156 @@ class TensorstoreZarrBackend(ArrayBackend):
         """A store deleted or replaced under us would take chunks with it, while every write
         into the recreated directories succeeds: say so instead of reporting success."""
         try:
-            st = self.root.stat()
-            intact = (st.st_dev, st.st_ino) == self._root_id and all(
-                (self.root / path / DATASET / "zarr.json").is_file() for path in self._image_paths)
-        except OSError:
+            if self._local:
+                st = self.root.stat()
+                intact = (st.st_dev, st.st_ino) == self._root_id
+            else:
+                intact = True
+            intact = intact and all(self.store.exists(_join(path, DATASET, "zarr.json"))
+                                    for path in self._image_paths)
+        except (OSError, ValueError):
             intact = False
         if not intact:
-            raise BackendError(f"{self.root} was removed or replaced while it was being written: "
-                               "frames written before that are lost")
+            raise BackendError(f"{self.store.name} was removed or replaced while it was being "
+                               "written: frames written before that are lost")
 
     def _write_hierarchy_roots(self) -> None:
         """Root attributes hold the global metadata of multi-image stores; rewrite them."""
-        meta = json.loads((self.root / "zarr.json").read_text())
-        meta["attributes"] = {"ome": meta["attributes"]["ome"], **self.global_metadata}
-        _write_group(self.root, meta["attributes"])
+        attrs = self.read_attributes("")
+        self.write_group("", {"ome": attrs["ome"], **self.global_metadata})
+
+
+#: frames whose lower levels may be waiting to be computed at once (each holds its frame: a
+#: lent ring slot, or a copy); more makes write() wait for the oldest
+MAX_LEVEL_TASKS = 16
+
+
+class _LowerLevels:
+    """Resolution levels 1 .. levels-1 of a `TensorstoreZarrBackend`: their arrays and units.
+
+    The writer thread reserves each frame's plane in the unit of every level and hands the
+    frame to a downsampling thread, which computes the levels straight into those planes.
+    A unit is written by whoever finishes it last: the writer thread when it completes a unit
+    whose planes are computed, or the downsampling thread computing its last plane. Their
+    writes are handed to the writer thread (`collect`), which waits for them as for level 0's.
+    """
+
+    def __init__(self, backend: TensorstoreZarrBackend) -> None:
+        self.b = backend
+        n = backend.levels - 1
+        unit = tuple(backend._unit)
+        self.pools = [BufferPool((*unit, *shape), backend.dtype, keep_bytes=MAX_PENDING_BYTES)
+                      for shape in backend.level_shapes[1:]]
+        #: [level - 1][position]
+        self.arrays: list[list[ts.TensorStore]] = [[] for _ in range(n)]
+        self.blocks: list[list[dict[tuple[int, ...], Block]]] = [
+            [{} for _ in backend.positions] for _ in range(n)]
+        self._copies = BufferPool(backend.frame_shape, backend.dtype,
+                                  keep_bytes=MAX_LEVEL_TASKS * backend.settings.frame_nbytes)
+        self._lock = threading.Lock()  # a unit's `computing` and `sealed`
+        self._tasks: deque = deque()
+        #: writes started by the downsampling threads, not yet tracked by the writer thread
+        self._started: deque[tuple] = deque()
+        self._errors: deque[str] = deque()
+
+    def create(self) -> None:
+        b = self.b
+        for k, arrays in enumerate(self.arrays, 1):
+            for path in b._image_paths:
+                spec = b._array_spec(path, level=k)
+                arrays.append(ts.open(spec, context=b._context).result())
+
+    # ---- the writer thread ----
+
+    def add_copy(self, position: int, index: tuple[int, ...], frame: np.ndarray) -> None:
+        """A frame the caller may reuse at once: its levels are computed from a copy."""
+        src = self._copies.take(self.b.frame_shape)
+        np.copyto(src, frame)
+        self.add(position, index, src, lambda: self._copies.give(src))
+
+    def add(self, position: int, index: tuple[int, ...], src: np.ndarray,
+            release: Any) -> None:
+        """Compute the levels of ``src`` (valid until ``release()``) into their units."""
+        planes, units = [], []
+        with self._lock:
+            for k in range(1, self.b.levels):
+                key, block, local = self.b._block_for(position, index, k)
+                planes.append(block.reserve(local))
+                block.computing += 1
+                units.append((k, position, key, block))
+        while len(self._tasks) >= MAX_LEVEL_TASKS:
+            self._tasks.popleft().result()
+        self._tasks.append(pyramid.submit(self._compute, src, planes, release, units))
+        self._seal_complete(units)
+
+    def skip(self, position: int, index: tuple[int, ...]) -> None:
+        units = []
+        with self._lock:
+            for k in range(1, self.b.levels):
+                key, block, local = self.b._block_for(position, index, k)
+                block.skip(local)
+                units.append((k, position, key, block))
+        self._seal_complete(units)
+
+    def _seal_complete(self, units: list) -> None:
+        """Units whose every plane is accounted for leave the assembly; each is written
+        now if its planes are computed, else by the thread computing the last one."""
+        for k, pos, key, block in units:
+            with self._lock:
+                if not block.complete or block.sealed:
+                    continue
+                del self.blocks[k - 1][pos][key]
+                block.sealed = True
+                ready = block.computing == 0
+            if ready:
+                self._write(k, pos, block)
+
+    def collect(self) -> None:
+        """Track the writes the downsampling threads started; raise what failed there."""
+        while self._started:
+            fut, nbytes, finish, where = self._started.popleft()
+            self.b._track(fut, nbytes, finish, where, 0)
+        while self._tasks and self._tasks[0].done():
+            self._tasks.popleft()
+        if self._errors:
+            raise BackendError(self._errors.popleft())
+
+    def flush(self) -> None:
+        """At finalize: every level computed, partial units written (and tracked)."""
+        while self._tasks:
+            self._tasks.popleft().result()
+        for k, per_position in enumerate(self.blocks, 1):
+            for pos, blocks in enumerate(per_position):
+                for key in sorted(blocks):
+                    block = blocks.pop(key)
+                    block.sealed = True
+                    self._write(k, pos, block)
+        self.collect()
+
+    # ---- any thread ----
+
+    def _compute(self, src: np.ndarray, planes: list[np.ndarray], release: Any,
+                 units: list) -> None:
+        try:
+            pyramid.cascade(src, planes, self.b.downsampling)
+        except Exception as e:  # noqa: BLE001 - reported by the writer thread
+            self._errors.append(f"computing the resolution levels of plane {units[0][3].origin}"
+                                f" failed: {e!r}")
+        finally:
+            release()
+        for k, pos, _key, block in units:
+            with self._lock:
+                block.computing -= 1
+                ready = block.sealed and block.computing == 0
+            if ready:
+                self._write(k, pos, block)
+
+    def _write(self, k: int, pos: int, block: Block) -> None:
+        where = f"{self.b.paths[pos]}/{k} at index {block.origin}"
+        try:
+            written = self.b._write_unit(self.arrays[k - 1][pos], block)
+        except Exception as e:  # noqa: BLE001 - reported by the writer thread
+            self._errors.append(f"writing {where} failed: {e}")
+            return
+        if written is not None:
+            self._started.append((*written, where))

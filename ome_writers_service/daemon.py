@@ -36,6 +36,7 @@ from . import __version__
 from . import format_metadata as fm
 from . import protocol as P
 from .backends import create_backend
+from .backends.zarr_metadata import check_global_namespace
 from .connection import ConnectionInfo, default_endpoint, pid_alive, pid_namespace, runtime_dir
 from .ring import FrameRing, RingError, clean_stale_rings, shm_free
 from .schema import AcquisitionSettings
@@ -583,6 +584,8 @@ class Daemon:
             ns = P.field(h, "namespace", str)
             try:
                 value = check_global_metadata(ns, P.field(h, "value", dict))
+                if w.settings.format_name == "ome-zarr":
+                    check_global_namespace(w.settings, ns)
             except (TypeError, ValueError) as e:
                 raise P.ProtocolError(P.E_MALFORMED, f"metadata: {e}") from None
             w.enqueue(("metadata", ns, value))

@@ -10,6 +10,7 @@ open.
 
 from __future__ import annotations
 
+import weakref
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,10 @@ class DatasetReader:
         self._planes: dict[int, dict[tuple[int, int, int], tuple[str, int]]] | None = None
         self._files: OrderedDict[str, Any] = OrderedDict()
         self._letters = [] if self._zarr else tiff_axes(settings.storage_dimensions)
+        # a view may read after close until it is dropped: its files close with it. A
+        # finalizer (not __del__) runs before the files' own when a cycle is collected, so
+        # no "unclosed file" ResourceWarning
+        weakref.finalize(self, _close_files, self._files)
 
     def read(self, position: int, index: tuple[int, ...]) -> np.ndarray | None:
         """The plane at ``index`` (storage order) of ``position``; None where the dataset
@@ -48,8 +53,7 @@ class DatasetReader:
                                f"cannot be read from this process: {e}") from e
 
     def close(self) -> None:
-        while self._files:
-            self._files.popitem()[1].close()
+        _close_files(self._files)
 
     # ---- OME-Zarr ----
 
@@ -57,11 +61,13 @@ class DatasetReader:
         if position not in self._arrays:
             import tensorstore as ts
 
-            from .backends.zarr_tensorstore import DATASET
+            from .backends.zarr_metadata import DATASET, join
+            from .backends.zarr_tensorstore import array_driver
 
             store = self._backend.store
             group = self._backend.image_groups[position]
-            spec = {"driver": "zarr3", "kvstore": store.kvstore(f"{group}/{DATASET}".lstrip("/"))}
+            spec = {"driver": array_driver(self._settings.format.version),
+                    "kvstore": store.kvstore(join(group, DATASET))}
             self._arrays[position] = ts.open(spec, open=True, read=True,
                                              context=ts.Context(store.context())).result()
         arr = self._arrays[position]
@@ -93,6 +99,11 @@ class DatasetReader:
                 self._files.popitem(last=False)[1].close()
             self._files[path] = tifffile.TiffFile(path, is_ome=False)
         return self._files[path]
+
+
+def _close_files(files: OrderedDict[str, Any]) -> None:
+    while files:
+        files.popitem()[1].close()
 
 
 def _plane_map(first_file: Path) -> dict[int, dict[tuple[int, int, int], tuple[str, int]]]:

@@ -71,17 +71,31 @@ def check_zarr_update(metadata: Any, keys: Sequence[str]) -> dict[int, dict[str,
 
 
 def read_zarr_attributes(group: str | os.PathLike) -> dict[str, Any]:
-    return json.loads((Path(group) / "zarr.json").read_text()).get("attributes") or {}
+    """A group's attributes: zarr v3's ``zarr.json``, or zarr v2's ``.zattrs`` (absent: none)."""
+    group = Path(group)
+    if (group / "zarr.json").is_file() or not (group / ".zgroup").is_file():
+        return json.loads((group / "zarr.json").read_text()).get("attributes") or {}
+    attrs = group / ".zattrs"
+    return json.loads(attrs.read_text()) if attrs.is_file() else {}
 
 
 def write_zarr_attributes(group: str | os.PathLike, attrs: Mapping[str, Any]) -> None:
-    """Replace the attributes of an existing group's zarr.json (atomically)."""
-    path = Path(group) / "zarr.json"
-    doc = json.loads(path.read_text())
-    doc["attributes"] = dict(attrs)
-    tmp = path.with_name("zarr.json.tmp")
+    """Replace the attributes of an existing group (zarr v3 or v2), atomically."""
+    group = Path(group)
+    if (group / "zarr.json").is_file() or not (group / ".zgroup").is_file():
+        path = group / "zarr.json"
+        doc = json.loads(path.read_text())
+        doc["attributes"] = dict(attrs)
+    else:
+        path, doc = group / ".zattrs", dict(attrs)
+    tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(doc, indent=2))
     tmp.replace(path)
+
+
+def is_zarr_group(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a zarr group (v3 ``zarr.json`` or v2 ``.zgroup``)."""
+    return (Path(path) / "zarr.json").is_file() or (Path(path) / ".zgroup").is_file()
 
 
 # ---- OME-TIFF ----

@@ -1,7 +1,8 @@
 """Reading back what was written: per-frame metadata and a dataset summary, for either format.
 
-Uses only the files (ome-types for OME-XML, the zarr.json documents), so it works on any
-dataset this service wrote, in this process or not.
+Uses only the files (ome-types for OME-XML, the zarr metadata documents: zarr.json, or
+.zattrs and .zarray of NGFF 0.4), so it works on any dataset this service wrote, in this
+process or not.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .backends.base import KNOWN_FRAME_KEYS
+from .format_metadata import is_zarr_group
 
 _PLANE_KEYS = {"delta_t": "delta_t", "exposure_time": "exposure_time",
                "position_x": "position_x", "position_y": "position_y", "position_z": "position_z"}
@@ -20,7 +22,7 @@ def read_frame_metadata(path: str | Path) -> list[dict[str, Any]]:
     """Per-frame metadata of one image: a list of ``{"index": {axis: i}, key: value, ...}``
     in storage order. ``path`` is an OME-TIFF file or an OME-Zarr image group."""
     p = Path(path)
-    if (p / "zarr.json").is_file():
+    if is_zarr_group(p):
         return _zarr_frame_metadata(p)
     ome, image = _image_of_file(p)
     annotations = {a.id: a for a in (ome.structured_annotations.map_annotations
@@ -85,10 +87,10 @@ def _zarr_frame_metadata(group: Path) -> list[dict[str, Any]]:
     """Rows of ``attributes.ome_writers.frame_metadata`` (ome-writers' layout: each row the
     frame's metadata plus ``storage_index``, a list in storage order) as ``{"index": {axis:
     i}, ...}``, the axes named by the image's multiscales axes, in storage order."""
-    attrs = _load_json(group / "zarr.json").get("attributes") or {}
+    attrs = _group_attributes(group)
     table = (attrs.get("ome_writers") or {}).get("frame_metadata") or []
     try:
-        axes = [a["name"] for a in attrs["ome"]["multiscales"][0]["axes"]]
+        axes = [a["name"] for a in _ngff(attrs)["multiscales"][0]["axes"]]
     except (KeyError, IndexError, TypeError):
         axes = []
     keyed = []
@@ -122,7 +124,7 @@ def dataset_info(path: str | Path) -> dict[str, Any]:
     from .validate import dataset_files
 
     p = Path(path)
-    if p.is_dir() and (p / "zarr.json").is_file():
+    if p.is_dir() and is_zarr_group(p):
         try:
             return _zarr_info(p)
         except (KeyError, IndexError, TypeError, AttributeError) as e:
@@ -133,8 +135,8 @@ def dataset_info(path: str | Path) -> dict[str, Any]:
         return _tiff_info(p)
     if files == [p]:
         if p.is_dir():
-            raise ValueError(f"{p}: a directory without zarr.json or TIFF files (neither an "
-                             "OME-Zarr store nor a multi-file OME-TIFF)")
+            raise ValueError(f"{p}: a directory without zarr metadata or TIFF files (neither "
+                             "an OME-Zarr store nor a multi-file OME-TIFF)")
         if p.is_file() and not p.name.lower().endswith((".ome", ".xml")):
             return _tiff_info(p)  # (names the problem)
     tiffs = [f for f in files if f.suffix.lower() in (".tif", ".tiff")]
@@ -228,19 +230,54 @@ def _load_json(path: Path) -> Any:
         raise ValueError(f"{path}: not valid JSON ({e})") from e
 
 
+def _group_attributes(group: Path) -> dict[str, Any]:
+    """A zarr group's attributes: zarr v3's zarr.json, or v2's .zattrs."""
+    if (group / "zarr.json").is_file():
+        return _load_json(group / "zarr.json").get("attributes") or {}
+    return _load_json(group / ".zattrs") if (group / ".zattrs").is_file() else {}
+
+
+def _ngff(attrs: dict[str, Any]) -> dict[str, Any]:
+    """NGFF metadata: 0.5 under "ome", 0.4 at the top of the attributes."""
+    return attrs["ome"] if isinstance(attrs.get("ome"), dict) else attrs
+
+
+def _array_metadata(array: Path) -> tuple[list[int], str]:
+    """(shape, dtype name) of a zarr v3 or v2 array."""
+    if (array / "zarr.json").is_file():
+        meta = _load_json(array / "zarr.json")
+        return meta["shape"], meta["data_type"]
+    import numpy as np
+
+    meta = _load_json(array / ".zarray")
+    return meta["shape"], np.dtype(meta["dtype"]).name
+
+
+def _ngff_version(ngff: dict[str, Any]) -> str:
+    if "version" in ngff:
+        return str(ngff["version"])
+    for key in ("multiscales", "plate", "well"):
+        node = ngff.get(key)
+        node = node[0] if isinstance(node, list) and node else node
+        if isinstance(node, dict) and "version" in node:
+            return str(node["version"])
+    return "?"
+
+
 def _zarr_info(root: Path) -> dict[str, Any]:
     images = []
-    for zj in sorted(root.rglob("zarr.json")):
-        attrs = _load_json(zj).get("attributes", {})
-        ome = attrs.get("ome", {})
+    groups = sorted({f.parent for name in ("zarr.json", ".zgroup") for f in root.rglob(name)})
+    for group in groups:
+        attrs = _group_attributes(group)
+        ome = _ngff(attrs)
         if "multiscales" not in ome:
             continue
         ms = ome["multiscales"][0]
-        arr = _load_json(zj.parent / ms["datasets"][0]["path"] / "zarr.json")
+        shape, dtype = _array_metadata(group / ms["datasets"][0]["path"])
         scale = ms["datasets"][0]["coordinateTransformations"][0]["scale"]
         images.append({
-            "path": str(zj.parent.relative_to(root.parent)), "name": ms.get("name"),
-            "shape": arr["shape"], "dtype": arr["data_type"],
+            "path": str(group.relative_to(root.parent)), "name": ms.get("name"),
+            "shape": shape, "dtype": dtype,
             "axes": [f"{a['name']}" + (f" [{a['unit']}]" if a.get("unit") else "")
                      for a in ms["axes"]],
             "scale": scale,
@@ -248,12 +285,18 @@ def _zarr_info(root: Path) -> dict[str, Any]:
             "acquisition": attrs.get("ome_writers", {}).get("acquisition"),
             "frame_metadata_rows": len(attrs.get("ome_writers", {}).get("frame_metadata", [])),
         })
-    root_attrs = _load_json(root / "zarr.json")["attributes"]
-    kind = "plate" if "plate" in root_attrs.get("ome", {}) else \
-        "image" if "multiscales" in root_attrs.get("ome", {}) else "collection"
-    extra = {k: v for k, v in root_attrs.items() if k not in ("ome", "ome_writers")}
-    return {"format": "OME-Zarr " + root_attrs.get("ome", {}).get("version", "?"), "kind": kind,
-            "images": images, "global_metadata": extra}
+    root_attrs = _group_attributes(root)
+    root_ngff = _ngff(root_attrs)
+    kind = "plate" if "plate" in root_ngff else \
+        "image" if "multiscales" in root_ngff else "collection"
+    ngff_keys = ("multiscales", "omero", "plate", "well", "bioformats2raw.layout", "series")
+    extra = {k: v for k, v in root_attrs.items()
+             if k not in ("ome", "ome_writers", *ngff_keys)}
+    version = _ngff_version(root_ngff)
+    if version == "?" and images:  # a 0.4 bioformats2raw root: the images say
+        version = _ngff_version(_ngff(_group_attributes(root.parent / images[0]["path"])))
+    return {"format": "OME-Zarr " + version, "kind": kind, "images": images,
+            "global_metadata": extra}
 
 
 def _tiff_info(path: Path) -> dict[str, Any]:

@@ -13,10 +13,10 @@ from typing import Any
 import numpy as np
 import tifffile
 
-from .backends.ome_xml import ImageRecord, build_ome
+from .backends.ome_xml import SUMMARY_NS, ImageRecord, build_ome
 from .backends.pyramid import level_shapes
-from .backends.tiff_tifffile import CLASSIC_TIFF_LIMIT, SUMMARY_NS, TiffLayout, write_companion
-from .backends.zarr_tensorstore import ATTR_NAMESPACE, DATASET, TensorstoreZarrBackend
+from .backends.tiff_tifffile import CLASSIC_TIFF_LIMIT, TiffLayout, write_companion
+from .backends.zarr_tensorstore import ATTR_NAMESPACE, TensorstoreZarrBackend
 from .journal import SUFFIX, journal_path_of, read_journal
 from .storage import url_scheme
 from .router import FrameRouter
@@ -184,7 +184,7 @@ def _recover_zarr(settings: AcquisitionSettings) -> dict[str, Any]:
     """Cut each array's slowest acquisition axis to the last chunk (or shard) stored, on disk
     or in the bucket (the store's objects are listed: S3 keeps no partial object)."""
     backend = TensorstoreZarrBackend(settings)  # for its layout and metadata, not to write
-    store = backend.store
+    store, layout = backend.store, backend.layout
     first = _storage_axis_of_first(settings)
     storage = settings.storage_dimensions
     extent = None
@@ -193,35 +193,25 @@ def _recover_zarr(settings: AcquisitionSettings) -> dict[str, Any]:
         per_key = (d.chunk_size or 1) * (d.shard_size_chunks or 1)
         extent = 0
         for img in backend.image_groups:
-            for idx in _chunk_indices(store, _join(img, DATASET)):  # c/<i0>/<i1>/...
+            for idx in layout.chunk_indices(img):
                 extent = max(extent, (idx[first] + 1) * per_key)
         if d.count is not None:
             extent = min(extent, d.count)
     for img in backend.image_groups:
         for level in range(backend.levels):
-            key = _join(img, str(level), "zarr.json")
+            key = layout.array_document(img, level)
             meta = store.read_json(key)
             if extent is not None:
                 meta["shape"][first] = extent
             store.write_json(key, meta)
         if backend.levels > 1:
             _complete_lower_levels(backend, img)
-        key = _join(img, "zarr.json")
-        doc = store.read_json(key)
-        doc["attributes"].setdefault(ATTR_NAMESPACE, {})["acquisition"] = {
+        attrs = layout.read_attributes(img)
+        attrs.setdefault(ATTR_NAMESPACE, {})["acquisition"] = {
             "frames_expected": settings.num_frames, "complete": False, "recovered": True}
-        store.write_json(key, doc)
+        layout.write_group(img, attrs)
+    layout.write_ome_xml()  # the recovered extents, from the metadata just written
     return {"format": "ome-zarr", "paths": backend.paths, "extent": extent}
-
-
-def _join(*parts: str) -> str:
-    return "/".join(p for p in parts if p)
-
-
-def _chunk_indices(store, array: str) -> list[list[int]]:
-    """Grid index of every chunk (or shard) object of an array (default key encoding)."""
-    prefix = _join(array, "c") + "/"
-    return [[int(v) for v in key[len(prefix):].split("/")] for key in store.keys(prefix)]
 
 
 def _complete_lower_levels(backend: TensorstoreZarrBackend, image: str) -> None:
@@ -232,18 +222,17 @@ def _complete_lower_levels(backend: TensorstoreZarrBackend, image: str) -> None:
     import tensorstore as ts
 
     from .backends import pyramid
+    from .backends.zarr_tensorstore import array_driver
 
-    store, unit = backend.store, backend._unit
+    store, layout, unit = backend.store, backend.layout, backend._unit
     n_outer = len(unit)
     specs = [backend._array_spec(image, k) for k in range(backend.levels)]
-
-    def grid(level: int) -> list[int]:
-        return specs[level]["metadata"]["chunk_grid"]["configuration"]["chunk_shape"]
+    grid = backend.level_grid
 
     def unit_files(level: int) -> dict[tuple[int, ...], int]:
         """Outer write-unit key -> chunk (or shard) objects stored at a level."""
         found: dict[tuple[int, ...], int] = {}
-        for idx in _chunk_indices(store, _join(image, str(level))):
+        for idx in layout.chunk_indices(image, level):
             key = tuple(i * g // u for i, g, u in zip(idx[:n_outer], grid(level), unit))
             found[key] = found.get(key, 0) + 1
         return found
@@ -257,7 +246,8 @@ def _complete_lower_levels(backend: TensorstoreZarrBackend, image: str) -> None:
         return per * -(-y // g[-2]) * -(-x // g[-1])
 
     ctx = ts.Context(store.context())
-    arrays = [ts.open({"driver": "zarr3", "kvstore": spec["kvstore"]}, context=ctx).result()
+    driver = array_driver(layout.version)
+    arrays = [ts.open({"driver": driver, "kvstore": spec["kvstore"]}, context=ctx).result()
               for spec in specs]
     incomplete: set[tuple[int, ...]] = set()
     have0 = unit_files(0)

@@ -284,7 +284,7 @@ def _infer_dim_type(name: str, coords: Sequence[Any] | None,
     if from_coords and from_unit and from_coords != from_unit:
         raise ValueError(
             f"dimension {name!r}: conflicting dimension type inference: coords suggests "
-            f"type='{from_coords}' but unit {unit!r} suggests type='{from_unit}'. Please specify "
+            f"type='{from_coords}' but unit suggests type='{from_unit}' ({unit!r}). Please specify "
             "an explicit `type` or remove the conflicting field."
         )
     from_name = _TYPE_OF_NAME.get(name.lower())
@@ -302,17 +302,18 @@ def _coerce_coords(name: str, coords: list[Any], dim_type: str) -> list[Any]:
     has_channel = any(isinstance(c, Channel) for c in coords)
     has_position = any(isinstance(c, Position) for c in coords)
     if has_channel and has_position:
-        raise ValueError(f"dimension {name!r}: coords mix Channel and Position objects")
+        raise ValueError(f"dimension {name!r}: May not mix Channel objects with Position "
+                         "objects in coords")
     if has_channel:
         if not all(isinstance(c, (str, Channel)) for c in coords):
-            raise ValueError(f"dimension {name!r}: may not mix Channel objects with other "
+            raise ValueError(f"dimension {name!r}: May not mix Channel objects with other "
                              "coord types")
         if dim_type != "channel":
             raise ValueError(f"dimension {name!r}: Channel objects in coords require "
                              f"type='channel', got type='{dim_type}'")
     if has_position:
         if not all(isinstance(c, (str, int, Position)) for c in coords):
-            raise ValueError(f"dimension {name!r}: may not mix Position objects with other "
+            raise ValueError(f"dimension {name!r}: May not mix Position objects with other "
                              "coord types")
         if dim_type != "position":
             raise ValueError(f"dimension {name!r}: Position objects in coords require "
@@ -348,15 +349,16 @@ def _check_position_names(dim_name: str, positions: Sequence[Position]) -> None:
         if not dupes:
             continue
         if all(v is None for v in key):
-            raise ValueError(f"dimension {dim_name!r}: positions without plate or grid "
-                             f"coordinates must have unique names; duplicates: {dupes}")
+            raise ValueError(f"dimension {dim_name!r}: positions without row/column must have "
+                             f"unique names (no plate or grid coordinates tell them apart); "
+                             f"duplicates: {dupes}")
         plate_row, plate_column, grid_row, grid_column = key
         where = []
         if plate_row is not None:
             where.append(f"well ({plate_row!r}, {plate_column!r})")
         if grid_row is not None:
             where.append(f"grid position ({grid_row}, {grid_column})")
-        raise ValueError(f"dimension {dim_name!r}: position names must be unique within each "
+        raise ValueError(f"dimension {dim_name!r}: Position names must be unique within each "
                          f"group; duplicates in {', '.join(where)}: {dupes}")
 
 
@@ -418,6 +420,14 @@ class Dimension(_Model):
             if getattr(self, field) is None:
                 fields_set.discard(field)  # None given explicitly: derived, like not given
         derived: dict[str, Any] = {}
+        if self.type == "position" or self._FIXED_TYPE == "position":
+            # as ome-writers 0.3.2 (its words and type): positions are listed up front
+            if self.coords is not None and len(self.coords) == 0:
+                raise NotImplementedError(f"dimension {name!r}: Empty coords for position "
+                                          "dimensions are not yet implemented")
+            if self._FIXED_TYPE is None and self.coords is None and self.count is None:
+                raise NotImplementedError(f"dimension {name!r}: Unbounded position dimensions "
+                                          "(count=None) are not yet implemented")
         if self.coords is not None and len(self.coords) == 0:
             raise ValueError(f"dimension {name!r}: coords is empty; give at least one coord "
                              "(or a count instead of coords)")
@@ -449,7 +459,7 @@ class Dimension(_Model):
             if kind is None:
                 what = "length" if dim_type == "space" else "time"
                 raise ValueError(
-                    f"dimension {name!r}: unrecognized unit of {what} {unit!r} for a "
+                    f"dimension {name!r}: Unrecognized unit of {what} {unit!r} for a "
                     f"{dim_type} axis; accepted: {accepted_units(dim_type)} (or their "
                     "symbols, e.g. 'um', 'nm', 'ms', 's')"
                 )
@@ -533,16 +543,20 @@ class PositionDimension(Dimension):
 
 
 class OmeZarrFormat(_Model):
-    """OME-Zarr v0.5 (zarr v3), written with tensorstore.
+    """OME-Zarr, written with tensorstore: NGFF 0.5 on zarr v3 (the default), or 0.4 on
+    zarr v2 (``version="0.4"``) for readers that read only that (Fiji's n5-zarr, older napari
+    plugins, MoBIE). Both have every feature but sharding, which zarr v2 lacks.
 
     ``backend`` accepts every name ome-writers 0.3.2 does, so its scripts run unchanged; the
-    service always writes with tensorstore (the arrays are the same zarr v3 either way).
+    service always writes with tensorstore (the arrays are the same zarr either way).
     """
 
     name: Literal["ome-zarr"] = "ome-zarr"
     backend: Literal["auto", "tensorstore", "acquire-zarr", "zarr-python", "zarrs-python"] = "auto"
     suffix: str = ".ome.zarr"
-    # --- additions of the service ---
+    # --- additions of the service (not in ome-writers 0.3.2) ---
+    version: Literal["0.4", "0.5"] = "0.5"
+    """The OME-Zarr (NGFF) version: "0.5" (zarr v3) or "0.4" (zarr v2)."""
     levels: PositiveInt = 1
     """Resolution levels ("0", "1", ... in each image's multiscales): each halves the one above
     in y and x, computed by the daemon as frames arrive."""
@@ -552,6 +566,14 @@ class OmeZarrFormat(_Model):
     def output_path(self, root_path: str, n_positions: int) -> str:
         """The store: ``root_path``'s stem with this format's suffix (as ome-writers 0.3.2)."""
         return ome_stem(root_path) + self.suffix
+
+    def get_output_path(self, root_path: str, *, num_positions: int = 1) -> str:
+        """ome-writers 0.3.2's name for `output_path`."""
+        return self.output_path(root_path, num_positions)
+
+
+#: The OME-TIFF specification's suffix of a companion OME-XML file (Bio-Formats needs it).
+COMPANION_SUFFIX = ".companion.ome"
 
 
 class OmeTiffFormat(_Model):
@@ -563,6 +585,12 @@ class OmeTiffFormat(_Model):
     images, files linked by UUID) where ``multi_file_metadata`` says: in every file
     ("redundant"), in the first ("master-tiff", the others hold a ``BinaryOnly`` reference),
     or in the XML file ``companion_file`` beside them ("companion-file").
+
+    The companion file is named ``<stem>.companion.ome`` unless ``companion_file`` says
+    otherwise (ome-writers 0.3.2 names it ``companion.ome``, which Bio-Formats does not take
+    for a companion: it recognises one only by the suffix ``.companion.ome``, the OME-TIFF
+    specification's, and reads a bare ``companion.ome`` as an image of zeros). A name without
+    that suffix is accepted with a warning.
     """
 
     name: Literal["ome-tiff"] = "ome-tiff"
@@ -570,7 +598,8 @@ class OmeTiffFormat(_Model):
     suffix: str = ".ome.tiff"
     prefer_single_file: Literal["auto", "always", "never"] = "auto"
     multi_file_metadata: Literal["redundant", "master-tiff", "companion-file"] = "redundant"
-    companion_file: str = "companion.ome"
+    companion_file: str | None = None
+    """None: ``<stem>.companion.ome``, filled in by AcquisitionSettings (`companion_name`)."""
     # --- additions of the service ---
     levels: PositiveInt = 1
     """Resolution levels: every plane's page gets ``levels - 1`` SubIFDs, each halving the one
@@ -585,11 +614,24 @@ class OmeTiffFormat(_Model):
 
     @field_validator("companion_file")
     @classmethod
-    def _plain_file_name(cls, v: str) -> str:
+    def _plain_file_name(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
         if not v or v in (".", "..") or "/" in v or "\\" in v or "\0" in v:
             raise ValueError(f"companion_file {v!r} must be a plain file name (it is written "
                              "in the directory of the position files)")
+        if not v.lower().endswith(COMPANION_SUFFIX):
+            warnings.warn(
+                f"companion_file {v!r}: Bio-Formats (Fiji, OMERO, QuPath) recognises a "
+                f"companion file only by a name ending in {COMPANION_SUFFIX!r}, and reads "
+                f"{v!r} as an image of zeros; name it e.g. 'experiment{COMPANION_SUFFIX}' (or "
+                "leave companion_file unset: <stem>.companion.ome)", UserWarning, stacklevel=2)
         return v
+
+    def companion_name(self, stem: str) -> str:
+        """The companion file's name for a dataset whose directory is ``stem``: the one the
+        user gave, else ``<stem>.companion.ome``."""
+        return self.companion_file if self._given("companion_file") else stem + COMPANION_SUFFIX
 
     def is_multi_file(self, n_positions: int) -> bool:
         """Whether positions go to a directory of files (else: one file)."""
@@ -600,6 +642,10 @@ class OmeTiffFormat(_Model):
         """The file ``<stem><suffix>``, or the directory ``<stem>`` of a multi-file dataset."""
         stem = ome_stem(root_path)
         return stem if self.is_multi_file(n_positions) else stem + self.suffix
+
+    def get_output_path(self, root_path: str, *, num_positions: int = 1) -> str:
+        """ome-writers 0.3.2's name for `output_path`."""
+        return self.output_path(root_path, num_positions)
 
 
 class ScratchFormat(_Model):
@@ -621,6 +667,10 @@ class ScratchFormat(_Model):
 
     def output_path(self, root_path: str, n_positions: int) -> str:
         """``root_path`` itself (a directory of memory-mapped arrays), or "" in memory."""
+        return root_path
+
+    def get_output_path(self, root_path: str, *, num_positions: int = 1) -> str:
+        """ome-writers 0.3.2's name for `output_path`."""
         return root_path
 
 
@@ -761,7 +811,7 @@ class AcquisitionSettings(_Model):
         try:
             name = np.dtype(v).name
         except TypeError as e:
-            raise ValueError(f"dtype {v!r} is not a numpy dtype") from e
+            raise ValueError(f"Invalid dtype {v!r}: not a numpy dtype") from e
         if name not in SUPPORTED_DTYPES + ZARR_ONLY_DTYPES:
             raise ValueError(f"dtype {name!r} is not supported; use one of "
                              f"{SUPPORTED_DTYPES + ZARR_ONLY_DTYPES}")
@@ -792,9 +842,6 @@ class AcquisitionSettings(_Model):
         elif self.format == "auto":
             # as ome-writers 0.3.2: without a root_path the only possible format is scratch
             self.__dict__["format"] = ScratchFormat()
-        dims = self.dimensions
-        if not dims:
-            return self  # an empty model, as ome-writers allows; create_stream() refuses it
         if self.format == "auto" and self.root_path:
             # as ome-writers 0.3.2 (its text, so filters written for it match): a warning,
             # then OME-Zarr at root_path + ".ome.zarr"
@@ -803,6 +850,9 @@ class AcquisitionSettings(_Model):
                 "writing OME-Zarr (to root_path + '.ome.zarr'). End root_path in .ome.zarr or "
                 ".ome.tiff, or set format='ome-zarr'/'ome-tiff'.", UserWarning, stacklevel=2)
             self.__dict__["format"] = OmeZarrFormat()
+        dims = self.dimensions
+        if not dims:
+            return self  # an empty model, as ome-writers allows; create_stream() refuses it
         scratch = isinstance(self.format, ScratchFormat)
         found = _path_suffix(self.root_path) if self.root_path and not scratch else None
         if found is not None and found[0] != self.format.name:
@@ -829,6 +879,7 @@ class AcquisitionSettings(_Model):
             _check_zarr(self)
         elif isinstance(self.format, OmeTiffFormat):
             _check_tiff(self)
+            self.__dict__["format"] = _with_companion_name(self.format, self.root_path)
         if isinstance(self.format, (OmeZarrFormat, OmeTiffFormat)):
             _check_levels(self.format.levels, self.frame_shape)
         if self.plate is not None:
@@ -844,6 +895,7 @@ class AcquisitionSettings(_Model):
     @property
     def positions(self) -> list[Position]:
         """Every image the dataset holds; a dataset without a position axis has one."""
+        self._require_dimensions("positions")
         pd = self.position_dimension
         if pd is None:
             return [Position(name="0")]
@@ -948,7 +1000,7 @@ class AcquisitionSettings(_Model):
 
     @property
     def is_unbounded(self) -> bool:
-        return bool(self.dimensions) and self.dimensions[0].count is None
+        return self._require_dimensions("is_unbounded")[0].count is None
 
     @property
     def num_frames(self) -> int | None:
@@ -966,11 +1018,14 @@ class AcquisitionSettings(_Model):
     def validate_for_writing(self) -> None:
         """Checks only create_stream() needs (ome-writers allows empty models to be built)."""
         if not self.root_path and not isinstance(self.format, ScratchFormat):
-            raise ValueError("AcquisitionSettings.root_path is empty")
+            raise ValueError(f"root_path is required for {self.format.name} format "
+                             "(AcquisitionSettings.root_path is empty)")
         if not self.dimensions:
-            raise ValueError("AcquisitionSettings.dimensions is empty")
+            raise ValueError("settings.dimensions must be set before creating a stream "
+                             "(AcquisitionSettings.dimensions is empty)")
         if not self.dtype:
-            raise ValueError("AcquisitionSettings.dtype is empty")
+            raise ValueError("settings.dtype must be set before creating a stream "
+                             "(AcquisitionSettings.dtype is empty)")
         if self.format == "auto":
             raise ValueError("AcquisitionSettings.format could not be inferred")
 
@@ -978,6 +1033,7 @@ class AcquisitionSettings(_Model):
     def output_path(self) -> str:
         """Where the dataset goes, absolute: the OME-Zarr store, the OME-TIFF file, or the
         directory of a multi-file OME-TIFF (see `OmeTiffFormat`)."""
+        self._require_dimensions("output_path")
         if isinstance(self.format, ScratchFormat) and not self.root_path:
             return ""  # in memory
         url = url_scheme(self.root_path) is not None
@@ -1012,26 +1068,32 @@ def _check_dimensions(dims: Sequence[Dimension]) -> None:
     names = [d.name for d in dims]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
-        raise ValueError(f"dimensions: duplicate names {dupes}")
-    if len(dims) < 2:
-        raise ValueError("dimensions: need at least the two frame axes (y, x)")
+        raise ValueError(f"dimensions: duplicate names {dupes} (dimension names must be unique)")
+    n_array = sum(not d.is_position for d in dims)
+    if n_array < 2:
+        raise ValueError("dimensions: At least 2 non-position dimensions are required (the "
+                         "frame axes y, x)")
+    if n_array > 5:
+        raise ValueError(f"dimensions: At most 5 non-position dimensions are allowed; "
+                         f"{[d.name for d in dims if not d.is_position]} are {n_array}")
     for d in dims[-2:]:
         if d.is_position or d.count is None or d.type != "space":
             raise ValueError(
-                f"dimensions: the last two dimensions are the frame and must be bounded spatial "
-                f"axes (y, x); {d.name!r} is type={d.type!r}, count={d.count}"
+                f"dimensions: The last two dimensions must be spatial dimensions: they are the "
+                f"frame, bounded spatial axes (y, x); {d.name!r} is type={d.type!r}, "
+                f"count={d.count}"
             )
     for i, d in enumerate(dims):
         if d.count is None and i != 0:
             raise ValueError(
-                f"dimensions: {d.name!r} is unbounded (count=None) but only the first "
+                f"dimensions: {d.name!r} is unbounded (count=None). Only the first "
                 "dimension may be unbounded"
             )
     if dims[0].count is None and dims[0].is_position:
         raise ValueError(f"dimensions: the position dimension {dims[0].name!r} cannot be unbounded")
     npos = sum(d.is_position for d in dims)
     if npos > 1:
-        raise ValueError("dimensions: at most one position dimension")
+        raise ValueError("dimensions: Only one position dimension is allowed")
     for d in dims:
         if d.is_position and (d.chunk_size or d.shard_size_chunks):
             raise ValueError(f"dimension {d.name!r}: a position dimension has no chunks or shards")
@@ -1044,10 +1106,14 @@ def _check_storage_list(order: list[str], dims: Sequence[Dimension]) -> None:
     given = [n for n in order if n not in pos]
     if given[-2:] == frame:
         given = given[:-2]
+    elif set(frame) & set(given):
+        raise ValueError(f"storage_order {order}: storage_order may not (yet) permute the last "
+                         f"two dimensions (the frame axes {frame} come last, in that order)")
     if sorted(given) != sorted(outer) or len(given) != len(set(given)):
         raise ValueError(
-            f"storage_order {order} is not a permutation of the non-frame dimensions {outer} "
-            f"(optionally followed by the frame axes {frame})"
+            f"storage_order names {order} don't match the acquisition dimensions: not a "
+            f"permutation of the non-frame dimensions {outer} (optionally followed by the "
+            f"frame axes {frame})"
         )
 
 
@@ -1056,13 +1122,20 @@ def _check_zarr(s: AcquisitionSettings) -> None:
         raise ValueError(
             f"compression {s.compression!r} is not available for OME-Zarr; use one of {ZARR_COMPRESSIONS}"
         )
+    version = s.format.version
+    sharded = [d.name for d in s.dimensions if d.shard_size_chunks]
+    if version == "0.4" and sharded:
+        raise ValueError(
+            f"dimensions {sharded}: shard_size_chunks asks for sharding, which OME-Zarr 0.4 "
+            "cannot store (zarr v2 has no shards); drop shard_size_chunks or write OME-Zarr "
+            "0.5 (format=OmeZarrFormat(version='0.5'))")
     axes = s.storage_dimensions
     types = [d.type for d in axes]
     n_space = types.count("space")
     if len(axes) > 5 or types.count("time") > 1 or types.count("channel") > 1 \
             or types.count("other") > 1 or n_space > 3:
         raise ValueError(
-            f"storage axes {[d.name for d in axes]} cannot be OME-Zarr v0.5 axes: at most one "
+            f"storage axes {[d.name for d in axes]} cannot be OME-Zarr v{version} axes: at most one "
             "time, one channel, one custom and three space axes (five in all)"
         )
     if "channel" in types and "other" in types:
@@ -1078,7 +1151,7 @@ def _check_zarr(s: AcquisitionSettings) -> None:
     ranks = [_OME_RANK[t] for t in types]
     if ranks != sorted(ranks):
         raise ValueError(
-            f"storage_order gives axes {[d.name for d in axes]}, which OME-Zarr v0.5 forbids: "
+            f"storage_order gives axes {[d.name for d in axes]}, which OME-Zarr v{version} forbids: "
             "time must come first, then channel/custom, then space; use storage_order='ome'"
         )
     zarr_image_groups(s)
@@ -1123,6 +1196,20 @@ def zarr_image_groups(s: AcquisitionSettings) -> list[str]:
                              f"{positions[i].name!r} would share the OME-Zarr group {path!r}")
         seen[path] = i
     return paths
+
+
+def _with_companion_name(fmt: OmeTiffFormat, root_path: str) -> OmeTiffFormat:
+    """The format with its companion file named after the dataset (``<stem>.companion.ome``)
+    where the user named none, so that ``settings.format.companion_file`` is the file's name
+    as in ome-writers 0.3.2. A copy: the user's format object may serve other settings."""
+    if fmt._given("companion_file") or not root_path:
+        return fmt
+    name = fmt.companion_name(os.path.basename(ome_stem(root_path.rstrip("/\\"))))
+    if fmt.companion_file == name:
+        return fmt
+    out = fmt.model_copy()
+    out.__dict__["companion_file"] = name  # derived: not in model_fields_set
+    return out
 
 
 def _check_tiff(s: AcquisitionSettings) -> None:
@@ -1174,10 +1261,12 @@ def _check_levels(levels: int, frame_shape: tuple[int, int]) -> None:
 
 def _check_plate(plate: Plate, pd: PositionDimension | None) -> None:
     if pd is None or not pd.coords:
-        raise ValueError("plate: a plate needs a position dimension whose coords are Positions")
-    for p in pd.coords:
-        if p.plate_row is None or p.plate_column is None:
-            raise ValueError(f"plate: position {p.name!r} has no plate_row/plate_column")
+        raise ValueError("plate: Plate mode requires a position dimension in dimensions (whose "
+                         "coords are Positions)")
+    missing = [p.name for p in pd.coords if p.plate_row is None or p.plate_column is None]
+    if missing:
+        raise ValueError(f"plate: All positions must have row and column for plate mode. "
+                         f"Missing row/column for positions: {missing} (no plate_row/plate_column)")
     outside = [p.name for p in pd.coords
                if p.plate_row not in plate.row_names or p.plate_column not in plate.column_names]
     if outside:
@@ -1216,7 +1305,7 @@ def dims_from_standard_axes(
             axis = StandardAxis(name)
         except ValueError as e:
             raise ValueError(f"dims_from_standard_axes: {name!r} is not one of x,y,z,c,t,p "
-                             f"(standard axes names must be one of {allowed})") from e
+                             f"(Standard axes names must be one of {allowed})") from e
         count, coords = (size, None) if size is None or isinstance(size, int) else (None, list(size))
         if axis is StandardAxis.POSITION:
             out.append(axis.to_dimension(count=count, coords=coords))

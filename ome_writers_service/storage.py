@@ -10,7 +10,7 @@ Credentials are handed to tensorstore by naming where to find them, so they appe
 spec, message, log or ``repr`` of ours.
 
 S3 has no rename: each object is replaced whole by a PUT (a reader sees the old or the new
-one), so `write_json` needs no temporary name there.
+one), so `write_bytes` needs no temporary name there.
 """
 
 from __future__ import annotations
@@ -109,8 +109,12 @@ class Store:
         """Tensorstore context resources for this store."""
         return {}
 
-    def write_json(self, key: str, doc: Any) -> None:
+    def write_bytes(self, key: str, data: bytes) -> None:
+        """Write (or replace) one object whole: a reader sees the old or the new one."""
         raise NotImplementedError
+
+    def write_json(self, key: str, doc: Any) -> None:
+        self.write_bytes(key, json.dumps(doc, indent=2).encode())
 
     def read_json(self, key: str) -> Any:
         raise NotImplementedError
@@ -137,12 +141,15 @@ class LocalStore(Store):
     def context(self) -> dict[str, Any]:
         return {"file_io_sync": False}
 
-    def write_json(self, key: str, doc: Any) -> None:
+    def write_bytes(self, key: str, data: bytes) -> None:
         path = self.root / key
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(doc, indent=2))
-        tmp.replace(path)  # atomic: a reader never sees half a document
+        tmp = path.with_name(f".{path.name}.tmp")
+        try:
+            tmp.write_bytes(data)
+            tmp.replace(path)  # atomic: a reader never sees half a document
+        finally:
+            tmp.unlink(missing_ok=True)
 
     def read_json(self, key: str) -> Any:
         return json.loads((self.root / key).read_text())
@@ -189,8 +196,8 @@ class S3Store(Store):
                 self.context())).result()
         return self._kv
 
-    def write_json(self, key: str, doc: Any) -> None:
-        self._store().write(key, json.dumps(doc, indent=2).encode()).result()
+    def write_bytes(self, key: str, data: bytes) -> None:
+        self._store().write(key, data).result()
 
     def read_json(self, key: str) -> Any:
         got = self._store().read(key).result()

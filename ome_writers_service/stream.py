@@ -12,6 +12,8 @@ import bisect
 import logging
 import queue
 import threading
+import warnings
+import weakref
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Callable, Literal, Mapping, Sequence
@@ -104,6 +106,10 @@ class OMEStream(metaclass=abc.ABCMeta):
         #: (first frame, count) of each skip() (the daemon's dropped frames too), in order:
         #: their planes hold no frame (read_plane answers None)
         self._skipped: list[tuple[int, int]] = []
+        # a stream dropped without close() is finalized when collected, with a warning when
+        # it holds frames (as ome-writers 0.3.2): its dataset is never left half-written
+        self._collected = weakref.finalize(self, _finish_collected, self._router,
+                                           self._backend, self._journal, self._lock)
 
     # ---- frames ----
 
@@ -131,8 +137,8 @@ class OMEStream(metaclass=abc.ABCMeta):
             loc = next(self._router)
         except StopIteration:
             raise FrameCountError(
-                f"frame {n}: the acquisition declares {self._router.num_frames} frames; "
-                "nothing more can be appended"
+                f"frame {n}: Cannot append frame: would exceed total of "
+                f"{self._router.num_frames} frames the acquisition declares"
             ) from None
         with self._lock:
             if done is None:
@@ -165,25 +171,9 @@ class OMEStream(metaclass=abc.ABCMeta):
         if self._closed:
             return
         self._closed = True
+        self._collected.detach()
         self._events.close()  # the handlers have seen every frame when close() returns
-        done, expected = self._router.frames_done, self._router.num_frames
-        backend = self._backend
-        backend.acquisition_summary = {
-            "frames_expected": expected, "frames_written": backend.frames_written,
-            "frames_without_data": done - backend.frames_written,  # skipped or dropped
-            "complete": expected in (None, done),
-        }
-        if expected is not None and done < expected and backend.first_axis is not None:
-            # ended early: describe only what arrived (the last step of the slowest axis
-            # may be partial; its missing frames keep the fill value)
-            backend.truncate(self._router.extent_after(done)[backend.first_axis])
-        with self._lock:
-            try:
-                backend.finalize()
-            except BaseException:
-                self._journal.close()  # kept: `recover` can retry what finalize could not
-                raise
-            self._journal.remove()
+        _finish(self._router, self._backend, self._journal, self._lock)
 
     @property
     def closed(self) -> bool:
@@ -235,6 +225,12 @@ class OMEStream(metaclass=abc.ABCMeta):
         return self._backend.frames_written
 
     @property
+    def frames_sent(self) -> int:
+        """Frames appended or skipped so far: the next frame's number (as the daemon-backed
+        stream's ``frames_sent``)."""
+        return self._router.frames_done
+
+    @property
     def paths(self) -> list[str]:
         """Where each position's image is stored."""
         return self._backend.paths
@@ -262,6 +258,38 @@ class OMEStream(metaclass=abc.ABCMeta):
         axis in place (as ome-writers); see `StreamView`."""
         return StreamView(self._settings, self._router, self.read_plane,
                           dynamic_shape=dynamic_shape, strict=strict, events=self._events)
+
+
+def _finish(router: FrameRouter, backend: ArrayBackend, journal: Any,
+            lock: threading.Lock) -> None:
+    """Close a stream's dataset: the acquisition summary, the extent that arrived, the
+    final metadata; the journal goes once that is written."""
+    done, expected = router.frames_done, router.num_frames
+    backend.acquisition_summary = {
+        "frames_expected": expected, "frames_written": backend.frames_written,
+        "frames_without_data": done - backend.frames_written,  # skipped or dropped
+        "complete": expected in (None, done),
+    }
+    if expected is not None and done < expected and backend.first_axis is not None:
+        # ended early: describe only what arrived (the last step of the slowest axis
+        # may be partial; its missing frames keep the fill value)
+        backend.truncate(router.extent_after(done)[backend.first_axis])
+    with lock:
+        try:
+            backend.finalize()
+        except BaseException:
+            journal.close()  # kept: `recover` can retry what finalize could not
+            raise
+        journal.remove()
+
+
+def _finish_collected(router: FrameRouter, backend: ArrayBackend, journal: Any,
+                      lock: threading.Lock) -> None:
+    if router.frames_done:
+        warnings.warn("OMEStream was not closed before garbage collection. Please use `with "
+                      "create_stream(...):` in a context manager or call `stream.close()` "
+                      "before deletion.", UserWarning, stacklevel=2)
+    _finish(router, backend, journal, lock)
 
 
 #: seconds close() waits for on() handlers still busy with earlier frames

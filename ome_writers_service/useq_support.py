@@ -16,7 +16,7 @@ per axis (the scale then stays as derived from the sequence).
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from .schema import Channel, Dimension, Plate, Position, PositionDimension, StandardAxis
@@ -265,6 +265,30 @@ def _stage_positions(seq: Any) -> list[Position]:
                                 grid_row=pos.grid_row, grid_column=pos.grid_col,
                                 plate_row=row, plate_column=col))
     return out
+
+
+def position_index_of(seq: Any) -> Callable[[Mapping[str, int]], int]:
+    """The position dimension's index of an event index {axis: i}: stage position ``p`` and
+    grid point ``g`` flattened in the order `_build_positions` lists them."""
+    from useq import Axis, WellPlatePlan
+
+    p_ax, g_ax = str(Axis.POSITION), str(Axis.GRID)
+    plan = seq.stage_positions
+    if isinstance(plan, WellPlatePlan) or not plan:
+        if not plan and seq.grid_plan is not None:
+            return lambda index: index.get(g_ax, 0)
+        return lambda index: index.get(p_ax, 0)
+    order = [str(a) for a in seq.axis_order]
+    global_grid = list(seq.grid_plan) if seq.grid_plan else None
+    if global_grid and p_ax in order and g_ax in order and order.index(g_ax) < order.index(p_ax):
+        n = len(plan)
+        return lambda index: index.get(g_ax, 0) * n + index.get(p_ax, 0)
+    offsets, k = [], 0
+    for pos in plan:
+        offsets.append(k)
+        grid = pos.sequence.grid_plan if pos.sequence and pos.sequence.grid_plan else global_grid
+        k += len(list(grid)) if grid else 1
+    return lambda index: offsets[index.get(p_ax, 0)] + index.get(g_ax, 0)
 
 
 def _plate_from_useq(seq: Any) -> Plate | None:

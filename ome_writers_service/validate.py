@@ -2,7 +2,7 @@
 tifffile, tensorstore), so that "valid" means what other tools will accept.
 
 Nothing here raises for a bad input: a file that is not a TIFF, an empty or truncated file, a
-zarr.json that is not JSON all become FAIL lines naming the file.
+zarr.json (or .zattrs) that is not JSON all become FAIL lines naming the file.
 """
 
 from __future__ import annotations
@@ -47,6 +47,12 @@ def _is_companion(p: Path) -> bool:
     return p.name.lower().endswith(_COMPANION_SUFFIXES) and holds_ome_document(p)
 
 
+def is_zarr_group(path: Path) -> bool:
+    from .format_metadata import is_zarr_group as is_group
+
+    return is_group(path)
+
+
 def dataset_files(path: str | Path) -> list[Path]:
     """What to check for ``path``: an OME-Zarr store or OME-TIFF file itself; for the
     directory of a multi-file OME-TIFF (or the root_path it was written from, e.g.
@@ -56,9 +62,9 @@ def dataset_files(path: str | Path) -> list[Path]:
         from .schema import ome_stem
 
         stem = Path(ome_stem(str(p)))
-        if stem != p and stem.is_dir() and not (stem / "zarr.json").exists():
+        if stem != p and stem.is_dir() and not is_zarr_group(stem):
             p = stem
-    if p.is_dir() and not (p / "zarr.json").exists():
+    if p.is_dir() and not is_zarr_group(p):
         files = sorted(q for q in p.iterdir() if q.is_file() and not q.name.startswith("."))
         found = [q for q in files if _is_companion(q)] + [q for q in files if _is_tiff(q)]
         if found:
@@ -92,19 +98,19 @@ def _validate(p: Path, seen: _Seen) -> Report:
     report = Report(str(p))
     try:
         if p.is_dir():
-            if (p / "zarr.json").is_file():
+            if is_zarr_group(p):
                 _validate_zarr(p, report)
             else:
-                report.check(False, "format", f"{p} is a directory without zarr.json nor TIFF "
-                                              "files: neither a zarr v3 store nor a multi-file "
-                                              "OME-TIFF")
+                report.check(False, "format", f"{p} is a directory without zarr.json, .zgroup "
+                                              "nor TIFF files: neither a zarr store nor a "
+                                              "multi-file OME-TIFF")
         elif p.is_file():
             if _is_tiff(p):
                 _validate_tiff(p, report, seen)
             elif p.name.lower().endswith(_COMPANION_SUFFIXES):
                 _validate_companion(p, report, seen)
             else:
-                report.check(False, "format", f"{p.name} is neither a zarr v3 store, a "
+                report.check(False, "format", f"{p.name} is neither a zarr store, a "
                                               ".tif/.tiff file nor a companion .ome file")
         else:
             report.check(False, "exists", f"{p}: no such file or directory")
@@ -122,25 +128,45 @@ def validate_all(path: str | Path) -> list[Report]:
 def _read_json(path: Path, report: Report) -> dict | None:
     try:
         doc = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, ValueError) as e:
+    except (OSError, UnicodeDecodeError) as e:
+        report.check(False, f"{path}: readable", str(e)[:300])
+        return None
+    except ValueError as e:
         report.check(False, f"{path}: valid JSON", str(e)[:300])
         return None
     if not isinstance(doc, dict):
-        report.check(False, f"{path}: a zarr.json document", f"a JSON {type(doc).__name__}, "
-                                                             "not an object")
+        report.check(False, f"{path}: a {path.name} document", f"a JSON {type(doc).__name__}, "
+                                                               "not an object")
         return None
     return doc
 
 
+def _attributes(group: Path, report: Report) -> dict | None:
+    """A group's attributes (zarr v3 zarr.json, or v2 .zattrs), or None (reported)."""
+    if (group / "zarr.json").is_file():
+        doc = _read_json(group / "zarr.json", report)
+        return None if doc is None else (doc.get("attributes") or {})
+    if not (group / ".zattrs").is_file():
+        return {}
+    return _read_json(group / ".zattrs", report)
+
+
+def _ngff(attrs: dict) -> dict:
+    """The NGFF metadata of a group: 0.5 under "ome", 0.4 at the top of the attributes."""
+    ome = attrs.get("ome")
+    return ome if isinstance(ome, dict) else attrs
+
+
 def _image_groups(root: Path, report: Report) -> list[tuple[Path, dict]]:
     out = []
-    for zj in sorted(root.rglob("zarr.json")):
-        doc = _read_json(zj, report)
-        if doc is None:
+    groups = sorted({f.parent for name in ("zarr.json", ".zgroup") for f in root.rglob(name)})
+    for group in groups:
+        attrs = _attributes(group, report)
+        if attrs is None:
             continue
-        ome = (doc.get("attributes") or {}).get("ome") or {}
+        ome = _ngff(attrs)
         if isinstance(ome, dict) and "multiscales" in ome:
-            out.append((zj.parent, ome))
+            out.append((group, ome))
     return out
 
 
@@ -148,34 +174,120 @@ def _validate_zarr(root: Path, report: Report) -> None:
     import tensorstore as ts
     import yaozarrs
 
-    if _read_json(root / "zarr.json", report) is None:
+    root_attrs = _attributes(root, report)
+    if root_attrs is None:
         return
+    v2 = not (root / "zarr.json").is_file()
+    images = _image_groups(root, report)
     try:
         yaozarrs.validate_zarr_store(str(root))
         report.check(True, "yaozarrs: OME-Zarr hierarchy valid")
     except Exception as e:  # noqa: BLE001 - any failure is a finding
-        report.check(False, "yaozarrs: OME-Zarr hierarchy valid", str(e)[:500])
-    images = _image_groups(root, report)
+        if v2 and "Unable to determine OME-Zarr version" in str(e) and \
+                "bioformats2raw.layout" in root_attrs and images:
+            # a 0.4 bioformats2raw root states no version: yaozarrs looks for it in a group
+            # named "0" only; series named otherwise (Pos0, ...) are validated one by one
+            _validate_each_image(root, images, report)
+        else:
+            report.check(False, "yaozarrs: OME-Zarr hierarchy valid", str(e)[:500])
     report.check(bool(images), "at least one multiscales image", "none found")
+    shapes = {}
     for img, ome in images:
         try:
             ms = ome["multiscales"][0]
             datasets, axes = ms["datasets"], ms["axes"]
         except (KeyError, IndexError, TypeError) as e:
-            report.check(False, f"{img / 'zarr.json'}: multiscales readable", f"missing {e}")
+            report.check(False, f"{img}: multiscales readable", f"missing {e}")
             continue
         for ds in datasets:
             where = img.relative_to(root.parent) / str(ds.get("path", "?"))
             try:
-                arr = ts.open({"driver": "zarr3",
+                arr = ts.open({"driver": "zarr" if v2 else "zarr3",
                                "kvstore": {"driver": "file", "path": str(img / ds["path"])}}).result()
                 ok = arr.rank == len(axes)
                 report.check(ok, f"{where}: rank {arr.rank} matches axes", str(axes))
                 if arr.size:
                     arr[(0,) * (arr.rank - 2)].read().result()
                 report.check(True, f"{where}: shape {tuple(arr.shape)} {arr.dtype.name} readable")
+                if ds is datasets[0]:
+                    shapes[img.relative_to(root).as_posix()] = (tuple(arr.shape), ms, ome,
+                                                                arr.dtype.name)
             except Exception as e:  # noqa: BLE001
                 report.check(False, f"{where}: readable with tensorstore", str(e)[:300])
+    if "bioformats2raw.layout" in _ngff(root_attrs):
+        _check_ome_xml(root, shapes, report)
+
+
+def _validate_each_image(root: Path, images: list[tuple[Path, dict]], report: Report) -> None:
+    import yaozarrs
+
+    bad = []
+    for img, _ in images:
+        try:
+            yaozarrs.validate_zarr_store(str(img))
+        except Exception as e:  # noqa: BLE001
+            bad.append(f"{img.relative_to(root)}: {str(e)[:300]}")
+    report.check(not bad, f"yaozarrs: each of the {len(images)} images valid (a 0.4 "
+                          "bioformats2raw root without a group 0 has no version it can "
+                          "read)", "; ".join(bad))
+
+
+def _check_ome_xml(root: Path, images: dict, report: Report) -> None:
+    """A bioformats2raw layout's OME/METADATA.ome.xml: valid against the OME XSD, one
+    Image per group the OME group's series lists, in that order, each with that group's
+    name, sizes and channel labels."""
+    from ome_types import from_xml
+
+    path = root / "OME" / "METADATA.ome.xml"
+    if not path.is_file():
+        wide = sorted({v[3] for v in images.values()} & {"int64", "uint64"})
+        kinds = [{a.get("type") for a in v[1]["axes"]} for v in images.values()]
+        both = any("channel" in k and k - {"time", "channel", "space"} for k in kinds)
+        # (what this service writes then: no document rather than a wrong one)
+        if wide:
+            report.check(True, f"no OME/METADATA.ome.xml: there is no OME-XML PixelType for "
+                               f"{wide[0]}")
+        elif both:
+            report.check(True, "no OME/METADATA.ome.xml: OME-XML has one C axis for both a "
+                               "channel and a custom axis")
+        else:
+            report.check(False, "OME/METADATA.ome.xml present (bioformats2raw layout)",
+                         "missing")
+        return
+    try:
+        ome = from_xml(path.read_bytes().decode("utf-8"), validate=True)
+    except Exception as e:  # noqa: BLE001
+        report.check(False, "ome-types: OME/METADATA.ome.xml valid against the OME XSD",
+                     str(e)[:300])
+        return
+    report.check(True, "ome-types: OME/METADATA.ome.xml valid against the OME XSD")
+    series_attrs = _attributes(root / "OME", report) or {}
+    series = _ngff(series_attrs).get("series")
+    if not isinstance(series, list):
+        report.check(False, "OME group lists the series", "no series attribute")
+        return
+    report.check(len(ome.images) == len(series) and sorted(series) == sorted(images),
+                 f"METADATA.ome.xml: {len(ome.images)} images for {len(series)} series",
+                 f"series {series}, image groups {sorted(images)}")
+    bad = []
+    for image, rel in zip(ome.images, series):
+        if rel not in images:
+            continue
+        shape, ms, ngff, _ = images[rel]
+        px = image.pixels
+        letters = [{"time": "T", "channel": "C", "space": "Z"}.get(a.get("type"), "C")
+                   for a in ms["axes"][:-2]]
+        sizes = {"T": 1, "C": 1, "Z": 1, **dict(zip(letters, shape[:-2]))}
+        got = {"T": px.size_t, "C": px.size_c, "Z": px.size_z}
+        if got != sizes or (px.size_y, px.size_x) != tuple(shape[-2:]):
+            bad.append(f"{rel}: sizes {got} {px.size_y}x{px.size_x}, the array is {shape}")
+        if ms.get("name") and image.name != ms["name"]:
+            bad.append(f"{rel}: named {image.name!r}, multiscales {ms['name']!r}")
+        labels = [c.get("label") for c in (ngff.get("omero") or {}).get("channels", [])]
+        if labels and [c.name for c in px.channels] != labels:
+            bad.append(f"{rel}: channels {[c.name for c in px.channels]}, omero {labels}")
+    report.check(not bad, "METADATA.ome.xml agrees with each image's zarr metadata (order, "
+                          "names, sizes, channels)", "; ".join(bad))
 
 
 #: the root element's UUID attribute (either quote, spaces around "=")

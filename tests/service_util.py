@@ -70,8 +70,10 @@ def frame_pixels(seed: int, i: int, shape, dtype) -> np.ndarray:
 
 
 def expected_images(settings, seed: int, frames: int | None = None,
-                    missing: set[int] = frozenset()) -> list[np.ndarray]:
-    """Each position's array in storage order, as frame_pixels() frames routed by hand."""
+                    missing: set[int] = frozenset(), pixels=None) -> list[np.ndarray]:
+    """Each position's array in storage order, as frame_pixels() frames (or ``pixels``')
+    routed by hand."""
+    pixels = pixels or frame_pixels
     outer = list(settings.dimensions[:-2])
     sizes = [d.count for d in outer]
     names = [d.name for d in outer]
@@ -92,8 +94,8 @@ def expected_images(settings, seed: int, frames: int | None = None,
         if n in missing:
             continue
         pos = acq[pos_axis] if pos_axis is not None else 0
-        out[pos][tuple(acq[p] for p in perm)] = frame_pixels(seed, n, settings.frame_shape,
-                                                             settings.dtype)
+        out[pos][tuple(acq[p] for p in perm)] = pixels(seed, n, settings.frame_shape,
+                                                       settings.dtype)
     return out
 
 

@@ -186,3 +186,44 @@ print(os.getpid())
             except OSError:
                 break
             time.sleep(0.05)
+
+
+@pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")
+@pytest.mark.parametrize("compression", [None, "lzw"])
+@pytest.mark.parametrize("frames", [4, 2])  # complete, and ended early
+def test_view_after_close_of_tiff_in_both_modes(daemon, tmp_path, compression, frames):
+    import gc
+    import warnings
+    for mode in ({"in_process": True}, {"endpoint": daemon.endpoint, "token": daemon.token}):
+        s = small(tmp_path / f"v{len(mode)}.ome.tiff", compression=compression)
+        st = create_stream(s, **mode)
+        for i in range(frames):
+            st.append(np.full((16, 16), i + 1, np.uint16))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # no "unclosed file" when the view goes
+            st.close()
+            view = st.view()
+            assert view.shape == (frames, 16, 16)
+            assert [int(view[i, 0, 0]) for i in range(frames)] == list(range(1, frames + 1))
+            del st, view
+            gc.collect()
+
+
+@pytest.mark.parametrize("suffix", [".ome.zarr", ".ome.tiff"])
+def test_a_stream_dropped_unclosed_is_finalized_with_a_warning(tmp_path, suffix):
+    import gc
+    from ome_writers_service import dataset_info
+    s = small(tmp_path / f"dropped{suffix}")
+    stream = create_stream(s, in_process=True)
+    stream.append(np.full((16, 16), 7, np.uint16))
+    with pytest.warns(UserWarning, match="OMEStream was not closed"):
+        del stream
+        gc.collect()
+    assert not list(tmp_path.glob("*.ows-journal"))  # finalized: nothing to recover
+    assert dataset_info(str(tmp_path / f"dropped{suffix}"))["images"]
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        unused = create_stream(s, in_process=True)  # nothing appended: no warning
+        del unused
+        gc.collect()

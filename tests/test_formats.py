@@ -218,7 +218,7 @@ def test_bad_frames_raise_naming_the_frame_and_keep_what_was_written(tmp_path, s
         stream.append([[0] * 20] * 24)
     stream.append(frame_pixels(10, 1, (24, 20), np.uint16))
     stream.append(frame_pixels(10, 2, (24, 20), np.uint16))
-    with pytest.raises(FrameCountError, match="frame 3: the acquisition declares 3 frames"):
+    with pytest.raises(FrameCountError, match="frame 3: Cannot append frame: would exceed total of 3 frames"):
         stream.append(frame_pixels(10, 3, (24, 20), np.uint16))
     stream.close()
     verify(s, stream.paths, 10)

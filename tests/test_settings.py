@@ -37,8 +37,10 @@ def test_defaults_match_ome_writers_0_3_2():
     assert PositionDimension().name == "p" and PositionDimension().type == "position"
     assert OmeZarrFormat().suffix == ".ome.zarr" and OmeTiffFormat().suffix == ".ome.tiff"
     t = OmeTiffFormat()
+    # (not the companion file's name: 0.3.2's "companion.ome" is not one Bio-Formats reads)
     assert (t.prefer_single_file, t.multi_file_metadata, t.companion_file) == \
-        ("auto", "redundant", "companion.ome")
+        ("auto", "redundant", None)
+    assert t.companion_name("run") == "run.companion.ome"
     assert Position(name="A1").plate_row is None and Channel(name="GFP").color is None
 
 
@@ -59,26 +61,26 @@ def test_format_inferred_from_suffix():
     (lambda: dict(dimensions=[Dimension(name="t", count=4, chunk_size=5), *YX]),
      "chunk_size=5 is larger than count=4"),
     (lambda: dict(dimensions=[Dimension(name="t", count=None), Dimension(name="z", count=None), *YX]),
-     "only the first dimension may be unbounded"),
+     "Only the first dimension may be unbounded"),
     (lambda: dict(dimensions=[Dimension(name="t", count=3), Dimension(name="z", count=None), *YX]),
      "'z' is unbounded"),
     (lambda: dict(dtype="complex64"), "dtype 'complex64' is not supported"),
-    (lambda: dict(dtype="banana"), "dtype 'banana' is not a numpy dtype"),
+    (lambda: dict(dtype="banana"), "Invalid dtype 'banana': not a numpy dtype"),
     (lambda: dict(storage_order=["t", "q"]), "not a permutation"),
     (lambda: dict(dimensions=[Dimension(name="t", count=2), Dimension(name="t", count=2), *YX]),
      "duplicate names"),
     (lambda: dict(dimensions=[Dimension(name="y", count=8), Dimension(name="t", count=2),
-                      Dimension(name="x", count=8)]), "last two dimensions are the frame"),
+                      Dimension(name="x", count=8)]), "The last two dimensions must be spatial"),
     (lambda: dict(dimensions=[Dimension(name="t", count=2), Dimension(name="z", count=2), *YX],
           storage_order=["z", "t"]), "time must come first"),
     (lambda: dict(compression="lzw"), "not available for OME-Zarr"),
     (lambda: dict(root_path="a.ome.tiff", compression="blosc-zstd"), "not available for OME-TIFF"),
     (lambda: dict(root_path="a.ome.tiff", dimensions=[Dimension(name="angle", count=2), *YX]),
      "cannot be represented"),
-    (lambda: dict(plate=Plate(row_names=["A"], column_names=["1"])), "needs a position dimension"),
+    (lambda: dict(plate=Plate(row_names=["A"], column_names=["1"])), "requires a position dimension"),
     (lambda: dict(plate=Plate(row_names=["A"], column_names=["1"]), dimensions=[
         PositionDimension(coords=[Position(name="f0")]), *YX]),
-     "has no plate_row/plate_column"),
+     "Missing row/column for positions: \['f0'\]"),
 ])
 def test_invalid_settings_fail_at_construction_naming_the_problem(make, message):
     with pytest.raises(ValidationError, match=message):
@@ -155,7 +157,7 @@ def test_dimension_type_inferred_from_coords_then_unit_then_name_as_ome_writers(
         Dimension(name="ch", type="other", coords=[Channel(name="GFP")])
     with pytest.raises(ValidationError, match="Position objects in coords require type='position'"):
         Dimension(name="q", type="channel", coords=[Position(name="A1")])
-    with pytest.raises(ValidationError, match="may not mix Channel objects"):
+    with pytest.raises(ValidationError, match="May not mix Channel objects"):
         Dimension(name="ch", coords=[Channel(name="GFP"), 1.5])
 
 
@@ -198,7 +200,7 @@ def test_assignments_are_validated_and_a_rejected_one_changes_nothing(tmp_path):
     for field, value, message in [
         ("dtype", "complex64", "not supported"), ("compression", "lzw", "not available for OME-Zarr"),
         ("storage_order", ["q"], "not a permutation"),
-        ("dimensions", [Dimension(name="y", count=4)], "need at least the two frame axes"),
+        ("dimensions", [Dimension(name="y", count=4)], "At least 2 non-position dimensions"),
     ]:
         with pytest.raises(ValidationError, match=message):
             setattr(s, field, value)
@@ -224,7 +226,7 @@ def test_last_two_dims_with_non_standard_names_become_space_with_a_warning():
     assert {str(w.message).split()[-1] for w in record} == {"'row'.", "'col'."}
     assert [d.type for d in s.dimensions] == ["time", "space", "space"]
     assert s.frame_shape == (8, 8)
-    with pytest.raises(ValidationError, match="last two dimensions are the frame"):
+    with pytest.raises(ValidationError, match="The last two dimensions must be spatial"):
         settings(dimensions=[Dimension(name="row", count=8, type="other"),
                              Dimension(name="col", count=8, type="space")])
 
@@ -255,9 +257,9 @@ XML_BAD = "bad\x01name"
     (lambda: dict(dimensions=[Dimension(name="t", count=2, type="time", unit="um"), *YX]),
      "unit 'um' is a unit of length, but 't' is a time axis"),
     (lambda: dict(dimensions=[Dimension(name="z", count=2, unit="furlong"), *YX]),
-     r"unrecognized unit of length 'furlong'.*micrometer"),
+     r"Unrecognized unit of length 'furlong'.*micrometer"),
     (lambda: dict(dimensions=[Dimension(name="t", count=2, unit="fortnight"), *YX]),
-     r"unrecognized unit of time 'fortnight'.*millisecond"),
+     r"Unrecognized unit of time 'fortnight'.*millisecond"),
     (lambda: dict(plate=Plate(row_names=["A-1"], column_names=["1"])),
      r"\['A-1'\] are not valid row/column names"),
     (lambda: dict(plate=Plate(row_names=["A"], column_names=["1 "])),
@@ -267,7 +269,7 @@ XML_BAD = "bad\x01name"
     (lambda: dict(dimensions=[PositionDimension(coords=[Position(name="f", grid_column=1)]), *YX]),
      "grid_row and grid_column must both be set"),
     (lambda: dict(dimensions=[PositionDimension(coords=["a", "b", "a"]), *YX]),
-     r"must have unique names; duplicates: \['a'\]"),
+     r"must have unique names.*duplicates: \['a'\]"),
     (lambda: dict(dimensions=[PositionDimension(coords=[
         Position(name="f0", plate_row="A", plate_column="1"),
         Position(name="f0", plate_row="A", plate_column="1")]), *YX]),

@@ -81,7 +81,7 @@ def test_each_metadata_mode_is_linked_valid_and_pixel_exact(tmp_path, mode):
     write(s, in_process=True)
     directory = tmp_path / "run"
     names = [f"run_p00{i}.ome.tiff" for i in range(3)]
-    extra = ["companion.ome"] if mode == "companion-file" else []
+    extra = ["run.companion.ome"] if mode == "companion-file" else []
     assert sorted(os.listdir(directory)) == sorted(names + extra)
 
     docs = documents(directory)  # every document valid against the OME XSD
@@ -151,7 +151,7 @@ def test_through_the_daemon_with_metadata_updated_after_close(tmp_path):
         np.testing.assert_array_equal(view[:, pos], expected[pos])  # view: t, p, c
     before[-1].images[1].name = "renamed"
     stream.update_metadata({-1: before[-1]})
-    companion = from_xml((directory / "companion.ome").read_text(), validate=True)
+    companion = from_xml((directory / "svc.companion.ome").read_text(), validate=True)
     assert companion.images[1].name == "renamed"
     assert_linked_names = [td.uuid.value for i in companion.images
                            for td in i.pixels.tiff_data_blocks]
@@ -351,11 +351,42 @@ def test_a_companion_named_file_that_is_not_ome_is_never_deleted(tmp_path):
     assert (tmp_path / "c" / "companion.ome").read_text() == "my own notes"
     # where the dataset's own companion would go: refused rather than deleted
     (tmp_path / "k").mkdir()
-    (tmp_path / "k" / "companion.ome").write_text("my own notes")
+    (tmp_path / "k" / "k.companion.ome").write_text("my own notes")
     with pytest.raises(FileExistsError, match="is not an OME file"):
         ows.create_stream(settings(tmp_path / "k.ome.tiff", "companion-file")
                           .model_copy(update={"overwrite": True}), in_process=True)
-    assert (tmp_path / "k" / "companion.ome").read_text() == "my own notes"
+    assert (tmp_path / "k" / "k.companion.ome").read_text() == "my own notes"
+
+
+def test_the_companion_file_is_named_as_bio_formats_recognises_it(tmp_path):
+    """`<stem>.companion.ome` (the OME-TIFF specification's suffix): a bare `companion.ome`
+    (ome-writers 0.3.2's default) is read by Bio-Formats as an image of zeros."""
+    s = settings(tmp_path / "exp.ome.tiff", "companion-file")
+    assert s.format.companion_file == "exp.companion.ome"  # the settings name it, as 0.3.2
+    write(s, in_process=True)
+    assert (tmp_path / "exp" / "exp.companion.ome").is_file()
+    with tifffile.TiffFile(tmp_path / "exp" / "exp_p001.ome.tiff") as tf:
+        assert from_xml(tf.ome_metadata).binary_only.metadata_file == "exp.companion.ome"
+    # a name of one's own with the suffix: taken as it is, without a warning
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        mine = settings(tmp_path / "m.ome.tiff", "companion-file",
+                        companion_file="all.companion.ome")
+    write(mine, in_process=True)
+    assert (tmp_path / "m" / "all.companion.ome").is_file()
+    # one without it works, with a warning that says why it is a bad idea
+    with pytest.warns(UserWarning, match="Bio-Formats .* recognises a companion file only by "
+                      "a name ending in '.companion.ome'"):
+        bare = settings(tmp_path / "b.ome.tiff", "companion-file", companion_file="companion.ome")
+    write(bare, in_process=True)
+    assert (tmp_path / "b" / "companion.ome").is_file()
+    # an earlier dataset's companion under 0.3.2's name is replaced with overwrite
+    again = settings(tmp_path / "b.ome.tiff", "companion-file").model_copy(
+        update={"overwrite": True})
+    write(again, in_process=True)
+    assert sorted(os.listdir(tmp_path / "b")) == ["b.companion.ome", "b_p000.ome.tiff",
+                                                  "b_p001.ome.tiff", "b_p002.ome.tiff"]
 
 
 def test_validate_catches_pages_that_contradict_the_declared_pixels(tmp_path):

@@ -19,6 +19,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
+from ..format_metadata import is_zarr_group
 from ..schema import AcquisitionSettings
 from ..user_metadata import KNOWN_FRAME_KEYS, check_global_metadata
 
@@ -168,7 +169,7 @@ def prepare_output(path: str | os.PathLike, overwrite: bool) -> Path:
         if not overwrite:
             raise FileExistsError(f"{p} already exists; pass overwrite=True to replace it")
         if p.is_dir() and not p.is_symlink():
-            if not (p / "zarr.json").is_file() and any(p.iterdir()):
+            if not is_zarr_group(p) and any(p.iterdir()):
                 raise FileExistsError(
                     f"{p} is a directory that is not a zarr store: overwrite=True replaces a "
                     "dataset, never other data; remove it yourself if it must go")

@@ -1,8 +1,10 @@
-"""OME-XML of an OME-TIFF dataset, built with ome-types: one Image per position.
+"""OME-XML of a dataset, built with ome-types: one Image per position.
 
-Pages are written in the order frames arrive; ``TiffData`` elements map each page (IFD) to its
-plane (T, C, Z), so any storage order is described exactly. When arrival order already equals
-the plane order of ``DimensionOrder``, a single ``TiffData`` covers every page.
+OME-TIFF: pages are written in the order frames arrive; ``TiffData`` elements map each page
+(IFD) to its plane (T, C, Z), so any storage order is described exactly. When arrival order
+already equals the plane order of ``DimensionOrder``, a single ``TiffData`` covers every page.
+OME-Zarr's ``OME/METADATA.ome.xml`` describes its images the same way, with ``MetadataOnly``
+pixels (the pixels are in the zarr arrays).
 """
 
 from __future__ import annotations
@@ -18,9 +20,12 @@ from ..schema import AcquisitionSettings, Dimension, Position
 from ..units import ome_unit, unit_kind
 from ..user_metadata import KNOWN_FRAME_KEYS, annotation_text, global_annotation_text
 
-_LETTER = {"time": "T", "channel": "C", "space": "Z"}
+# (an OME-Zarr custom axis, which takes the place of the channel axis there, is C)
+_LETTER = {"time": "T", "channel": "C", "space": "Z", "other": "C"}
 _PIXEL_TYPE = {"float32": "float", "float64": "double"}
 FRAME_NS = "ome_writers.frame_metadata"
+#: MapAnnotation namespace of the frames expected/written summary
+SUMMARY_NS = "ome_writers.acquisition"
 
 
 def tiff_axes(storage_dims: Sequence[Dimension]) -> list[str]:
@@ -31,7 +36,13 @@ def tiff_axes(storage_dims: Sequence[Dimension]) -> list[str]:
 def dimension_order(storage_dims: Sequence[Dimension]) -> str:
     """DimensionOrder whose plane raster order equals the storage order of the pages."""
     letters = tiff_axes(storage_dims)[::-1]  # OME lists the fastest-varying first
-    return "XY" + "".join(letters) + "".join(c for c in "ZCT" if c not in letters)
+    # absent axes (size 1) in the first of OME's orders that fits, as ome-writers 0.3.2
+    prefix = "XY" + "".join(letters)
+    return next(o for o in _OME_ORDERS if o.startswith(prefix))
+
+
+#: OME's DimensionOrder values, in the schema's order
+_OME_ORDERS = ("XYZCT", "XYZTC", "XYCTZ", "XYCZT", "XYTCZ", "XYTZC")
 
 
 @dataclass
@@ -45,6 +56,9 @@ class ImageRecord:
     frame_metadata: Mapping[tuple[int, ...], Mapping[str, Any]] = field(default_factory=dict)
     file_name: str | None = None  #: set when the image's pages are in another file than
     file_uuid: str | None = None  #: the document's (multi-file OME-TIFF): TiffData UUID
+    metadata_only: bool = False  #: pixels stored elsewhere (OME-Zarr): no TiffData
+    name: str | None = None  #: the image's name, when not the one the settings give
+    channel_names: Sequence[str | None] | None = None  #: likewise, the channels' names
 
 
 def build_ome(
@@ -118,7 +132,9 @@ def _image(settings: AcquisitionSettings, rec: ImageRecord, annotations: list[An
     file_ref = {}
     if rec.file_name is not None:
         file_ref["uuid"] = m.TiffData.UUID(file_name=rec.file_name, value=rec.file_uuid)
-    if len(pages) == len(rec.page_indices) and raster == list(range(len(raster))):
+    if rec.metadata_only:
+        tiff_data = []
+    elif len(pages) == len(rec.page_indices) and raster == list(range(len(raster))):
         tiff_data = [m.TiffData(ifd=0, plane_count=len(raster), **file_ref)]
     else:
         tiff_data = [m.TiffData(ifd=k, plane_count=1, **plane_coords(i), **file_ref)
@@ -156,8 +172,9 @@ def _image(settings: AcquisitionSettings, rec: ImageRecord, annotations: list[An
         size_x=int(xdim.count), size_y=int(ydim.count),
         size_t=sizes["T"], size_c=sizes["C"], size_z=sizes["Z"],
         big_endian=False, interleaved=False,
-        channels=_channels(by_letter.get("C"), sizes["C"], pos),
+        channels=_channels(by_letter.get("C"), sizes["C"], pos, rec.channel_names),
         tiff_data_blocks=tiff_data,
+        metadata_only=m.MetadataOnly() if rec.metadata_only else None,
         planes=planes,
     )
     for letter, dim in (("X", xdim), ("Y", ydim), ("Z", by_letter.get("Z"))):
@@ -172,7 +189,8 @@ def _image(settings: AcquisitionSettings, rec: ImageRecord, annotations: list[An
             pixels["time_increment_unit"] = ome_unit(tdim.unit)
 
     image = m.Image(
-        id=f"Image:{pos}", name=settings.image_name_of(rec.position),
+        id=f"Image:{pos}", name=rec.name if rec.name is not None else
+        settings.image_name_of(rec.position),
         pixels=m.Pixels(**pixels), acquisition_date=settings.acquisition_date,
     )
     stage = _stage_coords(rec.position)
@@ -250,14 +268,17 @@ def _instrument(inst) -> m.Instrument:
     return m.Instrument(id="Instrument:0", microscope=microscope, objectives=objectives)
 
 
-def _channels(cdim: Dimension | None, size_c: int, pos: int) -> list[m.Channel]:
+def _channels(cdim: Dimension | None, size_c: int, pos: int,
+              names: Sequence[str | None] | None = None) -> list[m.Channel]:
     named = (cdim.channels if cdim is not None else None) or []
     out = []
     for i in range(size_c):
         kw: dict[str, Any] = {"id": f"Channel:{pos}:{i}", "samples_per_pixel": 1}
+        if names is not None and i < len(names) and names[i] is not None:
+            kw["name"] = names[i]
         if i < len(named):
             ch = named[i]
-            kw["name"] = ch.name
+            kw.setdefault("name", ch.name)
             if ch.excitation_wavelength_nm:
                 kw.update(excitation_wavelength=ch.excitation_wavelength_nm,
                           excitation_wavelength_unit="nm")

@@ -26,17 +26,15 @@ import numpy as np
 import tifffile
 
 from .. import format_metadata as fm
-from ..schema import AcquisitionSettings, OmeTiffFormat
+from ..schema import COMPANION_SUFFIX, AcquisitionSettings, OmeTiffFormat
 from . import pyramid
 from .base import ArrayBackend, BackendError, prepare_output
 from .blocks import BufferPool
-from .ome_xml import ImageRecord, binary_only, build_ome
+from .ome_xml import SUMMARY_NS, ImageRecord, binary_only, build_ome
 from .tiff_pages import PageAppender
 
 #: Classic TIFF addresses 4 GiB; leave room for IFDs and the OME-XML.
 CLASSIC_TIFF_LIMIT = 2**32 - 2**26
-#: MapAnnotation namespace of the frames expected/written summary
-SUMMARY_NS = "ome_writers.acquisition"
 _COMPRESSION = {None: None, "none": None, "lzw": "lzw", "zstd": "zstd"}
 #: Room kept after the first OME-XML (bytes): per plane, and at most; unbounded acquisitions
 _RESERVE_PER_PLANE = 256
@@ -67,8 +65,10 @@ class TiffLayout:
         self.multi_file = fmt.is_multi_file(n)
         self.directory = out if self.multi_file else out.parent
         self.suffix = fmt.suffix
-        #: companion files an earlier dataset in the directory may have left
-        self.companion_names = {fmt.companion_file, "companion.ome"}
+        companion_name = fmt.companion_name(out.name)
+        #: companion files an earlier dataset in the directory may have left (ours, and
+        #: ome-writers 0.3.2's default name)
+        self.companion_names = {companion_name, out.name + COMPANION_SUFFIX, "companion.ome"}
         if self.multi_file:
             width = max(3, len(str(n - 1)))
             self.paths = [out / f"{out.name}_p{i:0{width}d}{fmt.suffix}" for i in range(n)]
@@ -76,7 +76,7 @@ class TiffLayout:
             self.paths = [out]
         self.uuids = [_urn() for _ in self.paths]
         self.mode = fmt.multi_file_metadata if self.multi_file else "redundant"
-        self.companion = out / fmt.companion_file if self.mode == "companion-file" else None
+        self.companion = out / companion_name if self.mode == "companion-file" else None
         self.companion_uuid = _urn() if self.companion is not None else None
 
     def prepare(self, overwrite: bool) -> None:
@@ -425,9 +425,9 @@ class TifffileBackend(ArrayBackend):
         page = self._page_of[position].get(index)
         if page is None:
             return None
-        if self._appenders[position] is None:
-            self._writers[position]._fh.flush()
-        with tifffile.TiffFile(self._paths[position]) as tf:
+        if not self._finalized and self._appenders[position] is None:
+            self._writers[position]._fh.flush()  # (after finalize the writer is closed)
+        with tifffile.TiffFile(self._paths[position], is_ome=False) as tf:
             return tf.pages[page].asarray()
 
     def finalize(self) -> None:

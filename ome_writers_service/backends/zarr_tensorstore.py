@@ -1,13 +1,9 @@
-"""OME-Zarr v0.5 through tensorstore (arrays) and yaozarrs (metadata models).
+"""OME-Zarr through tensorstore (arrays) and yaozarrs (metadata models): NGFF 0.5 on zarr v3,
+or 0.4 on zarr v2, in a local directory or an S3 bucket (`storage`).
 
-Layout of the store:
-
-* one position, no plate: the root group is the image, its full-resolution array is ``0``;
-* several positions: a bioformats2raw layout, one image group per position named after it
-  (``Pos0``, ``Pos1``, ...; a grid position ``<name>_<row>_<column>``), and an ``OME`` group
-  listing the series;
-* a plate: an HCS plate, ``<row>/<column>/<position name>`` for each position.
-(The names ome-writers 0.3.2 gives, `schema.zarr_image_groups`.)
+Where the images go and what the groups hold is `ZarrLayout`'s (zarr_metadata.py): one image
+at the root, a bioformats2raw layout of several, or an HCS plate, with
+``OME/METADATA.ome.xml`` describing a store of several images.
 
 Frames are assembled into whole write units (a shard, or a chunk when unsharded) before they go
 to tensorstore, so a chunk that spans several frames is encoded once, not rewritten per frame.
@@ -19,64 +15,36 @@ are written as soon as their last plane is computed (partial ones at finalize).
 
 from __future__ import annotations
 
-import threading
 from collections import deque
 from operator import floordiv, mul, sub
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable
 
 import numpy as np
 import tensorstore as ts
-from yaozarrs import v05
 
 from .. import __version__
 from .. import format_metadata as fm
-from ..schema import Dimension, Position, zarr_image_groups
-from ..units import ngff_unit
-from . import pyramid
 from ..storage import LocalStore, Store, open_store
+from . import pyramid
 from .base import ArrayBackend, BackendError, prepare_output
 from .blocks import Block, BufferPool
+from .zarr_levels import LowerLevels
+from .zarr_metadata import (ATTR_NAMESPACE, DATASET, ZarrLayout, check_global_namespace, join,
+                            multiscale_transforms)
+
+__all__ = ["ATTR_NAMESPACE", "DATASET", "TensorstoreZarrBackend", "array_driver",
+           "multiscale_transforms"]
 
 #: How many encoded-but-uncommitted write units may be in flight before write() waits,
 #: and how many bytes of them (at least one unit is always in flight).
 MAX_PENDING_WRITES = 16
 MAX_PENDING_BYTES = 256 * 2**20
-DATASET = "0"
-#: Custom attribute (outside "ome") holding what OME-Zarr has no field for.
-ATTR_NAMESPACE = "ome_writers"
-
-_DEFAULT_COLORS = ["00FF00", "FF00FF", "00FFFF", "FFFF00", "FF0000", "0000FF", "FFFFFF"]
 
 
-def _axis(d: Dimension) -> Any:
-    unit = ngff_unit(d.unit)
-    if d.type == "time":
-        return v05.TimeAxis(name=d.name, type="time", unit=unit)
-    if d.type == "space":
-        return v05.SpaceAxis(name=d.name, type="space", unit=unit)
-    if d.type == "channel":
-        return v05.ChannelAxis(name=d.name, type="channel")
-    return v05.CustomAxis(name=d.name, type=d.type if d.type != "other" else None, unit=d.unit)
-
-
-def multiscale_transforms(dims: list[Dimension], levels: int, method: str
-                          ) -> list[tuple[list[float], list[float] | None]]:
-    """(scale, translation or None) of each resolution level of an image with storage axes
-    ``dims`` (y, x last): the coordinate transformations of its multiscales datasets."""
-    scale = [float(d.scale) if d.scale is not None else 1.0 for d in dims]
-    translation = [float(d.translation or 0) for d in dims] \
-        if any(d.translation for d in dims) else None
-    return [pyramid.level_transforms(scale, translation, k, method) for k in range(levels)]
-
-
-def _join(*parts: str) -> str:
-    """A key within the store ("" is its root)."""
-    return "/".join(p for p in parts if p)
-
-
-def _dump(model: Any) -> dict[str, Any]:
-    return model.model_dump(mode="json", by_alias=True, exclude_none=True)
+def array_driver(version: str) -> str:
+    """tensorstore's driver for the arrays of an OME-Zarr store of NGFF ``version``."""
+    return "zarr3" if version == "0.5" else "zarr"
 
 
 def prepare_s3_output(store: Store, overwrite: bool) -> None:
@@ -90,7 +58,7 @@ def prepare_s3_output(store: Store, overwrite: bool) -> None:
         return
     if not overwrite:
         raise FileExistsError(f"{store.name} already exists; pass overwrite=True to replace it")
-    if "zarr.json" not in keys:
+    if "zarr.json" not in keys and ".zgroup" not in keys:
         raise FileExistsError(f"{store.name} holds objects that are not a zarr store: "
                               "overwrite=True replaces a dataset, never other data")
     store.delete_all()
@@ -111,7 +79,7 @@ def storage_error(e: Exception) -> str:
 
 
 class TensorstoreZarrBackend(ArrayBackend):
-    """Writes an OME-Zarr v0.5 store with tensorstore's zarr3 driver."""
+    """Writes an OME-Zarr store with tensorstore's zarr3 (NGFF 0.5) or zarr (0.4) driver."""
 
     def __init__(self, settings, *, s3_endpoint: str | None = None) -> None:
         super().__init__(settings)
@@ -119,7 +87,8 @@ class TensorstoreZarrBackend(ArrayBackend):
         self.store = open_store(settings.output_path, s3_endpoint)
         self._local = isinstance(self.store, LocalStore)
         self.root = Path(settings.output_path) if self._local else None
-        self._image_paths = self._layout()
+        self.layout = ZarrLayout(settings, self.store)
+        self._image_paths = self.layout.image_paths
         outer = self.storage_dims[:-2]
         chunks = [d.chunk_size or 1 for d in outer]
         self._sharded = any(d.shard_size_chunks for d in self.storage_dims)
@@ -128,9 +97,8 @@ class TensorstoreZarrBackend(ArrayBackend):
         ]
         # a write unit never exceeds the axis, so a complete unit can always fill up
         self._unit = [u if n is None else min(u, n) for u, n in zip(self._unit, self.outer_shape)]
-        fmt = settings.format
-        self.levels: int = fmt.levels
-        self.downsampling: str = fmt.downsampling
+        self.levels: int = self.layout.levels
+        self.downsampling: str = self.layout.downsampling
         #: (y, x) of each level's planes, level 0 first
         self.level_shapes = pyramid.level_shapes(self.frame_shape, self.levels)
         self._pool = BufferPool((*self._unit, *self.frame_shape), self.dtype,
@@ -138,7 +106,7 @@ class TensorstoreZarrBackend(ArrayBackend):
         self._held = 0  # lent frames held in units still being assembled
         self._arrays: list[ts.TensorStore] = []  # level 0 of each position
         self._blocks: list[dict[tuple[int, ...], Block]] = [{} for _ in self.positions]
-        self._lower = _LowerLevels(self) if self.levels > 1 else None
+        self._lower = LowerLevels(self, MAX_PENDING_BYTES) if self.levels > 1 else None
         self._pending: deque[tuple] = deque()  # (future, where, bytes, frames, finish)
         self._pending_bytes = 0
         self._capacity = 0  # allocated extent of the grow axis (all positions alike)
@@ -149,10 +117,6 @@ class TensorstoreZarrBackend(ArrayBackend):
 
     # ---- layout and metadata ----
 
-    def _layout(self) -> list[str]:
-        """Relative path of each position's image group (`zarr_image_groups`)."""
-        return zarr_image_groups(self.settings)
-
     @property
     def paths(self) -> list[str]:
         return [self.store.url_of(p) for p in self._image_paths]
@@ -162,46 +126,8 @@ class TensorstoreZarrBackend(ArrayBackend):
         """Each position's image group, relative to the store ("" when the root is it)."""
         return list(self._image_paths)
 
-    def _image_model(self, position: Position) -> v05.Image:
-        dims = self.storage_dims
-        datasets = []
-        for level, (scale, translation) in enumerate(multiscale_transforms(
-                dims, self.levels, self.downsampling)):
-            transforms: list[Any] = [v05.ScaleTransformation(scale=scale)]
-            if translation is not None:
-                transforms.append(v05.TranslationTransformation(translation=translation))
-            datasets.append(v05.Dataset(path=str(level), coordinateTransformations=transforms))
-        multiscale = v05.Multiscale(
-            name=self.settings.image_name_of(position),
-            axes=[_axis(d) for d in dims],
-            datasets=datasets,
-            type=self.downsampling if self.levels > 1 else None,
-        )
-        return v05.Image(multiscales=[multiscale], omero=self._omero())
-
-    def _omero(self) -> v05.Omero | None:
-        cdim = next((d for d in self.storage_dims if d.type == "channel"), None)
-        if cdim is None:
-            return None
-        if np.issubdtype(self.dtype, np.integer):
-            info = np.iinfo(self.dtype)
-            lo, hi = float(info.min), float(info.max)
-        else:
-            lo, hi = 0.0, 1.0
-        names = cdim.channels or []
-        chans = []
-        for i in range(int(cdim.count or len(names))):
-            ch = names[i] if i < len(names) else None
-            color = ch.color.as_hex(format="long").lstrip("#").upper()[:6] if ch and ch.color else \
-                _DEFAULT_COLORS[i % len(_DEFAULT_COLORS)]
-            chans.append(v05.OmeroChannel(
-                label=ch.name if ch else f"Channel {i}", color=color, active=True,
-                window=v05.OmeroWindow(start=lo, end=hi, min=lo, max=hi),
-            ))
-        return v05.Omero(channels=chans)
-
     def _image_attributes(self, pos: int) -> dict[str, Any]:
-        attrs: dict[str, Any] = {"ome": _dump(self._image_model(self.positions[pos]))}
+        attrs = self.layout.image_attributes(pos, self.storage_dims, self.dtype)
         # "version", as ome-writers writes its own there (readers look for the key)
         extra: dict[str, Any] = {"version": __version__,
                                  "writer": f"ome-writers-service {__version__}"}
@@ -238,99 +164,82 @@ class TensorstoreZarrBackend(ArrayBackend):
     def set_global_metadata(self, namespace: str, metadata) -> None:
         """Also written into the root group's attributes at once (as ome-writers), so a
         reader sees it during the acquisition; finalize writes it again."""
+        check_global_namespace(self.settings, namespace)
         super().set_global_metadata(namespace, metadata)
         if self._arrays and not self._finalized:  # created, not yet finalized
             try:
-                attrs = self.read_attributes("")
+                attrs = self.layout.read_attributes("")
                 attrs[namespace] = self.global_metadata[namespace]
-                self.write_group("", attrs)
+                self.layout.write_group("", attrs)
             except (OSError, ValueError) as e:
-                raise BackendError(f"{self.store.url_of('zarr.json')}: cannot write global "
-                                   f"metadata {namespace!r}: {e}") from e
+                raise BackendError(f"{self.store.name}: cannot write global metadata "
+                                   f"{namespace!r}: {storage_error(e)}") from e
 
     def update_metadata(self, metadata) -> None:
         """Each group's attributes are replaced at once and kept at finalize (the per-frame
         table and acquisition summary under ``ome_writers``, and global metadata, stay
-        ours)."""
+        ours); METADATA.ome.xml follows the names they give."""
         for pos, attrs in fm.check_zarr_update(metadata, fm.zarr_keys(self._image_paths)).items():
             self.user_attributes[pos] = attrs
-            self.write_group(self._image_paths[pos], self._image_attributes(pos))
+            self.layout.write_group(self._image_paths[pos], self._image_attributes(pos))
+        self.layout.write_ome_xml()
 
     def wait_for_writes(self) -> None:
         for pending in tuple(self._pending):
             pending[0].exception()  # waits; a failed write stays queued for write() to raise
 
-    def write_group(self, group: str, attributes: Mapping[str, Any]) -> None:
-        """Write (or replace) a group's zarr.json: locally through a temporary file renamed
-        over it, on S3 by one PUT (either way a reader never sees half a document)."""
-        doc = {"zarr_format": 3, "node_type": "group", "attributes": dict(attributes)}
-        self.store.write_json(_join(group, "zarr.json"), doc)
-
-    def read_attributes(self, group: str) -> dict[str, Any]:
-        return self.store.read_json(_join(group, "zarr.json")).get("attributes") or {}
-
     def _write_hierarchy(self) -> None:
-        s = self.settings
-        if s.plate is not None:
-            rows = s.plate.row_names
-            cols = s.plate.column_names
-            wells: dict[tuple[str, str], list[str]] = {}
-            for path in self._image_paths:
-                r, c, f = path.split("/")
-                wells.setdefault((r, c), []).append(f)
-            plate = v05.Plate(plate=v05.PlateDef(
-                name=s.plate.name,
-                rows=[v05.Row(name=r) for r in rows],
-                columns=[v05.Column(name=c) for c in cols],
-                wells=[
-                    v05.PlateWell(path=f"{r}/{c}", rowIndex=rows.index(r), columnIndex=cols.index(c))
-                    for (r, c) in wells
-                ],
-                field_count=max(len(f) for f in wells.values()),
-            ))
-            self.write_group("", {"ome": _dump(plate), **self.global_metadata})
-            for (r, c), fields in wells.items():
-                self.write_group(r, {})
-                well = v05.Well(well=v05.WellDef(images=[v05.FieldOfView(path=f) for f in fields]))
-                self.write_group(_join(r, c), {"ome": _dump(well)})
-        elif self._image_paths != [""]:
-            self.write_group("", {"ome": _dump(v05.Bf2Raw(bioformats2raw_layout=3)),
-                                   **self.global_metadata})
-            self.write_group("OME", {"ome": _dump(v05.Series(series=self._image_paths))})
+        self.layout.write_hierarchy(self.global_metadata)
         for i, path in enumerate(self._image_paths):
-            self.write_group(path, self._image_attributes(i))
+            self.layout.write_group(path, self._image_attributes(i))
 
     # ---- arrays ----
 
-    def _array_spec(self, image: str, level: int = 0) -> dict[str, Any]:
-        """The zarr array of an image group's resolution level (its planes
-        ``level_shapes``)."""
+    def _level_chunks(self, level: int) -> list[int]:
+        """The chunk shape of a resolution level's array (its planes ``level_shapes``)."""
         dims = self.storage_dims
         counts = [*(d.count for d in dims[:-2]), *self.level_shapes[level]]
         chunk = [d.chunk_size or (n if j >= len(dims) - 2 else 1)
                  for j, (d, n) in enumerate(zip(dims, counts))]
-        chunk = [min(c, n) if n else c for c, n in zip(chunk, counts)]
-        inner: list[dict[str, Any]] = [{"name": "bytes", "configuration": {"endian": "little"}}]
+        return [min(c, n) if n else c for c, n in zip(chunk, counts)]
+
+    def level_grid(self, level: int) -> list[int]:
+        """The shape of the stored objects of a level's array: a shard, or a chunk."""
+        chunk = self._level_chunks(level)
+        if not self._sharded:
+            return chunk
+        return [c * (d.shard_size_chunks or 1) for c, d in zip(chunk, self.storage_dims)]
+
+    def _array_spec(self, image: str, level: int = 0) -> dict[str, Any]:
+        """The zarr array of an image group's resolution level."""
+        dims = self.storage_dims
+        chunk = self._level_chunks(level)
         comp = self.settings.compression
+        shape = [0 if n is None else n for n in self.outer_shape] + list(self.level_shapes[level])
+        kvstore = self.store.kvstore(join(image, str(level)))
+        if self.layout.zarr_format == 2:
+            return self._array_spec_v2(kvstore, shape, chunk, comp)
+        inner: list[dict[str, Any]] = [{"name": "bytes", "configuration": {"endian": "little"}}]
         if comp in ("blosc-zstd", "blosc-lz4"):
             inner.append({"name": "blosc", "configuration": {
-                "cname": comp.split("-")[1], "clevel": 5, "shuffle": "shuffle",
+                # the levels ome-writers 0.3.2 writes: zstd 3, lz4 5
+                "cname": comp.split("-")[1], "clevel": 3 if comp == "blosc-zstd" else 5,
+                "shuffle": "shuffle",
                 "typesize": self.dtype.itemsize, "blocksize": 0}})
         elif comp == "zstd":
             inner.append({"name": "zstd", "configuration": {"level": 3, "checksum": False}})
+        grid = self.level_grid(level)
         if self._sharded:
-            grid = [c * (d.shard_size_chunks or 1) for c, d in zip(chunk, dims)]
             codecs = [{"name": "sharding_indexed", "configuration": {
                 "chunk_shape": chunk, "codecs": inner,
                 "index_codecs": [{"name": "bytes", "configuration": {"endian": "little"}},
                                  {"name": "crc32c"}],
                 "index_location": "end"}}]
         else:
-            grid, codecs = chunk, inner
-        shape = [0 if n is None else n for n in self.outer_shape] + list(self.level_shapes[level])
+            codecs = inner
         return {
             "driver": "zarr3",
-            "kvstore": self.store.kvstore(_join(image, str(level))),
+            "kvstore": kvstore,
             "metadata": {
                 "shape": shape,
                 "data_type": self.dtype.name,
@@ -339,6 +248,27 @@ class TensorstoreZarrBackend(ArrayBackend):
                 "fill_value": 0,
                 "codecs": codecs,
                 "dimension_names": [d.name for d in dims],
+            },
+            "create": True,
+        }
+
+    def _array_spec_v2(self, kvstore: dict[str, Any], shape: list[int], chunk: list[int],
+                       comp: str | None) -> dict[str, Any]:
+        """A zarr v2 array (NGFF 0.4): "/" between chunk indices, as NGFF 0.4 requires."""
+        compressor = None
+        if comp in ("blosc-zstd", "blosc-lz4"):
+            compressor = {"id": "blosc", "cname": comp.split("-")[1],
+                          "clevel": 3 if comp == "blosc-zstd" else 5,
+                          "shuffle": 1, "blocksize": 0}
+        elif comp == "zstd":
+            compressor = {"id": "zstd", "level": 3}
+        return {
+            "driver": "zarr",
+            "kvstore": kvstore,
+            "metadata": {
+                "zarr_format": 2, "shape": shape, "chunks": chunk,
+                "dtype": self.dtype.newbyteorder("<").str, "compressor": compressor,
+                "fill_value": 0, "order": "C", "filters": None, "dimension_separator": "/",
             },
             "create": True,
         }
@@ -364,6 +294,7 @@ class TensorstoreZarrBackend(ArrayBackend):
                 self._arrays.append(ts.open(spec, context=self._context).result())
             if self._lower is not None:
                 self._lower.create()
+            self.layout.write_ome_xml()
             if self._local:
                 st = self.root.stat()
                 self._root_id = (st.st_dev, st.st_ino)
@@ -398,8 +329,9 @@ class TensorstoreZarrBackend(ArrayBackend):
             self._lower.add_copy(position, index, frame)
         key, block, local = self._block_for(position, index)
         block.put(local, frame)  # copied: the caller may reuse its buffer
-        self._after_put(position, key, block)
+        # counted before the unit may go out: a failed write of it takes its frames off again
         self.frames_written += 1
+        self._after_put(position, key, block)
 
     def write_borrowed(self, position, index, frame, metadata, done) -> None:
         self._admit(position, index, metadata)
@@ -414,8 +346,8 @@ class TensorstoreZarrBackend(ArrayBackend):
             block.put(local, frame)
             done()
         self._held += len(block.lent) - held
-        self._after_put(position, key, block)
         self.frames_written += 1
+        self._after_put(position, key, block)
 
     def _admit(self, position: int, index: tuple[int, ...], metadata) -> None:
         """What every frame does before its pixels move: surface failed writes, note it."""
@@ -565,9 +497,10 @@ class TensorstoreZarrBackend(ArrayBackend):
                 if ax is not None and final[ax] != self._arrays[0].shape[ax]:
                     self._resize_all(ax, final[ax], expand=False)
             for i, path in enumerate(self._image_paths):
-                self.write_group(path, self._image_attributes(i))
-            if self._image_paths != [""]:
-                self._write_hierarchy_roots()
+                self.layout.write_group(path, self._image_attributes(i))
+            if self.layout.is_collection:
+                self.layout.rewrite_root(self.global_metadata)
+            self.layout.write_ome_xml()  # from the final shapes and attributes
         except (OSError, ValueError) as e:
             raise BackendError(f"finalizing {self.store.name} failed: {storage_error(e)}") from e
         self._finalized = True
@@ -583,151 +516,10 @@ class TensorstoreZarrBackend(ArrayBackend):
                 intact = (st.st_dev, st.st_ino) == self._root_id
             else:
                 intact = True
-            intact = intact and all(self.store.exists(_join(path, DATASET, "zarr.json"))
+            intact = intact and all(self.store.exists(self.layout.array_document(path))
                                     for path in self._image_paths)
         except (OSError, ValueError):
             intact = False
         if not intact:
             raise BackendError(f"{self.store.name} was removed or replaced while it was being "
                                "written: frames written before that are lost")
-
-    def _write_hierarchy_roots(self) -> None:
-        """Root attributes hold the global metadata of multi-image stores; rewrite them."""
-        attrs = self.read_attributes("")
-        self.write_group("", {"ome": attrs["ome"], **self.global_metadata})
-
-
-#: frames whose lower levels may be waiting to be computed at once (each holds its frame: a
-#: lent ring slot, or a copy); more makes write() wait for the oldest
-MAX_LEVEL_TASKS = 16
-
-
-class _LowerLevels:
-    """Resolution levels 1 .. levels-1 of a `TensorstoreZarrBackend`: their arrays and units.
-
-    The writer thread reserves each frame's plane in the unit of every level and hands the
-    frame to a downsampling thread, which computes the levels straight into those planes.
-    A unit is written by whoever finishes it last: the writer thread when it completes a unit
-    whose planes are computed, or the downsampling thread computing its last plane. Their
-    writes are handed to the writer thread (`collect`), which waits for them as for level 0's.
-    """
-
-    def __init__(self, backend: TensorstoreZarrBackend) -> None:
-        self.b = backend
-        n = backend.levels - 1
-        unit = tuple(backend._unit)
-        self.pools = [BufferPool((*unit, *shape), backend.dtype, keep_bytes=MAX_PENDING_BYTES)
-                      for shape in backend.level_shapes[1:]]
-        #: [level - 1][position]
-        self.arrays: list[list[ts.TensorStore]] = [[] for _ in range(n)]
-        self.blocks: list[list[dict[tuple[int, ...], Block]]] = [
-            [{} for _ in backend.positions] for _ in range(n)]
-        self._copies = BufferPool(backend.frame_shape, backend.dtype,
-                                  keep_bytes=MAX_LEVEL_TASKS * backend.settings.frame_nbytes)
-        self._lock = threading.Lock()  # a unit's `computing` and `sealed`
-        self._tasks: deque = deque()
-        #: writes started by the downsampling threads, not yet tracked by the writer thread
-        self._started: deque[tuple] = deque()
-        self._errors: deque[str] = deque()
-
-    def create(self) -> None:
-        b = self.b
-        for k, arrays in enumerate(self.arrays, 1):
-            for path in b._image_paths:
-                spec = b._array_spec(path, level=k)
-                arrays.append(ts.open(spec, context=b._context).result())
-
-    # ---- the writer thread ----
-
-    def add_copy(self, position: int, index: tuple[int, ...], frame: np.ndarray) -> None:
-        """A frame the caller may reuse at once: its levels are computed from a copy."""
-        src = self._copies.take(self.b.frame_shape)
-        np.copyto(src, frame)
-        self.add(position, index, src, lambda: self._copies.give(src))
-
-    def add(self, position: int, index: tuple[int, ...], src: np.ndarray,
-            release: Any) -> None:
-        """Compute the levels of ``src`` (valid until ``release()``) into their units."""
-        planes, units = [], []
-        with self._lock:
-            for k in range(1, self.b.levels):
-                key, block, local = self.b._block_for(position, index, k)
-                planes.append(block.reserve(local))
-                block.computing += 1
-                units.append((k, position, key, block))
-        while len(self._tasks) >= MAX_LEVEL_TASKS:
-            self._tasks.popleft().result()
-        self._tasks.append(pyramid.submit(self._compute, src, planes, release, units))
-        self._seal_complete(units)
-
-    def skip(self, position: int, index: tuple[int, ...]) -> None:
-        units = []
-        with self._lock:
-            for k in range(1, self.b.levels):
-                key, block, local = self.b._block_for(position, index, k)
-                block.skip(local)
-                units.append((k, position, key, block))
-        self._seal_complete(units)
-
-    def _seal_complete(self, units: list) -> None:
-        """Units whose every plane is accounted for leave the assembly; each is written
-        now if its planes are computed, else by the thread computing the last one."""
-        for k, pos, key, block in units:
-            with self._lock:
-                if not block.complete or block.sealed:
-                    continue
-                del self.blocks[k - 1][pos][key]
-                block.sealed = True
-                ready = block.computing == 0
-            if ready:
-                self._write(k, pos, block)
-
-    def collect(self) -> None:
-        """Track the writes the downsampling threads started; raise what failed there."""
-        while self._started:
-            fut, nbytes, finish, where = self._started.popleft()
-            self.b._track(fut, nbytes, finish, where, 0)
-        while self._tasks and self._tasks[0].done():
-            self._tasks.popleft()
-        if self._errors:
-            raise BackendError(self._errors.popleft())
-
-    def flush(self) -> None:
-        """At finalize: every level computed, partial units written (and tracked)."""
-        while self._tasks:
-            self._tasks.popleft().result()
-        for k, per_position in enumerate(self.blocks, 1):
-            for pos, blocks in enumerate(per_position):
-                for key in sorted(blocks):
-                    block = blocks.pop(key)
-                    block.sealed = True
-                    self._write(k, pos, block)
-        self.collect()
-
-    # ---- any thread ----
-
-    def _compute(self, src: np.ndarray, planes: list[np.ndarray], release: Any,
-                 units: list) -> None:
-        try:
-            pyramid.cascade(src, planes, self.b.downsampling)
-        except Exception as e:  # noqa: BLE001 - reported by the writer thread
-            self._errors.append(f"computing the resolution levels of plane {units[0][3].origin}"
-                                f" failed: {e!r}")
-        finally:
-            release()
-        for k, pos, _key, block in units:
-            with self._lock:
-                block.computing -= 1
-                ready = block.sealed and block.computing == 0
-            if ready:
-                self._write(k, pos, block)
-
-    def _write(self, k: int, pos: int, block: Block) -> None:
-        where = f"{self.b.paths[pos]}/{k} at index {block.origin}"
-        try:
-            written = self.b._write_unit(self.arrays[k - 1][pos], block)
-        except Exception as e:  # noqa: BLE001 - reported by the writer thread
-            self._errors.append(f"writing {where} failed: {e}")
-            return
-        if written is not None:
-            self._started.append((*written, where))

@@ -22,6 +22,12 @@ _rt: tempfile.TemporaryDirectory | None = None
 
 def pytest_configure(config) -> None:
     global _daemon, _rt
+    import ome_writers
+    shim = Path(__file__).resolve().parent / "ome_writers"
+    if Path(ome_writers.__file__).resolve().parent != shim:
+        # the released package (a dependency of pymmcore-plus) must not be what is tested
+        raise RuntimeError(f"ome_writers resolves to {ome_writers.__file__}, not the shim "
+                           f"{shim}: put the shim first on PYTHONPATH")
     if os.environ.get("OWS_UPSTREAM_MODE", "daemon") != "daemon" or _daemon is not None:
         return
     _rt = tempfile.TemporaryDirectory(prefix="ows-upstream-")

@@ -40,6 +40,22 @@ def get_format_for_backend(backend: str) -> str:
     return AVAILABLE_BACKENDS[backend].format
 
 
+class _HandlersBarrier:
+    """What upstream's test helper wait_for_pending_callbacks() needs of upstream's private
+    ``stream._callback_executor`` (submit a no-op, wait for its result: "the handlers saw
+    every frame so far"), mapped onto our events thread's flush()."""
+
+    def __init__(self, events) -> None:
+        self._events = events
+
+    def submit(self, fn):
+        from concurrent.futures import Future
+        self._events.flush(5.0)
+        done = Future()
+        done.set_result(fn())
+        return done
+
+
 def create_stream(settings):
     mode = os.environ.get("OWS_UPSTREAM_MODE", "daemon")
     stream = _ows.create_stream(settings, in_process=(mode == "in_process"))
@@ -48,4 +64,6 @@ def create_stream(settings):
         # backend classes and does nothing for others; a daemon-backed stream has no
         # backend in this process
         stream._backend = None
+    if not hasattr(stream, "_callback_executor"):
+        stream._callback_executor = _HandlersBarrier(stream._events)
     return stream

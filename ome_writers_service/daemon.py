@@ -554,7 +554,22 @@ class Daemon:
             if notice is not None:  # the plain frame notice: no JSON parsing on the frame path
                 return self._on_frame(peer, *notice, None, None)
         header, payload = P.decode(parts)
+        if header["type"] == P.OPEN:  # where the client runs decides how it is watched
+            return self._on_open(peer, header, self._on_this_machine(parts[0]))
         return self._handle(peer, header, payload)
+
+    def _on_this_machine(self, frame: zmq.Frame) -> bool:
+        """Whether the peer that sent ``frame`` runs on this machine: over ipc, or TCP from a
+        loopback address. (Another host's client may name a pid namespace equal to ours,
+        since every host's initial namespace has the same id: its pid means nothing here.)"""
+        if not self.endpoint.startswith("tcp://"):
+            return True
+        try:
+            address = frame.get("Peer-Address")
+        except zmq.ZMQError:
+            return False
+        address = address.removeprefix("::ffff:")
+        return address == "::1" or address.startswith("127.")
 
     def _flush_batches(self) -> None:
         for w in self.streams.values():
@@ -566,8 +581,6 @@ class Daemon:
             return self._on_frame(peer, P.field(h, "stream", int), P.field(h, "seq", int),
                                   P.field(h, "slot", int),
                                   P.field(h, "meta", dict, required=False), payload)
-        if kind == P.OPEN:
-            return self._on_open(peer, h)
         if kind == P.SKIP:
             w = self._stream_of(peer, h)
             seq = P.field(h, "seq", int)
@@ -633,7 +646,7 @@ class Daemon:
             return P.encode({"type": P.PONG, "pid": os.getpid()})
         raise P.ProtocolError(P.E_UNKNOWN_TYPE, f"unknown message type {kind!r}")
 
-    def _on_open(self, peer: bytes, h: dict) -> None:
+    def _on_open(self, peer: bytes, h: dict, on_this_machine: bool) -> None:
         token = h.get("token")
         if not isinstance(token, str) or not secrets.compare_digest(token, self.token):
             log.warning("peer %s: open refused: missing or wrong token", peer.hex())
@@ -663,7 +676,7 @@ class Daemon:
                               s3_endpoint)
         pid, pidns = h.get("pid"), h.get("pidns")
         if isinstance(pid, int) and not isinstance(pid, bool) and pidns == PID_NAMESPACE \
-                and PID_NAMESPACE:
+                and PID_NAMESPACE and on_this_machine:
             worker.client_pid = pid
         sid = self._next_sid
         self._next_sid += 1

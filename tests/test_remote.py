@@ -14,7 +14,7 @@ from ome_writers_service import AcquisitionSettings, Dimension, create_stream
 from ome_writers_service.client import ServiceError
 from ome_writers_service.daemon import Daemon
 
-from service_util import frame_pixels, read_image, start_daemon
+from service_util import frame_pixels, read_image, start_daemon, this_host_address
 
 
 @pytest.fixture
@@ -73,3 +73,31 @@ def test_a_non_loopback_endpoint_needs_curve_keys(tmp_path):
     # a daemon exposed to the network always encrypts (built, never bound here)
     assert Daemon("tcp://0.0.0.0:5555", rt_dir=tmp_path / "rt2", allow_remote=True).curve
     assert Daemon("tcp://127.0.0.1:5555", rt_dir=tmp_path / "rt3").curve is None
+
+
+def test_a_client_reaching_the_daemon_over_the_network_is_watched_by_heartbeats(tmp_path):
+    """A daemon bound to this machine's network address (--allow-remote: CURVE always) serves
+    a client connecting there as one on another host does. Such a client's pid means nothing
+    to the daemon (another host's initial pid namespace has the same id as ours), so the
+    daemon watches it by heartbeats, which travel encrypted on a socket of their own."""
+    host = this_host_address()
+    if host is None:
+        pytest.skip("this machine has no non-loopback address")
+    d = start_daemon(tmp_path / "rt", "--endpoint", f"tcp://{host}:0", "--allow-remote")
+    try:
+        conn = d.rt / "daemon.json"
+        assert json.loads(conn.read_text())["curve"], "a network endpoint always encrypts"
+        settings = settings_of(tmp_path, n=6)
+        with create_stream(settings, connection_file=conn, transport="inline") as stream:
+            assert stream._heartbeat is not None, "watched by its pid, not heartbeats"
+            for i in range(6):
+                stream.append(frame_pixels(2, i, (16, 16), np.uint16))
+            assert stream.status()["frames_written"] >= 0
+        assert stream.report["frames_written"] == 6, stream.report
+        np.testing.assert_array_equal(read_image(stream.paths[0]), np.stack(
+            [frame_pixels(2, i, (16, 16), np.uint16) for i in range(6)]))
+        with pytest.raises(ServiceError, match="not a loopback address"):
+            create_stream(settings, endpoint=d.endpoint, token=d.token,
+                          runtime_dir=tmp_path / "elsewhere")
+    finally:
+        assert d.stop() == 0, d.log_text()

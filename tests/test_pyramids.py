@@ -3,7 +3,7 @@
 Every level is compared pixel for pixel with an independent reference written here (numpy
 padding + block reduction with Python integers), read back with tensorstore, zarr-python and
 tifffile; the multiscales metadata is validated by yaozarrs and ome-zarr-models (strict: a
-warning fails)."""
+warning fails), in NGFF 0.5 and 0.4 stores alike."""
 
 from __future__ import annotations
 
@@ -23,9 +23,12 @@ from ome_types import from_xml
 
 from ome_writers_service import (AcquisitionSettings, Dimension, OmeTiffFormat, OmeZarrFormat,
                                  Plate, Position, PositionDimension, create_stream)
+from ome_writers_service.format_metadata import read_zarr_attributes
 from ome_writers_service.recover import recover
+from ome_writers_service.validate import validate_all
 
-from service_util import expected_images, frame_pixels, shm_rings, start_daemon
+from service_util import (expected_images, frame_pixels, reference_level, reference_levels,
+                          shm_rings, start_daemon)
 
 METHODS = ["mean", "stride", "min", "max"]
 
@@ -38,41 +41,27 @@ def daemon(tmp_path):
     assert not any(n.startswith(f"ows-{d.pid}-") for n in shm_rings()), "daemon left a ring"
 
 
-def reference_level(plane: np.ndarray, method: str) -> np.ndarray:
-    """One level below ``plane``, by the definition: odd extents padded by repeating the
-    edge, each 2x2 block reduced; integer means rounded half up."""
-    p = np.pad(plane, [(0, plane.shape[0] % 2), (0, plane.shape[1] % 2)], mode="edge")
-    blocks = p.reshape(p.shape[0] // 2, 2, p.shape[1] // 2, 2).transpose(0, 2, 1, 3)
-    blocks = blocks.reshape(*blocks.shape[:2], 4)
-    if method == "stride":
-        return blocks[..., 0]
-    if method == "min":
-        return blocks.min(axis=-1)
-    if method == "max":
-        return blocks.max(axis=-1)
-    if plane.dtype.kind == "f":
-        return (blocks.astype(np.float64).sum(axis=-1) / 4).astype(plane.dtype)
-    sums = blocks.astype(object).sum(axis=-1)
-    return np.vectorize(lambda s: (s + 2) // 4, otypes=[object])(sums).astype(plane.dtype)
-
-
-def reference_levels(image: np.ndarray, levels: int, method: str) -> list[np.ndarray]:
-    """Every level of an image (outer axes, y, x), each from the one above."""
-    out = [image]
-    for _ in range(levels - 1):
-        above = out[-1]
-        planes = [reference_level(above[i], method) for i in np.ndindex(*above.shape[:-2])]
-        out.append(np.stack(planes).reshape(*above.shape[:-2], *planes[0].shape))
-    return out
-
-
-def strict_ome_zarr_models(group_path: str) -> None:
+def strict_ome_zarr_models(group_path: str, version: str = "0.5") -> None:
     """ome-zarr-models reads the image group; any warning is a failure."""
-    from ome_zarr_models.v05.image import Image
+    if version == "0.5":
+        from ome_zarr_models.v05.image import Image
+    else:
+        from ome_zarr_models.v04.image import Image
 
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         Image.from_zarr(zarr.open_group(group_path, mode="r"))
+
+
+def multiscale_of(image_group: str, version: str = "0.5") -> dict:
+    """An image group's multiscales: 0.5 under "ome" of zarr.json, 0.4 in .zattrs."""
+    attrs = read_zarr_attributes(image_group)
+    return (attrs["ome"] if version == "0.5" else attrs)["multiscales"][0]
+
+
+def array_shape(level: Path) -> list[int]:
+    doc = level / "zarr.json" if (level / "zarr.json").is_file() else level / ".zarray"
+    return json.loads(doc.read_text())["shape"]
 
 
 def write_frames(stream, settings, seed, frames=None):
@@ -86,18 +75,21 @@ def write_frames(stream, settings, seed, frames=None):
 
 def check_zarr_levels(settings, paths, seed, **kw) -> None:
     fmt = settings.format
-    yaozarrs.validate_zarr_store(settings.output_path)
+    if fmt.version == "0.5" or len(paths) == 1:
+        yaozarrs.validate_zarr_store(settings.output_path)
     for path, image in zip(paths, expected_images(settings, seed, **kw)):
+        if fmt.version == "0.4":  # (a 0.4 bioformats2raw root names no version: each image)
+            yaozarrs.validate_zarr_store(path)
         want = reference_levels(image, fmt.levels, fmt.downsampling)
-        meta = json.loads((Path(path) / "zarr.json").read_text())["attributes"]["ome"]
-        datasets = meta["multiscales"][0]["datasets"]
+        datasets = multiscale_of(path, fmt.version)["datasets"]
         assert [d["path"] for d in datasets] == [str(k) for k in range(fmt.levels)]
+        driver = "zarr3" if fmt.version == "0.5" else "zarr"
         for k, arr in enumerate(want):
-            got = ts.open({"driver": "zarr3", "kvstore": {"driver": "file",
-                                                          "path": f"{path}/{k}"}}).result()
+            got = ts.open({"driver": driver, "kvstore": {"driver": "file",
+                                                         "path": f"{path}/{k}"}}).result()
             np.testing.assert_array_equal(got.read().result(), arr, err_msg=f"{path}/{k}")
             np.testing.assert_array_equal(zarr.open_array(f"{path}/{k}", mode="r")[...], arr)
-        strict_ome_zarr_models(path)
+        strict_ome_zarr_models(path, fmt.version)
 
 
 def dims_tyx(t=5, y=37, x=30, **kw):
@@ -147,17 +139,19 @@ def test_levels_beyond_the_frame_are_refused_naming_the_limit(tmp_path):
 # ---- OME-Zarr ----
 
 @pytest.mark.parametrize("method", METHODS)
-@pytest.mark.parametrize("dtype", ["uint8", "uint16", "int16", "int32", "uint64"])
-def test_zarr_levels_match_the_definition_for_every_method_and_dtype(tmp_path, method, dtype):
+@pytest.mark.parametrize("dtype,version", [("uint8", "0.5"), ("uint16", "0.5"), ("int16", "0.5"),
+                                           ("int32", "0.5"), ("uint64", "0.5"), ("uint16", "0.4")])
+def test_zarr_levels_match_the_definition_for_every_method_and_dtype(tmp_path, method, dtype,
+                                                                     version):
     settings = AcquisitionSettings(
         root_path=str(tmp_path / "p.ome.zarr"), dtype=dtype, overwrite=True,
-        format=OmeZarrFormat(levels=4, downsampling=method), dimensions=dims_tyx(t=3, t_chunk=2))
+        format=OmeZarrFormat(levels=4, downsampling=method, version=version),
+        dimensions=dims_tyx(t=3, t_chunk=2))
     with create_stream(settings, in_process=True) as stream:
         write_frames(stream, settings, 1)
         paths = stream.paths
     check_zarr_levels(settings, paths, 1)
-    ms = json.loads((Path(paths[0]) / "zarr.json").read_text())["attributes"]["ome"][
-        "multiscales"][0]
+    ms = multiscale_of(paths[0], version)
     assert ms["type"] == method
     for k, ds in enumerate(ms["datasets"]):
         transforms = {t["type"]: t for t in ds["coordinateTransformations"]}
@@ -169,10 +163,24 @@ def test_zarr_levels_match_the_definition_for_every_method_and_dtype(tmp_path, m
             assert transforms["translation"]["translation"] == [0.0, shift, shift]
 
 
-@pytest.mark.parametrize("layout", ["positions-sharded-blosc", "plate-zstd", "unbounded"])
+@pytest.mark.parametrize("layout", ["positions-sharded-blosc", "plate-zstd", "unbounded",
+                                    "0.4-positions-blosc", "0.4-plate"])
 def test_zarr_levels_through_the_daemon(daemon, tmp_path, layout):
     kw: dict = {}
-    if layout == "positions-sharded-blosc":
+    version = "0.4" if layout.startswith("0.4-") else "0.5"
+    if layout == "0.4-positions-blosc":  # (0.4 has no sharding)
+        dims = [Dimension(name="t", count=4, chunk_size=2, type="time"),
+                PositionDimension(coords=["A", "B"]),
+                Dimension(name="c", count=2, type="channel"),
+                Dimension(name="y", count=40, chunk_size=8), Dimension(name="x", count=33)]
+        kw["compression"] = "blosc-lz4"
+    elif layout == "0.4-plate":
+        dims = [Dimension(name="t", count=3, type="time"),
+                PositionDimension(coords=[Position(name="f0", plate_row="A", plate_column="1"),
+                                          Position(name="f1", plate_row="A", plate_column="1")]),
+                Dimension(name="y", count=24, chunk_size=12), Dimension(name="x", count=20)]
+        kw["plate"] = Plate(row_names=["A"], column_names=["1"])
+    elif layout == "positions-sharded-blosc":
         dims = [Dimension(name="t", count=4, chunk_size=2, shard_size_chunks=2, type="time"),
                 PositionDimension(coords=["A", "B"]),
                 Dimension(name="c", count=2, type="channel"),
@@ -190,7 +198,8 @@ def test_zarr_levels_through_the_daemon(daemon, tmp_path, layout):
         dims = [Dimension(name="t", count=None, chunk_size=3, type="time"),
                 Dimension(name="y", count=24, chunk_size=8), Dimension(name="x", count=20)]
     settings = AcquisitionSettings(root_path=str(tmp_path / "d.ome.zarr"), dtype="uint16",
-                                   overwrite=True, format=OmeZarrFormat(levels=3),
+                                   overwrite=True,
+                                   format=OmeZarrFormat(levels=3, version=version),
                                    dimensions=dims, **kw)
     frames = 7 if layout == "unbounded" else None
     stream = create_stream(settings, endpoint=daemon.endpoint, token=daemon.token)
@@ -203,8 +212,9 @@ def test_zarr_levels_through_the_daemon(daemon, tmp_path, layout):
     check_zarr_levels(settings, report["paths"], 2, frames=frames)
     if layout == "unbounded":  # every level's array cut to the frames received
         for k in range(3):
-            meta = json.loads((Path(report["paths"][0]) / str(k) / "zarr.json").read_text())
-            assert meta["shape"][0] == 7
+            assert array_shape(Path(report["paths"][0]) / str(k))[0] == 7
+    for report_ in validate_all(settings.output_path):  # with its METADATA.ome.xml
+        assert report_.ok, str(report_)
 
 
 def test_zarr_lower_level_chunks_are_written_as_soon_as_complete(tmp_path):
@@ -232,26 +242,31 @@ def test_zarr_lower_level_chunks_are_written_as_soon_as_complete(tmp_path):
     check_zarr_levels(partial, stream.paths, 4, frames=5)
 
 
-def test_zarr_levels_recovered_after_daemon_sigkill(tmp_path):
+@pytest.mark.parametrize("version", ["0.5", "0.4"])
+def test_zarr_levels_recovered_after_daemon_sigkill(tmp_path, version):
     d = start_daemon(tmp_path / "rt")
     settings = AcquisitionSettings(
         root_path=str(tmp_path / "k.ome.zarr"), dtype="uint16", overwrite=True,
-        format=OmeZarrFormat(levels=3), dimensions=dims_tyx(t=40, t_chunk=2))
+        format=OmeZarrFormat(levels=3, version=version), dimensions=dims_tyx(t=40, t_chunk=2))
     stream = create_stream(settings, endpoint=d.endpoint, token=d.token)
     write_frames(stream, settings, 5, frames=13)
     root = Path(settings.output_path)
+    grid = "c/" if version == "0.5" else ""  # zarr v3 / v2 chunk keys
+    chunks = f"{grid}5"  # t chunk 5
 
-    def files(level: int) -> int:
-        where = root / str(level) / "c" / "5"
-        return sum(f.is_file() for f in where.rglob("*")) if where.is_dir() else 0
+    def files(level: int) -> int:  # chunks of t chunks 0-5 (writes complete out of order)
+        top = root / str(level) / grid
+        return sum(f.is_file() and int(f.relative_to(top).parts[0]) <= 5
+                   for f in top.rglob("*") if f.name.isdigit())
 
-    deadline = time.monotonic() + 20  # t chunk 5 on disk at every level (6, 2, 1 chunks)
-    while (files(0), files(1), files(2)) != (6, 2, 1) and time.monotonic() < deadline:
+    deadline = time.monotonic() + 20  # t chunks 0-5 on disk at every level (6, 2, 1 each)
+    while (files(0), files(1), files(2)) != (36, 12, 6) and time.monotonic() < deadline:
         time.sleep(0.01)
+    assert (files(0), files(1), files(2)) == (36, 12, 6)
     d.stop(signal.SIGKILL)
     # as if the daemon died before the lower levels of the last unit were computed
     for k in (1, 2):
-        for chunk in (Path(settings.output_path) / str(k) / "c" / "5").rglob("*"):
+        for chunk in (root / str(k) / chunks).rglob("*"):
             if chunk.is_file():
                 chunk.unlink()
     summary = recover(settings.output_path)

@@ -1,6 +1,6 @@
 """Benchmark: the service against our in-process backends, ome-writers 0.3.2 and the raw disk.
 
-    python benchmarks/run.py                 # W1-W3 at full size, 3 repeats (a few minutes)
+    python benchmarks/run.py                 # W1-W3 at full size, 5 repeats (several minutes)
     python benchmarks/run.py --scale 0.05 --repeats 1 --out /tmp/smoke   # tiny, for CI
 
 Every writer runs in a fresh child process (its own peak RSS); the daemon runs for the whole
@@ -225,7 +225,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--scale", type=float, default=1.0, help="multiply frame counts (0-1]")
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=5,
+                    help="interleaved repeats (ratios are medians over them; at least 5 on a "
+                         "shared VM, where a single run can be 2x slow)")
     ap.add_argument("--workloads", default="W1,W2,W3")
     ap.add_argument("--out", default=str(HERE / "results"), help="results directory")
     ap.add_argument("--workdir", default=None, help="where datasets are written (deleted after)")

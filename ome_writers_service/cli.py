@@ -186,7 +186,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         run(args.endpoint, rt_dir=args.runtime_dir, idle_exit=args.idle_exit,
-            allow_remote=args.allow_remote, curve=args.curve)
+            allow_remote=args.allow_remote, curve=args.curve,
+            memory_budget=args.memory_budget)
     except (ValueError, OSError, zmq.ZMQError) as e:  # bad endpoint, address in use, ...
         print(f"ome-writers-service serve: {e}", file=sys.stderr)
         return 2
@@ -319,6 +320,15 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+def _size(text: str) -> int:
+    from .chunk_buffers import parse_size
+
+    try:
+        return parse_size(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="ome-writers-service",
@@ -349,6 +359,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="allow a non-loopback TCP endpoint (always encrypted with CURVE)")
     serve.add_argument("--curve", action="store_true",
                        help="encrypt connections with CURVE on a loopback endpoint too")
+    serve.add_argument("--memory-budget", type=_size, default=None, metavar="SIZE",
+                       help="memory the streams' chunk buffers may take together, worst case "
+                            "(e.g. 8G, 512M; default: 40%% of the RAM); a stream that would not "
+                            "fit is refused, naming the chunk size to change")
     serve.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     serve.set_defaults(func=cmd_serve)
 

@@ -168,9 +168,10 @@ class ServiceStream:
                 self._sock.close(linger=1000)
                 raise
             self._slots = self._ring.slots(self._shape, self._dtype)
+            self._filled = self._ring.filled  # the slot table (PROTOCOL.md 3.1)
             self._err_flag = self._ring._error
         else:
-            self._slots = None
+            self._slots = self._filled = None
             self._err_flag = np.zeros(1, np.uint32)
         self._scratch = np.empty(self._shape, self._dtype)  # claim() target for dropped frames
         self._seq = 0
@@ -211,7 +212,8 @@ class ServiceStream:
                     self._send_frame(seq, slot, meta, np.ascontiguousarray(frame))
                 else:
                     np.copyto(self._slots[slot], frame)
-                    self._send_frame(seq, slot, meta)
+                    self._filled[slot] = seq + 1  # after the pixels: the daemon finds the
+                    self._send_frame(seq, slot, meta)  # frame even if the notice is lost
             except BaseException:  # nothing was sent: the slot is still ours
                 self._give_back(slot)
                 raise
@@ -232,6 +234,8 @@ class ServiceStream:
         try:
             yield view
             with self._lock:
+                if not self._inline:
+                    self._filled[slot] = seq + 1  # the frame is in the ring (see append)
                 self._send_frame(seq, slot, meta, view if self._inline else None)
         except BaseException:  # nothing was sent: the slot is still ours
             with self._lock:
@@ -266,6 +270,9 @@ class ServiceStream:
         return slot, frame_metadata
 
     def _give_back(self, slot: int) -> None:
+        """A slot taken for a frame that was not sent."""
+        if self._filled is not None:
+            self._filled[slot] = 0  # (if its table entry was written) not a frame
         self._free[slot] = 1
         self._nfree += 1
 
@@ -416,25 +423,38 @@ class ServiceStream:
             header, payload = P.decode(parts)
             kind = header["type"]
             if kind == P.RELEASE:
-                free = self._free
-                for slot in header["slots"]:
-                    if not free[slot]:
-                        free[slot] = 1
-                        self._nfree += 1
+                self._take_release(header["slots"])
                 continue
             if kind == P.PLANE:
                 self._last_payload = payload
             elif kind == P.ERROR and header.get("code") not in _ANSWER_CODES:
-                # a frame or metadata could not be written: the stream is broken
-                self._error = remote_error(f"daemon: {header['message']}",
-                                           header.get("code", ""), header.get("exception"))
+                # a frame or metadata could not be written, or the daemon ends the stream:
+                # the stream is broken; the first reason is the one to raise
+                if self._error is None:
+                    code = header.get("code", "")
+                    self._error = DaemonGoneError(f"daemon: {header['message']}", code) \
+                        if code == P.E_SHUTDOWN else \
+                        remote_error(f"daemon: {header['message']}", code,
+                                     header.get("exception"))
                 continue
             elif kind == P.CLOSED and not self._closed:  # the daemon ended the stream
                 self.report = header
-                self._error = DaemonGoneError(
-                    f"the daemon closed the stream ({header.get('reason')}) after writing "
-                    f"{header.get('frames_written')} frames to {self._settings.root_path}")
+                if self._error is None or self._error.code == P.E_SHUTDOWN:
+                    self._error = DaemonGoneError(
+                        f"the daemon closed the stream ({header.get('reason')}) after writing "
+                        f"{header.get('frames_written')} frames to {self._settings.root_path}"
+                        + (f": {'; '.join(header['errors'])}" if header.get("errors") else ""),
+                        P.E_SHUTDOWN)
             self._replies[kind] = header
+
+    def _take_release(self, slots: list[int]) -> None:
+        """Slots the daemon no longer needs (their frames are written, or safe in its chunk
+        buffers, with their metadata journaled) are ours to fill again."""
+        free = self._free
+        for slot in slots:
+            if not free[slot]:
+                free[slot] = 1
+                self._nfree += 1
 
     def _await(self, kind: str, timeout: float | None, *, what: str) -> dict:
         """Wait for the reply of type ``kind`` to the request just sent, handling releases;
@@ -505,10 +525,21 @@ class ServiceStream:
             self._send({"type": P.PING})
 
     def _raise_remote(self) -> None:
-        if self._error is None:
-            self._pump(0.05)
-        err = self._error or ServiceError("daemon reported an error on this stream")
-        raise err
+        """The ring's error flag is up (or an error arrived): raise the daemon's own reason.
+        The daemon sends it just before it raises the flag, so wait for it to arrive (as
+        long as the daemon lives and answers)."""
+        start = _monotonic()
+        while self._error is None:
+            self._pump(LIVENESS_INTERVAL)
+            if self._error is not None:
+                break
+            self._check_daemon_alive()
+            if _monotonic() - start > HUNG_TIMEOUT:
+                raise ServiceError(f"the daemon flagged the stream to {self._settings.root_path}"
+                                   f" as failed (ring error flag {int(self._err_flag[0])}) but "
+                                   f"sent no reason within {HUNG_TIMEOUT:.0f} s")
+            self._check_responsive("waiting for the daemon's error message", start)
+        raise self._error
 
     def _check_usable(self) -> None:
         if self._closed:
@@ -690,10 +721,15 @@ class ServiceStream:
         if self.report.get("errors"):
             raise ServiceError(f"{self._settings.root_path}: " + "; ".join(self.report["errors"]),
                                P.E_WRITE)
+        if self.report.get("reason", "closed by client") != "closed by client":
+            raise DaemonGoneError(f"{self._settings.root_path}: the daemon ended the stream "
+                                  f"({self.report['reason']}) after writing "
+                                  f"{self.report.get('frames_written')} of the "
+                                  f"{self._seq} frames sent", P.E_SHUTDOWN)
         return self.report
 
     def _release_ring(self) -> None:
-        self._slots = None
+        self._slots = self._filled = None
         # append()/claim() check these first: make them raise "closed"
         self._err_flag = np.ones(1, np.uint32)
         self._error = RuntimeError(f"the stream to {self._settings.root_path} is closed")
@@ -848,7 +884,8 @@ def daemon_running(info: ConnectionInfo | None) -> bool:
 
 def local_daemon(rt_dir: str | os.PathLike | None = None, *, start: bool = True,
                  idle_exit: float = 300.0, timeout: float = 30.0) -> ConnectionInfo:
-    """The connection of the local daemon, starting one (detached) when none runs."""
+    """The connection of the local daemon, starting one (detached; it exits after
+    ``idle_exit`` seconds without streams) when none runs."""
     rt = runtime_dir(rt_dir)
     info = ConnectionInfo.read(rt)
     if daemon_running(info):

@@ -9,30 +9,26 @@ from __future__ import annotations
 
 import json
 import os
-import stat
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from .safe_files import ensure_private_dir, write_atomically
 
 CONNECTION_FILE = "daemon.json"
 ENV_RUNTIME_DIR = "OME_WRITERS_SERVICE_RUNTIME_DIR"
 
 
 def runtime_dir(path: str | os.PathLike | None = None) -> Path:
-    """The per-user runtime directory, created 0700; refuses one that others can read."""
+    """The per-user runtime directory, created 0700. One that is a symlink, another user's,
+    or open to others is refused (PermissionError), never repaired: in the shared temp
+    directory another user may have made it."""
     if path is None:
         path = os.environ.get(ENV_RUNTIME_DIR)
     if path is None:
         base = os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()
         path = Path(base) / f"ome-writers-service-{os.getuid()}"
-    p = Path(path)
-    p.mkdir(mode=0o700, parents=True, exist_ok=True)
-    st = p.stat()
-    if st.st_uid != os.getuid():
-        raise PermissionError(f"runtime directory {p} belongs to another user")
-    if stat.S_IMODE(st.st_mode) & 0o077:
-        os.chmod(p, 0o700)
-    return p
+    return ensure_private_dir(path)
 
 
 def default_endpoint(rt: Path) -> str:
@@ -80,11 +76,7 @@ class ConnectionInfo:
 
     def write(self, rt: Path) -> Path:
         path = rt / CONNECTION_FILE
-        tmp = rt / f".{CONNECTION_FILE}.{os.getpid()}"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(asdict(self), f)
-        tmp.replace(path)
+        write_atomically(path, json.dumps(asdict(self)).encode(), mode=0o600)
         return path
 
     @classmethod

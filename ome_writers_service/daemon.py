@@ -33,11 +33,15 @@ from pydantic import ValidationError
 from zmq.auth.thread import ThreadAuthenticator
 
 from . import __version__
+from . import chunk_buffers
 from . import format_metadata as fm
 from . import protocol as P
 from .backends import create_backend
 from .backends.zarr_metadata import check_global_namespace
 from .connection import ConnectionInfo, default_endpoint, pid_alive, pid_namespace, runtime_dir
+from .arena import ArenaError, BufferArena, clean_stale_arenas
+from .chunk_buffers import physical_memory
+from .journal import journal_path
 from .ring import FrameRing, RingError, clean_stale_rings, shm_free
 from .schema import AcquisitionSettings
 from .stream import OMEStream
@@ -60,6 +64,15 @@ INLINE_BYTES = 1024 * 2**20
 #: Largest jump in frame numbers (frames dropped by the client, skip, close) one message may
 #: make: each missing frame costs the worker a little work.
 MAX_GAP = 1_000_000
+#: Most messages the daemon queues for one peer (one connection) that does not read them; a
+#: peer that lets that many pile up is dropped. A client that reads at least when it needs a
+#: slot has at most one unread release per slot of its streams, plus a few replies.
+PEER_QUEUE = 2 * MAX_SLOTS + 1024
+#: Most ring slots the streams of one connection may hold together (see PEER_QUEUE).
+PEER_CREDITS = 2 * MAX_SLOTS
+#: Share of the machine's RAM the streams' buffers may take together by default (the rest is
+#: the page cache's, the rings', the acquisition software's): `serve --memory-budget`.
+MEMORY_FRACTION = 0.4
 #: Below this much free /dev/shm the daemon warns at start-up.
 SHM_WARN_BYTES = 128 * 2**20
 OUTBOX = "inproc://ows-outbox"
@@ -94,6 +107,7 @@ class StreamStats:
     written: int = 0
     dropped: int = 0
     skipped: int = 0
+    recovered: int = 0  #: written from the ring without a notice (the client died)
     started: float = field(default_factory=time.monotonic)
     errors: list[str] = field(default_factory=list)
 
@@ -134,6 +148,11 @@ class StreamWorker(threading.Thread):
         self.finished = threading.Event()
         self._pending_error: str | None = None
         self._pending_exception: str | None = None  # its type (`P.exception_name`)
+        self._out: zmq.Socket | None = None  # the worker thread's socket to the main loop
+        #: worst-case bytes of its buffers the daemon admitted the stream with, and whether
+        #: they are free again (the stream finalized): no longer counted in the budget
+        self.memory = 0
+        self.memory_freed = False
         #: slots handed back by the backend (possibly from its threads), not yet sent
         self._released: collections.deque[int] = collections.deque()
         self._lent = 0  # slots lent to the backend and not yet released
@@ -150,6 +169,7 @@ class StreamWorker(threading.Thread):
     def run(self) -> None:
         out = self._ctx.socket(zmq.PUSH)
         out.connect(OUTBOX)
+        self._out = out
         try:
             if not self._open(out):
                 return
@@ -168,6 +188,8 @@ class StreamWorker(threading.Thread):
                 elif kind == "skip":
                     self._skip_to(item[1] + item[2], dropped=False)
                 elif kind == "release":  # a notice the main thread refused
+                    if self.ring is not None:
+                        self.ring.forget(item[1])  # not a frame whose notice was lost
                     self._lent += 1
                     self._released.append(item[1])
                 elif kind == "metadata":
@@ -189,6 +211,17 @@ class StreamWorker(threading.Thread):
             out.close(linger=1000)
             self.finished.set()
 
+    def _create_arena(self) -> BufferArena | None:
+        """The chunk buffers of an OME-Zarr stream, in shared memory so that the frames in
+        them survive the daemon (`arena`); sized by their worst case (`chunk_buffers`)."""
+        found = chunk_buffers.estimate(self.settings)
+        if not found.total:
+            return None
+        return BufferArena.create(chunk_buffers.write_unit(self.settings),
+                                  self.settings.frame_nbytes,
+                                  found.open_units + found.pending_units,
+                                  journal=str(journal_path(self.settings)))
+
     def metadata_keys(self) -> list[str]:
         """The group paths update_metadata() accepts (an OME-Zarr stream's image groups),
         worked out once from the layout."""
@@ -198,16 +231,21 @@ class StreamWorker(threading.Thread):
 
     def _open(self, out: zmq.Socket) -> bool:
         """Create the ring and the dataset, then answer `opened`; or answer `error`."""
+        arena = None
         try:
             if not self.inline:
                 self.ring = FrameRing.create(self.settings.frame_nbytes, self.slots)
                 self._views = self.ring.slots(self._shape, self._dtype)
+            arena = self._create_arena()
             self.stream = OMEStream(self.settings, lend_limit=self.slots,
-                                    s3_endpoint=self.s3_endpoint)
+                                    s3_endpoint=self.s3_endpoint, arena=arena)
         except Exception as e:  # noqa: BLE001 - reported to the client
             log.warning("stream %d: cannot open %s: %s", self.sid, self.settings.root_path, e)
             self._remove_ring()
-            ring = isinstance(e, RingError)  # the service's own: no in-process counterpart
+            if arena is not None:
+                arena.close(unlink=True)
+            # the service's own resources: no in-process counterpart
+            ring = isinstance(e, (RingError, ArenaError))
             code, what = (P.E_RESOURCES, "") if ring else \
                 (P.E_SETTINGS, f"cannot create {self.settings.root_path}: ")
             self._send(out, {"type": P.ERROR, "code": code, "message": f"{what}{e}",
@@ -283,21 +321,33 @@ class StreamWorker(threading.Thread):
             return False
 
     def _failed(self, e: Exception, seq: int | None = None) -> None:
-        """The stream cannot go on: tell the client (ring flag now, message soon)."""
+        """The stream cannot go on: tell the client, the message first, then the ring flag
+        (the client, seeing the flag, waits for the message that says why)."""
         msg = f"frame {seq}: {e}" if seq is not None else str(e)
         log.error("stream %d (%s): %s", self.sid, self.settings.root_path, msg)
         self.stats.errors.append(msg)
+        if self._out is not None:
+            self._send(self._out, {"type": P.ERROR, "code": P.E_WRITE, "stream": self.sid,
+                                   "message": msg, "exception": P.exception_name(e)})
+        else:
+            self._pending_error = msg
+            self._pending_exception = P.exception_name(e)
         if self.ring is not None:
             self.ring.set_error(1)
-        self._pending_error = msg
-        self._pending_exception = P.exception_name(e)
 
     def _finish(self, out: zmq.Socket, total: int | None, reason: str) -> None:
         """Finalize the dataset with what arrived and send the final report."""
         if total is not None and not self.stats.errors:
             self._skip_to(total, dropped=True)  # frames the client dropped at the very end
-        if reason != "closed by client" and self.ring is not None and not self.ring.error_flag:
-            self.ring.set_error(2)  # the client's next append learns it without a socket read
+        if reason != "closed by client":  # the daemon ends it
+            if self.ring is not None and not self.ring.error_flag:
+                self.ring.set_error(2)  # a live client stops filling slots at its next append
+            if reason != "internal error":
+                self._write_unannounced()
+            self._send(out, {"type": P.ERROR, "code": P.E_SHUTDOWN, "stream": self.sid,
+                             "message": f"the daemon ended the stream ({reason}); it is "
+                                        f"finalized with the {self.stats.received} frames "
+                                        "received"})
         if self.stream is not None:
             started = time.monotonic()
             try:
@@ -307,10 +357,26 @@ class StreamWorker(threading.Thread):
                 self.stats.errors.append(f"finalize: {e}")
             log.info("stream %d (%s) finalized in %.3f s: %s", self.sid,
                      self.settings.root_path, time.monotonic() - started, reason)
+        self.memory_freed = True  # finalized: the buffers are gone before the report says so
         if self.ring is not None:
             self.ring.unlink()  # the name is gone before the client reads the report
         self._send(out, {"type": P.CLOSED, "stream": self.sid, "reason": reason, **self.report()})
         self._remove_ring()  # unmapping frees the memory: not on the client's clock
+
+    def _write_unannounced(self) -> None:
+        """Write the frames the client put in the ring whose notices never arrived: a
+        client killed right after append() returned takes its queued notices with it, not
+        the ring, whose slot table names the frame in each slot (PROTOCOL.md 3.1)."""
+        if self.ring is None or self.stream is None or self.stats.errors:
+            return
+        found = self.ring.unannounced(self.expected_seq, self.num_frames)
+        for seq, slot in found:
+            self._write(seq, slot, None, None)
+        if found:
+            self.stats.recovered += len(found)
+            log.info("stream %d (%s): wrote %d frames (%d..%d) from the ring whose notices "
+                     "were lost with the client", self.sid, self.settings.root_path, len(found),
+                     found[0][0], found[-1][0])
 
     def _remove_ring(self) -> None:
         self._views = None  # drop the slot views so the mapping can go
@@ -323,6 +389,10 @@ class StreamWorker(threading.Thread):
         while released:
             slots.append(released.popleft())
         if slots:
+            # the metadata of the frames released is in the journal first: a frame the
+            # daemon released keeps its metadata even if the daemon dies
+            if self.stream is not None and not self.stats.errors:
+                self._guard(self.stream.flush_journal)
             self._lent -= len(slots)
             self._send(out, {"type": P.RELEASE, "stream": self.sid, "slots": slots})
         err = self._pending_error
@@ -358,8 +428,10 @@ class StreamWorker(threading.Thread):
             "frames_written": s.written,
             "frames_dropped": s.dropped,
             "frames_skipped": s.skipped,
+            "frames_recovered": s.recovered,
             "backlog": max(0, self.frames_queued - s.received),
             "ring_slots": self.slots,
+            "max_buffer_bytes": self.memory,
             "elapsed_s": round(elapsed, 3),
             "rate_fps": round(s.written / elapsed, 1) if elapsed > 0 else 0.0,
             "errors": list(s.errors),
@@ -371,8 +443,10 @@ class Daemon:
 
     def __init__(self, endpoint: str | None = None, *, rt_dir: str | os.PathLike | None = None,
                  idle_exit: float | None = None, allow_remote: bool = False,
-                 curve: bool = False) -> None:
+                 curve: bool = False, memory_budget: int | None = None) -> None:
         self.rt = runtime_dir(rt_dir)
+        #: bytes the streams' buffers may take together, worst case (`chunk_buffers`)
+        self.memory_budget = memory_budget or default_memory_budget()
         self.endpoint = endpoint or default_endpoint(self.rt)
         _check_endpoint(self.endpoint, allow_remote)
         self.token = secrets.token_hex(16)
@@ -384,6 +458,7 @@ class Daemon:
         self._next_sid = 1
         self._stop = threading.Event()
         self._last_active = time.monotonic()
+        self._dropped: set[bytes] = set()  # peers that did not read their messages
 
     @staticmethod
     def _curve_keys() -> dict[str, str]:
@@ -407,6 +482,10 @@ class Daemon:
         removed = clean_stale_rings()
         if removed:
             log.info("removed %d stale ring(s) of dead daemons: %s", len(removed), removed)
+        removed = clean_stale_arenas()
+        if removed:
+            log.info("removed %d chunk-buffer arena(s) of finalized datasets: %s",
+                     len(removed), removed)
         # peers prove they hold the token in the ZMTP handshake (PLAIN): without it nothing
         # they send reaches the daemon (no routing-id games, no giant messages)
         auth = ThreadAuthenticator(self.ctx, log=logging.getLogger("ome_writers_service.auth"))
@@ -421,11 +500,12 @@ class Daemon:
             router.curve_secretkey = self.curve["server_secret"].encode()
             router.curve_publickey = self.curve["server_public"].encode()
             router.curve_server = True
-        router.setsockopt(zmq.ROUTER_MANDATORY, 0)
+        # a peer's queue is bounded (PEER_QUEUE); a send that finds it full fails at once
+        # (mandatory routing, no wait), and that peer is dropped rather than any reply of a
+        # reading client (a lost `release` would cost it its slots for good)
+        router.setsockopt(zmq.ROUTER_MANDATORY, 1)
         router.setsockopt(zmq.LINGER, 2000)
-        # never drop a reply: a lost `release` would cost the client its slots for good
-        # (credits bound what is in flight, so the queue cannot grow without bound)
-        router.setsockopt(zmq.SNDHWM, 0)
+        router.setsockopt(zmq.SNDHWM, PEER_QUEUE)
         router.setsockopt(zmq.MAXMSGSIZE, INLINE_BYTES)  # a larger message: peer disconnected
         _bind(router, self.endpoint)
         # tcp://127.0.0.1:* (or :0) picks a free port: publish the one actually bound
@@ -473,6 +553,7 @@ class Daemon:
 
     def _shutdown(self, router: zmq.Socket, outbox: zmq.Socket) -> None:
         """Finalize every open stream with what it received, tell its client, then exit."""
+        self._drain(router, outbox)  # notices already here are frames received
         for w in list(self.streams.values()):
             if not w.closing:
                 w.closing = True
@@ -518,7 +599,32 @@ class Daemon:
                 parts = outbox.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 return
-            router.send_multipart(parts)
+            self._send_to(router, parts)
+
+    def _send_to(self, router: zmq.Socket, parts: list) -> None:
+        """Send to a peer (``parts[0]``) without ever waiting: a peer gone is ignored, one
+        whose queue is full is dropped."""
+        try:
+            router.send_multipart(parts, zmq.NOBLOCK)
+        except zmq.Again:
+            self._drop_peer(parts[0])
+        except zmq.ZMQError as e:
+            if e.errno != zmq.EHOSTUNREACH:  # a peer that disconnected: nothing to tell it
+                raise
+
+    def _drop_peer(self, peer: bytes) -> None:
+        """A peer that does not read what the daemon sends it: ignore it from now on and
+        finalize its streams, as for a client that died."""
+        if peer in self._dropped:
+            return
+        self._dropped.add(peer)
+        mine = [w for w in self.streams.values() if w.peer == peer and not w.closing]
+        log.warning("peer %s does not read the daemon's messages (%d unread): dropping it%s",
+                    peer.hex(), PEER_QUEUE, "" if not mine else "; finalizing its streams " +
+                    ", ".join(f"{w.sid} ({w.settings.root_path})" for w in mine))
+        for w in mine:
+            w.closing = True
+            w.enqueue(("close", None, "client lost: it does not read the daemon's messages"))
 
     def _drain(self, router: zmq.Socket, outbox: zmq.Socket) -> None:
         recv = router.recv
@@ -532,6 +638,8 @@ class Daemon:
             while part.more:
                 part = recv(copy=False)
                 parts.append(part)
+            if peer in self._dropped:
+                continue
             try:
                 reply = self._dispatch(peer, parts)
             except P.ProtocolError as e:
@@ -541,7 +649,7 @@ class Daemon:
                 log.exception("peer %s: unexpected error", peer.hex())
                 reply = P.error(P.E_MALFORMED, f"internal error handling the message: {e!r}")
             if reply is not None:
-                router.send_multipart([peer, *reply])
+                self._send_to(router, [peer, *reply])
             if i % 32 == 31:  # keep the workers and the clients' credits moving
                 self._flush_batches()
                 self._forward(outbox, router)
@@ -553,7 +661,11 @@ class Daemon:
             notice = P.parse_notice(parts[1].bytes)
             if notice is not None:  # the plain frame notice: no JSON parsing on the frame path
                 return self._on_frame(peer, *notice, None, None)
-        header, payload = P.decode(parts)
+        try:
+            header, payload = P.decode(parts)
+        except P.ProtocolError:
+            self._refuse_oversized_frame(peer, parts)
+            raise
         if header["type"] == P.OPEN:  # where the client runs decides how it is watched
             return self._on_open(peer, header, self._on_this_machine(parts[0]))
         return self._handle(peer, header, payload)
@@ -570,6 +682,21 @@ class Daemon:
             return False
         address = address.removeprefix("::ffff:")
         return address == "::1" or address.startswith("127.")
+
+    def _refuse_oversized_frame(self, peer: bytes, parts: list) -> None:
+        """A frame notice whose metadata makes it too large to parse: its slot comes back and
+        the error names the frame (else both would be lost without a word)."""
+        found = P.oversized_frame(parts[1].bytes) if len(parts) in (2, 3) else None
+        if found is None:
+            return
+        sid, seq, slot = found
+        w = self.streams.get(sid)
+        if w is not None and w.peer == peer and 0 <= slot < w.slots and not w.closing:
+            w.enqueue(("release", slot))
+        raise P.ProtocolError(P.E_MALFORMED, f"frame {seq}: its header is {len(parts[1]):,} "
+                                             f"bytes, more than {P.MAX_HEADER_BYTES:,} (frame "
+                                             "metadata too large): the frame is not written "
+                                             "and its slot is released")
 
     def _flush_batches(self) -> None:
         for w in self.streams.values():
@@ -621,8 +748,13 @@ class Daemon:
                 w = self._stream_of(peer, h)
                 return P.encode({"type": P.STATUS_REPLY, "stream": sid, **w.report()})
             return P.encode({"type": P.STATUS_REPLY, "pid": os.getpid(), "version": __version__,
+                             "memory_budget": self.memory_budget,
+                             "memory_committed": self._memory_committed(),
                              "streams": {str(k): v.report() for k, v in self.streams.items()}})
         if kind == P.CLOSE:
+            w = self.streams.get(P.field(h, "stream", int))
+            if w is not None and w.peer == peer and w.closing:
+                return None  # the daemon is ending it already: its `closed` report follows
             w = self._stream_of(peer, h)
             total = P.field(h, "frames", int)
             if total < w.expected_seq:
@@ -672,8 +804,17 @@ class Daemon:
         if s3_endpoint is not None and not (isinstance(s3_endpoint, str) and
                                             s3_endpoint.startswith(("http://", "https://"))):
             raise P.ProtocolError(P.E_MALFORMED, "open: s3_endpoint must be an http(s):// URL")
+        memory = self._admit_memory(settings, slots * settings.frame_nbytes
+                                    if transport == "inline" else 0)
+        held = sum(w.slots for w in self.streams.values() if w.peer == peer)
+        if held + slots > PEER_CREDITS:
+            raise P.ProtocolError(P.E_RESOURCES, f"this connection's streams hold {held} ring "
+                                                 f"slots; {slots} more would pass the "
+                                                 f"{PEER_CREDITS} one connection may hold: open "
+                                                 "the stream on a connection of its own")
         worker = StreamWorker(self._next_sid, peer, settings, transport, slots, self.ctx,
                               s3_endpoint)
+        worker.memory = memory
         pid, pidns = h.get("pid"), h.get("pidns")
         if isinstance(pid, int) and not isinstance(pid, bool) and pidns == PID_NAMESPACE \
                 and PID_NAMESPACE and on_this_machine:
@@ -692,10 +833,33 @@ class Daemon:
             "backpressure_timeout": settings.backpressure_timeout,
             "liveness": "pid" if worker.client_pid is not None else "heartbeat",
             "heartbeat_key": worker.heartbeat_key, "heartbeat_interval": HEARTBEAT_TIMEOUT / 4,
+            "max_buffer_bytes": memory,
         }
         worker.start()  # replies `opened` (ring, paths) or `error` once ring and dataset exist
         self._last_active = time.monotonic()
         return None
+
+    def _memory_committed(self) -> int:
+        return sum(w.memory for w in self.streams.values() if not w.memory_freed)
+
+    def _admit_memory(self, settings: AcquisitionSettings, inline_bytes: int) -> int:
+        """The worst-case memory a new stream may take here (its chunk buffers, and an
+        inline stream's frames in flight), or `resources` when it does not fit the budget
+        beside the open streams: naming the axis and chunk size to change."""
+        found = chunk_buffers.estimate(settings)
+        need = found.total + inline_bytes
+        used = self._memory_committed()
+        if used + need <= self.memory_budget:
+            return need
+        gib = 2**30
+        where = (f"beside the open streams' {used / gib:.2f} GiB " if used else "")
+        why = found.explain() if found.total else \
+            f"an inline stream holds up to {inline_bytes / gib:.2f} GiB of frames: lower ring_slots"
+        raise P.ProtocolError(P.E_RESOURCES, f"{settings.root_path}: its buffers may take "
+                                             f"{need / gib:.2f} GiB, which does not fit "
+                                             f"{where}in the daemon's memory budget of "
+                                             f"{self.memory_budget / gib:.2f} GiB (serve "
+                                             f"--memory-budget): {why}")
 
     def _on_frame(self, peer: bytes, sid: int, seq: int, slot: int, meta: dict | None,
                   payload: Any) -> None:
@@ -804,11 +968,19 @@ def _bind(sock: zmq.Socket, endpoint: str) -> None:
         os.chmod(path, 0o600)
 
 
+def default_memory_budget() -> int:
+    """What the streams' buffers may take together unless told: MEMORY_FRACTION of the RAM
+    (1 GiB where the RAM is unknown)."""
+    ram = physical_memory()
+    return int(ram * MEMORY_FRACTION) if ram else 2**30
+
+
 def run(endpoint: str | None = None, *, rt_dir: str | None = None, idle_exit: float | None = None,
-        allow_remote: bool = False, curve: bool = False) -> None:
+        allow_remote: bool = False, curve: bool = False,
+        memory_budget: int | None = None) -> None:
     """Run a daemon in this process until SIGTERM/SIGINT (finalizing every open stream)."""
     daemon = Daemon(endpoint, rt_dir=rt_dir, idle_exit=idle_exit, allow_remote=allow_remote,
-                    curve=curve)
+                    curve=curve, memory_budget=memory_budget)
     signal.signal(signal.SIGTERM, daemon.stop)
     signal.signal(signal.SIGINT, daemon.stop)
     daemon.serve()

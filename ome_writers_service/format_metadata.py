@@ -20,6 +20,8 @@ import os
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
+from .safe_files import write_atomically
+
 #: keys under ``attributes.ome_writers`` that the writer keeps current whatever the user sets
 LIVE_KEYS = ("frame_metadata", "acquisition")
 
@@ -88,9 +90,13 @@ def write_zarr_attributes(group: str | os.PathLike, attrs: Mapping[str, Any]) ->
         doc["attributes"] = dict(attrs)
     else:
         path, doc = group / ".zattrs", dict(attrs)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(doc, indent=2))
-    tmp.replace(path)
+    write_zarr_json(path, doc)
+
+
+def write_zarr_json(path: str | os.PathLike, doc: Mapping[str, Any]) -> None:
+    """Replace a zarr metadata document (zarr.json, .zattrs, .zarray) atomically: a reader
+    never sees half of it, and no name planted beside it is written through."""
+    write_atomically(path, json.dumps(doc, indent=2).encode())
 
 
 def is_zarr_group(path: str | os.PathLike) -> bool:

@@ -51,7 +51,7 @@ E_FRAME = "bad_frame"              # inline payload of the wrong size
 E_WRITE = "write_failed"           # the backend failed (disk full, permission...)
 E_READ = "read_failed"             # a live-view read failed (the stream goes on)
 E_RESOURCES = "resources"          # e.g. /dev/shm too small for the ring
-E_SHUTDOWN = "shutdown"
+E_SHUTDOWN = "shutdown"            # the daemon ends the stream itself: shutdown, client lost
 
 
 #: Every connection authenticates in the ZMTP handshake with the PLAIN mechanism: this user
@@ -131,6 +131,19 @@ _NOTICE = re.compile(rb'\{"type":"frame","stream":(\d{1,18}),"seq":(\d{1,18}),"s
 def parse_notice(header: bytes) -> tuple[int, int, int] | None:
     """(stream, seq, slot) of a plain frame notice, or None for any other header."""
     m = _NOTICE.fullmatch(header)
+    return None if m is None else (int(m[1]), int(m[2]), int(m[3]))
+
+
+_NOTICE_START = re.compile(rb'\{"type":"frame","stream":(\d{1,18}),"seq":(\d{1,18}),"slot":(\d{1,18})[,}]')
+
+
+def oversized_frame(header: bytes) -> tuple[int, int, int] | None:
+    """(stream, seq, slot) of a frame notice too large to parse (its metadata exceeds the
+    header limit), read from its first bytes as the reference clients order them; else None.
+    The daemon hands the slot back and names the frame instead of losing both silently."""
+    if len(header) <= MAX_HEADER_BYTES:
+        return None
+    m = _NOTICE_START.match(bytes(memoryview(header)[:128]))
     return None if m is None else (int(m[1]), int(m[2]), int(m[3]))
 
 

@@ -1,23 +1,30 @@
 """Finalize a dataset whose writer died (daemon SIGKILL, power loss), from its journal.
 
-What is on disk is the truth: OME-TIFF pages that can be read, OME-Zarr chunks that exist.
-The metadata is rewritten to describe exactly that — the slowest acquisition axis cut to the
-steps the frames reached — and records ``complete: false, recovered: true``.
+What is on disk is the truth: OME-TIFF pages that can be read, OME-Zarr chunks that exist,
+and the frames the daemon held in chunk buffers in shared memory (written to the store
+first). The metadata is rewritten to describe exactly that — the slowest acquisition axis cut
+to the steps the frames reached, ``frames_written`` the frames on disk, and the per-frame
+metadata the journal kept for them — and records ``complete: false, recovered: true``.
 """
 
 from __future__ import annotations
 
+import math
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import tensorstore as ts
 import tifffile
 
+from .arena import BufferArena
 from .backends.ome_xml import SUMMARY_NS, ImageRecord, build_ome
 from .backends.pyramid import level_shapes
 from .backends.tiff_tifffile import CLASSIC_TIFF_LIMIT, TiffLayout, write_companion
-from .backends.zarr_tensorstore import ATTR_NAMESPACE, TensorstoreZarrBackend
-from .journal import SUFFIX, journal_path_of, read_journal
+from .backends.zarr_tensorstore import ATTR_NAMESPACE, TensorstoreZarrBackend, array_driver
+from .chunk_buffers import write_unit
+from .journal import SUFFIX, JournalContents, journal_path_of, read_journal
 from .storage import url_scheme
 from .router import FrameRouter
 from .schema import AcquisitionSettings, ome_stem
@@ -41,12 +48,14 @@ def recover(path: str) -> dict[str, Any]:
         raise FileNotFoundError(f"{path}: no journal ({', '.join(Path(t).name for t in tried)}) "
                                 "— the dataset was finalized, or was not written by "
                                 "ome-writers-service")
-    settings, skipped, _ = read_journal(jpath)
-    if settings.format_name == "ome-tiff":
-        summary = _recover_tiff(settings, skipped)
+    journal = read_journal(jpath)
+    if journal.settings.format_name == "ome-tiff":
+        summary = _recover_tiff(journal)
     else:
-        summary = _recover_zarr(settings)
+        summary = _recover_zarr(journal)
     jpath.unlink()
+    if journal.buffers:  # its frames are in the store now
+        Path(journal.buffers).unlink(missing_ok=True)
     return summary
 
 
@@ -65,7 +74,8 @@ def _summary(settings: AcquisitionSettings, written: int, done: int) -> dict[str
             "frames_without_data": done - written, "complete": False, "recovered": True}
 
 
-def _recover_tiff(settings: AcquisitionSettings, skipped: set[int]) -> dict[str, Any]:
+def _recover_tiff(journal: JournalContents) -> dict[str, Any]:
+    settings, skipped = journal.settings, journal.skipped
     router = FrameRouter(settings)
     layout = TiffLayout(settings)
     paths = layout.paths
@@ -74,6 +84,7 @@ def _recover_tiff(settings: AcquisitionSettings, skipped: set[int]) -> dict[str,
         good.append(_readable_pages(path))
     # page j of position p's file is the j-th frame of position p that was not skipped
     pages: list[list[tuple[int, ...]]] = [[] for _ in paths]
+    metadata: list[dict[tuple[int, ...], dict]] = [{} for _ in paths]  # of the frames read
     frame, done = 0, 0
     while any(len(pg) < n for pg, n in zip(pages, good)):
         if router.num_frames is not None and frame >= router.num_frames:
@@ -83,6 +94,8 @@ def _recover_tiff(settings: AcquisitionSettings, skipped: set[int]) -> dict[str,
             if len(pages[loc.position]) >= good[loc.position]:
                 break  # this position's file ends here: later frames never reached it
             pages[loc.position].append(loc.index)
+            if frame in journal.frame_metadata:
+                metadata[loc.position][loc.index] = journal.frame_metadata[frame]
         frame += 1
         done = frame
     written = sum(len(p) for p in pages)
@@ -99,6 +112,8 @@ def _recover_tiff(settings: AcquisitionSettings, skipped: set[int]) -> dict[str,
     for pos, path in enumerate(paths):
         if good[pos]:
             pages[pos] = [i for i in pages[pos] if first is None or i[first] < extent]
+            metadata[pos] = {i: md for i, md in metadata[pos].items()
+                             if first is None or i[first] < extent}
             if broken:  # only a clean IFD chain can be extended
                 continue
             have = set(pages[pos])
@@ -126,7 +141,7 @@ def _recover_tiff(settings: AcquisitionSettings, skipped: set[int]) -> dict[str,
                              software=False, subfiletype=1)
         pages[pos].extend(missing)
     # every position's file has pages now: one document describes them all
-    records = [ImageRecord(pos, settings.positions[pos], shape, pages[pos])
+    records = [ImageRecord(pos, settings.positions[pos], shape, pages[pos], metadata[pos])
                for pos in range(len(paths))]
     full = build_ome(settings, layout.image_records(records),
                      {SUMMARY_NS: _summary(settings, written, done)}, uuid=layout.uuids[0])
@@ -180,24 +195,48 @@ def _outer_shape(settings: AcquisitionSettings, first: int | None, extent: int) 
     return [int(n) for n in shape]  # type: ignore[arg-type]
 
 
-def _recover_zarr(settings: AcquisitionSettings) -> dict[str, Any]:
-    """Cut each array's slowest acquisition axis to the last chunk (or shard) stored, on disk
-    or in the bucket (the store's objects are listed: S3 keeps no partial object)."""
+def _recover_zarr(journal: JournalContents) -> dict[str, Any]:
+    """Write the frames the daemon still held in chunk buffers, then describe the frames whose
+    chunks (or shards) are stored, on disk or in the bucket (its objects are listed: S3 keeps
+    no partial object): the slowest acquisition axis cut to the steps they reach, their count
+    and their per-frame metadata in each image's attributes; lower resolution levels missing
+    for a stored unit are computed again from level 0."""
+    settings = journal.settings
     backend = TensorstoreZarrBackend(settings)  # for its layout and metadata, not to write
     store, layout = backend.store, backend.layout
+    unit = write_unit(settings)
+    restored = _write_buffered_frames(journal, backend)
+    on_disk = [_units_on_disk(backend, img) for img in backend.image_groups]
     first = _storage_axis_of_first(settings)
-    storage = settings.storage_dimensions
+    router = FrameRouter(settings)
+    limit = router.num_frames
+    if limit is None:  # unbounded: as far as the units found reach along the first axis
+        reach = [(k[first] + 1) * unit[first] for keys in on_disk for k in keys]
+        reach += [o[first] + m.shape[first] for (_, o), m in restored.items()]
+        per_step = int(np.prod([d.count for d in settings.dimensions[1:-2]], dtype=int))
+        limit = max(reach, default=0) * per_step
+    frames: list[tuple[int, int, tuple[int, ...]]] = []  # (frame, position, storage index)
+    for n in range(limit):
+        if n in journal.skipped:
+            continue
+        loc = router.locate(n)
+        key = tuple(i // u for i, u in zip(loc.index, unit))
+        origin = tuple(k * u for k, u in zip(key, unit))
+        marks = restored.get((loc.position, origin))
+        if marks is not None:
+            present = bool(marks[tuple(i - o for i, o in zip(loc.index, origin))])
+        else:  # a unit is written whole (frames and skipped planes), or not at all
+            present = key in on_disk[loc.position]
+        if present:
+            frames.append((n, loc.position, loc.index))
+    written = len(frames)
+    done = frames[-1][0] + 1 if frames else 0
     extent = None
     if first is not None:
-        d = storage[first]
-        per_key = (d.chunk_size or 1) * (d.shard_size_chunks or 1)
-        extent = 0
-        for img in backend.image_groups:
-            for idx in layout.chunk_indices(img):
-                extent = max(extent, (idx[first] + 1) * per_key)
-        if d.count is not None:
-            extent = min(extent, d.count)
-    for img in backend.image_groups:
+        extent = max((idx[first] + 1 for _, _, idx in frames), default=0)
+    summary = {"frames_expected": settings.num_frames, "frames_written": written,
+               "frames_without_data": done - written, "complete": False, "recovered": True}
+    for pos, img in enumerate(backend.image_groups):
         for level in range(backend.levels):
             key = layout.array_document(img, level)
             meta = store.read_json(key)
@@ -207,11 +246,69 @@ def _recover_zarr(settings: AcquisitionSettings) -> dict[str, Any]:
         if backend.levels > 1:
             _complete_lower_levels(backend, img)
         attrs = layout.read_attributes(img)
-        attrs.setdefault(ATTR_NAMESPACE, {})["acquisition"] = {
-            "frames_expected": settings.num_frames, "complete": False, "recovered": True}
+        ours = attrs.setdefault(ATTR_NAMESPACE, {})
+        ours["acquisition"] = summary
+        rows = [{**journal.frame_metadata[n], "storage_index": list(idx)}
+                for n, p, idx in frames if p == pos and n in journal.frame_metadata]
+        if rows:  # ome-writers' layout: one row per frame, in arrival order
+            ours["frame_metadata"] = rows
         layout.write_group(img, attrs)
     layout.write_ome_xml()  # the recovered extents, from the metadata just written
-    return {"format": "ome-zarr", "paths": backend.paths, "extent": extent}
+    return {"format": "ome-zarr", "paths": backend.paths, "extent": extent,
+            "frames_recovered": written,
+            "frames_from_buffers": int(sum(m.sum() for m in restored.values()))}
+
+
+def _open_level(backend: TensorstoreZarrBackend, image: str, level: int = 0) -> Any:
+    """An image's stored array at a resolution level, through the dataset's store."""
+    store = backend.store
+    return ts.open({"driver": array_driver(backend.layout.version),
+                    "kvstore": store.kvstore(f"{image}/{level}".lstrip("/"))}, open=True,
+                   context=ts.Context(store.context())).result()
+
+
+def _write_buffered_frames(journal: JournalContents, backend: TensorstoreZarrBackend
+                           ) -> dict[tuple[int, tuple], np.ndarray]:
+    """Write the planes the daemon held in its shared-memory chunk buffers (frames it had
+    released, waiting for their chunk to fill) into the level-0 arrays; returns each such
+    unit's marks by (position, origin)."""
+    settings = journal.settings
+    out: dict[tuple[int, tuple], np.ndarray] = {}
+    if not journal.buffers or not Path(journal.buffers).exists():
+        return out
+    arena = BufferArena.open(journal.buffers)
+    opened: dict[int, Any] = {}
+    try:
+        for pos, origin, marks, pixels in arena.pending():
+            arr = opened.get(pos)
+            if arr is None:
+                arr = opened[pos] = _open_level(backend, backend.image_groups[pos])
+            need = [o + n for o, n in zip(origin, marks.shape)]
+            if any(n > s for n, s in zip(need, arr.shape[:-2])):  # past the grown extent
+                arr = opened[pos] = arr.resize(
+                    exclusive_max=[*[max(n, s) for n, s in zip(need, arr.shape[:-2])],
+                                   *arr.shape[-2:]], resize_metadata_only=True,
+                    expand_only=True).result()
+            for k, local in enumerate(np.ndindex(*marks.shape)):
+                if marks[local]:
+                    plane = pixels[k].view(settings.dtype).reshape(settings.frame_shape)
+                    arr[tuple(o + i for o, i in zip(origin, local))].write(plane).result()
+            key = (pos, origin)
+            out[key] = out[key] | marks if key in out else marks
+    finally:
+        arena.close()
+    return out
+
+
+def _units_on_disk(backend: TensorstoreZarrBackend, image: str) -> set[tuple[int, ...]]:
+    """Keys (index // unit along the outer axes) of an image's level-0 write units whose
+    every chunk (or shard) object along the frame axes is stored (a write's temporary file,
+    "<i>.__lock", is no chunk: `ZarrLayout.chunk_indices` keeps numbers only)."""
+    grid = backend.level_grid(0)
+    need = math.prod(-(-n // g) for n, g in zip(backend.frame_shape, grid[-2:]))
+    found: Counter[tuple[int, ...]] = Counter(
+        tuple(idx[:-2]) for idx in backend.layout.chunk_indices(image, 0))
+    return {k for k, n in found.items() if n == need}
 
 
 def _complete_lower_levels(backend: TensorstoreZarrBackend, image: str) -> None:
@@ -219,14 +316,10 @@ def _complete_lower_levels(backend: TensorstoreZarrBackend, image: str) -> None:
     write unit whose level-0 chunks are stored but whose lower-level chunks are not all
     there is computed again from level 0 (reading level 0 back: here, unlike in the writer,
     that is the only source left)."""
-    import tensorstore as ts
-
     from .backends import pyramid
-    from .backends.zarr_tensorstore import array_driver
 
-    store, layout, unit = backend.store, backend.layout, backend._unit
+    layout, unit = backend.layout, backend._unit
     n_outer = len(unit)
-    specs = [backend._array_spec(image, k) for k in range(backend.levels)]
     grid = backend.level_grid
 
     def unit_files(level: int) -> dict[tuple[int, ...], int]:
@@ -245,10 +338,7 @@ def _complete_lower_levels(backend: TensorstoreZarrBackend, image: str) -> None:
         y, x = backend.level_shapes[level]
         return per * -(-y // g[-2]) * -(-x // g[-1])
 
-    ctx = ts.Context(store.context())
-    driver = array_driver(layout.version)
-    arrays = [ts.open({"driver": driver, "kvstore": spec["kvstore"]}, context=ctx).result()
-              for spec in specs]
+    arrays = [_open_level(backend, image, k) for k in range(backend.levels)]
     incomplete: set[tuple[int, ...]] = set()
     have0 = unit_files(0)
     for k in range(1, backend.levels):

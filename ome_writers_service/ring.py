@@ -7,22 +7,31 @@ unlinks it when the attaching process exits (CPython issue 82300) — a client e
 delete the daemon's ring. ``shm_open(name)`` in C opens the same file, so a C client maps it
 the same way.
 
-Layout (little-endian), version 1::
+Layout (little-endian), version 2::
 
     offset  size  field
     0       8     magic  b"OWSRING1"
-    8       4     layout version (1)
-    12      4     header size in bytes (4096; slot 0 starts here)
+    8       4     layout version (2)
+    12      4     header size in bytes (a multiple of 4096; slot 0 starts here)
     16      4     slot count
     20      4     owner pid (the daemon)
     24      8     slot size in bytes (frame bytes rounded up to 4096)
     32      8     frame size in bytes
     40      4     error flag: 0 = healthy, 1 = the daemon failed to write (details in an
-                  ``error`` message), 2 = the daemon shut down; clients check it on append
+                  ``error`` message), 2 = the daemon ended the stream; clients check it on append
     44      4     reserved (0)
     48      8     frames written by the daemon so far
-    56   4040     reserved (0)
-    4096          slot 0, then slot 1 at 4096 + slot_size, ...
+    56      4     offset of the slot table (4096)
+    60   4036     reserved (0)
+    4096  8*slots slot table: entry i = 1 + the number of the frame last written into slot i
+                  (0: none yet), stored by the client after the pixels, before the notice
+    header size   slot 0, then slot 1 at header size + slot_size, ...
+
+The slot table is what makes a frame survive its client: ``append()`` returns once the frame
+is in the ring and its notice is queued, and a client killed at that moment takes the queued
+notice with it, but not the ring. When the daemon loses a client it writes the slots whose
+entry names a frame it was never told about before it finalizes the dataset. It reads the
+table only then; frames otherwise travel by messages alone.
 
 The daemon holds a shared ``flock`` on the file while the ring lives; the kernel drops it
 when the daemon dies, which is how a starting daemon tells stale rings from live ones (pids
@@ -49,10 +58,11 @@ import numpy as np
 SHM_DIR = Path("/dev/shm")
 PREFIX = "ows-"
 MAGIC = b"OWSRING1"
-LAYOUT_VERSION = 1
-HEADER_SIZE = 4096
+LAYOUT_VERSION = 2
+#: where the slot table starts; the slots follow it, page-aligned
+SLOT_TABLE = 4096
 SLOT_ALIGN = 4096
-_HEADER = struct.Struct("<8sIIIIQQII Q")
+_HEADER = struct.Struct("<8sIIIIQQII QI")
 OFF_ERROR = 40
 OFF_WRITTEN = 48
 
@@ -65,6 +75,11 @@ def slot_size_for(frame_nbytes: int) -> int:
     return -(-frame_nbytes // SLOT_ALIGN) * SLOT_ALIGN
 
 
+def header_size_for(slots: int) -> int:
+    """Bytes before slot 0: the header page and the slot table, page-aligned."""
+    return SLOT_TABLE + -(-8 * slots // SLOT_ALIGN) * SLOT_ALIGN
+
+
 class FrameRing:
     """A mapped ring: ``slot(i)`` is a numpy view of slot ``i`` shaped as one frame."""
 
@@ -73,7 +88,8 @@ class FrameRing:
         self._fd = fd
         self._mm = mm
         self.owner = owner
-        magic, version, header, slots, pid, slot_size, frame_nbytes, _, _, _ = _HEADER.unpack_from(mm)
+        magic, version, header, slots, pid, slot_size, frame_nbytes, _, _, _, table = \
+            _HEADER.unpack_from(mm)
         if magic != MAGIC or version != LAYOUT_VERSION:
             raise RingError(f"{self.path}: not a version-{LAYOUT_VERSION} frame ring")
         self.header_size = header
@@ -84,6 +100,8 @@ class FrameRing:
         self._buf = np.frombuffer(mm, dtype=np.uint8)
         self._error = self._buf[OFF_ERROR:OFF_ERROR + 4].view("<u4")
         self._written = self._buf[OFF_WRITTEN:OFF_WRITTEN + 8].view("<u8")
+        #: the slot table (`filled`): entry i = 1 + the frame last written into slot i
+        self.filled = memoryview(mm)[table:table + 8 * slots].cast("Q")
 
     @property
     def path(self) -> Path:
@@ -96,7 +114,8 @@ class FrameRing:
         """Create a new ring (mode 0600) with its space reserved, so a too-small /dev/shm
         fails here with a clear error instead of SIGBUS on a later write."""
         slot_size = slot_size_for(frame_nbytes)
-        total = HEADER_SIZE + slot_size * slots
+        header_size = header_size_for(slots)
+        total = header_size + slot_size * slots
         free = shm_free()
         if total > free:  # fail before allocating anything
             raise RingError(_too_small(free, total, slots, slot_size))
@@ -116,8 +135,8 @@ class FrameRing:
                 raise RingError(_too_small(shm_free(), total, slots, slot_size)) from e
             flags = mmap.MAP_SHARED | (getattr(mmap, "MAP_POPULATE", 0) if prefault else 0)
             mm = mmap.mmap(fd, total, flags=flags)
-            _HEADER.pack_into(mm, 0, MAGIC, LAYOUT_VERSION, HEADER_SIZE, slots, os.getpid(),
-                              slot_size, frame_nbytes, 0, 0, 0)
+            _HEADER.pack_into(mm, 0, MAGIC, LAYOUT_VERSION, header_size, slots, os.getpid(),
+                              slot_size, frame_nbytes, 0, 0, 0, SLOT_TABLE)
         except BaseException:
             os.close(fd)
             path.unlink(missing_ok=True)
@@ -171,6 +190,22 @@ class FrameRing:
     def set_error(self, code: int = 1) -> None:
         self._error[0] = code
 
+    def unannounced(self, next_frame: int, limit: int | None) -> list[tuple[int, int]]:
+        """(frame, slot) of every slot whose table entry names a frame from ``next_frame`` on
+        (below ``limit``): frames the client put in the ring whose notices never arrived, in
+        frame order. For the owner, once the client is gone."""
+        found = []
+        for slot, entry in enumerate(self.filled):
+            frame = entry - 1
+            if entry and frame >= next_frame and (limit is None or frame < limit):
+                found.append((frame, slot))
+        return sorted(found)
+
+    def forget(self, slot: int) -> None:
+        """Clear a slot's table entry (its frame was refused: it must not be taken for one
+        whose notice was lost)."""
+        self.filled[slot] = 0
+
     @property
     def frames_written(self) -> int:
         return int(self._written[0])
@@ -187,7 +222,9 @@ class FrameRing:
         """Unmap; the owner also removes the segment."""
         if self._mm is None:
             return
-        self._buf = self._error = self._written = None  # drop exported views before unmapping
+        if self.filled is not None:
+            self.filled.release()
+        self._buf = self._error = self._written = self.filled = None  # views go before unmap
         try:
             self._mm.close()
         except BufferError:

@@ -350,8 +350,8 @@ def _check_position_names(dim_name: str, positions: Sequence[Position]) -> None:
             continue
         if all(v is None for v in key):
             raise ValueError(f"dimension {dim_name!r}: positions without row/column must have "
-                             f"unique names (no plate or grid coordinates tell them apart); "
-                             f"duplicates: {dupes}")
+                             f"unique names; duplicates: {dupes} (no plate or grid "
+                             "coordinates tell them apart)")
         plate_row, plate_column, grid_row, grid_column = key
         where = []
         if plate_row is not None:
@@ -689,8 +689,6 @@ _FORMAT_NAMES: dict[str, tuple[type, dict[str, str]]] = {
 
 
 _OME_SUFFIX = re.compile(r"(\.ome)?\.(tiff?|zarr)$", re.IGNORECASE)
-
-
 def ome_stem(path: str) -> str:
     """``path`` without its trailing ``[.ome].tif``/``.tiff``/``.zarr`` (other dots stay)."""
     path = path.rstrip("/\\") or path
@@ -997,6 +995,17 @@ class AcquisitionSettings(_Model):
     @property
     def frame_nbytes(self) -> int:
         return int(np.prod(self.frame_shape)) * np.dtype(self.dtype).itemsize
+
+    @property
+    def max_buffer_bytes(self) -> int:
+        """The most memory the writer can hold in chunk buffers for this acquisition, in
+        bytes (as acquire-zarr's ``get_maximum_memory_usage()``): OME-Zarr frames wait in
+        them until their chunk (or shard) is complete, so it grows with the chunks open at
+        once; OME-TIFF holds none. A daemon refuses a stream whose buffers would not fit its
+        memory budget (`chunk_buffers` explains the estimate)."""
+        from .chunk_buffers import estimate
+
+        return estimate(self).total
 
     @property
     def is_unbounded(self) -> bool:

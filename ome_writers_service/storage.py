@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .safe_files import write_atomically
+
 #: URL schemes a root_path may name and the service writes to.
 WRITABLE_URL_SCHEMES = frozenset({"s3"})
 _URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)://(.*)$")
@@ -144,12 +146,9 @@ class LocalStore(Store):
     def write_bytes(self, key: str, data: bytes) -> None:
         path = self.root / key
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        try:
-            tmp.write_bytes(data)
-            tmp.replace(path)  # atomic: a reader never sees half a document
-        finally:
-            tmp.unlink(missing_ok=True)
+        # a temporary file of unpredictable name renamed over it: a reader never sees half
+        # a document, and no name planted beside it is written through
+        write_atomically(path, data)
 
     def read_json(self, key: str) -> Any:
         return json.loads((self.root / key).read_text())

@@ -85,7 +85,8 @@ class OMEStream(metaclass=abc.ABCMeta):
     ``create_stream`` returns is an ``OMEStream``, as in ome-writers."""
 
     def __init__(self, settings: AcquisitionSettings, backend: ArrayBackend | None = None, *,
-                 lend_limit: int = 0, s3_endpoint: str | None = None) -> None:
+                 lend_limit: int = 0, s3_endpoint: str | None = None,
+                 arena: Any = None) -> None:
         settings.validate_for_writing()
         if settings.acquisition_date is None:  # the OME-XML's AcquisitionDate: now, as
             settings = settings.model_copy(  # ome-writers (kept in the journal for recover)
@@ -98,6 +99,12 @@ class OMEStream(metaclass=abc.ABCMeta):
         # lets `recover` finalize the dataset if we die (scratch arrays have nothing to recover)
         self._journal = NullJournal() if isinstance(settings.format, ScratchFormat) \
             else Journal(settings)
+        #: the daemon's chunk buffers in shared memory (`arena`): kept with the journal when
+        #: the stream cannot be finalized, removed with it when it is
+        self._arena = arena
+        if arena is not None:
+            self._backend.use_arena(arena)
+            self._journal.buffers(str(arena.path))
         self._frame_shape = settings.frame_shape
         self._dtype = np.dtype(settings.dtype)
         self._events = CoordEvents(self._router)
@@ -109,7 +116,7 @@ class OMEStream(metaclass=abc.ABCMeta):
         # a stream dropped without close() is finalized when collected, with a warning when
         # it holds frames (as ome-writers 0.3.2): its dataset is never left half-written
         self._collected = weakref.finalize(self, _finish_collected, self._router,
-                                           self._backend, self._journal, self._lock)
+                                           self._backend, self._journal, self._lock, arena)
 
     # ---- frames ----
 
@@ -141,12 +148,20 @@ class OMEStream(metaclass=abc.ABCMeta):
                 f"{self._router.num_frames} frames the acquisition declares"
             ) from None
         with self._lock:
+            if frame_metadata:  # journaled: `recover` gives it back if the writer dies
+                self._journal.frame_metadata(n, frame_metadata)
             if done is None:
                 self._backend.write(loc.position, loc.index, frame, frame_metadata)
             else:
                 self._backend.write_borrowed(loc.position, loc.index, frame, frame_metadata, done)
         if self._events:
             self._events.emit(n, loc.index)
+
+    def flush_journal(self) -> None:
+        """Write the per-frame metadata batched so far to the journal (the daemon does, before
+        it releases the frames' slots)."""
+        with self._lock:
+            self._journal.flush()
 
     def skip(self, *, frames: int = 1) -> None:
         """Advance ``frames`` frames without data; they keep the fill value (zero)."""
@@ -173,7 +188,7 @@ class OMEStream(metaclass=abc.ABCMeta):
         self._closed = True
         self._collected.detach()
         self._events.close()  # the handlers have seen every frame when close() returns
-        _finish(self._router, self._backend, self._journal, self._lock)
+        _finish(self._router, self._backend, self._journal, self._lock, self._arena)
 
     @property
     def closed(self) -> bool:
@@ -261,9 +276,10 @@ class OMEStream(metaclass=abc.ABCMeta):
 
 
 def _finish(router: FrameRouter, backend: ArrayBackend, journal: Any,
-            lock: threading.Lock) -> None:
+            lock: threading.Lock, arena: Any = None) -> None:
     """Close a stream's dataset: the acquisition summary, the extent that arrived, the
-    final metadata; the journal goes once that is written."""
+    final metadata; the journal (and the daemon's chunk-buffer arena) go once that is
+    written."""
     done, expected = router.frames_done, router.num_frames
     backend.acquisition_summary = {
         "frames_expected": expected, "frames_written": backend.frames_written,
@@ -279,17 +295,21 @@ def _finish(router: FrameRouter, backend: ArrayBackend, journal: Any,
             backend.finalize()
         except BaseException:
             journal.close()  # kept: `recover` can retry what finalize could not
+            if arena is not None:
+                arena.close()  # kept too: it holds the units that could not be written
             raise
         journal.remove()
+        if arena is not None:
+            arena.close(unlink=True)
 
 
 def _finish_collected(router: FrameRouter, backend: ArrayBackend, journal: Any,
-                      lock: threading.Lock) -> None:
+                      lock: threading.Lock, arena: Any = None) -> None:
     if router.frames_done:
         warnings.warn("OMEStream was not closed before garbage collection. Please use `with "
                       "create_stream(...):` in a context manager or call `stream.close()` "
                       "before deletion.", UserWarning, stacklevel=2)
-    _finish(router, backend, journal, lock)
+    _finish(router, backend, journal, lock, arena)
 
 
 #: seconds close() waits for on() handlers still busy with earlier frames

@@ -23,6 +23,11 @@ RESERVED_FRAME_KEYS = ("index", "storage_index")
 RESERVED_NAMESPACES = ("ome", "ome_writers")
 #: Characters XML 1.0 cannot hold (OME-XML is XML 1.0).
 XML_ILLEGAL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+#: Surrogate code points: no UTF-8 text (zarr.json, OME-XML) can hold them.
+SURROGATE = re.compile("[\ud800-\udfff]")
+#: Most JSON one frame's metadata (or one global-metadata namespace) may take on the wire:
+#: it travels in one message, whose header may be 1 MiB (protocol.MAX_HEADER_BYTES).
+MAX_METADATA_BYTES = 1_000_000
 
 
 def check_frame_metadata(metadata: Any, frame_number: int) -> dict[str, Any]:
@@ -31,8 +36,10 @@ def check_frame_metadata(metadata: Any, frame_number: int) -> dict[str, Any]:
     if not isinstance(metadata, Mapping):
         raise TypeError(f"{where} must be a dict, not {type(metadata).__name__}")
     out: dict[str, Any] = {}
+    chars = 0
     for key, value in metadata.items():
         _check_key(key, where)
+        chars += len(key)
         if key in RESERVED_FRAME_KEYS:
             raise ValueError(f"{where} key {key!r} is reserved (readers add it to each row)")
         if key in KNOWN_FRAME_KEYS:
@@ -45,7 +52,9 @@ def check_frame_metadata(metadata: Any, frame_number: int) -> dict[str, Any]:
                                  f"not {value!r}")
             out[key] = float(value)
         else:
-            out[key] = _plain(value, f"{where}[{key!r}]")
+            out[key], n = _plain(value, f"{where}[{key!r}]")
+            chars += n
+    _check_size(out, chars, where)
     return out
 
 
@@ -60,9 +69,12 @@ def check_global_metadata(namespace: Any, metadata: Any) -> dict[str, Any]:
     if not isinstance(metadata, Mapping):
         raise TypeError(f"{where} must be a dict, not {type(metadata).__name__}")
     out = {}
+    chars = 0
     for key, value in metadata.items():
         _check_key(key, where)
-        out[key] = _plain(value, f"{where}[{key!r}]")
+        out[key], n = _plain(value, f"{where}[{key!r}]")
+        chars += n + len(key)
+    _check_size(out, chars, where)
     return out
 
 
@@ -72,12 +84,33 @@ def _check_key(key: Any, where: str) -> None:
                          "characters")
 
 
-def _plain(value: Any, where: str) -> Any:
-    """A JSON round trip: numpy values become Python ones; NaN, sets, objects are refused."""
+def _plain(value: Any, where: str) -> tuple[Any, int]:
+    """A JSON round trip: numpy values become Python ones; NaN, sets, objects and strings
+    that are not Unicode text (lone surrogates, e.g. undecodable bytes of a file name) are
+    refused, the same way for both formats. Returns the value and its length as JSON text."""
     try:
-        return json.loads(json.dumps(value, default=_numpy_to_python, allow_nan=False))
+        text = json.dumps(value, default=_numpy_to_python, allow_nan=False, ensure_ascii=False)
     except (TypeError, ValueError) as e:
         raise ValueError(f"{where} cannot be stored: {e}") from None
+    bad = SURROGATE.search(text)
+    if bad is not None:
+        raise ValueError(f"{where} cannot be stored: it holds the surrogate code point "
+                         f"{bad.group()!r}, which is not Unicode text (zarr.json and OME-XML "
+                         "are UTF-8)")
+    return json.loads(text), len(text)
+
+
+def _check_size(out: dict[str, Any], chars: int, where: str) -> None:
+    """Refuse metadata too large for one message. ``chars`` (its JSON text's length)
+    bounds the wire size (ASCII-escaped: at most 12 bytes per character) without a second
+    serialization in the common, small case."""
+    if chars * 12 + 8 * len(out) < MAX_METADATA_BYTES:
+        return
+    size = len(json.dumps(out, separators=(",", ":")))
+    if size > MAX_METADATA_BYTES:
+        raise ValueError(f"{where} is {size:,} bytes as JSON: at most {MAX_METADATA_BYTES:,} "
+                         "bytes may go with one frame or namespace; store bulky data beside "
+                         "the dataset and reference it")
 
 
 def _numpy_to_python(value: Any) -> Any:

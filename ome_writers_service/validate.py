@@ -201,6 +201,7 @@ def _validate_zarr(root: Path, report: Report) -> None:
             continue
         for ds in datasets:
             where = img.relative_to(root.parent) / str(ds.get("path", "?"))
+            _check_scales(ds, axes, where, report)
             try:
                 arr = ts.open({"driver": "zarr" if v2 else "zarr3",
                                "kvstore": {"driver": "file", "path": str(img / ds["path"])}}).result()
@@ -288,6 +289,23 @@ def _check_ome_xml(root: Path, images: dict, report: Report) -> None:
             bad.append(f"{rel}: channels {[c.name for c in px.channels]}, omero {labels}")
     report.check(not bad, "METADATA.ome.xml agrees with each image's zarr metadata (order, "
                           "names, sizes, channels)", "; ".join(bad))
+
+
+def _check_scales(dataset: dict, axes: list, where: Path, report: Report) -> None:
+    """Every scale a dataset's transformations give is a positive finite number: a scale of
+    0 collapses an axis (NGFF's schema only asks for numbers, so yaozarrs lets it pass)."""
+    import math
+
+    names = [a.get("name", "?") if isinstance(a, dict) else "?" for a in axes]
+    bad = []
+    for t in dataset.get("coordinateTransformations") or []:
+        if not isinstance(t, dict) or t.get("type") != "scale":
+            continue
+        for name, v in zip(names, t.get("scale") or []):
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) \
+                    or v <= 0:
+                bad.append(f"axis {name!r}: {v!r}")
+    report.check(not bad, f"{where}: scales positive", "; ".join(bad))
 
 
 #: the root element's UUID attribute (either quote, spaces around "=")

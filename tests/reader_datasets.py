@@ -101,13 +101,12 @@ class Written:
         return [{"time": "T", "channel": "C", "space": "Z"}[d.type]
                 for d in self.storage_dims[:-2]]
 
-    def dimension_order_fits(self, order: str) -> bool:
-        """Whether a DimensionOrder a reader reports lays the planes out as written: X, Y, then
-        the stored axes fastest first. Where an axis the dataset lacks goes is not fixed (the
-        writer takes the first OME order that fits, as ome-writers 0.3.2)."""
-        letters = self.ome_letters()[::-1]
-        return (order[:2] == "XY" and sorted(order[2:]) == ["C", "T", "Z"]
-                and [c for c in order[2:] if c in letters] == letters)
+    def dimension_order(self) -> str:
+        """The DimensionOrder a reader must report: the fastest storage axis first, absent
+        axes (size 1) as in the first of OME's orders that fits (as ome-writers 0.3.2)."""
+        prefix = "XY" + "".join(self.ome_letters()[::-1])
+        return next(o for o in ("XYZCT", "XYZTC", "XYCTZ", "XYCZT", "XYTCZ", "XYTZC")
+                    if o.startswith(prefix))
 
     def plane(self, image: int, z: int, c: int, t: int, level: int = 0) -> np.ndarray:
         where = {"Z": z, "C": c, "T": t}

@@ -42,7 +42,7 @@ class DaemonProcess:
 
 
 def start_daemon(rt: Path, *extra: str) -> DaemonProcess:
-    rt.mkdir(parents=True, exist_ok=True)
+    rt.mkdir(mode=0o700, parents=True, exist_ok=True)  # a runtime dir must be private
     log = rt / "test-daemon.log"
     proc = subprocess.Popen(
         [sys.executable, "-m", "ome_writers_service", "serve", "--runtime-dir", str(rt), *extra],
@@ -223,8 +223,40 @@ def run_checker(path: str, shape=None, dtype=None) -> str:
     return res.stdout
 
 
-def shm_rings() -> set[str]:
-    return {p.name for p in Path("/dev/shm").glob("ows-*")}
+def wait_finalized(settings, timeout: float = 30.0) -> None:
+    """Wait until the dataset's writer has finalized it (its journal is gone)."""
+    journal = Path(settings.output_path + ".ows-journal")
+    deadline = time.monotonic() + timeout
+    while journal.exists():
+        assert time.monotonic() < deadline, f"{settings.output_path} was not finalized"
+        time.sleep(0.02)
+
+
+def frames_written_in_metadata(path: str) -> int:
+    """The ``frames_written`` the dataset's metadata records (OME-Zarr: the image group's
+    ``ome_writers.acquisition``; OME-TIFF: the ``ome_writers.acquisition`` MapAnnotation),
+    read with ome-types / plain JSON."""
+    if path.lower().endswith((".tif", ".tiff")):
+        ome = tiff_document(path)
+        return int(next(m.value for a in ome.structured_annotations.map_annotations
+                        if a.namespace == "ome_writers.acquisition" for m in a.value.ms
+                        if m.k == "frames_written"))
+    attrs = json.loads((Path(path) / "zarr.json").read_text())["attributes"]
+    return int(attrs["ome_writers"]["acquisition"]["frames_written"])
+
+
+def remove_daemon_shm(daemon_pid: int) -> None:
+    """Remove what a SIGKILLed daemon left in /dev/shm: its rings and chunk-buffer arenas
+    (`recover` would take the arenas; a test that does not recover removes them)."""
+    for name in ("ows", "owsbuf"):
+        for path in Path("/dev/shm").glob(f"{name}-{daemon_pid}-*"):
+            path.unlink(missing_ok=True)
+
+
+def shm_rings(daemon_pid: int) -> set[str]:
+    """The rings in /dev/shm that daemon ``daemon_pid`` created (never another program's:
+    other daemons, other test runs may share /dev/shm)."""
+    return {p.name for p in Path("/dev/shm").glob(f"ows-{daemon_pid}-*")}
 
 
 def ensure_debian_packages(packages: list[str], present: bool) -> None:
@@ -242,3 +274,44 @@ def ensure_debian_packages(packages: list[str], present: bool) -> None:
     subprocess.run(["apt-get", "update", "-qq"], check=True, env=env, capture_output=True)
     subprocess.run(["apt-get", "install", "-y", "-qq", *packages], check=True, env=env,
                    capture_output=True)
+
+
+def tiff_document(path: str):
+    """The OME document (ome-types) describing an OME-TIFF file: its own, or that of the
+    master or companion file its BinaryOnly names."""
+    from ome_types import from_xml
+
+    with tifffile.TiffFile(path) as tf:
+        ome = from_xml(tf.ome_metadata)
+    if ome.binary_only is not None:
+        target = Path(path).parent / Path(ome.binary_only.metadata_file).name
+        if target.suffix.lower() in (".tif", ".tiff"):
+            with tifffile.TiffFile(target) as tf:
+                ome = from_xml(tf.ome_metadata)
+        else:
+            ome = from_xml(target.read_text(encoding="utf-8"))
+    return ome
+
+
+def plane_metadata(path: str) -> dict[tuple[int, int, int], dict]:
+    """Per-frame metadata of one written image, read with independent readers, keyed by
+    (t, c, z): OME-TIFF Plane DeltaT/ExposureTime through ome-types (the document of this
+    file, or of the master/companion file its BinaryOnly names); OME-Zarr rows of
+    ``attributes.ome_writers.frame_metadata`` through plain JSON (storage axes named by the
+    multiscales)."""
+    if path.lower().endswith((".tif", ".tiff")):
+        ome = tiff_document(path)
+        name = Path(path).name
+        image = next((i for i in ome.images if any(
+            td.uuid is not None and td.uuid.file_name == name
+            for td in i.pixels.tiff_data_blocks)), ome.images[0])
+        return {(pl.the_t, pl.the_c, pl.the_z): {"delta_t": pl.delta_t,
+                                                 "exposure_time": pl.exposure_time}
+                for pl in image.pixels.planes}
+    attrs = json.loads((Path(path) / "zarr.json").read_text())["attributes"]
+    axes = [a["name"] for a in attrs["ome"]["multiscales"][0]["axes"]][:-2]
+    out = {}
+    for row in attrs.get("ome_writers", {}).get("frame_metadata", []):
+        where = dict(zip(axes, row["storage_index"]))
+        out[(where.get("t", 0), where.get("c", 0), where.get("z", 0))] = row
+    return out

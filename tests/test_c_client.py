@@ -20,8 +20,9 @@ import pytest
 from ome_writers_service import AcquisitionSettings, Dimension
 from ome_writers_service.metadata import read_frame_metadata
 
-from service_util import (ensure_debian_packages, read_image, run_checker, start_daemon,
-                          this_host_address)
+from service_util import (ensure_debian_packages, frames_written_in_metadata, read_image,
+                          remove_daemon_shm, run_checker, start_daemon, this_host_address,
+                          wait_finalized)
 
 CLIENT = Path(__file__).resolve().parents[1] / "client" / "c"
 HEADERS = [Path("/usr/include/zmq.h"), Path("/usr/include/cjson/cJSON.h")]
@@ -52,8 +53,7 @@ def daemon(tmp_path):
     if d.proc.poll() is None:
         os.kill(d.pid, signal.SIGCONT)  # in case a test left it stopped
         assert d.stop() == 0, d.log_text()
-    for ring in Path("/dev/shm").glob(f"ows-{d.pid}-*"):  # rings of a SIGKILLed daemon
-        ring.unlink(missing_ok=True)
+    remove_daemon_shm(d.pid)  # rings and chunk buffers of a SIGKILLed daemon
 
 
 def pattern(i: int, h: int, w: int) -> np.ndarray:
@@ -175,6 +175,23 @@ def test_c_client_refuses_a_non_loopback_endpoint_without_curve_keys(build, tmp_
     assert not (tmp_path / "c.ome.zarr").exists()
 
 
+@pytest.mark.parametrize("suffix", [".ome.zarr", ".ome.tiff"])
+def test_c_client_killed_right_after_its_last_frame_loses_none(build, daemon, tmp_path, suffix):
+    """SIGKILL right after the last ows_append/ows_commit returned, before the notices can
+    leave the process: the daemon writes every frame from the ring's slot table."""
+    settings = tczyx_settings(str(tmp_path / f"k{suffix}"))
+    sfile = settings_file(tmp_path, settings)
+    res = subprocess.run([str(build / "ows_test"), daemon.endpoint, daemon.token, str(sfile),
+                          "shm", "24", "40", "56", "kill"], capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == -signal.SIGKILL, res.stdout + res.stderr
+    wait_finalized(settings)
+    want = np.stack([pattern(i, 40, 56) for i in range(24)]).reshape(4, 2, 3, 40, 56)
+    np.testing.assert_array_equal(read_image(settings.root_path), want)
+    assert frames_written_in_metadata(settings.root_path) == 24
+    run_checker(settings.root_path, shape=want.shape, dtype="uint16")
+
+
 def error_settings(tmp_path: Path) -> Path:
     return settings_file(tmp_path, AcquisitionSettings(
         root_path=str(tmp_path / "e.ome.zarr"), dtype="uint16", overwrite=True,
@@ -201,6 +218,7 @@ def run_error_paths(argv: list[str], daemon, sig: int, limit: float, env=None) -
     assert "wrong token: daemon: open refused" in text
     assert "invalid settings: daemon: invalid settings" in text and "count" in text
     assert "wrong size: frame 0: 2050 bytes" in text
+    assert "huge metadata: frame 0: meta_json is 1100012 bytes: at most 1000000" in text
     assert "GONE after" in text and "closed: {" in text and '"error":"' in text
     assert "refused metadata: \"error\":\"daemon: frame 1: frame_metadata['delta_t']" in text
     return text
@@ -216,7 +234,8 @@ def test_c_client_reports_a_daemon_shutdown_with_its_final_report(build, daemon)
     """SIGTERM: the daemon finalizes the stream and says so (ring flag 2, `closed` with reason
     "shutdown"); the client's next call fails and close hands back that final report."""
     text = run_error_paths([str(build / "ows_errors")], daemon, signal.SIGTERM, 3.0)
-    assert "GONE after" in text and "the daemon closed the stream (shutdown)" in text
+    assert "GONE after" in text and re.search(r"the daemon (ended|closed) the stream "
+                                              r"\(shutdown\)", text), text
     closed = json.loads(text.split("closed: ", 1)[1].splitlines()[0])
     assert closed["type"] == "closed" and closed["reason"] == "shutdown"
     assert closed["frames_written"] == 5 and closed["frames_skipped"] == 95, closed

@@ -242,19 +242,36 @@ def test_overwrite_replaces_datasets_never_other_data(tmp_path, suffix):
     other = Path(s.root_path)
     other.mkdir()
     (other / "thesis.docx").write_text("years of work")
-    with pytest.raises(FileExistsError, match="not a zarr store"):
+    with pytest.raises(FileExistsError, match="not a zarr store" if suffix == ".ome.zarr"
+                       else "is a directory, not a file"):
         create_stream(s, in_process=True)
     assert (other / "thesis.docx").read_text() == "years of work"
+
+
+def test_overwrite_never_deletes_a_file_named_like_a_zarr_store(tmp_path):
+    """A regular file at an OME-Zarr path is refused (as OME-TIFF refuses a non-TIFF file),
+    in process and through the daemon alike."""
+    s = acq(tmp_path, ".ome.zarr", [Dimension(name="t", count=2), *YX])
+    victim = Path(s.output_path)
+    victim.write_text("not a store")
+    with pytest.raises(FileExistsError, match="is a file, not a zarr store"):
+        create_stream(s, in_process=True)
+    assert victim.read_text() == "not a store"
 
 
 def test_the_journal_never_writes_through_a_symlink(tmp_path):
     s = acq(tmp_path, ".ome.zarr", [Dimension(name="t", count=2), *YX])
     victim = tmp_path / "victim.txt"
     victim.write_text("keep")
-    Path(s.root_path + ".ows-journal").symlink_to(victim)
-    with pytest.raises(OSError):
-        create_stream(s, in_process=True)
+    journal = Path(s.root_path + ".ows-journal")
+    journal.symlink_to(victim)
+    stream = create_stream(s, in_process=True)  # the planted link is removed, not followed
+    assert journal.is_file() and not journal.is_symlink()
+    for i in range(2):
+        stream.append(frame_pixels(8, i, s.frame_shape, s.dtype))
+    stream.close()
     assert victim.read_text() == "keep"
+    verify(s, stream.paths, 8)
 
 
 def test_a_zarr_store_moved_away_while_written_is_reported_at_close(tmp_path):

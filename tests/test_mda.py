@@ -302,7 +302,11 @@ def test_a_daemon_error_raises_in_the_next_frame_ready(daemon, scope, tmp_path, 
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=400k", "tmpfs", str(mnt)], check=True)
     try:
         seq = useq.MDASequence(time_plan={"interval": 0, "loops": 400})
-        sink = ServiceSink(mnt / "full.ome.tiff", endpoint=daemon.endpoint, token=daemon.token)
+        # a small ring: the camera cannot run far ahead of the disk, so frames still come
+        # after the daemon's error (else it surfaces at the end, see the test above)
+        from ome_writers_service import AcquisitionSettings
+        sink = ServiceSink(AcquisitionSettings(root_path=str(mnt / "full.ome.tiff"), ring_slots=8),
+                           endpoint=daemon.endpoint, token=daemon.token)
         raised = []
         real = sink.frameReady
 

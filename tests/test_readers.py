@@ -210,7 +210,7 @@ def check_bioformats_view(ds: Written, got: dict) -> None:
         what = f"{where} series {k}"
         assert series["name"] == ds.image_names[k], what
         assert series["size"] == ds.sizes(k), what
-        assert ds.dimension_order_fits(series["dimension_order"]), (what, series["dimension_order"])
+        assert series["dimension_order"] == ds.dimension_order(), what
         assert series["pixel_type"] == OME_PIXEL_TYPE[ds.settings.dtype], what
         assert not series["rgb"], what
         check_physical(ds, series, what)
@@ -616,7 +616,7 @@ def test_ome_zarr_models_validates_every_ome_zarr_layout(zarr_sets, k):
 
 # ---- the matrix ----
 
-def test_reader_matrix(tmp_path_factory):
+def test_reader_matrix(tmp_path_factory, request):
     """The reader × layout matrix of this run: datasets each reader opened pixel-exact
     (ome-zarr-models: validated; it reads no pixels), "–" where it does not open that
     layout; written to reader-matrix.md in the session's temporary directory."""
@@ -638,4 +638,17 @@ def test_reader_matrix(tmp_path_factory):
     out = tmp_path_factory.getbasetemp() / "reader-matrix.md"
     out.write_text(text + "\n")
     print("\n" + text)
-    assert MATRIX, "no reader opened any dataset"
+    here = [i for i in request.session.items if i.module is request.module]
+    ran_all = len(here) == len([i for i in here[0].parent.collect()
+                                if i.name.startswith("test_")]) if here else False
+    if not ran_all:
+        pytest.skip("a part of the module ran: the matrix is incomplete")
+    # every reader opened every layout it supports (Bio-Formats: OME-TIFF; bioio-ome-tiff: a
+    # file holding the whole OME-XML; the Python OME-Zarr readers: every store)
+    tiff = [f"OME-TIFF: {r[0]}" for r in TIFF]
+    zarr = [f"OME-Zarr {v}: {r[0]}" for v, r in ZARR]
+    missing = [(r, layout) for r in readers for layout in
+               (tiff if r in ("Bio-Formats", "bioio-ome-tiff") else zarr)
+               if not MATRIX.get((r, layout)) and "refuses" not in UNSUPPORTED.get(
+                   (r, layout), "")]
+    assert not missing, missing

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -118,10 +120,7 @@ def _rss_kb(pid: int) -> int:
 
 def test_soak_three_streams_flat_memory_no_leaks(daemon, tmp_path):
     fds_before = len(os.listdir(f"/proc/{daemon.pid}/fd"))
-    def own_rings() -> set[str]:  # other daemons on this machine make rings of their own
-        return {n for n in shm_rings() if n.startswith(f"ows-{daemon.pid}-")}
-
-    rings_before = own_rings()
+    rings_before = shm_rings(daemon.pid)
     total, per = 200_000, 200_000 // 3
     specs = [(".ome.zarr", 64), (".ome.tiff", 1), (".ome.zarr", 1)]
     rss: list[int] = []
@@ -150,6 +149,14 @@ def test_soak_three_streams_flat_memory_no_leaks(daemon, tmp_path):
     threads = [threading.Thread(target=produce, args=(i, *spec)) for i, spec in enumerate(specs)]
     for t in threads:
         t.start()
+    # another program's ring appears meanwhile (another daemon, another test run): the
+    # checks below count only this daemon's
+    other = subprocess.Popen([sys.executable, "-c", "import sys\nfrom ome_writers_service.ring "
+                              "import FrameRing\nr = FrameRing.create(4096, 8)\n"
+                              "print(r.name, flush=True)\nsys.stdin.read()\nr.close()"],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    foreign = other.stdout.readline().strip()
+    assert Path("/dev/shm", foreign).exists()
     for t in threads:
         t.join()
     stop.set()
@@ -161,7 +168,8 @@ def test_soak_three_streams_flat_memory_no_leaks(daemon, tmp_path):
     half = len(rss) // 2
     assert max(rss[half:]) < max(rss[:half]) + 64 * 1024, (max(rss[:half]), max(rss[half:]))
     assert len(os.listdir(f"/proc/{daemon.pid}/fd")) <= fds_before + 2
-    assert own_rings() == rings_before
+    assert shm_rings(daemon.pid) == rings_before
+    other.communicate("", timeout=30)
     print(f"soak: {3 * per} frames in {elapsed:.1f} s, daemon RSS first/second half max "
           f"{max(rss[:half]) // 1024}/{max(rss[half:]) // 1024} MiB")
     assert total - 3 * per < 3

@@ -12,8 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ome_writers_service.ring import (HEADER_SIZE, MAGIC, FrameRing, RingError,
-                                      clean_stale_rings, slot_size_for)
+from ome_writers_service.ring import (MAGIC, SLOT_TABLE, FrameRing, RingError,
+                                      clean_stale_rings, header_size_for, slot_size_for)
+
+HEADER_SIZE = header_size_for(3)
 
 
 def test_layout_matches_the_documented_header():
@@ -21,8 +23,19 @@ def test_layout_matches_the_documented_header():
     try:
         raw = ring.path.read_bytes()
         magic, version, header, slots, pid, slot_size, nbytes = struct.unpack_from("<8sIIIIQQ", raw)
-        assert (magic, version, header, slots, pid) == (MAGIC, 1, HEADER_SIZE, 3, os.getpid())
+        assert (magic, version, header, slots, pid) == (MAGIC, 2, 8192, 3, os.getpid())
+        assert HEADER_SIZE == 8192 and header_size_for(512) == 8192
+        assert header_size_for(513) == 12288 and header_size_for(4096) == 4096 + 32768
         assert slot_size == slot_size_for(16000) == 16384 and nbytes == 16000
+        assert struct.unpack_from("<I", raw, 56) == (SLOT_TABLE,) == (4096,)
+        # the slot table: 1 + the frame last written into each slot, 0 for none
+        assert struct.unpack_from("<3Q", raw, SLOT_TABLE) == (0, 0, 0)
+        ring.filled[1] = 41 + 1
+        assert struct.unpack_from("<3Q", ring.path.read_bytes(), SLOT_TABLE) == (0, 42, 0)
+        assert ring.unannounced(41, None) == [(41, 1)] and ring.unannounced(42, None) == []
+        assert ring.unannounced(0, 41) == []
+        ring.forget(1)
+        assert ring.unannounced(0, None) == []
         assert len(raw) == HEADER_SIZE + 3 * 16384
         assert stat.S_IMODE(ring.path.stat().st_mode) == 0o600
         views = ring.slots((100, 80), np.uint16)
@@ -97,3 +110,31 @@ def test_attach_refuses_names_that_are_not_rings():
         FrameRing.attach("../etc/passwd")
     with pytest.raises(RingError):
         FrameRing.attach("ows-does-not-exist")
+
+
+def test_stale_chunk_buffer_arenas_are_removed_once_their_journal_is_gone(tmp_path):
+    """An arena outlives a killed daemon for `recover`; the next daemon removes it only when
+    nobody holds it and its dataset's journal is gone (finalized or recovered)."""
+    from ome_writers_service.arena import BufferArena, clean_stale_arenas
+
+    journal = tmp_path / "run.ome.zarr.ows-journal"
+    journal.write_text("{}")
+    code = ("import sys; from ome_writers_service.arena import BufferArena; "
+            f"a = BufferArena.create((2,), 4096, 3, journal={str(journal)!r}); "
+            "print(a.path, flush=True); sys.stdin.read()")
+    holder = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    path = Path(holder.stdout.readline().strip())
+    try:
+        assert path.name not in clean_stale_arenas()  # its daemon lives
+        holder.kill()
+        holder.wait()
+        assert path.exists() and path.name not in clean_stale_arenas()  # awaits recover
+        arena = BufferArena.open(path)
+        assert arena.journal == str(journal) and list(arena.pending()) == []
+        arena.close()
+        journal.unlink()
+        assert path.name in clean_stale_arenas() and not path.exists()
+    finally:
+        holder.kill()
+        path.unlink(missing_ok=True)

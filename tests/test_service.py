@@ -24,7 +24,8 @@ from ome_writers_service.client import DaemonGoneError, RingFullError, ServiceEr
 from ome_writers_service.stream import FrameCountError, FrameMismatchError
 from ome_writers_service.validate import validate_all
 
-from service_util import (CLIENT_SCRIPT, expected_images, frame_pixels, read_image, run_checker,
+from service_util import (CLIENT_SCRIPT, expected_images, frame_pixels,
+                          frames_written_in_metadata, read_image, remove_daemon_shm, run_checker,
                           shm_rings, start_daemon)
 
 FORMATS = [".ome.zarr", ".ome.tiff"]
@@ -36,7 +37,7 @@ def daemon(tmp_path):
     yield d
     code = d.stop()
     assert code == 0, d.log_text()
-    assert not any(n.startswith(f"ows-{d.pid}-") for n in shm_rings()), "daemon left a ring"
+    assert not shm_rings(d.pid), "daemon left a ring"
 
 
 def settings_5d(root: Path, **kw) -> AcquisitionSettings:
@@ -341,7 +342,7 @@ def test_sigterm_finalizes_open_streams(tmp_path):
     with pytest.raises((DaemonGoneError, ServiceError)):
         stream.append(frame_pixels(8, 7, (32, 32), np.uint16))
     check_dataset(settings, [str(tmp_path / "s.ome.tiff")], 8, frames=7)
-    assert not any(n.startswith(f"ows-{d.pid}-") for n in shm_rings())
+    assert not shm_rings(d.pid)
 
 
 def test_malformed_messages_get_errors_and_do_not_disturb_a_stream(daemon, tmp_path):
@@ -525,7 +526,7 @@ def test_killed_client_is_noticed_and_its_dataset_finalized(daemon, tmp_path, li
 
     while victim_state()["frames_written"] < 7:
         time.sleep(0.01)
-    ring_names = {n for n in shm_rings() if n.startswith(f"ows-{daemon.pid}-")}
+    ring_names = shm_rings(daemon.pid)
     proc.kill()
     proc.wait()
     killed = time.monotonic()
@@ -533,7 +534,7 @@ def test_killed_client_is_noticed_and_its_dataset_finalized(daemon, tmp_path, li
         assert time.monotonic() - killed < 4, "daemon did not notice the dead client"
         time.sleep(0.05)
     noticed = time.monotonic() - killed
-    left = {n for n in shm_rings() if n.startswith(f"ows-{daemon.pid}-")}
+    left = shm_rings(daemon.pid)
     assert len(ring_names) == 2 and len(left) == 1 and left < ring_names  # the victim's is freed
     # frames 0-6 arrived: t=0..3 (the last with one channel); nothing else is shown as data
     check_dataset(victim, [str(tmp_path / "victim.ome.tiff")], 21, frames=7)
@@ -575,11 +576,10 @@ def test_killed_daemon_makes_the_next_call_raise(tmp_path):
         for i in range(5):
             np.testing.assert_array_equal(tf.pages[i].asarray(),
                                           frame_pixels(15, i, (32, 32), np.uint16))
-    for name in shm_rings():  # the dead daemon's ring is cleaned by the next daemon
-        if name.startswith(f"ows-{d.pid}-"):
-            d2 = start_daemon(tmp_path / "rt2")
-            assert name not in shm_rings()
-            d2.stop()
+    if shm_rings(d.pid):  # the dead daemon's ring is cleaned by the next daemon
+        d2 = start_daemon(tmp_path / "rt2")
+        assert not shm_rings(d.pid)
+        d2.stop()
 
 
 def test_hung_daemon_makes_blocking_calls_time_out(daemon, tmp_path):
@@ -636,6 +636,8 @@ def test_recover_after_daemon_sigkill(tmp_path, suffix):
     assert not journal.exists()
     # every frame written before the crash is there; the last step (t=4) lacks its channel 1
     check_dataset(settings, [settings.root_path], 17, frames=9)
+    assert frames_written_in_metadata(settings.root_path) == 9  # OME-Zarr too
+    remove_daemon_shm(d.pid)
 
 
 def test_daemon_backed_stream_offers_view_and_events(daemon, tmp_path):

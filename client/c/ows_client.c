@@ -40,7 +40,10 @@
 #define OWS_HUNG_TIMEOUT 5.0  /* s a ping may stay unanswered before the daemon counts as gone */
 #define OWS_STATUS_TIMEOUT 30.0 /* s to wait for a status reply from a daemon that answers pings */
 #define OWS_ABANDON_TIMEOUT 5.0 /* s to wait for `closed` when open fails after `opened` */
-#define OWS_RING_MIN_HEADER 56
+#define OWS_RING_MIN_HEADER 60
+#define OWS_RING_VERSION 2
+/* Most bytes of JSON one frame's metadata may take (the daemon's header limit is 1 MiB). */
+#define OWS_MAX_META_BYTES 1000000
 #define OWS_Z85_KEY 40 /* a CURVE key in Z85 text */
 
 /* The CURVE keys of a daemon that encrypts its connections (Z85, NUL-terminated): its public
@@ -68,6 +71,7 @@ struct ows_stream {
     int inline_mode;
     unsigned char *ring;
     size_t ring_size, header_size, slot_size;
+    volatile uint64_t *filled; /* the slot table: 1 + the frame last written into each slot */
     volatile uint32_t *err_flag;
     uint32_t no_flag;
     int daemon_pid;        /* > 0: the daemon shares our pid namespace, watch its pid */
@@ -253,7 +257,9 @@ static cJSON *pump(ows_stream *s, long timeout_ms, const char *want) {
         } else if (!strcmp(type, "error")) {
             const char *code = str_field(h, "code", "?");
             if (answers(want, code)) return h;
-            remote_fail(s, OWS_ERR_DAEMON, "daemon: %s (%s)", str_field(h, "message", "?"), code);
+            /* "shutdown": the daemon ends the stream itself (SIGTERM, client taken for lost) */
+            remote_fail(s, strcmp(code, "shutdown") ? OWS_ERR_DAEMON : OWS_ERR_DAEMON_GONE,
+                        "daemon: %s (%s)", str_field(h, "message", "?"), code);
         } else if (!strcmp(type, "closed")) {
             remote_fail(s, OWS_ERR_DAEMON_GONE, "the daemon closed the stream (%s) after writing "
                         "%.0f frames", str_field(h, "reason", "?"),
@@ -505,12 +511,14 @@ static int attach_ring(ows_stream *s, const cJSON *ring) {
     s->ring = p;
     s->ring_size = (size_t)st.st_size;
     const unsigned char *h = s->ring;
-    if (memcmp(h, "OWSRING1", 8) || le32(h + 8) != 1)
-        return fail(s, OWS_ERR_DAEMON, "%s is not a version-1 frame ring", name);
+    if (memcmp(h, "OWSRING1", 8) || le32(h + 8) != OWS_RING_VERSION)
+        return fail(s, OWS_ERR_DAEMON, "%s is not a version-%d frame ring", name,
+                    OWS_RING_VERSION);
     uint64_t header = le32(h + 12), slots = le32(h + 16), slot_size = le64(h + 24);
-    uint64_t frame = le64(h + 32);
+    uint64_t frame = le64(h + 32), table = le32(h + 56);
     if (header < OWS_RING_MIN_HEADER || frame != s->frame_nbytes || slot_size < frame ||
-        slots < (uint64_t)s->credits || header + slots * slot_size > (uint64_t)st.st_size)
+        slots < (uint64_t)s->credits || header + slots * slot_size > (uint64_t)st.st_size ||
+        table < OWS_RING_MIN_HEADER || table % 8 || table + 8 * slots > header)
         return fail(s, OWS_ERR_DAEMON, "ring %s does not match the stream (header %llu, %llu "
                     "slots of %llu bytes for %llu-byte frames, %zu credits, file %lld bytes)",
                     name, (unsigned long long)header, (unsigned long long)slots,
@@ -519,6 +527,7 @@ static int attach_ring(ows_stream *s, const cJSON *ring) {
     s->header_size = (size_t)header;
     s->slot_size = (size_t)slot_size;
     s->err_flag = (volatile uint32_t *)(void *)(s->ring + 40);
+    s->filled = (volatile uint64_t *)(void *)(s->ring + table);
     return OWS_OK;
 }
 #endif
@@ -865,11 +874,20 @@ ows_stream *ows_open(const char *endpoint, const char *token, const char *settin
 static int check_usable(ows_stream *s) {
     if (s->closed) return fail(s, OWS_ERR_CLOSED, "the stream is closed");
     if (*s->err_flag && !s->remote_code) {
-        cJSON_Delete(pump(s, 50, NULL)); /* fetch the daemon's message */
-        if (!s->remote_code)
-            remote_fail(s, *s->err_flag == 2 ? OWS_ERR_DAEMON_GONE : OWS_ERR_DAEMON,
-                        *s->err_flag == 2 ? "the daemon shut down and finalized the stream"
-                                          : "the daemon reported an error on this stream");
+        /* the daemon sent its reason just before it raised the flag: wait for it while the
+         * daemon lives and answers */
+        double start = now_s();
+        while (!s->remote_code) {
+            cJSON_Delete(pump(s, OWS_LIVENESS_MS, NULL));
+            if (s->remote_code) break;
+            int rc = check_daemon(s);
+            if (rc != OWS_OK) return rc;
+            if (now_s() - start > OWS_HUNG_TIMEOUT)
+                remote_fail(s, *s->err_flag == 2 ? OWS_ERR_DAEMON_GONE : OWS_ERR_DAEMON,
+                            "the daemon flagged the stream as %s (ring error flag %u) but sent "
+                            "no reason within %.0f s", *s->err_flag == 2 ? "ended" : "failed",
+                            (unsigned)*s->err_flag, OWS_HUNG_TIMEOUT);
+        }
     }
     if (!s->remote_code && now_s() >= s->next_liveness) {
         cJSON_Delete(pump(s, 0, NULL)); /* releases, pongs, errors */
@@ -941,6 +959,12 @@ static int send_frame(ows_stream *s, int slot, const char *meta_json, const void
     char *dynamic = NULL;
     const char *text = header;
     meta_json = nonempty(meta_json);
+    if (meta_json && strlen(meta_json) > OWS_MAX_META_BYTES) {
+        give_back(s, slot);
+        return fail(s, OWS_ERR_ARG, "frame %lld: meta_json is %zu bytes: at most %d bytes of "
+                    "metadata may go with one frame", (long long)s->seq, strlen(meta_json),
+                    OWS_MAX_META_BYTES);
+    }
     if (meta_json) {
         cJSON *meta = cJSON_Parse(meta_json);
         if (!cJSON_IsObject(meta)) {
@@ -966,12 +990,18 @@ static int send_frame(ows_stream *s, int slot, const char *meta_json, const void
                  s->sid, (long long)s->seq, slot);
     }
 #if OWS_HAVE_SHM
-    /* the pixels in the slot are complete before the daemon can learn of the frame */
+    /* the pixels in the slot are complete before the slot table names the frame (the daemon
+     * writes a frame it finds there if this process dies before the notice leaves: PROTOCOL.md
+     * 3.1), and before the daemon can learn of the frame */
     atomic_thread_fence(memory_order_release);
+    if (!s->inline_mode) s->filled[slot] = (uint64_t)s->seq + 1;
 #endif
     int rc = send_msg(s->sock, text, payload, s->frame_nbytes, 0);
     cJSON_free(dynamic);
     if (rc < 0) {
+#if OWS_HAVE_SHM
+        if (!s->inline_mode) s->filled[slot] = 0; /* not sent: not a frame */
+#endif
         give_back(s, slot);
         return fail(s, OWS_ERR_SYSTEM, "frame %lld: zmq send: %s", (long long)s->seq,
                     zmq_strerror(zmq_errno()));

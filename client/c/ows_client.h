@@ -41,8 +41,10 @@
  *
  * Ring memory model (transport shm): a slot handed out by ows_append / ows_claim is one the
  * daemon released (PROTOCOL.md §3): the daemon no longer reads it. The pixels are written
- * before the frame message is sent (release fence), and a slot is reused only after its
- * release message arrived (acquire fence). The pointer from ows_claim is valid until
+ * before the slot table names the frame and before the frame message is sent (release
+ * fence), and a slot is reused only after its release message arrived (acquire fence). So a
+ * frame whose ows_append / ows_commit returned is written even if this process dies at once,
+ * before the message leaves it: the daemon finds the frame in the ring's slot table. The pointer from ows_claim is valid until
  * ows_commit; do not touch that memory afterwards — the daemon reads it. Frame n goes to slot
  * n % slots when that one is free, so that consecutive frames lie in consecutive slots (the
  * daemon can then write a chunk of several frames straight from the ring).

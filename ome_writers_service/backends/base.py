@@ -162,19 +162,33 @@ class ArrayBackend(ABC):
             self.frame_metadata[position][index] = dict(md)
 
 
-def prepare_output(path: str | os.PathLike, overwrite: bool) -> Path:
-    """Make ``path`` ready to be created: refuse to clobber data unless told, check writability."""
+def prepare_output(path: str | os.PathLike, overwrite: bool, *, directory: bool = False) -> Path:
+    """Make ``path`` ready to be created: refuse to clobber data unless told, check writability.
+
+    With ``overwrite``, only a dataset of the kind about to be written is replaced: a zarr
+    store (``directory``: a zarr group's directory, or an empty one) or a file; anything
+    else is refused, never deleted. A symlink is removed, never followed."""
     p = Path(path)
     if p.exists() or p.is_symlink():
         if not overwrite:
             raise FileExistsError(f"{p} already exists; pass overwrite=True to replace it")
-        if p.is_dir() and not p.is_symlink():
+        if p.is_symlink():
+            p.unlink()
+        elif directory:
+            if not p.is_dir():
+                raise FileExistsError(
+                    f"{p} is a file, not a zarr store: overwrite=True replaces a dataset, never "
+                    "other data; remove it yourself if it must go")
             if not is_zarr_group(p) and any(p.iterdir()):
                 raise FileExistsError(
                     f"{p} is a directory that is not a zarr store: overwrite=True replaces a "
                     "dataset, never other data; remove it yourself if it must go")
             shutil.rmtree(p)
         else:
+            if p.is_dir():
+                raise FileExistsError(
+                    f"{p} is a directory, not a file: overwrite=True replaces a dataset, never "
+                    "other data; remove it yourself if it must go")
             p.unlink()
     parent = p.parent
     try:

@@ -5,7 +5,9 @@ rewritten per frame. Its frames arrive in one of two ways:
 
 * copied (`Block.put`): the caller may reuse its buffer at once. The frame is copied into the
   unit's buffer, which comes from a `BufferPool`: on these VMs faulting in fresh memory for
-  every unit costs more than the copy.
+  every unit costs more than the copy. In the daemon the buffers live in a shared-memory
+  `BufferArena`, and each plane is marked there once its pixels are in, so that frames whose
+  ring slots went back survive the daemon (``recover`` writes them).
 * lent (`Block.lend`): the frame stays valid until its ``done`` is called. While the lent
   frames lie back to back in memory in the unit's C order -- consecutive ring slots, which is
   how the client fills them for consecutive frames -- the unit is written straight from
@@ -16,12 +18,18 @@ rewritten per frame. Its frames arrive in one of two ways:
 from __future__ import annotations
 
 import collections
+import logging
+import threading
 from operator import mul
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
+log = logging.getLogger(__name__)
+
 Done = Callable[[], None]
+#: called once a unit's write finished, with whether it succeeded
+Written = Callable[[bool], None]
 
 
 class BufferPool:
@@ -33,34 +41,63 @@ class BufferPool:
         nbytes = int(np.prod(shape)) * self.dtype.itemsize
         self._keep = max(1, keep_bytes // max(1, nbytes))
         self._spare: collections.deque[np.ndarray] = collections.deque()
+        #: bytes of buffers handed out and not given back, and the most there ever were
+        #: (what `chunk_buffers.estimate` bounds)
+        self.in_use = self.peak = 0
+        self._lock = threading.Lock()  # give() comes from the writes' threads
+        #: where the buffers live when they must survive this process (the daemon's)
+        self.arena: Any = None
 
-    def take(self, shape: tuple[int, ...]) -> np.ndarray:
-        if shape == self.shape:
+    def take(self, shape: tuple[int, ...], position: int = 0, origin: tuple[int, ...] = ()
+             ) -> tuple[np.ndarray, np.ndarray | None]:
+        """A buffer of ``shape`` planes for the unit at ``origin`` of image ``position``, and
+        (in an arena) the marks to set as its planes are filled."""
+        buf = marks = None
+        if self.arena is not None:
             try:
-                return self._spare.pop()
+                buf, marks = self.arena.take(position, origin, shape[:-2], shape[-2:],
+                                             self.dtype)
+            except OSError as e:  # more units than the estimate allows for: keep writing
+                log.warning("%s; this unit's buffer is in the daemon's memory only", e)
+        elif shape == self.shape:
+            try:
+                buf = self._spare.pop()
             except IndexError:
                 pass
-        return np.empty(shape, self.dtype)
+        if buf is None:
+            buf = np.empty(shape, self.dtype)
+        with self._lock:
+            self.in_use += buf.nbytes
+            self.peak = max(self.peak, self.in_use)
+        return buf, marks
 
-    def give(self, buf: np.ndarray) -> None:
-        if buf.shape == self.shape and len(self._spare) < self._keep:
+    def give(self, buf: np.ndarray, written: bool = True) -> None:
+        """A buffer whose unit was written (``written``: successfully) comes back."""
+        with self._lock:
+            self.in_use -= buf.nbytes
+        if self.arena is not None and self.arena.holds(buf):
+            self.arena.give(buf, written=written)
+        elif buf.shape == self.shape and len(self._spare) < self._keep:
             self._spare.append(buf)
 
 
 class Block:
     """One write unit: ``shape`` planes (outer axes) of frames, at ``origin``."""
 
-    __slots__ = ("_base", "_plane_strides", "_pool", "computing", "data", "expected", "filled",
-                 "lent", "mask", "origin", "sealed", "shape")
+    __slots__ = ("_base", "_marks", "_plane_strides", "_pool", "computing", "data", "expected",
+                 "filled", "lent", "mask", "origin", "position", "sealed", "shape")
 
     # mask: planes holding a frame (copied or lent); filled: planes accounted for, frames and
     # skips (a skipped plane is never touched: zeroed when the unit is written, if it is)
 
-    def __init__(self, origin: tuple[int, ...], shape: tuple[int, ...], pool: BufferPool) -> None:
+    def __init__(self, origin: tuple[int, ...], shape: tuple[int, ...], pool: BufferPool,
+                 position: int = 0) -> None:
         self.origin = origin
         self.shape = shape
+        self.position = position
         self._pool = pool
         self.data: np.ndarray | None = None  # the copy buffer, once a plane was copied
+        self._marks: np.ndarray | None = None  # its planes' marks in the arena, if any
         self.lent: dict[tuple[int, ...], tuple[np.ndarray, Done]] = {}
         self.mask = np.zeros(shape, dtype=bool)
         self.expected = self.mask.size
@@ -88,7 +125,8 @@ class Block:
 
     def _buffer(self) -> np.ndarray:
         if self.data is None:
-            self.data = self._pool.take((*self.shape, *self._pool.shape[-2:]))
+            self.data, self._marks = self._pool.take((*self.shape, *self._pool.shape[-2:]),
+                                                     self.position, self.origin)
         return self.data
 
     def put(self, local: tuple[int, ...], frame: np.ndarray) -> None:
@@ -96,6 +134,8 @@ class Block:
         if self.lent:
             self.copy_lent()
         self._buffer()[local] = frame
+        if self._marks is not None:
+            self._marks[local] = 1  # after the pixels: the frame is safe in the arena
         self._mark(local)
 
     def reserve(self, local: tuple[int, ...]) -> np.ndarray:
@@ -133,14 +173,17 @@ class Block:
         n = len(self.lent)
         for local, (frame, done) in self.lent.items():
             buf[local] = frame
+            if self._marks is not None:
+                self._marks[local] = 1
             done()
         self.lent.clear()
         return n
 
-    def materialize(self) -> tuple[np.ndarray | None, list[Done]]:
-        """The unit's pixels, and what to call once they are written (hand the lent frames
-        or the buffer back). Planes without a frame read as zeros; a unit without any frame
-        is None: nothing to write, the array's fill value stands for it."""
+    def materialize(self) -> tuple[np.ndarray | None, list[Written]]:
+        """The unit's pixels, and what to call once they are written, with whether that
+        succeeded (hand the lent frames or the buffer back). Planes without a frame read as
+        zeros; a unit without any frame is None: nothing to write, the array's fill value
+        stands for it."""
         if not self.lent and self.data is None:
             return None, []
         if self.data is None and len(self.lent) == self.expected:
@@ -149,13 +192,13 @@ class Block:
             view = np.lib.stride_tricks.as_strided(
                 first, full, _c_strides(full, first.itemsize), writeable=False)
             lent = list(self.lent.values())  # referenced until written: the view needs them
-            return view, [lambda: [done() for _, done in lent]]
+            return view, [lambda _ok: [done() for _, done in lent]]
         self.copy_lent()
         data = self._buffer()
         if self.filled < self.expected:
             data[~self.mask] = 0
         pool = self._pool
-        return data, [lambda: pool.give(data)]
+        return data, [lambda ok: pool.give(data, ok)]
 
     def plane(self, local: tuple[int, ...]) -> np.ndarray | None:
         """A copy of one plane assembled so far, or None."""
@@ -174,4 +217,4 @@ def _c_strides(shape: tuple[int, ...], itemsize: int) -> tuple[int, ...]:
     return tuple(reversed(out))
 
 
-__all__ = ["Block", "BufferPool", "Done"]
+__all__ = ["Block", "BufferPool", "Done", "Written"]

@@ -17,6 +17,7 @@ from __future__ import annotations
 import atexit
 import json
 import math
+import os
 import shutil
 import tempfile
 import warnings
@@ -26,6 +27,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from .. import __version__
+from ..safe_files import create_new_file, write_atomically
 from ..schema import ScratchFormat
 from .base import ArrayBackend, BackendError
 
@@ -130,7 +132,12 @@ class ScratchBackend(ArrayBackend):
                                                shape=tuple(shape))
             return
         tmp = path.with_suffix(".dat.tmp")
-        grown = np.memmap(tmp, dtype=self.dtype, mode="w+", shape=tuple(shape))
+        fd = create_new_file(tmp, replace_stale=True)  # ours, never a planted name
+        try:
+            os.ftruncate(fd, math.prod(shape) * self.dtype.itemsize)
+        finally:
+            os.close(fd)
+        grown = np.memmap(tmp, dtype=self.dtype, mode="r+", shape=tuple(shape))
         grown[tuple(slice(0, n) for n in arr.shape)] = arr
         grown.flush()
         del grown
@@ -211,9 +218,7 @@ class ScratchBackend(ArrayBackend):
         assert self._root is not None
         doc = {**self._settings_dump, "position_shapes": [list(s) for s in self._logical],
                "global_metadata": self.global_metadata}
-        tmp = self._root / (MANIFEST + ".tmp")
-        tmp.write_text(json.dumps(doc), encoding="utf-8")
-        tmp.replace(self._root / MANIFEST)
+        write_atomically(self._root / MANIFEST, json.dumps(doc).encode("utf-8"))
 
 
 class ScratchArray:

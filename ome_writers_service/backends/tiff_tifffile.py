@@ -26,6 +26,7 @@ import numpy as np
 import tifffile
 
 from .. import format_metadata as fm
+from ..safe_files import create_new_file, write_atomically
 from ..schema import COMPANION_SUFFIX, AcquisitionSettings, OmeTiffFormat
 from . import pyramid
 from .base import ArrayBackend, BackendError, prepare_output
@@ -92,7 +93,7 @@ class TiffLayout:
             for f in earlier:
                 f.unlink()
         for path in [*self.paths, *([self.companion] if self.companion else [])]:
-            if overwrite and path.is_file() and not (
+            if overwrite and path.is_file() and not path.is_symlink() and not (
                     fm.holds_ome_document(path) if path == self.companion else
                     _starts_with(path, _TIFF_MAGICS)):
                 raise FileExistsError(
@@ -210,15 +211,7 @@ def write_companion(path: Path, ome: Any) -> None:
 def write_companion_bytes(path: Path, xml: bytes) -> None:
     """Write a companion OME-XML file: a new file renamed over the old one, so a reader
     never sees half of it."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(xml)
-            f.flush()
-            os.fsync(f.fileno())
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_atomically(path, xml, durable=True)
 
 
 class TifffileBackend(ArrayBackend):
@@ -229,6 +222,7 @@ class TifffileBackend(ArrayBackend):
         self.layout = TiffLayout(settings)
         self._paths = self.layout.paths
         self._writers: list[tifffile.TiffWriter] = []
+        self._files: list[Any] = []  # the files the writers write to (created exclusively)
         #: per position, once tifffile wrote the first two pages of an uncompressed file:
         #: the cheaper writer of every later page (see tiff_pages.py)
         self._appenders: list[PageAppender | None] = [None for _ in self._paths]
@@ -311,8 +305,10 @@ class TifffileBackend(ArrayBackend):
                 ) from e
         self.layout.prepare(self.settings.overwrite)
         try:
-            for path in self._paths:
-                self._writers.append(tifffile.TiffWriter(path, bigtiff=self._bigtiff, ome=False))
+            for path in self._paths:  # new files: never a name planted meanwhile (a symlink)
+                self._files.append(open(path, "w+b", opener=lambda p, _: create_new_file(p)))
+                self._writers.append(tifffile.TiffWriter(self._files[-1], bigtiff=self._bigtiff,
+                                                         ome=False))
         except OSError as e:
             raise BackendError(f"cannot create {e.filename or self._paths[0]}: {e.strerror}") from e
 
@@ -381,8 +377,13 @@ class TifffileBackend(ArrayBackend):
                          contiguous=False, metadata=None, software=False, subfiletype=1)
         writer._fh.flush()  # nothing of an acknowledged page waits in a Python buffer
         if len(pages) == 1 and self._compression is None:  # page 1 written: the template
-            writer.close()
+            self._close_writer(position)
             self._appenders[position] = PageAppender(self._paths[position], template=1)
+
+    def _close_writer(self, position: int) -> None:
+        """Close tifffile's writer of a file (again: a no-op) and the file it wrote to."""
+        self._writers[position].close()
+        self._files[position].close()
 
     def get_metadata(self) -> dict[int, Any]:
         """Each file's OME document by position; -1 is the companion file's (as ome-writers)."""
@@ -445,7 +446,7 @@ class TifffileBackend(ArrayBackend):
             described = None
             try:
                 described = self._fill_missing_planes(pos, shape, errors)
-                self._writers[pos].close()  # (already closed where an appender took over)
+                self._close_writer(pos)  # (already closed where an appender took over)
                 if self._appenders[pos] is not None:
                     self._appenders[pos].close()
             except Exception as e:  # noqa: BLE001 - every file gets its chance, then we raise
@@ -526,7 +527,7 @@ class _PagePipeline(threading.Thread):
         self._failures: deque[str] = deque()
 
     def put_copy(self, position: int, index: tuple[int, ...], frame: np.ndarray) -> None:
-        src = self._copies.take(self.b.frame_shape)
+        src, _ = self._copies.take(self.b.frame_shape)
         np.copyto(src, frame)
         self.put(position, index, src, lambda: self._copies.give(src))
 
@@ -536,7 +537,7 @@ class _PagePipeline(threading.Thread):
         if not self.is_alive():
             self.start()
         self._room.acquire()
-        lower = [pool.take(shape) for pool, shape in zip(self._pools, self.b.level_shapes[1:])]
+        lower = [pool.take(shape)[0] for pool, shape in zip(self._pools, self.b.level_shapes[1:])]
         levels = pyramid.submit(pyramid.cascade, frame, lower, self.b.downsampling)
         self.queued[position].add(index)
         self._queue.put((position, index, frame, lower, levels, done))

@@ -65,7 +65,7 @@ class LowerLevels:
 
     def add_copy(self, position: int, index: tuple[int, ...], frame: np.ndarray) -> None:
         """A frame the caller may reuse at once: its levels are computed from a copy."""
-        src = self._copies.take(self.b.frame_shape)
+        src, _ = self._copies.take(self.b.frame_shape)
         np.copyto(src, frame)
         self.add(position, index, src, lambda: self._copies.give(src))
 

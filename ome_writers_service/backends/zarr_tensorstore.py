@@ -15,6 +15,7 @@ are written as soon as their last plane is computed (partial ones at finalize).
 
 from __future__ import annotations
 
+import os
 from collections import deque
 from operator import floordiv, mul, sub
 from pathlib import Path
@@ -25,6 +26,7 @@ import tensorstore as ts
 
 from .. import __version__
 from .. import format_metadata as fm
+from ..chunk_buffers import MAX_PENDING_BYTES, MAX_PENDING_WRITES, write_unit
 from ..storage import LocalStore, Store, open_store
 from . import pyramid
 from .base import ArrayBackend, BackendError, prepare_output
@@ -35,12 +37,6 @@ from .zarr_metadata import (ATTR_NAMESPACE, DATASET, ZarrLayout, check_global_na
 
 __all__ = ["ATTR_NAMESPACE", "DATASET", "TensorstoreZarrBackend", "array_driver",
            "multiscale_transforms"]
-
-#: How many encoded-but-uncommitted write units may be in flight before write() waits,
-#: and how many bytes of them (at least one unit is always in flight).
-MAX_PENDING_WRITES = 16
-MAX_PENDING_BYTES = 256 * 2**20
-
 
 def array_driver(version: str) -> str:
     """tensorstore's driver for the arrays of an OME-Zarr store of NGFF ``version``."""
@@ -89,14 +85,9 @@ class TensorstoreZarrBackend(ArrayBackend):
         self.root = Path(settings.output_path) if self._local else None
         self.layout = ZarrLayout(settings, self.store)
         self._image_paths = self.layout.image_paths
-        outer = self.storage_dims[:-2]
-        chunks = [d.chunk_size or 1 for d in outer]
         self._sharded = any(d.shard_size_chunks for d in self.storage_dims)
-        self._unit = [
-            c * (d.shard_size_chunks or 1) if self._sharded else c for c, d in zip(chunks, outer)
-        ]
         # a write unit never exceeds the axis, so a complete unit can always fill up
-        self._unit = [u if n is None else min(u, n) for u, n in zip(self._unit, self.outer_shape)]
+        self._unit = list(write_unit(settings))
         self.levels: int = self.layout.levels
         self.downsampling: str = self.layout.downsampling
         #: (y, x) of each level's planes, level 0 first
@@ -114,6 +105,10 @@ class TensorstoreZarrBackend(ArrayBackend):
         #: attributes the user set with update_metadata(), by position
         self.user_attributes: dict[int, dict[str, Any]] = {}
         self._context = ts.Context(self.store.context())
+
+    def use_arena(self, arena: Any) -> None:
+        """Keep the chunk buffers in ``arena`` (shared memory that outlives this process)."""
+        self._pool.arena = arena
 
     # ---- layout and metadata ----
 
@@ -250,6 +245,9 @@ class TensorstoreZarrBackend(ArrayBackend):
                 "dimension_names": [d.name for d in dims],
             },
             "create": True,
+            # a unit is on disk as a file even when all its pixels are 0: `recover` counts the
+            # frames written by the units it finds
+            "store_data_equal_to_fill_value": True,
         }
 
     def _array_spec_v2(self, kvstore: dict[str, Any], shape: list[int], chunk: list[int],
@@ -271,6 +269,7 @@ class TensorstoreZarrBackend(ArrayBackend):
                 "fill_value": 0, "order": "C", "filters": None, "dimension_separator": "/",
             },
             "create": True,
+            "store_data_equal_to_fill_value": True,  # (see the zarr v3 spec)
         }
 
     def create(self) -> None:
@@ -284,10 +283,12 @@ class TensorstoreZarrBackend(ArrayBackend):
                     f"{plate.row_names} / columns {plate.column_names}; an OME-Zarr plate "
                     "lists every well it holds: add their rows/columns to the Plate")
         if self._local:
-            prepare_output(self.root, self.settings.overwrite)
+            prepare_output(self.root, self.settings.overwrite, directory=True)
         else:
             prepare_s3_output(self.store, self.settings.overwrite)
         try:
+            if self._local:  # ours: never an existing name (a symlink planted meanwhile)
+                os.mkdir(self.root)
             self._write_hierarchy()
             for path in self._image_paths:
                 spec = self._array_spec(path)
@@ -386,7 +387,7 @@ class TensorstoreZarrBackend(ArrayBackend):
             )
             pool = self._pool if level == 0 else \
                 self._lower.pools[level - 1]  # type: ignore[union-attr]
-            block = blocks[key] = Block(origin, shape, pool)
+            block = blocks[key] = Block(origin, shape, pool, position)
         return key, block, tuple(map(sub, index, block.origin))
 
     def _after_put(self, position: int, key: tuple[int, ...], block: Block) -> None:
@@ -402,7 +403,7 @@ class TensorstoreZarrBackend(ArrayBackend):
             self._track(*written, f"{self.paths[position]} at index {block.origin}", frames)
 
     def _write_unit(self, arr: ts.TensorStore, block: Block
-                    ) -> tuple[Any, int, Callable[[], None]] | None:
+                    ) -> tuple[Any, int, Callable[[bool], None]] | None:
         """Start writing a complete (or, at finalize, partial) unit into ``arr`` (from any
         thread): the write's future, its bytes and what hands its pixels back (run once,
         when the write is done: by the future's callback or by whoever waits for it first),
@@ -421,18 +422,18 @@ class TensorstoreZarrBackend(ArrayBackend):
         fut = arr[region].write(data, can_reference_source_data_indefinitely=True)
         once = [on_written]
 
-        def finish() -> None:  # once, from either thread (list.pop is atomic)
+        def finish(ok: bool) -> None:  # once, from either thread (list.pop is atomic)
             try:
                 callbacks = once.pop()
             except IndexError:
                 return
             for cb in callbacks:
-                cb()
+                cb(ok)
 
-        fut.add_done_callback(lambda _: finish())
+        fut.add_done_callback(lambda f: finish(f.exception() is None))
         return fut, data.nbytes, finish
 
-    def _track(self, fut: Any, nbytes: int, finish: Callable[[], None], where: str,
+    def _track(self, fut: Any, nbytes: int, finish: Callable[[bool], None], where: str,
                frames: int) -> None:
         self._pending.append((fut, where, nbytes, frames, finish))
         self._pending_bytes += nbytes
@@ -446,9 +447,9 @@ class TensorstoreZarrBackend(ArrayBackend):
         self._pending_bytes -= nbytes
         try:
             fut.result()
-            finish()  # handed back before the caller learns the write is done
+            finish(True)  # handed back before the caller learns the write is done
         except Exception as e:  # noqa: BLE001 - tensorstore raises ValueError/OSError variants
-            finish()
+            finish(False)
             self.frames_written -= frames  # accepted, but not on disk: say so in the summary
             raise BackendError(f"writing {where} ({frames} frames) failed: {e}") from e
 

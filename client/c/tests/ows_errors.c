@@ -78,6 +78,19 @@ static int run(const char *endpoint, const char *token, const char *settings, do
     printf("wrong size: %s\n", ows_last_error(s));
     CHECK(ows_append(s, NULL, nbytes, NULL) == OWS_ERR_ARG, "NULL frame accepted");
     CHECK(ows_append(s, frame, nbytes, "[1, 2]") == OWS_ERR_ARG, "array metadata accepted");
+    { /* metadata over the limit: refused at once, naming the frame; no slot is lost */
+        size_t big = 1100000;
+        char *huge = malloc(big + 16);
+        CHECK(huge != NULL, "out of memory");
+        memcpy(huge, "{\"blob\": \"", 10);
+        memset(huge + 10, 'x', big);
+        memcpy(huge + 10 + big, "\"}", 3);
+        rc = ows_append(s, frame, nbytes, huge);
+        free(huge);
+        CHECK(rc == OWS_ERR_ARG && strstr(ows_last_error(s), "frame 0: meta_json is 1100012 "
+              "bytes"), "huge metadata: %d %s", rc, ows_last_error(s));
+        printf("huge metadata: %s\n", ows_last_error(s));
+    }
     CHECK(ows_append(s, frame, nbytes, "") == OWS_OK, "append: %s", ows_last_error(s));
     CHECK(ows_commit(s, NULL) == OWS_ERR_ARG, "commit without claim accepted");
     void *slot = NULL;

@@ -3,14 +3,17 @@
  * Frames i % 5 == 0 carry {"delta_t": i * 0.1}; frames i % 5 == 3 pass "" (no metadata, as
  * LabVIEW passes an unwired string). PAUSE_S (optional): sleep that long after half the
  * frames — longer than the daemon's heartbeat timeout, it shows a client in another pid
- * namespace stays alive through its heartbeats.
+ * namespace stays alive through its heartbeats. PAUSE_S "kill": SIGKILL this process right
+ * after the last frame returned (before its notices can leave): the daemon must still write
+ * every frame, from the ring.
  *
- *     ows_test ENDPOINT TOKEN SETTINGS.json shm|inline N HEIGHT WIDTH [PAUSE_S]
+ *     ows_test ENDPOINT TOKEN SETTINGS.json shm|inline N HEIGHT WIDTH [PAUSE_S|kill]
  *
  * ENDPOINT "@FILE" opens the stream from the connection file FILE (ows_open_connection_file,
  * with its CURVE keys if the daemon encrypts); TOKEN is then ignored.
  */
 #define _POSIX_C_SOURCE 200809L
+#include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -50,7 +53,8 @@ int main(int argc, char **argv) {
     if (!settings) return 2;
     int transport = strcmp(argv[4], "inline") ? OWS_TRANSPORT_SHM : OWS_TRANSPORT_INLINE;
     int n = atoi(argv[5]), h = atoi(argv[6]), w = atoi(argv[7]);
-    double pause_s = argc == 9 ? atof(argv[8]) : 0;
+    int kill_after = argc == 9 && !strcmp(argv[8], "kill");
+    double pause_s = argc == 9 && !kill_after ? atof(argv[8]) : 0;
     char err[1024];
     ows_stream *s = NULL;
     if (argv[1][0] == '@')
@@ -99,6 +103,7 @@ int main(int argc, char **argv) {
             return 1;
         }
     }
+    if (kill_after) raise(SIGKILL);
     char status[4096];
     if (ows_status(s, status, sizeof status) != OWS_OK || !strstr(status, "\"frames_received\"")) {
         fprintf(stderr, "status: %s %s\n", ows_last_error(s), status);

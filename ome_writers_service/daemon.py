@@ -323,7 +323,9 @@ class StreamWorker(threading.Thread):
     def _failed(self, e: Exception, seq: int | None = None) -> None:
         """The stream cannot go on: tell the client, the message first, then the ring flag
         (the client, seeing the flag, waits for the message that says why)."""
-        msg = f"frame {seq}: {e}" if seq is not None else str(e)
+        # an error that names the frames it lost is not about the frame being handled
+        named = seq is None or getattr(e, "names_frames", False)
+        msg = str(e) if named else f"frame {seq}: {e}"
         log.error("stream %d (%s): %s", self.sid, self.settings.root_path, msg)
         self.stats.errors.append(msg)
         if self._out is not None:
@@ -355,6 +357,8 @@ class StreamWorker(threading.Thread):
             except Exception as e:  # noqa: BLE001
                 log.exception("stream %d: finalize failed", self.sid)
                 self.stats.errors.append(f"finalize: {e}")
+            # the report counts what is on disk (writes that failed at the end do not count)
+            self.stats.written = self.stream.frames_written
             log.info("stream %d (%s) finalized in %.3f s: %s", self.sid,
                      self.settings.root_path, time.monotonic() - started, reason)
         self.memory_freed = True  # finalized: the buffers are gone before the report says so

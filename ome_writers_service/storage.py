@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .format_metadata import write_zarr_json  # (rewritten in place on a full disk)
 from .safe_files import write_atomically
 
 #: URL schemes a root_path may name and the service writes to.
@@ -115,7 +116,9 @@ class Store:
         """Write (or replace) one object whole: a reader sees the old or the new one."""
         raise NotImplementedError
 
-    def write_json(self, key: str, doc: Any) -> None:
+    def write_json(self, key: str, doc: Any, *, reserve: int = 0) -> None:
+        """A JSON document (``reserve``: spaces after it, room for a later, larger one where
+        a disk may be full by then: local stores)."""
         self.write_bytes(key, json.dumps(doc, indent=2).encode())
 
     def read_json(self, key: str) -> Any:
@@ -149,6 +152,11 @@ class LocalStore(Store):
         # a temporary file of unpredictable name renamed over it: a reader never sees half
         # a document, and no name planted beside it is written through
         write_atomically(path, data)
+
+    def write_json(self, key: str, doc: Any, *, reserve: int = 0) -> None:
+        path = self.root / key
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_zarr_json(path, doc, reserve=reserve)
 
     def read_json(self, key: str) -> Any:
         return json.loads((self.root / key).read_text())
@@ -214,10 +222,39 @@ class S3Store(Store):
             if prefix else ts.KvStore.KeyRange()
         return sorted(k.decode() for k in self._store().list(rng).result())
 
+    def prepare(self, overwrite: bool) -> None:
+        """The prefix made ready as `backends.base.prepare_output` makes a local path:
+        objects already there are refused, or, with ``overwrite``, deleted if they are a zarr
+        store (never other data). A failed listing raises ValueError (`storage_error`)."""
+        keys = self.keys()
+        if not keys:
+            return
+        if not overwrite:
+            raise FileExistsError(f"{self.name} already exists; pass overwrite=True to "
+                                  "replace it")
+        if "zarr.json" not in keys and ".zgroup" not in keys:
+            raise FileExistsError(f"{self.name} holds objects that are not a zarr store: "
+                                  "overwrite=True replaces a dataset, never other data")
+        self.delete_all()
+
     def delete_all(self) -> None:
         import tensorstore as ts
 
         self._store().delete_range(ts.KvStore.KeyRange()).result()
+
+
+def storage_error(e: Exception) -> str:
+    """The first line of a tensorstore error, with what it means for an S3 store."""
+    text = str(e).split(" [", 1)[0]
+    if "NoSuchBucket" in text:
+        return f"the bucket does not exist ({text})"
+    if "SignatureDoesNotMatch" in text or "InvalidAccessKeyId" in text or \
+            "PERMISSION_DENIED" in text:
+        return ("the credentials were refused (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY of "
+                f"the writing process) ({text})")
+    if "CURL error" in text or "retry attempts failed" in text:
+        return f"the S3 endpoint cannot be reached ({text})"
+    return text
 
 
 def open_store(output_path: str, endpoint: str | None = None) -> Store:
@@ -228,4 +265,4 @@ def open_store(output_path: str, endpoint: str | None = None) -> Store:
 
 
 __all__ = ["LocalStore", "S3Location", "S3Store", "Store", "WRITABLE_URL_SCHEMES",
-           "check_root_path_scheme", "open_store", "s3_endpoint", "url_scheme"]
+           "check_root_path_scheme", "open_store", "s3_endpoint", "storage_error", "url_scheme"]

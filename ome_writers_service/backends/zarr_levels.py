@@ -109,8 +109,7 @@ class LowerLevels:
     def collect(self) -> None:
         """Track the writes the downsampling threads started; raise what failed there."""
         while self._started:
-            fut, nbytes, finish, where = self._started.popleft()
-            self.b._track(fut, nbytes, finish, where, 0)
+            self.b.track_level_write(*self._started.popleft())
         while self._tasks and self._tasks[0].done():
             self._tasks.popleft()
         if self._errors:
@@ -154,7 +153,7 @@ class LowerLevels:
             self._errors.append(f"writing {where} failed: {e}")
             return
         if written is not None:
-            self._started.append((*written, where))
+            self._started.append((k, pos, block.origin, *written))
 
 
 __all__ = ["LowerLevels"]

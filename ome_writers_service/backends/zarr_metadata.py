@@ -111,15 +111,18 @@ class ZarrLayout:
 
     # ---- groups on disk ----
 
-    def write_group(self, rel: str, attributes: Mapping[str, Any]) -> None:
+    def write_group(self, rel: str, attributes: Mapping[str, Any], *, reserve: int = 0) -> None:
         """Create (or replace) the group ``rel`` with these attributes: each document whole
-        (locally renamed over the old one, on S3 one PUT), so a reader never sees half."""
+        (locally renamed over the old one, on S3 one PUT), so a reader never sees half
+        (``reserve``: bytes of room after them for the final attributes, on a local disk that
+        may be full by then)."""
         if self.zarr_format == 3:
             self.store.write_json(join(rel, "zarr.json"), {
-                "zarr_format": 3, "node_type": "group", "attributes": dict(attributes)})
+                "zarr_format": 3, "node_type": "group", "attributes": dict(attributes)},
+                reserve=reserve)
         else:
             self.store.write_json(join(rel, ".zgroup"), {"zarr_format": 2})
-            self.store.write_json(join(rel, ".zattrs"), dict(attributes))
+            self.store.write_json(join(rel, ".zattrs"), dict(attributes), reserve=reserve)
 
     def read_attributes(self, rel: str) -> dict[str, Any]:
         """The attributes of the group ``rel`` (a v2 group without ``.zattrs``: none)."""

@@ -440,6 +440,7 @@ class TifffileBackend(ArrayBackend):
             self._pipeline.close()
             failed = self._pipeline.take_failures()
             self.frames_written -= len(failed)
+            self.recount_summary()  # their frames are not on disk
             errors += failed
         shapes: list[list[int]] = []
         for pos, path in enumerate(self._paths):

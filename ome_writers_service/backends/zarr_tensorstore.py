@@ -498,11 +498,7 @@ class TensorstoreZarrBackend(ArrayBackend):
                 self._wait_oldest()
             except BackendError as e:
                 failed.append(e)
-        summary = self.acquisition_summary
-        if summary:  # writes that failed just now: their frames are not on disk
-            lost = summary["frames_written"] - self.frames_written
-            summary["frames_written"] = self.frames_written
-            summary["frames_without_data"] = summary.get("frames_without_data", 0) + lost
+        self.recount_summary()  # writes that failed just now: their frames are not on disk
         try:
             self._check_still_there()
             final = self.current_shape()

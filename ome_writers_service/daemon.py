@@ -153,6 +153,8 @@ class StreamWorker(threading.Thread):
         #: they are free again (the stream finalized): no longer counted in the budget
         self.memory = 0
         self.memory_freed = False
+        #: whether its chunk buffers (if any) survive the daemon (shared memory)
+        self.buffers_durable = True
         #: slots handed back by the backend (possibly from its threads), not yet sent
         self._released: collections.deque[int] = collections.deque()
         self._lent = 0  # slots lent to the backend and not yet released
@@ -213,14 +215,23 @@ class StreamWorker(threading.Thread):
 
     def _create_arena(self) -> BufferArena | None:
         """The chunk buffers of an OME-Zarr stream, in shared memory so that the frames in
-        them survive the daemon (`arena`); sized by their worst case (`chunk_buffers`)."""
+        them survive the daemon (`arena`); sized by their worst case (`chunk_buffers`).
+        Where /dev/shm cannot hold them (a container's default 64 MiB), they are the
+        daemon's own memory, as the client is told (`buffers_durable`) and the log says."""
         found = chunk_buffers.estimate(self.settings)
         if not found.total:
             return None
-        return BufferArena.create(chunk_buffers.write_unit(self.settings),
-                                  self.settings.frame_nbytes,
-                                  found.open_units + found.pending_units,
-                                  journal=str(journal_path(self.settings)))
+        try:
+            return BufferArena.create(chunk_buffers.write_unit(self.settings),
+                                      self.settings.frame_nbytes,
+                                      found.open_units + found.pending_units,
+                                      journal=str(journal_path(self.settings)))
+        except ArenaError as e:
+            self.buffers_durable = False
+            log.warning("stream %d (%s): chunk buffers in the daemon's memory, not shared "
+                        "memory: frames waiting for their chunk would not survive a daemon "
+                        "crash: %s", self.sid, self.settings.root_path, e)
+            return None
 
     def metadata_keys(self) -> list[str]:
         """The group paths update_metadata() accepts (an OME-Zarr stream's image groups),
@@ -252,7 +263,8 @@ class StreamWorker(threading.Thread):
                              "exception": None if ring else P.exception_name(e)})
             return False
         ring = self.ring
-        self._send(out, {**self.opened_reply, "paths": self.stream.paths, "ring": None if
+        self._send(out, {**self.opened_reply, "paths": self.stream.paths,
+                         "buffers_durable": self.buffers_durable, "ring": None if
                          ring is None else {
                              "name": ring.name, "path": str(ring.path), "slots": ring.slot_count,
                              "slot_size": ring.slot_size, "header_size": ring.header_size,
@@ -436,6 +448,7 @@ class StreamWorker(threading.Thread):
             "backlog": max(0, self.frames_queued - s.received),
             "ring_slots": self.slots,
             "max_buffer_bytes": self.memory,
+            "buffers_durable": self.buffers_durable,
             "elapsed_s": round(elapsed, 3),
             "rate_fps": round(s.written / elapsed, 1) if elapsed > 0 else 0.0,
             "errors": list(s.errors),

@@ -143,7 +143,9 @@ class FrameRing:
         try:
             segment = SharedSegment.attach(name, populate=prefault)
         except OSError as e:
-            raise RingError(f"cannot open shared memory {name}: {e.strerror or e}") from e
+            raise RingError(f"cannot open shared memory {name}: {e.strerror or e} (a daemon "
+                            "on another machine, or in a container that does not share this "
+                            f"{SHM_WHAT}, needs transport='inline')") from e
         try:
             ring = cls(segment)
         except BaseException:

@@ -58,6 +58,8 @@ WINE_CI_LEFT_OUT = {
                    "tests already run",
     "test_examples.py": "the example scripts: each a fresh interpreter start, slow under Wine; "
                         "what they call is tested",
+    "test_reliability.py": "a 10,000-message protocol fuzz (parsing: the same on every platform) "
+                           "and a 200,000-frame soak: minutes each under Wine",
 }
 
 

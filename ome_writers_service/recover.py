@@ -351,10 +351,12 @@ def _complete_lower_levels(backend: TensorstoreZarrBackend, image: str) -> None:
         incomplete.update(u for u in have0 if have.get(u, 0) < want)
         orphans[k] = sorted(set(have) - set(have0))
     for k, keys in orphans.items():
-        erasing = _open_level(backend, image, k, erase=True) if keys else None
+        if not keys:
+            continue
+        erasing = _open_level(backend, image, k, erase=True)
         for key in keys:
-            erasing[tuple(slice(i * u, min((i + 1) * u, n)) for i, u, n in  # type: ignore[index]
-                          zip(key, unit, erasing.shape[:n_outer]))].write(0).result()
+            erasing[tuple(slice(i * u, min((i + 1) * u, n))
+                          for i, u, n in zip(key, unit, erasing.shape[:n_outer]))].write(0).result()
     for key in sorted(incomplete):
         region = tuple(slice(i * u, min((i + 1) * u, n))
                        for i, u, n in zip(key, unit, arrays[0].shape[:n_outer]))

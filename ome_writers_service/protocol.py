@@ -14,6 +14,9 @@ from typing import Any
 
 TAG = b"OWS1"
 PROTOCOL_VERSION = 1
+#: The minor version: compatible additions to version 1 (PROTOCOL.md §8). ``open`` says the
+#: client's (absent: 0), ``opened`` the daemon's; what a stream does follows the lower one.
+PROTOCOL_MINOR = 1
 
 #: Largest header the daemon accepts; frames travel as payload, never in the header.
 MAX_HEADER_BYTES = 1 << 20
@@ -66,11 +69,15 @@ def authenticate(sock: Any, token: str) -> None:
 
 
 class ProtocolError(ValueError):
-    """A message that does not follow the protocol; ``code`` is one of the E_* codes."""
+    """A message that does not follow the protocol; ``code`` is one of the E_* codes.
+    ``stream`` and ``seq`` say which stream and frame the refused message named (0 and -1:
+    none), and go into the `error` reply."""
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str, *, stream: int = 0, seq: int = -1) -> None:
         super().__init__(message)
         self.code = code
+        self.stream = stream
+        self.seq = seq
 
 
 def encode(header: dict[str, Any], payload: bytes | memoryview | None = None) -> list:
@@ -145,8 +152,17 @@ def field(header: dict[str, Any], name: str, kind: type | tuple[type, ...], *, r
     return value
 
 
+def error_header(code: str, message: str, *, stream: int = 0, seq: int = -1,
+                 exception: str | None = None) -> dict[str, Any]:
+    """An `error` message's header. Every field is always there, with one JSON type (clients
+    such as LabVIEW read replies into fixed structures): ``stream`` 0 and ``seq`` -1 when
+    the error concerns no stream or no frame, ``exception`` "" when no Python type applies."""
+    return {"type": ERROR, "code": code, "message": message, "stream": stream, "seq": seq,
+            "exception": exception or ""}
+
+
 def error(code: str, message: str, **extra: Any) -> list:
-    return encode({"type": ERROR, "code": code, "message": message, **extra})
+    return encode(error_header(code, message, **extra))
 
 
 #: Python exception types an `error` message may name in its optional ``exception`` field: the

@@ -125,7 +125,8 @@ class ServiceStream:
         self._replies: dict[str, dict] = {}  # latest reply of each type, until awaited
         self.report: dict[str, Any] | None = None
         try:
-            self._send({"type": P.OPEN, "version": P.PROTOCOL_VERSION, "token": token,
+            self._send({"type": P.OPEN, "version": P.PROTOCOL_VERSION,
+                        "minor": P.PROTOCOL_MINOR, "token": token,
                         "transport": transport, "settings": settings.model_dump(mode="json"),
                         "pid": os.getpid(), "pidns": pid_namespace()})
             reply = self._await(P.OPENED, REPLY_TIMEOUT, what="open")
@@ -416,9 +417,11 @@ class ServiceStream:
                 continue
             if kind == P.PLANE:
                 self._last_payload = payload
-            elif kind == P.ERROR and header.get("code") not in _ANSWER_CODES:
-                # a frame or metadata could not be written, or the daemon ends the stream:
-                # the stream is broken; the first reason is the one to raise
+            elif kind == P.ERROR and (header.get("code") not in _ANSWER_CODES
+                                      or header.get("seq", -1) >= 0):
+                # a frame or metadata could not be written, a frame was refused (an error
+                # naming a frame answers no request), or the daemon ends the stream: the
+                # stream is broken; the first reason is the one to raise
                 if self._error is None:
                     code = header.get("code", "")
                     self._error = DaemonGoneError(f"daemon: {header['message']}", code) \

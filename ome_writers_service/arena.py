@@ -193,6 +193,10 @@ class BufferArena:
             pixels = self._buf[start:start + count * self.frame_nbytes].reshape(count, -1)
             yield position, origin, self._marks(i, shape).astype(bool), pixels
 
+    def has_pending(self) -> bool:
+        """Whether a buffer still holds frames not written (a unit whose write failed)."""
+        return next(self.pending(), None) is not None
+
     def close(self, *, unlink: bool = False) -> None:
         if self._mm is None:
             return

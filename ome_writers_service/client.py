@@ -140,6 +140,12 @@ class ServiceStream:
         self._daemon_pid = reply.get("pid", daemon_pid) if same_ns else None
         self._next_liveness = 0.0
         self.paths: list[str] = reply["paths"]
+        if reply.get("buffers_durable") is False:
+            warnings.warn(f"{settings.root_path}: the daemon's /dev/shm cannot hold this "
+                          "stream's chunk buffers; they are in the daemon's memory, so frames "
+                          "waiting for their chunk would not survive a daemon crash (give it "
+                          "more shared memory: docker --shm-size, compose shm_size)",
+                          RuntimeWarning, stacklevel=3)
         self._shape = settings.frame_shape
         self._dtype = np.dtype(settings.dtype)
         self._total = settings.num_frames

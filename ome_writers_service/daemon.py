@@ -164,6 +164,8 @@ class StreamWorker(threading.Thread):
         #: they are free again (the stream finalized): no longer counted in the budget
         self.memory = 0
         self.memory_freed = False
+        #: whether its chunk buffers (if any) survive the daemon (shared memory)
+        self.buffers_durable = True
         #: slots handed back by the backend (possibly from its threads), not yet sent
         self._released: collections.deque[int] = collections.deque()
         self._lent = 0  # slots lent to the backend and not yet released
@@ -223,14 +225,23 @@ class StreamWorker(threading.Thread):
 
     def _create_arena(self) -> BufferArena | None:
         """The chunk buffers of an OME-Zarr stream, in shared memory so that the frames in
-        them survive the daemon (`arena`); sized by their worst case (`chunk_buffers`)."""
+        them survive the daemon (`arena`); sized by their worst case (`chunk_buffers`).
+        Where /dev/shm cannot hold them (a container's default 64 MiB), they are the
+        daemon's own memory, as the client is told (`buffers_durable`) and the log says."""
         found = chunk_buffers.estimate(self.settings)
         if not found.total:
             return None
-        return BufferArena.create(chunk_buffers.write_unit(self.settings),
-                                  self.settings.frame_nbytes,
-                                  found.open_units + found.pending_units,
-                                  journal=str(journal_path(self.settings)))
+        try:
+            return BufferArena.create(chunk_buffers.write_unit(self.settings),
+                                      self.settings.frame_nbytes,
+                                      found.open_units + found.pending_units,
+                                      journal=str(journal_path(self.settings)))
+        except ArenaError as e:
+            self.buffers_durable = False
+            log.warning("stream %d (%s): chunk buffers in the daemon's memory, not shared "
+                        "memory: frames waiting for their chunk would not survive a daemon "
+                        "crash: %s", self.sid, self.settings.root_path, e)
+            return None
 
     def metadata_keys(self) -> list[str]:
         """The group paths update_metadata() accepts (an OME-Zarr stream's image groups),
@@ -261,7 +272,8 @@ class StreamWorker(threading.Thread):
                                            exception=None if ring else P.exception_name(e)))
             return False
         ring = self.ring
-        self._send(out, {**self.opened_reply, "paths": self.stream.paths, "ring": None if
+        self._send(out, {**self.opened_reply, "paths": self.stream.paths,
+                         "buffers_durable": self.buffers_durable, "ring": None if
                          ring is None else {
                              "name": ring.name, "path": str(ring.path), "slots": ring.slot_count,
                              "slot_size": ring.slot_size, "header_size": ring.header_size,
@@ -349,7 +361,9 @@ class StreamWorker(threading.Thread):
     def _failed(self, e: Exception, seq: int | None = None) -> None:
         """The stream cannot go on: tell the client, the message first, then the ring flag
         (the client, seeing the flag, waits for the message that says why)."""
-        msg = f"frame {seq}: {e}" if seq is not None else str(e)
+        # an error that names the frames it lost is not about the frame being handled
+        named = seq is None or getattr(e, "names_frames", False)
+        msg = str(e) if named else f"frame {seq}: {e}"
         log.error("stream %d (%s): %s", self.sid, self.settings.root_path, msg)
         self.stats.errors.append(msg)
         if self._out is not None:
@@ -381,6 +395,8 @@ class StreamWorker(threading.Thread):
             except Exception as e:  # noqa: BLE001
                 log.exception("stream %d: finalize failed", self.sid)
                 self.stats.errors.append(f"finalize: {e}")
+            # the report counts what is on disk (writes that failed at the end do not count)
+            self.stats.written = self.stream.frames_written
             log.info("stream %d (%s) finalized in %.3f s: %s", self.sid,
                      self.settings.root_path, time.monotonic() - started, reason)
         # every slot comes back before the final report (PROTOCOL.md 3): the client's credits
@@ -470,6 +486,7 @@ class StreamWorker(threading.Thread):
             "backlog": max(0, self.frames_queued - s.received),
             "ring_slots": self.slots,
             "max_buffer_bytes": self.memory,
+            "buffers_durable": self.buffers_durable,
             "elapsed_s": round(elapsed, 3),
             "rate_fps": round(s.written / elapsed, 1) if elapsed > 0 else 0.0,
             "errors": list(s.errors),

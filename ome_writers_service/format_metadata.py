@@ -20,7 +20,7 @@ import os
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from .safe_files import write_atomically
+from .safe_files import NO_SPACE, rewrite_in_place, write_atomically
 
 #: keys under ``attributes.ome_writers`` that the writer keeps current whatever the user sets
 LIVE_KEYS = ("frame_metadata", "acquisition")
@@ -93,10 +93,19 @@ def write_zarr_attributes(group: str | os.PathLike, attrs: Mapping[str, Any]) ->
     write_zarr_json(path, doc)
 
 
-def write_zarr_json(path: str | os.PathLike, doc: Mapping[str, Any]) -> None:
+def write_zarr_json(path: str | os.PathLike, doc: Mapping[str, Any], *,
+                    reserve: int = 0) -> None:
     """Replace a zarr metadata document (zarr.json, .zattrs, .zarray) atomically: a reader
-    never sees half of it, and no name planted beside it is written through."""
-    write_atomically(path, json.dumps(doc, indent=2).encode())
+    never sees half of it, and no name planted beside it is written through. ``reserve``
+    spaces follow the JSON: room for a later, larger document on a full disk, where the
+    document is rewritten in place when it fits (a full disk cannot take a new file)."""
+    data = json.dumps(doc, indent=2).encode() + b" " * reserve
+    try:
+        write_atomically(path, data)
+    except OSError as e:  # in place, as compact as JSON gets
+        compact = json.dumps(doc, separators=(",", ":")).encode()
+        if e.errno not in NO_SPACE or not rewrite_in_place(path, compact):
+            raise
 
 
 def is_zarr_group(path: str | os.PathLike) -> bool:

@@ -85,11 +85,17 @@ class Journal:
         self.path.unlink(missing_ok=True)
 
     def close(self) -> None:
-        """Kept for `recover` (finalize failed): what was batched goes out first."""
+        """Kept for `recover` (finalize failed): what was batched goes out first, if it can
+        (on a full disk it cannot: the error that brought us here says so already)."""
         try:
             self.flush()
+        except OSError:
+            pass
         finally:
-            self._f.close()
+            try:
+                self._f.close()
+            except OSError:
+                pass
 
 
 class NullJournal:

@@ -14,6 +14,7 @@ platform can supply its own.
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import tempfile
@@ -97,3 +98,28 @@ def write_atomically(target: str | os.PathLike, data: bytes, *, mode: int = 0o64
             pass
         raise
 
+
+
+#: errors of a full disk (or quota): a new file cannot be made, an existing one rewritten
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+def rewrite_in_place(target: str | os.PathLike, data: bytes) -> bool:
+    """Overwrite an existing file of ours with ``data`` padded with spaces to its size (no
+    new disk space needed: for a text format with room reserved at the end, e.g. JSON). False
+    when the file is too small to hold ``data`` or cannot be opened. Not atomic: the fallback
+    when `write_atomically` finds the disk full."""
+    try:
+        fd = os.open(target, os.O_WRONLY | getattr(os, "O_NOFOLLOW", 0))
+    except OSError:
+        return False
+    try:
+        size = os.fstat(fd).st_size
+        if len(data) > size:
+            return False
+        view = memoryview(data + b" " * (size - len(data)))
+        while view:
+            view = view[os.write(fd, view):]
+        return True
+    finally:
+        os.close(fd)

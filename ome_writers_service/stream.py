@@ -294,8 +294,8 @@ def _finish(router: FrameRouter, backend: ArrayBackend, journal: Any,
             backend.finalize()
         except BaseException:
             journal.close()  # kept: `recover` can retry what finalize could not
-            if arena is not None:
-                arena.close()  # kept too: it holds the units that could not be written
+            if arena is not None:  # kept too if it holds units that could not be written
+                arena.close(unlink=not arena.has_pending())
             raise
         journal.remove()
         if arena is not None:

@@ -5,6 +5,15 @@ size to change; streams together stay within it)."""
 
 from __future__ import annotations
 
+import json
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
 import numpy as np
 import pytest
 
@@ -109,3 +118,39 @@ def test_the_daemon_refuses_streams_over_its_memory_budget(tmp_path):
         assert st["memory_budget"] == 40 * 2**20 and st["memory_committed"] == 0
     finally:
         assert d.stop() == 0, d.log_text()
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("unshare"),
+                    reason="needs root and unshare to give the daemon a small /dev/shm")
+def test_chunk_buffers_that_shared_memory_cannot_hold_are_said_to_be_volatile(tmp_path):
+    """A daemon whose /dev/shm is 16 MiB (docker's default is 64): an inline OME-Zarr stream
+    whose chunk buffers need more still writes every frame, but its buffers are the daemon's
+    memory, and the client is told so at open (a RuntimeWarning; status buffers_durable)."""
+    rt = tmp_path / "rt"
+    script = (f"mount -t tmpfs -o size=16m tmpfs /dev/shm && exec {shlex.quote(sys.executable)}"
+              f" -m ome_writers_service serve --runtime-dir {shlex.quote(str(rt))}")
+    proc = subprocess.Popen(["unshare", "-m", "sh", "-c", script], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while not (rt / "daemon.json").exists():
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read()
+            time.sleep(0.05)
+        info = json.loads((rt / "daemon.json").read_text())
+        settings = AcquisitionSettings(  # 512 KiB frames, chunks of 8: ~72 MiB worst case
+            root_path=str(tmp_path / "v.ome.zarr"), dtype="uint16", overwrite=True,
+            ring_slots=8, dimensions=[Dimension(name="t", count=16, chunk_size=8),
+                                      Dimension(name="y", count=512), Dimension(name="x", count=512)])
+        with pytest.warns(RuntimeWarning, match="cannot hold this stream's chunk buffers"):
+            stream = create_stream(settings, endpoint=info["endpoint"], token=info["token"],
+                                   transport="inline")
+        assert stream.status()["buffers_durable"] is False
+        for i in range(16):
+            stream.append(frame_pixels(3, i, (512, 512), np.uint16))
+        assert stream.close()["frames_written"] == 16
+        want = np.stack([frame_pixels(3, i, (512, 512), np.uint16) for i in range(16)])
+        np.testing.assert_array_equal(read_image(settings.output_path), want)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+    assert "chunk buffers in the daemon's memory" in out, out

@@ -395,7 +395,8 @@ def test_daemon_sigkill_at_20_points_every_released_frame_is_recovered_with_meta
                     assert report.ok, report
             points += 1
             released_total += len(st.released)
-            st._release_resources()
+            with pytest.raises(DaemonGoneError):
+                st.close(timeout=5)
         assert not list(Path("/dev/shm").glob(f"owsbuf-{d.pid}-*"))  # recover took them
         remove_daemon_shm(d.pid)  # the dead daemon's rings
     assert points == 20

@@ -95,16 +95,18 @@ class ZarrLayout:
 
     # ---- groups on disk ----
 
-    def write_group(self, rel: str, attributes: Mapping[str, Any]) -> None:
-        """Create (or replace) the group ``rel`` with these attributes."""
+    def write_group(self, rel: str, attributes: Mapping[str, Any], *, reserve: int = 0) -> None:
+        """Create (or replace) the group ``rel`` with these attributes (``reserve``: bytes of
+        room after them for the final attributes, on a disk that may be full by then)."""
         path = self.root / rel
         path.mkdir(parents=True, exist_ok=True)
         if self.zarr_format == 3:
-            _atomic_json(path / "zarr.json", {"zarr_format": 3, "node_type": "group",
-                                              "attributes": dict(attributes)})
+            fm.write_zarr_json(path / "zarr.json", {"zarr_format": 3, "node_type": "group",
+                                                    "attributes": dict(attributes)},
+                               reserve=reserve)
         else:
             _atomic_json(path / ".zgroup", {"zarr_format": 2})
-            _atomic_json(path / ".zattrs", dict(attributes))
+            fm.write_zarr_json(path / ".zattrs", dict(attributes), reserve=reserve)
 
     def ngff(self, attributes: Mapping[str, Any]) -> Mapping[str, Any]:
         """The NGFF part of a group's attributes."""

@@ -11,11 +11,12 @@ to tensorstore, so a chunk that spans several frames is encoded once, not rewrit
 
 from __future__ import annotations
 
+import json
 import os
 from collections import deque
 from operator import floordiv, mul, sub
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import tensorstore as ts
@@ -23,11 +24,18 @@ import tensorstore as ts
 from .. import __version__
 from .. import format_metadata as fm
 from ..chunk_buffers import MAX_PENDING_BYTES, MAX_PENDING_WRITES, write_unit
+from ..router import FrameRouter
+from ..safe_files import NO_SPACE
 from .base import ArrayBackend, BackendError, prepare_output
 from .blocks import Block, BufferPool
 from .zarr_metadata import ATTR_NAMESPACE, DATASET, ZarrLayout, check_global_namespace
 
 __all__ = ["ATTR_NAMESPACE", "DATASET", "TensorstoreZarrBackend", "array_driver"]
+
+#: bytes kept free after each image group's first attributes: the final ones (acquisition
+#: summary) are written in place when the disk is full by then
+GROUP_RESERVE = 4096
+
 
 def array_driver(version: str) -> str:
     """tensorstore's driver for the arrays of an OME-Zarr store of NGFF ``version``."""
@@ -50,13 +58,14 @@ class TensorstoreZarrBackend(ArrayBackend):
         self._held = 0  # lent frames held in units still being assembled
         self._arrays: list[ts.TensorStore] = []
         self._blocks: list[dict[tuple[int, ...], Block]] = [{} for _ in self.positions]
-        self._pending: deque[tuple[Any, str, int]] = deque()
+        self._pending: deque[_PendingWrite] = deque()
         self._pending_bytes = 0
         self._capacity = 0  # allocated extent of the grow axis (all positions alike)
         self._root_id: tuple[int, int] | None = None  # (device, inode) of the store we made
         #: attributes the user set with update_metadata(), by position
         self.user_attributes: dict[int, dict[str, Any]] = {}
         self._context = ts.Context({"file_io_sync": False})
+        self._router: FrameRouter | None = None  # frame numbers, for the errors that name them
 
     def use_arena(self, arena: Any) -> None:
         """Keep the chunk buffers in ``arena`` (shared memory that outlives this process)."""
@@ -134,12 +143,13 @@ class TensorstoreZarrBackend(ArrayBackend):
 
     def wait_for_writes(self) -> None:
         for pending in tuple(self._pending):
-            pending[0].exception()  # waits; a failed write stays queued for write() to raise
+            pending.future.exception()  # waits; a failed write stays queued for write()
 
     def _write_hierarchy(self) -> None:
         self.layout.write_hierarchy(self.global_metadata)
         for i, path in enumerate(self._image_paths):
-            self.layout.write_group(path, self._image_attributes(i))
+            # room for the acquisition summary finalize adds, also on a disk full by then
+            self.layout.write_group(path, self._image_attributes(i), reserve=GROUP_RESERVE)
 
     # ---- arrays ----
 
@@ -256,8 +266,10 @@ class TensorstoreZarrBackend(ArrayBackend):
         self._admit(position, index, metadata)
         key, block, local = self._block_for(position, index)
         block.put(local, frame)  # copied: the caller may reuse its buffer
-        self._after_put(position, key, block)
+        # counted once in its unit, before the unit may go to tensorstore: a write that fails
+        # later takes it off again (`_lost`), even when an older one's failure is raised here
         self.frames_written += 1
+        self._after_put(position, key, block)
 
     def write_borrowed(self, position, index, frame, metadata, done) -> None:
         self._admit(position, index, metadata)
@@ -269,8 +281,8 @@ class TensorstoreZarrBackend(ArrayBackend):
             block.put(local, frame)
             done()
         self._held += len(block.lent) - held
+        self.frames_written += 1  # (see write)
         self._after_put(position, key, block)
-        self.frames_written += 1
 
     def _admit(self, position: int, index: tuple[int, ...], metadata) -> None:
         """What every frame does before its pixels move: surface failed writes, note it."""
@@ -325,32 +337,55 @@ class TensorstoreZarrBackend(ArrayBackend):
             region = (*region[:ax], slice(region[ax].start, stop), *region[ax + 1:])
             data = data[(slice(None),) * ax + (slice(0, stop - block.origin[ax]),)]
         # tensorstore encodes straight from the buffer or the lent frames; both are handed
-        # back once the write is done
+        # back once the write is done (by its callback, or at the latest when the write
+        # leaves the pending queue: so the buffers in use stay within chunk_buffers' bound)
         fut = arr[region].write(data, can_reference_source_data_indefinitely=True)
-        for callback in on_written:
-            fut.add_done_callback(lambda f, cb=callback: cb(f.exception() is None))
-        self._track(fut, position, block.origin, data.nbytes, frames)
+        calls = [_once(callback) for callback in on_written]
+        for call in calls:
+            fut.add_done_callback(lambda f, c=call: c(f.exception() is None))
+        self._track(_PendingWrite(fut, position, block.origin, block.mask, data.nbytes, frames,
+                                  calls))
 
-    def _track(self, fut: Any, position: int, where: tuple[int, ...], nbytes: int,
-               frames: int) -> None:
-        self._pending.append((fut, f"{self.paths[position]} at index {where}", nbytes, frames))
-        self._pending_bytes += nbytes
+    def _track(self, write: _PendingWrite) -> None:
+        self._pending.append(write)
+        self._pending_bytes += write.nbytes
         while len(self._pending) > MAX_PENDING_WRITES or (
                 len(self._pending) > 1 and self._pending_bytes > MAX_PENDING_BYTES) or (
-                self._pending and self._pending[0][0].done()):
+                self._pending and self._pending[0].future.done()):
             self._wait_oldest()
 
     def _wait_oldest(self) -> None:
-        fut, where, nbytes, frames = self._pending.popleft()
-        self._pending_bytes -= nbytes
+        write = self._pending.popleft()
+        self._pending_bytes -= write.nbytes
         try:
-            fut.result()
+            write.future.result()
         except Exception as e:  # noqa: BLE001 - tensorstore raises ValueError/OSError variants
-            self.frames_written -= frames  # accepted, but not on disk: say so in the summary
-            raise BackendError(f"writing {where} ({frames} frames) failed: {e}") from e
+            for call in write.calls:
+                call(False)
+            raise self._lost(write, e) from e
+        for call in write.calls:
+            call(True)
+
+    def _lost(self, write: _PendingWrite, e: Exception) -> BackendError:
+        """A unit that could not be written: its frames no longer count as written, their
+        per-frame metadata is dropped (it would describe frames not on disk), and the error
+        names them."""
+        self.frames_written -= write.frames  # accepted, but not on disk
+        planes = [tuple(o + i for o, i in zip(write.origin, local))
+                  for local in np.argwhere(write.mask)]
+        for index in planes:
+            self.frame_metadata[write.position].pop(index, None)
+        if self._router is None:
+            self._router = FrameRouter(self.settings)
+        numbers = sorted(self._router.frame_number(write.position, idx) for idx in planes)
+        err = BackendError(f"writing {self.paths[write.position]} at index {write.origin} "
+                           f"failed: {_reason(e)}; frame{'s' if len(numbers) > 1 else ''} "
+                           f"{_runs(numbers)} {'are' if len(numbers) > 1 else 'is'} not on disk")
+        err.names_frames = True  # type: ignore[attr-defined]  # (not the frame being handled)
+        return err
 
     def _raise_failed_writes(self) -> None:
-        while self._pending and self._pending[0][0].done():
+        while self._pending and self._pending[0].future.done():
             self._wait_oldest()
 
     def read(self, position, index) -> np.ndarray | None:
@@ -380,14 +415,19 @@ class TensorstoreZarrBackend(ArrayBackend):
                 self._wait_oldest()
             except BackendError as e:
                 failed.append(e)
+        summary = self.acquisition_summary
+        if summary:  # writes that failed just now: their frames are not on disk
+            lost = summary["frames_written"] - self.frames_written
+            summary["frames_written"] = self.frames_written
+            summary["frames_without_data"] = summary.get("frames_without_data", 0) + lost
         try:
             self._check_still_there()
             final = self.current_shape()
             for ax in {self.grow_axis, self.first_axis if self.final_extent is not None else None}:
                 if ax is not None and final[ax] != self._arrays[0].shape[ax]:
-                    self._resize_all(ax, final[ax], expand=False)
+                    self._shrink_all(ax, final[ax])
             for i, path in enumerate(self._image_paths):
-                self.layout.write_group(path, self._image_attributes(i))
+                self._write_final_group(i, path, failed)
             if self.layout.is_collection:
                 self.layout.rewrite_root(self.global_metadata)
             self.layout.write_ome_xml()  # from the final shapes and attributes
@@ -396,6 +436,38 @@ class TensorstoreZarrBackend(ArrayBackend):
         self._finalized = True
         if failed:
             raise failed[0]
+
+    def _shrink_all(self, ax: int, extent: int) -> None:
+        """The arrays cut to their final extent; on a full disk (tensorstore cannot write a
+        new metadata file) by rewriting each array's metadata document in place."""
+        try:
+            self._resize_all(ax, extent, expand=False)
+            return
+        except (ValueError, OSError):
+            pass
+        doc = "zarr.json" if self.layout.zarr_format == 3 else ".zarray"
+        for path in self._image_paths:
+            meta_path = self.root / path / DATASET / doc
+            meta = json.loads(meta_path.read_text())
+            meta["shape"][ax] = extent
+            fm.write_zarr_json(meta_path, meta)
+
+    def _write_final_group(self, i: int, path: str, failed: list[BackendError]) -> None:
+        """An image group's final attributes. When the disk is full and they do not fit the
+        room kept for them, the per-frame table is left out (the journal, kept, still has it
+        for `recover`) so that the acquisition summary is there."""
+        attrs = self._image_attributes(i)
+        try:
+            self.layout.write_group(path, attrs)
+        except OSError as e:
+            rows = attrs.get(ATTR_NAMESPACE, {}).pop("frame_metadata", None)
+            if e.errno not in NO_SPACE or rows is None:
+                raise
+            self.layout.write_group(path, attrs)
+            failed.append(BackendError(
+                f"{self.root / path}: the per-frame metadata of {len(rows)} frames could not be "
+                f"written ({_reason(e)}); the journal keeps it: free space and run "
+                f"'ome-writers-service recover {self.root}'"))
 
     def _check_still_there(self) -> None:
         """A store deleted or replaced under us would take chunks with it, while every write
@@ -410,3 +482,47 @@ class TensorstoreZarrBackend(ArrayBackend):
         if not intact:
             raise BackendError(f"{self.root} was removed or replaced while it was being written: "
                                "frames written before that are lost")
+
+
+class _PendingWrite(NamedTuple):
+    """A unit handed to tensorstore and not yet known to be written."""
+
+    future: Any
+    position: int
+    origin: tuple[int, ...]
+    mask: np.ndarray  #: planes holding a frame
+    nbytes: int
+    frames: int
+    calls: list  #: hand the buffer / lent frames back (each runs once: `_once`)
+
+
+def _once(callback):
+    """``callback(ok)`` that runs once, whichever thread calls it first."""
+    pending = [callback]
+
+    def run(ok: bool) -> None:
+        try:
+            fn = pending.pop()  # atomic: one caller gets it
+        except IndexError:
+            return
+        fn(ok)
+    return run
+
+
+def _runs(numbers: list[int]) -> str:
+    """``[3, 4, 5, 9]`` -> ``"3-5, 9"``."""
+    out: list[str] = []
+    for n in numbers:
+        if out and int(out[-1].split("-")[-1]) == n - 1:
+            out[-1] = f"{out[-1].split('-')[0]}-{n}"
+        else:
+            out.append(str(n))
+    return ", ".join(out)
+
+
+def _reason(e: BaseException) -> str:
+    """A write's failure in words; 'no space left' said plainly when that is the cause."""
+    text = str(e)
+    if getattr(e, "errno", None) in NO_SPACE or "No space left" in text or "ENOSPC" in text:
+        return f"no space left on the device ({text})"
+    return text

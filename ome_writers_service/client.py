@@ -64,6 +64,16 @@ _BUILTIN_ERRORS: dict[str, type[Exception]] = {
 _SERVICE_VARIANTS: dict[type, type] = {}
 
 
+def _older_daemon(err: dict, awaited: str) -> str:
+    """What to add to an `open` refused by a 1.0 daemon (its errors have no ``seq``, every
+    1.1 error has): both versions, so that a refusal of something 1.1 added reads as the
+    version mismatch it is rather than as the daemon's validation text alone."""
+    if awaited != P.OPENED or "seq" in err or err.get("code") in (P.E_AUTH, P.E_RESOURCES):
+        return ""
+    return (f" (the daemon speaks protocol {P.PROTOCOL_VERSION}.0, this client "
+            f"{P.PROTOCOL_VERSION}.{P.PROTOCOL_MINOR}: upgrade the daemon's ome-writers-service)")
+
+
 def remote_error(message: str, code: str = "", exception: str | None = None) -> Exception:
     """The exception for an error the daemon reported: of the type the in-process stream
     raises for the same cause (``exception``, one of `protocol.EXCEPTION_TYPES`), else a
@@ -113,8 +123,9 @@ class ServiceStream:
         self._sock.setsockopt(zmq.SNDHWM, 0)
         self._sock.setsockopt(zmq.RCVHWM, 0)
         P.authenticate(self._sock, token)
-        # a wrong token fails the handshake, which no message reports: watch for it
-        self._auth_events = self._sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_FAILED_AUTH)
+        # a refused handshake is reported by no message: watch for it (PROTOCOL.md 1)
+        self._auth_events = self._sock.get_monitor_socket(
+            zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL)
         self._sock.connect(endpoint)
         self._endpoint = endpoint
         self._daemon_pid = daemon_pid
@@ -465,8 +476,8 @@ class ServiceStream:
                 return replies.pop(kind)
             err = replies.pop(P.ERROR, None)
             if err is not None:
-                raise remote_error(f"{what}: {err['message']}", err.get("code", ""),
-                                   err.get("exception"))
+                raise remote_error(f"{what}: {err['message']}{_older_daemon(err, kind)}",
+                                   err.get("code", ""), err.get("exception") or None)
             if kind == P.OPENED and self._error is not None:
                 error, self._error = self._error, None
                 raise error
@@ -490,9 +501,14 @@ class ServiceStream:
     def _check_auth(self, what: str) -> None:
         events = self._auth_events
         if events is not None and events.poll(0):
-            if recv_monitor_message(events)["event"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+            event = recv_monitor_message(events)["event"]
+            if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
                 raise ServiceError(f"{what} refused: the daemon at {self._endpoint} did not "
                                    "accept the token (see the daemon's connection file)", P.E_AUTH)
+            if event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:
+                raise ServiceError(f"{what} refused: the daemon at {self._endpoint} uses another "
+                                   "security mechanism than PLAIN (see its connection file), or "
+                                   "is no ome-writers-service daemon", P.E_AUTH)
 
     def _stop_auth_events(self) -> None:
         if self._auth_events is not None:

@@ -159,6 +159,7 @@ class StreamWorker(threading.Thread):
         self.finished = threading.Event()
         self._pending_error: str | None = None
         self._pending_exception: str | None = None  # its type (`P.exception_name`)
+        self._pending_seq = -1  # the frame it is about (-1: none or several, named in it)
         self._out: zmq.Socket | None = None  # the worker thread's socket to the main loop
         #: worst-case bytes of its buffers the daemon admitted the stream with, and whether
         #: they are free again (the stream finalized): no longer counted in the budget
@@ -367,12 +368,13 @@ class StreamWorker(threading.Thread):
         log.error("stream %d (%s): %s", self.sid, self.settings.root_path, msg)
         self.stats.errors.append(msg)
         if self._out is not None:
-            self._send(self._out, P.error_header(P.E_WRITE, msg, stream=self.sid, seq=seq
-                                                 if seq is not None else -1,
+            self._send(self._out, P.error_header(P.E_WRITE, msg, stream=self.sid,
+                                                 seq=-1 if named else seq,
                                                  exception=P.exception_name(e)))
         else:
             self._pending_error = msg
             self._pending_exception = P.exception_name(e)
+            self._pending_seq = -1 if named else seq
         if self.ring is not None:
             self.ring.set_error(1)
 
@@ -449,6 +451,7 @@ class StreamWorker(threading.Thread):
         if err is not None:
             self._pending_error = None
             self._send(out, P.error_header(P.E_WRITE, err, stream=self.sid,
+                                           seq=self._pending_seq,
                                            exception=self._pending_exception))
 
     def _send(self, out: zmq.Socket, header: dict, payload: Any = None) -> None:
@@ -829,11 +832,13 @@ class Daemon:
             raise P.ProtocolError(P.E_AUTH, "open refused: missing or wrong token "
                                             "(see the daemon's connection file)")
         version = h.get("version", P.PROTOCOL_VERSION)
+        minor = h.get("minor", 0)  # absent: a 1.0 client
+        ours = f"{P.PROTOCOL_VERSION}.{P.PROTOCOL_MINOR}"
         if type(version) is not int or version != P.PROTOCOL_VERSION:
-            raise P.ProtocolError(P.E_VERSION, f"open: protocol version {json.dumps(version)} "
-                                               f"is not supported; this daemon speaks "
-                                               f"{P.PROTOCOL_VERSION}.{P.PROTOCOL_MINOR}")
-        minor = P.field(h, "minor", int, required=False) or 0  # absent: a 1.0 client
+            theirs = json.dumps(version) + (f".{minor}" if type(minor) is int else "")
+            raise P.ProtocolError(P.E_VERSION, f"open: the client speaks protocol {theirs}, "
+                                               f"this daemon {ours} (another major version)")
+        minor = P.field(h, "minor", int, required=False) or 0
         if minor < 0:
             raise P.ProtocolError(P.E_MALFORMED, f"open: minor must be >= 0, not {minor}")
         raw = P.field(h, "settings", dict)
@@ -844,7 +849,10 @@ class Daemon:
         try:
             settings, warned = wire_settings.parse(raw)
         except wire_settings.SettingsError as e:
-            raise P.ProtocolError(P.E_SETTINGS, f"invalid settings: {e}") from None
+            newer = "" if minor <= P.PROTOCOL_MINOR else (
+                f" (the client speaks protocol {P.PROTOCOL_VERSION}.{minor}, this daemon "
+                f"{ours}: settings added after {ours} are unknown to it; upgrade the daemon)")
+            raise P.ProtocolError(P.E_SETTINGS, f"invalid settings: {e}{newer}") from None
         try:
             slots = ring_slots_for(settings, inline=transport == "inline")
         except ValueError as e:

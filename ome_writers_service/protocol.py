@@ -97,7 +97,8 @@ def decode(parts: list) -> tuple[dict[str, Any], Any]:
     if len(first) != len(TAG) or tag != TAG:
         if tag[:3] == TAG[:3]:
             raise ProtocolError(E_VERSION, f"protocol {tag!r} is not supported; this daemon "
-                                           f"speaks {TAG.decode()}")
+                                           f"speaks {TAG.decode()} (protocol "
+                                           f"{PROTOCOL_VERSION}.{PROTOCOL_MINOR})")
         raise ProtocolError(E_MALFORMED, f"first part must be {TAG!r}, got {tag[:16]!r}")
     raw = parts[1]
     if len(raw) > MAX_HEADER_BYTES:
@@ -136,19 +137,27 @@ def oversized_frame(header: bytes) -> tuple[int, int, int] | None:
     return None if m is None else (int(m[1]), int(m[2]), int(m[3]))
 
 
+_JSON_NAMES = {int: "an integer", str: "a string", dict: "an object", list: "an array",
+               bool: "a boolean", float: "a number"}
+
+
 def field(header: dict[str, Any], name: str, kind: type | tuple[type, ...], *, required=True):
-    """A header field of the right JSON type, or a `ProtocolError` naming it."""
+    """A header field of the right JSON type, or a `ProtocolError` naming it, its type and
+    the value it has."""
+    kinds = kind if isinstance(kind, tuple) else (kind,)
     if name not in header:
         if required:
-            raise ProtocolError(E_MALFORMED, f"{header.get('type')}: missing field {name!r}")
+            raise ProtocolError(E_MALFORMED, f"{header.get('type', 'message')}: missing field "
+                                             f"{name!r}")
         return None
     value = header[name]
     if value is None and not required:
         return None
-    if isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,)):
-        raise ProtocolError(E_MALFORMED, f"{header.get('type')}: field {name!r} has the wrong type")
-    if not isinstance(value, kind):
-        raise ProtocolError(E_MALFORMED, f"{header.get('type')}: field {name!r} has the wrong type")
+    if not isinstance(value, kind) or (isinstance(value, bool) and bool not in kinds):
+        want = " or ".join(_JSON_NAMES.get(k, k.__name__) for k in kinds)
+        got = json.dumps(value)
+        raise ProtocolError(E_MALFORMED, f"{header.get('type', 'message')}: field {name!r} must "
+                                         f"be {want}, not {got if len(got) <= 40 else got[:37] + '...'}")
     return value
 
 

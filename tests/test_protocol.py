@@ -1,6 +1,7 @@
 """Protocol 1.1 (PROTOCOL.md), rule by rule, with a raw ZeroMQ peer: a DEALER socket that
 builds and reads the messages itself (JSON and bytes, as a C or LabVIEW client does), not
-the Python client. Each test names the section whose rule it shows."""
+the Python client (only the test of what a 1.1 client says to a 1.0 daemon uses it, against
+a stand-in for that daemon). Each test names the section whose rule it shows."""
 
 from __future__ import annotations
 
@@ -15,7 +16,12 @@ import pytest
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from service_util import read_image, shm_rings, start_daemon
+from ome_writers_service import protocol as P
+from ome_writers_service.client import ServiceError, ServiceStream
+from ome_writers_service.schema import AcquisitionSettings
+
+from old_daemon import OldDaemon
+from service_util import REPO, read_image, shm_rings, start_daemon
 
 
 @pytest.fixture(scope="module")
@@ -30,13 +36,16 @@ class Peer:
     """A client written against PROTOCOL.md alone: one DEALER, PLAIN credentials, messages
     as ``[b"OWS1", JSON header(, payload)]``. Releases are counted as they arrive."""
 
-    def __init__(self, daemon, *, token: str | None = None, credentials: bool = True):
+    def __init__(self, daemon, *, token: str | None = None, mechanism: str = "plain"):
         self.sock = zmq.Context.instance().socket(zmq.DEALER)
         self.sock.linger = 0
         self.token = daemon.token if token is None else token
-        if credentials:
+        if mechanism == "plain":
             self.sock.plain_username = b"ows"
             self.sock.plain_password = self.token.encode()
+        elif mechanism == "curve":  # a client of a CURVE daemon
+            self.sock.curve_serverkey = zmq.curve_keypair()[0]
+            self.sock.curve_publickey, self.sock.curve_secretkey = zmq.curve_keypair()
         self.monitor = self.sock.get_monitor_socket()
         self.sock.connect(daemon.endpoint)
         self.released: dict[int, list[int]] = {}  # stream -> slots, in arrival order
@@ -296,26 +305,35 @@ def test_an_inline_zarr_stream_closed_after_its_last_frame_gets_every_release(da
 
 # ---- §3.2: any message of the stream is a sign of life ----------------------------------------
 
-def test_frames_keep_a_heartbeat_stream_alive_and_silence_ends_it(daemon, tmp_path):
-    """§3.2: a client without pid liveness that sends a frame every 0.5 s and no heartbeat
-    is not taken for lost (the timeout is 1.5 s); once it falls silent, the stream is
-    finalized with what it sent, reason_code client_lost."""
+def test_any_message_keeps_a_heartbeat_stream_alive_and_silence_ends_it(daemon, tmp_path):
+    """§3.2: a client without pid liveness that sends no heartbeat, only a message every
+    0.5 s — frames, then a skip, metadata, a status request and a frame the daemon refuses —
+    is not taken for lost (the timeout is 1.5 s; this goes on for 4 s); once it falls
+    silent, the stream is finalized with what it sent, reason_code client_lost."""
     peer = Peer(daemon)
     opened = peer.open(settings(tmp_path / "slow.ome.tiff", frames=20), pid=False)
     sid = opened["stream"]
     assert opened["liveness"] == "heartbeat"
     start = time.monotonic()
-    for i in range(6):  # 2.5 s of frames, no heartbeat
-        peer.send({"type": "frame", "stream": sid, "seq": i, "slot": i % opened["credits"]},
-                  pixels(i))
+    messages = [({"type": "frame", "stream": sid, "seq": i, "slot": i}, pixels(i))
+                for i in range(4)] + [
+        ({"type": "skip", "stream": sid, "seq": 4, "count": 1}, None),
+        ({"type": "metadata", "stream": sid, "namespace": "lab", "value": {"run": 1}}, None),
+        ({"type": "status", "stream": sid}, None),
+        ({"type": "frame", "stream": sid, "seq": 0, "slot": 4}, pixels(0)),  # refused
+    ]
+    for header, payload in messages:
+        peer.send(header, payload)
         time.sleep(0.5)
-    assert time.monotonic() - start > 2 * 1.5 * 0.8
+    assert time.monotonic() - start > 2 * 1.5
+    assert peer.expect("error", stream=sid)["code"] == "bad_sequence"
     status = peer.request({"type": "status", "stream": sid}, "status_reply")
-    assert status["frames_received"] == 6, status
+    assert (status["frames_received"], status["frames_skipped"]) == (4, 1), status
     silent = time.monotonic()
     closed = peer.expect("closed", timeout=10, stream=sid)
-    assert closed["reason_code"] == "client_lost" and closed["frames_written"] == 6, closed
+    assert closed["reason_code"] == "client_lost" and closed["frames_written"] == 4, closed
     assert 1.4 < time.monotonic() - silent < 5
+    assert "no message or heartbeat from the client" in closed["reason"], closed
     peer.close()
 
 
@@ -352,8 +370,47 @@ def test_every_reply_field_has_one_type(daemon, tmp_path):
     peer.send({"type": "open", "version": 2, "token": daemon.token,
                "settings": settings(tmp_path / "v.ome.zarr")})
     err = peer.expect("error")
-    assert err["code"] == "unsupported_version" and "speaks 1.1" in err["message"], err
+    assert err["code"] == "unsupported_version", err
+    assert err["message"] == "open: the client speaks protocol 2.0, this daemon 1.1 (another " \
+                             "major version)", err
     peer.close()
+
+
+def test_a_newer_client_is_told_both_versions(daemon, tmp_path):
+    """§8: a client of a later minor version is served (the stream follows 1.1), and settings
+    this daemon does not know are refused in words that name both versions."""
+    peer = Peer(daemon)
+    opened = peer.open(settings(tmp_path / "n.ome.zarr", frames=1), minor=7)
+    assert opened["minor"] == 1
+    peer.close_stream(opened["stream"], 0)
+    newer = settings(tmp_path / "n2.ome.zarr")
+    newer["dimensions"][0]["newer_field"] = 1
+    peer.send({"type": "open", "version": 1, "minor": 7, "token": daemon.token,
+               "transport": "inline", "settings": newer})
+    err = peer.expect("error")
+    assert err["code"] == "invalid_settings", err
+    assert err["message"] == (
+        "invalid settings: dimensions[0].newer_field: Extra inputs are not permitted (got 1) "
+        "(the client speaks protocol 1.7, this daemon 1.1: settings added after 1.1 are "
+        "unknown to it; upgrade the daemon)"), err
+    peer.close()
+
+
+def test_the_python_client_names_both_versions_with_a_1_0_daemon(tmp_path):
+    """§8: an `open` a 1.0 daemon refuses (its errors have no `seq`) reads as the version
+    mismatch it may be, with both versions, besides the daemon's own text."""
+    old = OldDaemon(tmp_path)
+    try:
+        with pytest.raises(ServiceError) as err:
+            ServiceStream(AcquisitionSettings.model_validate(settings(tmp_path / "o.ome.zarr")),
+                          endpoint=old.endpoint, token=old.token, transport="inline")
+        assert old.opens and old.opens[0]["minor"] == 1
+    finally:
+        old.stop()
+    text = str(err.value)
+    assert "Extra inputs are not permitted" in text and err.value.code == "invalid_settings"
+    assert text.endswith("(the daemon speaks protocol 1.0, this client 1.1: upgrade the "
+                         "daemon's ome-writers-service)"), text
 
 
 # ---- §1: how a refused handshake shows ---------------------------------------------------------
@@ -372,17 +429,48 @@ def _handshake_failures(peer: Peer, timeout: float = 5.0) -> set[int]:
     return seen
 
 
-def test_refused_handshakes_show_as_monitor_events(daemon):
-    """§1: no message tells a refused peer; its socket monitor does — HANDSHAKE_FAILED_AUTH
-    for a wrong token, HANDSHAKE_FAILED_NO_DETAIL or _PROTOCOL (mechanism mismatch) for a
-    peer without PLAIN credentials."""
+def test_a_wrong_token_shows_as_handshake_failed_auth(daemon):
+    """§1: no message tells a refused peer; its socket monitor does."""
     wrong = Peer(daemon, token="0" * 32)
     wrong.send({"type": "ping"})
     assert _handshake_failures(wrong) == {zmq.EVENT_HANDSHAKE_FAILED_AUTH}
     wrong.close()
-    bare = Peer(daemon, credentials=False)
-    bare.send({"type": "ping"})
-    seen = _handshake_failures(bare)
-    assert seen and seen <= {zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL,
-                             zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL}, seen
-    bare.close()
+
+
+@pytest.mark.parametrize("mechanism", ["none", "curve"])
+def test_a_peer_without_plain_credentials_sees_handshake_failed_protocol(daemon, mechanism):
+    """§1: a peer without credentials, or a CURVE client at this PLAIN daemon, sees
+    HANDSHAKE_FAILED_PROTOCOL or _NO_DETAIL — never _AUTH, never an answer."""
+    peer = Peer(daemon, mechanism=mechanism)
+    peer.send({"type": "ping"})
+    seen = _handshake_failures(peer)
+    assert seen and seen <= {zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL,
+                             zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL}, seen
+    peer.close()
+
+
+def test_an_endpoint_nobody_listens_on_shows_connect_retried(tmp_path):
+    """§1: a stale connection file's endpoint: CONNECT_RETRIED, and never an answer."""
+    nobody = zmq.Context.instance().socket(zmq.DEALER)
+    nobody.linger = 0
+    monitor = nobody.get_monitor_socket()
+    nobody.connect(f"ipc://{tmp_path / 'nobody.sock'}")
+    nobody.send_multipart([b"OWS1", b'{"type":"ping"}'])
+    events = set()
+    deadline = time.monotonic() + 5
+    while zmq.EVENT_CONNECT_RETRIED not in events and time.monotonic() < deadline:
+        if monitor.poll(100):
+            events.add(recv_monitor_message(monitor)["event"])
+    assert zmq.EVENT_CONNECT_RETRIED in events and not nobody.poll(0), events
+    nobody.disable_monitor()
+    monitor.close(0)
+    nobody.close(0)
+
+
+def test_every_error_code_is_in_the_table():
+    """§6 lists every code the daemon can send (protocol.E_*), and no other."""
+    doc = (REPO / "PROTOCOL.md").read_text(encoding="utf-8")
+    table = doc[doc.index("## 6. Errors"):doc.index("## 7.")]
+    listed = set(re.findall(r"^\| `([a-z_]+)` \|", table, re.M))
+    codes = {v for k, v in vars(P).items() if k.startswith("E_")}
+    assert listed == codes, (listed ^ codes)

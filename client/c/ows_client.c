@@ -383,8 +383,14 @@ static int await_reply(ows_stream *s, const char *type, double timeout, cJSON **
             return OWS_OK;
         }
         if (h) { /* an error answering this request */
-            fail(s, OWS_ERR_DAEMON, "daemon: %s (%s)", str_field(h, "message", "?"),
-                 str_field(h, "code", "?"));
+            /* a 1.0 daemon's errors have no "seq" (every 1.1 error has): name both versions
+             * when it refuses an open, so a refusal of something 1.1 added reads as such */
+            const char *code = str_field(h, "code", "?");
+            int older = !strcmp(type, "opened") && !cJSON_GetObjectItem(h, "seq") &&
+                        strcmp(code, "unauthorized") && strcmp(code, "resources");
+            fail(s, OWS_ERR_DAEMON, "daemon: %s (%s)%s", str_field(h, "message", "?"), code,
+                 older ? " (the daemon speaks protocol 1.0, this library 1.1: upgrade the "
+                         "daemon's ome-writers-service)" : "");
             cJSON_Delete(h);
             return OWS_ERR_DAEMON;
         }
@@ -1061,8 +1067,9 @@ int ows_close(ows_stream *s, char *report_json, size_t len) {
             snprintf(s->error, sizeof s->error, "%s", s->first_refusal);
             rc = OWS_ERR_DAEMON;
         }
-        /* the stream is freed below: the message travels in the report */
-        if (rc != OWS_OK) cJSON_AddStringToObject(report, "error", s->error);
+        /* the stream is freed below: the message travels in the report ("" when all went
+         * well: a field of one type, for LabVIEW's Unflatten From JSON) */
+        cJSON_AddStringToObject(report, "error", rc == OWS_OK ? "" : s->error);
         copy_out(s, report, report_json, len);
         cJSON_Delete(report);
     } else { /* the stream is freed below: its error travels in the report */

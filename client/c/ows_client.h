@@ -154,8 +154,8 @@ OWS_API int OWS_CALL ows_status(ows_stream *s, char *json_out, size_t len);
  * receives the final report (PROTOCOL.md §2.2 `closed`), truncated to len - 1 bytes. Frees
  * the stream (also on error). Returns OWS_ERR_DAEMON if any frame could not be written or
  * was refused, OWS_ERR_DAEMON_GONE if the daemon died (report: {"error": ...}) or had shut
- * down (report: its final report, reason "shutdown"). Whenever it returns an error, the
- * report has an "error" field with the message (ows_last_error is gone with the stream). */
+ * down (report: its final report, reason "shutdown"). The report's "error" field holds the
+ * message when it returns an error ("" on success; ows_last_error is gone with the stream). */
 OWS_API int OWS_CALL ows_close(ows_stream *s, char *report_json, size_t len);
 
 OWS_API size_t OWS_CALL ows_frame_nbytes(const ows_stream *s);

@@ -685,6 +685,9 @@ class Daemon:
             except P.ProtocolError as e:
                 log.warning("peer %s: %s", peer.hex(), e)
                 reply = P.error(e.code, str(e), stream=e.stream, seq=e.seq)
+            except Exception as e:  # noqa: BLE001 - outside _handle's net: still never die
+                log.exception("peer %s: unexpected error", peer.hex())
+                reply = P.error(P.E_MALFORMED, f"internal error handling the message: {e!r}")
             if reply is not None:
                 self._send_to(router, [peer, *reply])
             if i % 32 == 31:  # keep the workers and the clients' credits moving

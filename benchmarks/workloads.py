@@ -74,11 +74,13 @@ class Session:
 # ---- writers ----
 
 def open_service(wl: Workload, root: Path, fmt: str, endpoint: str, token: str,
-                 mode: str = "append") -> Session:
+                 mode: str = "append", levels: int = 1) -> Session:
     import ome_writers_service as ows
 
+    kind = ows.OmeTiffFormat if fmt == "tiff" else ows.OmeZarrFormat
     settings = ows.AcquisitionSettings(root_path=str(root), dimensions=dims(wl, ows),
-                                       dtype="uint16", overwrite=True)
+                                       dtype="uint16", overwrite=True,
+                                       format=kind(levels=levels))
     stream = ows.create_stream(settings, endpoint=endpoint, token=token)
     claim_ns: list[int] = []  # claim() itself: getting the slot + sending it, not the fill
     if mode == "claim":

@@ -25,6 +25,10 @@ def test_benchmark_runs_end_to_end_on_tiny_sizes(tmp_path):
             assert "error" not in writers[label], (wl, label, writers[label])
             assert writers[label]["fps_close"]["median"] > 0
         assert writers["service zarr"]["daemon_peak_rss_mb"]["median"] > 0
+    for label in ("service tiff levels=4", "service zarr levels=4"):  # W1 only
+        assert data["workloads"]["W1"]["writers"][label]["fps_close"]["median"] > 0
+        assert label not in data["workloads"]["W2"]["writers"]
+    assert "W1 service zarr levels=4 ÷ service zarr (levels=1)" in (out / "results.md").read_text()
     assert set(data["camera"]) >= {"100 fps 2048x2048 tiff", "5 kHz 256x256 zarr"}
     md = (out / "results.md").read_text()
     assert "service tiff ÷ raw disk" in md and "Camera simulation" in md

@@ -143,7 +143,8 @@ class ServiceStream:
         self.report: dict[str, Any] | None = None
         try:
             opening = {"type": P.OPEN, "version": P.PROTOCOL_VERSION,
-                       "minor": P.PROTOCOL_MINOR, "token": token, "transport": transport, "settings": settings.model_dump(mode="json"),
+                       "minor": P.PROTOCOL_MINOR, "token": token, "transport": transport,
+                       "settings": settings.model_dump(mode="json"),
                        "pid": os.getpid(), "pidns": pid_namespace()}
             if s3_endpoint:
                 opening["s3_endpoint"] = s3_endpoint

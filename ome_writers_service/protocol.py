@@ -174,8 +174,9 @@ def field(header: dict[str, Any], name: str, kind: type | tuple[type, ...], *, r
     if not isinstance(value, kind) or (isinstance(value, bool) and bool not in kinds):
         want = " or ".join(_JSON_NAMES.get(k, k.__name__) for k in kinds)
         got = json.dumps(value)
+        got = got if len(got) <= 40 else got[:37] + "..."
         raise ProtocolError(E_MALFORMED, f"{header.get('type', 'message')}: field {name!r} must "
-                                         f"be {want}, not {got if len(got) <= 40 else got[:37] + '...'}")
+                                         f"be {want}, not {got}")
     return value
 
 

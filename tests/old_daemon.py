@@ -1,4 +1,5 @@
-"""A daemon of protocol 1.0 as far as refusing an `open` goes: a ROUTER socket (PLAIN) that answers `ping` with a 1.0 `pong` and every `open` with the `error` a 1.0
+"""A daemon of protocol 1.0 as far as refusing an `open` goes: a ROUTER socket (PLAIN)
+that answers `ping` with a 1.0 `pong` and every `open` with the `error` a 1.0
 daemon sent for settings it did not know — its pydantic text, no ``seq`` and no ``minor``.
 It shows what a 1.1 client says when it meets an older daemon."""
 

@@ -83,6 +83,7 @@ def child(spec: dict) -> None:
     session = W.OPENERS[spec["fn"]](wl, root, spec["format"], **kw)
     res: dict = {"open_s": time.perf_counter() - t_open}
     W.fault_in(int(wl.nbytes * 1.2))
+    daemon_cpu = cpu_s(spec["daemon_pid"]) if spec.get("daemon_pid") else None
     t0 = time.perf_counter()
     if spec.get("rate_hz"):
         lat, late = W.paced_loop(session.append, frames, wl.n_frames, spec["rate_hz"])
@@ -96,6 +97,9 @@ def child(spec: dict) -> None:
     if "claim_ns" in res:
         res["claim_us"] = _pct(res.pop("claim_ns"))
     res["close_s"] = time.perf_counter() - t0
+    if daemon_cpu is not None:  # cores the daemon kept busy from first append to close:
+        # above 1, its threads (the levels' downsampling beside the writer) ran in parallel
+        res["daemon_cores"] = (cpu_s(spec["daemon_pid"]) - daemon_cpu) / res["close_s"]
     W.fsync_tree(session.paths)
     res["durable_s"] = time.perf_counter() - t0
     res["latency_us"] = _pct(lat)
@@ -104,6 +108,12 @@ def child(spec: dict) -> None:
     res["bytes"] = wl.nbytes
     res["frames"] = wl.n_frames
     print(json.dumps(res))
+
+
+def cpu_s(pid: int) -> float:
+    """CPU seconds process ``pid`` used so far (all its threads, user + system)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _pct(ns: np.ndarray) -> dict:
@@ -211,6 +221,7 @@ def summarize(runs: list[dict]) -> dict:
         "memcpy_p99_us": stat(lambda r: r["memcpy_us"]["p99"]),
         "client_peak_rss_mb": stat(lambda r: r["client_peak_rss_mb"]),
         "daemon_peak_rss_mb": stat(lambda r: r.get("daemon_peak_rss_mb")),
+        "daemon_cores": stat(lambda r: r.get("daemon_cores")),
         "dropped": stat(lambda r: r.get("dropped")),
         "backlog": stat(lambda r: r.get("backlog")),
     }
@@ -271,7 +282,7 @@ def main() -> int:
                         continue
                     spec = {"workload": wl.name, "scale": a.scale, "fn": fn, "format": fmt,
                             "kwargs": kw, "workdir": str(workdir), "endpoint": daemon.endpoint,
-                            "token": daemon.token}
+                            "token": daemon.token, "daemon_pid": daemon.proc.pid}
                     r = run_one(spec, daemon)
                     runs.setdefault(label, []).append(r)
                     _clean(workdir)
@@ -455,6 +466,12 @@ def report(res: dict) -> str:
             if s and "error" not in s:
                 lines.append(f"| {label} append p99 ÷ memcpy p99 | "
                              f"{s['append_p99_us']['median'] / s['memcpy_p99_us']['median']:.2f} |")
+        for label in ("service tiff", "service tiff levels=4", "service zarr",
+                      "service zarr levels=4"):
+            s = ws.get(label)
+            if s and "error" not in s and s.get("daemon_cores"):
+                lines.append(f"| {label}: daemon CPU ÷ wall (cores busy; > 1: threads in "
+                             f"parallel) | {s['daemon_cores']['median']:.2f} |")
         s = ws.get("service zarr claim")
         if s and "error" not in s and s.get("claim_p99_us"):
             lines.append(f"| claim() p99 µs (getting and sending the slot, not filling it) | "

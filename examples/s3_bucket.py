@@ -9,9 +9,11 @@ so that it runs anywhere. It reads the data back from the bucket to check it.
 """
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 
@@ -40,7 +42,7 @@ if url is None and not os.environ.get("AWS_ENDPOINT_URL"):  # a local S3 server
     boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"]).create_bucket(
         Bucket="microscopy")
     # this daemon must see the server's endpoint: a runtime dir of our own
-    os.environ["OME_WRITERS_SERVICE_RUNTIME_DIR"] = f"/tmp/ows-s3-example-{port}"
+    os.environ["OME_WRITERS_SERVICE_RUNTIME_DIR"] = tempfile.mkdtemp(prefix="ows-s3-example-")
     url = "s3://microscopy/examples"
 try:
     settings = AcquisitionSettings(
@@ -67,6 +69,11 @@ finally:
             import json
             import signal
             os.kill(json.load(open(f"{rt}/daemon.json"))["pid"], signal.SIGTERM)
+            for _ in range(100):  # it removes its connection file as it exits
+                if not os.path.exists(f"{rt}/daemon.json"):
+                    break
+                time.sleep(0.05)
         except (OSError, ValueError):
             pass
         server.terminate()
+        shutil.rmtree(rt, ignore_errors=True)

@@ -261,11 +261,14 @@ def _recover_zarr(journal: JournalContents) -> dict[str, Any]:
             "frames_from_buffers": int(sum(m.sum() for m in restored.values()))}
 
 
-def _open_level(backend: TensorstoreZarrBackend, image: str, level: int = 0) -> Any:
-    """An image's stored array at a resolution level, through the dataset's store."""
+def _open_level(backend: TensorstoreZarrBackend, image: str, level: int = 0,
+                erase: bool = False) -> Any:
+    """An image's stored array at a resolution level, through the dataset's store
+    (``erase``: one that deletes the chunks it writes the fill value to)."""
     store = backend.store
     return ts.open({"driver": array_driver(backend.layout.version),
-                    "kvstore": store.kvstore(f"{image}/{level}".lstrip("/"))}, open=True,
+                    "kvstore": store.kvstore(f"{image}/{level}".lstrip("/")),
+                    "store_data_equal_to_fill_value": not erase}, open=True,
                    context=ts.Context(store.context())).result()
 
 
@@ -317,7 +320,8 @@ def _complete_lower_levels(backend: TensorstoreZarrBackend, image: str) -> None:
     """The writer computes lower levels beside level 0 and may die between the two: every
     write unit whose level-0 chunks are stored but whose lower-level chunks are not all
     there is computed again from level 0 (reading level 0 back: here, unlike in the writer,
-    that is the only source left)."""
+    that is the only source left); lower-level units whose level-0 unit is not stored at all
+    are deleted (they would show frames that are not on disk)."""
     from .backends import pyramid
 
     layout, unit = backend.layout, backend._unit
@@ -343,9 +347,18 @@ def _complete_lower_levels(backend: TensorstoreZarrBackend, image: str) -> None:
     arrays = [_open_level(backend, image, k) for k in range(backend.levels)]
     incomplete: set[tuple[int, ...]] = set()
     have0 = unit_files(0)
+    orphans: dict[int, list[tuple[int, ...]]] = {}
     for k in range(1, backend.levels):
         want, have = files_per_unit(k), unit_files(k)
         incomplete.update(u for u in have0 if have.get(u, 0) < want)
+        orphans[k] = sorted(set(have) - set(have0))
+    for k, keys in orphans.items():
+        if not keys:
+            continue
+        erasing = _open_level(backend, image, k, erase=True)
+        for key in keys:
+            erasing[tuple(slice(i * u, min((i + 1) * u, n))
+                          for i, u, n in zip(key, unit, erasing.shape[:n_outer]))].write(0).result()
     for key in sorted(incomplete):
         region = tuple(slice(i * u, min((i + 1) * u, n))
                        for i, u, n in zip(key, unit, arrays[0].shape[:n_outer]))

@@ -263,14 +263,20 @@ def test_zarr_levels_recovered_after_daemon_sigkill(tmp_path, version):
         time.sleep(0.01)
     assert (files(0), files(1), files(2)) == (36, 12, 6)
     d.stop(SIGKILL)
-    # as if the daemon died before the lower levels of the last unit were computed
+    # as if the daemon died before the lower levels of the last unit were computed, and
+    # before level 0 of t chunk 3 was written (its lower levels were)
     for k in (1, 2):
         for chunk in (root / str(k) / chunks).rglob("*"):
             if chunk.is_file():
                 chunk.unlink()
+    for chunk in (root / "0" / f"{grid}3").rglob("*"):
+        if chunk.is_file():
+            chunk.unlink()
     summary = recover(settings.output_path)
-    assert summary["extent"] == 12  # six whole t chunks of two frames on disk
-    check_zarr_levels(settings, stream.paths, 5, frames=12)
+    assert summary["extent"] == 12  # t chunks 0-5 of two frames: all but 3 on disk
+    assert summary["frames_recovered"] == 10
+    # the lower levels of t chunk 5 computed again; those of t chunk 3 show no frame
+    check_zarr_levels(settings, stream.paths, 5, frames=12, missing={6, 7})
     try:
         stream.close(timeout=1)
     except Exception:  # noqa: BLE001 - its daemon is gone

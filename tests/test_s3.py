@@ -157,12 +157,17 @@ def test_s3_dataset_through_an_on_demand_daemon(aws_env, tmp_path):
         platform.request_stop(info["pid"])
 
 
-def test_two_daemons_write_two_datasets_into_one_bucket_at_once(aws_env, tmp_path):
-    daemons = [start_daemon(tmp_path / f"rt{i}") for i in range(2)]
+def test_two_daemons_write_two_datasets_into_one_bucket_at_once(aws_env, tmp_path,
+                                                               monkeypatch):
+    """The second daemon has no AWS_ENDPOINT_URL: its client names the endpoint
+    (``create_stream(s3_endpoint=...)``)."""
+    daemons = [start_daemon(tmp_path / "rt0")]
+    monkeypatch.delenv("AWS_ENDPOINT_URL")
+    daemons.append(start_daemon(tmp_path / "rt1"))
     try:
         runs = [settings_of(f"s3://{BUCKET}/shared/scope{i}.ome.zarr") for i in range(2)]
-        streams = [create_stream(s, endpoint=d.endpoint, token=d.token)
-                   for s, d in zip(runs, daemons)]
+        streams = [create_stream(s, endpoint=d.endpoint, token=d.token, s3_endpoint=e)
+                   for s, d, e in zip(runs, daemons, [None, aws_env["endpoint"]])]
         for i in range(runs[0].num_frames):  # interleaved: both write at once
             for k, (s, st) in enumerate(zip(runs, streams)):
                 st.append(frame_pixels(10 + k, i, s.frame_shape, "uint16"))

@@ -393,8 +393,14 @@ def test_peers_without_the_token_never_reach_the_daemon(daemon, tmp_path):
     # the routing id libzmq gives the next peer itself: taking it once aborted the daemon
     # (a libzmq assertion) when the next client connected
     intruder.setsockopt(zmq.ROUTING_ID, b"\x00\x6b\x8b\x45\x67")
+    # once the daemon has refused the handshake the DEALER has no peer and a send waits for
+    # one for good (on a loaded machine that can come before the send): a bounded wait
+    intruder.setsockopt(zmq.SNDTIMEO, 3000)
     intruder.connect(daemon.endpoint)
-    intruder.send_multipart(P.encode({"type": "status"}, b"\0" * (64 << 20)))
+    try:
+        intruder.send_multipart(P.encode({"type": "status"}, b"\0" * (64 << 20)))
+    except zmq.Again:
+        pass  # refused before it could even be queued
     assert not intruder.poll(1000)  # no answer, not even an error: never got in
     intruder.close()
     settings = settings_5d(tmp_path / "ok.ome.tiff", dimensions=[
@@ -637,6 +643,8 @@ def test_recover_after_daemon_sigkill(tmp_path, suffix):
     # every frame written before the crash is there; the last step (t=4) lacks its channel 1
     check_dataset(settings, [settings.root_path], 17, frames=9)
     assert frames_written_in_metadata(settings.root_path) == 9  # OME-Zarr too
+    with pytest.raises(DaemonGoneError):  # the client learns it, and is done with the stream
+        stream.close(timeout=5)
     remove_daemon_shm(d.pid)
 
 

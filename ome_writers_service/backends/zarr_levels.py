@@ -53,6 +53,8 @@ class LowerLevels:
         #: writes started by the downsampling threads, not yet tracked by the writer thread
         self._started: deque[tuple] = deque()
         self._errors: deque[str] = deque()
+        #: (position, origin) of the level-0 units that could not be written (`erase_lost`)
+        self.lost: list[tuple[int, tuple[int, ...]]] = []
 
     def create(self) -> None:
         b = self.b
@@ -126,6 +128,33 @@ class LowerLevels:
                     block.sealed = True
                     self._write(k, pos, block)
         self.collect()
+
+    def erase_lost(self) -> list[str]:
+        """At finalize, every write done: the lower-level units of the level-0 units that
+        could not be written (a full disk) would show frames that are not on disk, so their
+        objects are deleted (the fill value written through an array that stores no chunk
+        equal to it: on a full disk too, as deleting needs no space). What could not be
+        erased (a shard shared with frames that are there, rewritten) is returned."""
+        errors: list[str] = []
+        b = self.b
+        for k in range(1, b.levels):
+            erasing: dict[int, ts.TensorStore] = {}
+            for pos, origin in self.lost:
+                try:
+                    arr = erasing.get(pos)
+                    if arr is None:
+                        spec = b._array_spec(b._image_paths[pos], level=k)
+                        arr = erasing[pos] = ts.open({
+                            "driver": spec["driver"], "kvstore": spec["kvstore"], "open": True,
+                            "store_data_equal_to_fill_value": False}, context=b._context
+                        ).result()
+                    region = tuple(slice(o, min(o + u, n))
+                                   for o, u, n in zip(origin, b._unit, arr.shape[:-2]))
+                    arr[region].write(0).result()
+                except Exception as e:  # noqa: BLE001 - reported with the others
+                    errors.append(f"{b.paths[pos]}/{k} at index {origin} still holds the "
+                                  f"lower resolution of frames that are not on disk: {e}")
+        return errors
 
     # ---- any thread ----
 

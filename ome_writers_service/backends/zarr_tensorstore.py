@@ -447,6 +447,8 @@ class TensorstoreZarrBackend(ArrayBackend):
                                 f"{self.paths[write.position]} at index {write.origin} failed: "
                                 f"{_reason(e)} (the frames are at full resolution)")
         self.frames_written -= write.frames  # accepted, but not on disk
+        if self._lower is not None:  # nor may its lower levels show them (finalize)
+            self._lower.lost.append((write.position, write.origin))
         planes = [tuple(o + i for o, i in zip(write.origin, local))
                   for local in np.argwhere(write.mask)]
         for index in planes:
@@ -499,6 +501,8 @@ class TensorstoreZarrBackend(ArrayBackend):
             except BackendError as e:
                 failed.append(e)
         self.recount_summary()  # writes that failed just now: their frames are not on disk
+        if self._lower is not None and self._lower.lost:
+            failed += [BackendError(e) for e in self._lower.erase_lost()]
         try:
             self._check_still_there()
             final = self.current_shape()

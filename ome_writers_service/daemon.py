@@ -42,6 +42,7 @@ from .connection import ConnectionInfo, default_endpoint, pid_alive, pid_namespa
 from .arena import ArenaError, BufferArena, clean_stale_arenas
 from .chunk_buffers import physical_memory
 from .journal import journal_path
+from .priority import set_nice
 from .ring import FrameRing, RingError, clean_stale_rings, shm_free
 from .schema import AcquisitionSettings
 from .stream import OMEStream
@@ -942,8 +943,12 @@ def default_memory_budget() -> int:
 
 
 def run(endpoint: str | None = None, *, rt_dir: str | None = None, idle_exit: float | None = None,
-        allow_remote: bool = False, memory_budget: int | None = None) -> None:
-    """Run a daemon in this process until SIGTERM/SIGINT (finalizing every open stream)."""
+        allow_remote: bool = False, memory_budget: int | None = None,
+        nice: int | None = None) -> None:
+    """Run a daemon in this process until SIGTERM/SIGINT (finalizing every open stream), at
+    CPU priority ``nice`` (None: as started), set before any of its threads start."""
+    if nice is not None:
+        set_nice(nice)
     daemon = Daemon(endpoint, rt_dir=rt_dir, idle_exit=idle_exit, allow_remote=allow_remote,
                     memory_budget=memory_budget)
     signal.signal(signal.SIGTERM, daemon.stop)

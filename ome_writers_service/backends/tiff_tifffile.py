@@ -223,6 +223,8 @@ class TifffileBackend(ArrayBackend):
         self._pages: list[list[tuple[int, ...]]] = [[] for _ in self._paths]
         self._page_of: list[dict[tuple[int, ...], int]] = [{} for _ in self._paths]
         self._compression = _COMPRESSION[settings.compression]
+        level = settings.codec_level
+        self._codec_args = None if level is None else {"level": level}  # zstd's level
         planes = (settings.num_frames or 0) // max(1, len(self._paths))
         described = (settings.num_frames or 0) if self.layout.multi_file else planes
         self._bigtiff = settings.is_unbounded or planes * settings.frame_nbytes > CLASSIC_TIFF_LIMIT
@@ -325,6 +327,7 @@ class TifffileBackend(ArrayBackend):
             full = self.layout.holds_full_document(position)
             description = self._initial_xml(position) + b" " * (self._reserve if full else 64)
         writer.write(frame, photometric="minisblack", compression=self._compression,
+                     compressionargs=self._codec_args,
                      contiguous=False, metadata=None, description=description, software=False)
         writer._fh.flush()  # nothing of an acknowledged page waits in a Python buffer
         if len(pages) == 1 and self._compression is None:  # page 1 written: the template

@@ -215,13 +215,15 @@ def report(res: dict) -> str:
         lines += [f"## {name}: {w['title']} — {w['frames']} frames, {w['bytes'] / 1e9:.2f} GB"
                   f"{flag}", "",
                   "| writer | MB/s (through close) | frames/s | ÷ raw median | ÷ raw best "
-                  "| append p99 µs | daemon RSS MB |", "|---|---|---|---|---|---|---|"]
+                  "| append p99 µs | CPU s per GB: writer + daemon | daemon RSS MB |",
+                  "|---|---|---|---|---|---|---|---|"]
         for label, rs in runs.items():
             a, b = ratio(rs, raw), ratio(rs, raw, best=True)
             lines.append(
                 f"| {label} | {cell(rs, mbps)} | {_m(rs, fps)} | "
                 f"{'—' if a is None else f'{a:.2f}'} | {'—' if b is None else f'{b:.2f}'} | "
                 f"{_m(rs, lambda r: r['latency_us']['p99'], '{:,.1f}')} | "
+                f"{_m(rs, _cpu_per_gb, '{:.2f}')} | "
                 f"{_m(rs, lambda r: r.get('daemon_peak_rss_mb'))} |")
         lines.append("")
     for case, c in res.get("camera", {}).items():
@@ -277,6 +279,12 @@ def report(res: dict) -> str:
                          f"| {_m(rs, lambda r: r['daemon_hwm_rss_mb'])} |")
         lines.append("")
     return "\n".join(lines)
+
+
+def _cpu_per_gb(r: dict) -> float:
+    """CPU seconds the writer (and its daemon) spent per GB written: on 2 cores, what the
+    camera program and the rest of the machine do not get."""
+    return (r["cpu_s"] + r.get("daemon_cpu_s", 0.0)) / (r["bytes"] / 1e9)
 
 
 def _late99(r: dict) -> float:

@@ -92,6 +92,7 @@ def child(spec: dict) -> None:
     session = W.OPENERS[spec["fn"]](wl, root, spec["format"], **kw)
     res: dict = {"open_s": time.perf_counter() - t_open}
     W.fault_in(int(wl.nbytes * 1.2))
+    cpu0 = _cpu_s(resource.getrusage(resource.RUSAGE_SELF))
     t0 = time.perf_counter()
     if spec.get("rate_hz"):
         lat, late = W.paced_loop(session.append, frames, wl.n_frames, spec["rate_hz"])
@@ -104,6 +105,7 @@ def child(spec: dict) -> None:
     if "claim_ns" in res:
         res["claim_us"] = _pct(res.pop("claim_ns"))
     res["close_s"] = time.perf_counter() - t0
+    res["cpu_s"] = _cpu_s(resource.getrusage(resource.RUSAGE_SELF)) - cpu0
     res["latency_us"] = _pct(lat)
     if spec.get("memcpy"):
         res["memcpy_us"] = _pct(W.memcpy(wl, frames, spec.get("rate_hz")))
@@ -114,6 +116,10 @@ def child(spec: dict) -> None:
     res["bytes"] = wl.nbytes
     res["frames"] = wl.n_frames
     print(json.dumps(res))
+
+
+def _cpu_s(ru) -> float:
+    return ru.ru_utime + ru.ru_stime
 
 
 def _pct(ns: np.ndarray) -> dict:
@@ -151,6 +157,11 @@ class DaemonHandle:
             if line.startswith(key + ":"):
                 return int(line.split()[1]) / 1024
         return float("nan")
+
+    def cpu_s(self) -> float:
+        """CPU time (user + system) the daemon used so far, every thread."""
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def stop(self) -> None:
         self.proc.send_signal(signal.SIGTERM)
@@ -221,6 +232,7 @@ class Bench:
         service = spec["fn"] == "service"
         if service:
             daemon.reset_peak()
+            cpu0 = daemon.cpu_s()
             sampler = RssSampler(daemon)
             sampler.start()
         try:
@@ -236,6 +248,7 @@ class Bench:
         if service and "error" not in res:
             res["daemon_peak_rss_mb"] = sampled
             res["daemon_hwm_rss_mb"] = daemon.status_mb("VmHWM")
+            res["daemon_cpu_s"] = daemon.cpu_s() - cpu0  # (its set-up and finalize included)
         return res
 
     @staticmethod

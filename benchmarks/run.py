@@ -48,6 +48,9 @@ WRITERS = [
     ("service tiff", "service", "tiff", {}, None),
     ("service zarr", "service", "zarr", {}, None),
     ("service zarr claim", "service", "zarr", {"mode": "claim"}, ("W1", "W2")),
+    # issue 19: the cost of resolution levels computed as frames arrive
+    ("service tiff levels=4", "service", "tiff", {"levels": 4}, ("W1",)),
+    ("service zarr levels=4", "service", "zarr", {"levels": 4}, ("W1",)),
     ("in-process zarr", "inprocess", "zarr", {}, ("W1",)),
     ("tensorstore alone", "tensorstore", "zarr", {}, ("W1",)),
     ("ome-writers tifffile", "ome_writers", "tiff", {"backend": "tifffile"}, ("W1",)),
@@ -354,7 +357,8 @@ def compression(b: Bench) -> dict:
     for rep in range(b.a.repeats):
         for codec, level, theirs in CODECS:
             specs = [("service", {"fn": "service", "format": "zarr",
-                                  "kwargs": {"compression": codec, "level": level}})]
+                                  "kwargs": {"compression": codec,
+                                             "compression_level": level}})]
             if have_az:
                 specs.append(("acquire-zarr", {"fn": "acquire_zarr", "format": "zarr",
                                                "kwargs": {"compression": theirs,

@@ -91,13 +91,15 @@ class Session:
 # ---- writers ----
 
 def open_service(wl: Workload, root: Path, fmt: str, endpoint: str, token: str,
-                 mode: str = "append", compression: str | None = None,
-                 level: int | None = None) -> Session:
+                 mode: str = "append", levels: int = 1, compression: str | None = None,
+                 compression_level: int | None = None) -> Session:
     import ome_writers_service as ows
 
+    kind = ows.OmeTiffFormat if fmt == "tiff" else ows.OmeZarrFormat
     settings = ows.AcquisitionSettings(root_path=str(root), dimensions=dims(wl, ows),
                                        dtype="uint16", overwrite=True, compression=compression,
-                                       compression_level=level)
+                                       compression_level=compression_level,
+                                       format=kind(levels=levels))
     stream = ows.create_stream(settings, endpoint=endpoint, token=token)
     claim_ns: list[int] = []  # claim() itself: getting the slot + sending it, not the fill
     if mode == "claim":

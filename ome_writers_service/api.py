@@ -17,6 +17,8 @@ def create_stream(
     transport: Literal["shm", "inline"] = "shm",
     in_process: bool = False,
     runtime_dir: str | os.PathLike | None = None,
+    s3_endpoint: str | None = None,
+    connection_file: str | os.PathLike | None = None,
 ):
     """Open a stream for ``settings``.
 
@@ -26,13 +28,21 @@ def create_stream(
     connection file. ``transport="inline"`` sends pixels inside the messages (no shared
     memory: another machine or a container without shared IPC). ``in_process=True`` writes
     from this process instead, as ome-writers does. A scratch stream (`ScratchFormat`:
-    arrays in this process's memory) always runs in process.
+    arrays in this process's memory) always runs in process. ``connection_file``: a copy of
+    a daemon's ``daemon.json`` (endpoint, token and, for a daemon reachable from the network,
+    its CURVE keys: connections beyond loopback are always encrypted).
+
+    An ``s3://bucket/prefix/name.ome.zarr`` root_path is written to that bucket: at
+    ``s3_endpoint`` (an S3-compatible store, e.g. ``"http://minio.lab:9000"``), else at
+    ``$AWS_ENDPOINT_URL``, else AWS; credentials and region come from the writing process's
+    environment (the daemon's: one started on demand inherits this process's).
     """
     if not isinstance(settings, AcquisitionSettings):
         settings = AcquisitionSettings.model_validate(settings)
     if in_process or isinstance(settings.format, ScratchFormat):
-        return OMEStream(settings)
+        return OMEStream(settings, s3_endpoint=s3_endpoint)
     from .client import connect_stream
 
     return connect_stream(settings, endpoint=endpoint, token=token, transport=transport,
-                          runtime_dir_path=runtime_dir)
+                          runtime_dir_path=runtime_dir, s3_endpoint=s3_endpoint,
+                          connection_file=connection_file)

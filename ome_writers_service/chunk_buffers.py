@@ -10,6 +10,9 @@ be completed, so all of them are open together. Written units wait for their wri
 back. That worst case is what a stream is admitted with: the daemon refuses a stream whose
 buffers could outgrow its memory budget instead of letting the OOM killer end every stream.
 
+Resolution levels (``levels`` > 1) assemble their own units beside level 0's, each a quarter
+of the one above: they count too (`BufferEstimate.level_bytes`).
+
 OME-TIFF writes each frame as a page when it arrives: no buffers.
 """
 
@@ -51,10 +54,12 @@ class BufferEstimate:
     band_axis: str | None  #: the slowest acquisition axis whose unit spans several steps
     band_unit: int  #: that axis's unit (chunk, or chunk x shard) in steps
     inside: tuple[tuple[str, int], ...]  #: (axis, units along it) faster than the band axis
+    #: bytes of the lower resolution levels' units beside each unit (0: one level)
+    level_bytes: int = 0
 
     @property
     def total(self) -> int:
-        return (self.open_units + self.pending_units) * self.unit_bytes
+        return (self.open_units + self.pending_units) * (self.unit_bytes + self.level_bytes)
 
     def explain(self) -> str:
         """What holds the memory and what to change, for an error message."""
@@ -93,7 +98,16 @@ def estimate(settings: AcquisitionSettings) -> BufferEstimate:
         open_units = int(math.prod(n for _, n in inside))
         band_name, band_unit = acquisition[band].name, unit[acquisition[band].name]
     pending = min(MAX_PENDING_WRITES, max(1, MAX_PENDING_BYTES // max(1, unit_bytes))) + 1
-    return BufferEstimate(unit_bytes, open_units, pending, band_name, band_unit, inside)
+    planes = int(math.prod(unit.values()))
+    y, x = settings.frame_shape
+    level_pixels = 0
+    for _ in range(getattr(settings.format, "levels", 1) - 1):  # each halves y and x
+        y, x = -(-y // 2), -(-x // 2)
+        level_pixels += y * x
+    itemsize = settings.frame_nbytes // max(1, math.prod(settings.frame_shape))
+    level_bytes = planes * level_pixels * itemsize
+    return BufferEstimate(unit_bytes, open_units, pending, band_name, band_unit, inside,
+                          level_bytes)
 
 
 def _positions(settings: AcquisitionSettings) -> int:

@@ -186,7 +186,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         run(args.endpoint, rt_dir=args.runtime_dir, idle_exit=args.idle_exit,
-            allow_remote=args.allow_remote, memory_budget=args.memory_budget, nice=args.nice)
+            allow_remote=args.allow_remote, curve=args.curve,
+            memory_budget=args.memory_budget, nice=args.nice)
     except (ValueError, OSError, zmq.ZMQError) as e:  # bad endpoint, address in use, ...
         print(f"ome-writers-service serve: {e}", file=sys.stderr)
         return 2
@@ -246,7 +247,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     refreshes = 0
     while True:
         try:
-            st = daemon_status(endpoint, token)
+            st = daemon_status(endpoint, token, curve=info.curve_keys if info is not None
+                               and info.endpoint == endpoint else None)
         except (TimeoutError, ServiceError) as e:
             print(e, file=sys.stderr)
             return 1
@@ -354,7 +356,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--idle-exit", type=float, default=None, metavar="SECONDS",
                        help="exit after this long without open streams")
     serve.add_argument("--allow-remote", action="store_true",
-                       help="allow a non-loopback TCP endpoint")
+                       help="allow a non-loopback TCP endpoint (always encrypted with CURVE)")
+    serve.add_argument("--curve", action="store_true",
+                       help="encrypt connections with CURVE on a loopback endpoint too")
     serve.add_argument("--memory-budget", type=_size, default=None, metavar="SIZE",
                        help="memory the streams' chunk buffers may take together, worst case "
                             "(e.g. 8G, 512M; default: 40%% of the RAM); a stream that would not "

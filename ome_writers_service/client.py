@@ -27,7 +27,7 @@ from zmq.utils.monitor import recv_monitor_message
 _monotonic = time.monotonic
 
 from . import protocol as P
-from .connection import ConnectionInfo, pid_alive, pid_namespace, runtime_dir
+from .connection import ConnectionInfo, CurveKeys, pid_alive, pid_namespace, runtime_dir
 from .dataset_reader import DatasetReader
 from .ring import FrameRing
 from .schema import AcquisitionSettings
@@ -49,6 +49,10 @@ HUNG_TIMEOUT = 5.0
 #: stream's data could not be written.
 _ANSWER_CODES = frozenset({P.E_MALFORMED, P.E_VERSION, P.E_UNKNOWN_TYPE, P.E_AUTH, P.E_SETTINGS,
                            P.E_NO_STREAM, P.E_SEQUENCE, P.E_RESOURCES, P.E_READ})
+
+
+#: handshake failures: a refused token or key, or a PLAIN client meeting a CURVE daemon
+_HANDSHAKE_FAILED = zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
 
 
 class ServiceError(RuntimeError):
@@ -96,11 +100,13 @@ class ServiceStream:
 
     def __init__(self, settings: AcquisitionSettings, *, endpoint: str, token: str,
                  transport: str = "shm", daemon_pid: int | None = None,
-                 ctx: zmq.Context | None = None) -> None:
+                 ctx: zmq.Context | None = None, s3_endpoint: str | None = None,
+                 curve: CurveKeys | None = None) -> None:
         settings.validate_for_writing()
         # the daemon's working directory is not ours: send an absolute path
         settings = settings.model_copy(update={"root_path": settings.output_path})
         self._settings = settings
+        self._s3_endpoint = s3_endpoint
         self._ctx = ctx or zmq.Context.instance()
         self._sock = self._ctx.socket(zmq.DEALER)
         #: a ZeroMQ socket is not thread-safe: every use of ``_sock`` (sends and the replies
@@ -112,9 +118,10 @@ class ServiceStream:
         # good): credits bound what is in flight either way
         self._sock.setsockopt(zmq.SNDHWM, 0)
         self._sock.setsockopt(zmq.RCVHWM, 0)
-        P.authenticate(self._sock, token)
-        # a wrong token fails the handshake, which no message reports: watch for it
-        self._auth_events = self._sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_FAILED_AUTH)
+        _require_encryption(endpoint, curve)
+        P.authenticate(self._sock, token, curve)
+        # a wrong token (or key) fails the handshake, which no message reports: watch for it
+        self._auth_events = self._sock.get_monitor_socket(_HANDSHAKE_FAILED)
         self._sock.connect(endpoint)
         self._endpoint = endpoint
         self._daemon_pid = daemon_pid
@@ -125,9 +132,12 @@ class ServiceStream:
         self._replies: dict[str, dict] = {}  # latest reply of each type, until awaited
         self.report: dict[str, Any] | None = None
         try:
-            self._send({"type": P.OPEN, "version": P.PROTOCOL_VERSION, "token": token,
-                        "transport": transport, "settings": settings.model_dump(mode="json"),
-                        "pid": os.getpid(), "pidns": pid_namespace()})
+            opening = {"type": P.OPEN, "version": P.PROTOCOL_VERSION, "token": token,
+                       "transport": transport, "settings": settings.model_dump(mode="json"),
+                       "pid": os.getpid(), "pidns": pid_namespace()}
+            if s3_endpoint:
+                opening["s3_endpoint"] = s3_endpoint
+            self._send(opening)
             reply = self._await(P.OPENED, REPLY_TIMEOUT, what="open")
         except BaseException:
             self._stop_auth_events()
@@ -188,7 +198,8 @@ class ServiceStream:
         self._heartbeat: _Heartbeat | None = None
         if reply.get("liveness") == "heartbeat":
             self._heartbeat = _Heartbeat(self._ctx, endpoint, token, self._sid,
-                                         reply["heartbeat_key"], reply.get("heartbeat_interval", 0.5))
+                                         reply["heartbeat_key"], reply.get("heartbeat_interval", 0.5),
+                                         curve)
 
     # ---- frames (hot path) ----
 
@@ -360,7 +371,7 @@ class ServiceStream:
         if n >= self._seq or in_runs(self._gaps, n):
             return None  # never sent, skipped, or dropped
         if self._closed_reader is None:
-            self._closed_reader = DatasetReader(self._settings)
+            self._closed_reader = DatasetReader(self._settings, self._s3_endpoint)
         return self._closed_reader.read(position, index)
 
     def _too_many(self, seq: int) -> None:
@@ -493,9 +504,11 @@ class ServiceStream:
     def _check_auth(self, what: str) -> None:
         events = self._auth_events
         if events is not None and events.poll(0):
-            if recv_monitor_message(events)["event"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+            if recv_monitor_message(events)["event"] & _HANDSHAKE_FAILED:
                 raise ServiceError(f"{what} refused: the daemon at {self._endpoint} did not "
-                                   "accept the token (see the daemon's connection file)", P.E_AUTH)
+                                   "accept the token or keys, or speaks another security "
+                                   "mechanism (PLAIN/CURVE: see the daemon's connection file)",
+                                   P.E_AUTH)
 
     def _stop_auth_events(self) -> None:
         if self._auth_events is not None:
@@ -585,12 +598,13 @@ class ServiceStream:
         from . import format_metadata as fm
         from .backends import create_backend
 
-        backend = create_backend(self._settings)  # not created: the layout only
+        # not created: the layout only
+        backend = create_backend(self._settings, s3_endpoint=self._s3_endpoint)
         try:
             if self._settings.format_name == "ome-zarr":
-                attrs = fm.read_zarr_attributes(backend.root)
+                attrs = backend.layout.read_attributes("")
                 attrs[namespace] = value
-                fm.write_zarr_attributes(backend.root, attrs)
+                backend.layout.write_group("", attrs)
                 backend.layout.write_ome_xml()  # its annotations hold global metadata too
                 return
             layout = backend.layout
@@ -618,14 +632,15 @@ class ServiceStream:
         from . import format_metadata as fm
         from .backends import create_backend
 
-        backend = create_backend(self._settings)  # not created: layout and metadata only
+        # not created: layout and metadata only
+        backend = create_backend(self._settings, s3_endpoint=self._s3_endpoint)
         backend.global_metadata.update(self.get_global_metadata())
         if self._settings.format_name == "ome-zarr":
             keys = fm.zarr_keys(backend.image_groups)
             out = {}
             for i, key in enumerate(keys):
                 try:
-                    out[key] = fm.read_zarr_attributes(backend.root / backend.image_groups[i])
+                    out[key] = backend.layout.read_attributes(backend.image_groups[i])
                 except (OSError, ValueError):
                     out[key] = backend._image_attributes(i)
                 if key in self._zarr_updates and not self._closed:
@@ -653,7 +668,7 @@ class ServiceStream:
         from . import format_metadata as fm
         from .backends import create_backend
 
-        backend = create_backend(self._settings)
+        backend = create_backend(self._settings, s3_endpoint=self._s3_endpoint)
         zarr = self._settings.format_name == "ome-zarr"
         if not self._closed:
             if not zarr:
@@ -671,14 +686,15 @@ class ServiceStream:
         if zarr:
             keys = fm.zarr_keys(backend.image_groups)
             for pos, attrs in fm.check_zarr_update(metadata, keys).items():
-                group = backend.root / backend.image_groups[pos]
-                keep = self._global_metadata if not backend.image_groups[pos] else ()
+                group = backend.image_groups[pos]
+                keep = self._global_metadata if not group else ()
                 try:
-                    current = fm.read_zarr_attributes(group)
-                    fm.write_zarr_attributes(group, fm.merge_zarr_attributes(attrs, current, keep))
-                except OSError as e:
-                    raise OSError(f"{group}: cannot update its metadata from this process: "
-                                  f"{e}") from e
+                    current = backend.layout.read_attributes(group)
+                    backend.layout.write_group(group, fm.merge_zarr_attributes(attrs, current,
+                                                                               keep))
+                except (OSError, ValueError) as e:
+                    raise OSError(f"{backend.paths[pos]}: cannot update its metadata from this "
+                                  f"process: {e}") from e
             backend.layout.write_ome_xml()  # the names it gives the images follow
             return
         layout = backend.layout
@@ -792,9 +808,10 @@ class _Heartbeat(threading.Thread):
     this client is alive; its own socket, so the camera thread's socket stays single-threaded."""
 
     def __init__(self, ctx: zmq.Context, endpoint: str, token: str, sid: int, key: str,
-                 interval: float):
+                 interval: float, curve: CurveKeys | None = None):
         super().__init__(name=f"ows-heartbeat-{sid}", daemon=True)
         self._ctx, self._endpoint, self._token, self._interval = ctx, endpoint, token, interval
+        self._curve = curve
         self._msg = P.encode({"type": P.HEARTBEAT, "stream": sid, "key": key})
         self._stopped = threading.Event()
         self.start()
@@ -802,7 +819,7 @@ class _Heartbeat(threading.Thread):
     def run(self) -> None:
         sock = self._ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
-        P.authenticate(sock, self._token)
+        P.authenticate(sock, self._token, self._curve)
         sock.connect(self._endpoint)
         try:
             while not self._stopped.is_set():
@@ -820,13 +837,25 @@ class _Heartbeat(threading.Thread):
 
 # ---- finding or starting the local daemon ----
 
-def request(endpoint: str, token: str, header: dict, timeout: float = 5.0) -> dict:
+def _require_encryption(endpoint: str, curve: CurveKeys | None) -> None:
+    """PLAIN would send the token in clear text: beyond loopback, only CURVE."""
+    if curve is None and not P.is_loopback(endpoint):
+        raise ServiceError(
+            f"{endpoint} is not a loopback address: its connection must be encrypted (CURVE). "
+            "Pass the daemon's connection file (create_stream(..., connection_file=...), "
+            "copied from its machine: it holds the daemon's public key and your key pair)",
+            P.E_AUTH)
+
+
+def request(endpoint: str, token: str, header: dict, timeout: float = 5.0,
+            curve: CurveKeys | None = None) -> dict:
     """One request to a daemon on a socket of its own, and its reply (status, ping).
     Raises TimeoutError when no answer comes, ServiceError when the token is refused."""
+    _require_encryption(endpoint, curve)
     sock = zmq.Context.instance().socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
-    P.authenticate(sock, token)
-    events = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_FAILED_AUTH)
+    P.authenticate(sock, token, curve)
+    events = sock.get_monitor_socket(_HANDSHAKE_FAILED)
     try:
         sock.connect(endpoint)
         sock.send_multipart(P.encode(header))
@@ -845,9 +874,10 @@ def request(endpoint: str, token: str, header: dict, timeout: float = 5.0) -> di
         sock.close(linger=0)
 
 
-def daemon_status(endpoint: str, token: str, timeout: float = 5.0) -> dict:
+def daemon_status(endpoint: str, token: str, timeout: float = 5.0,
+                  curve: CurveKeys | None = None) -> dict:
     """The daemon's status: its pid and version, and a report per open stream."""
-    return request(endpoint, token, {"type": P.STATUS}, timeout)
+    return request(endpoint, token, {"type": P.STATUS}, timeout, curve)
 
 
 def daemon_running(info: ConnectionInfo | None) -> bool:
@@ -858,7 +888,8 @@ def daemon_running(info: ConnectionInfo | None) -> bool:
     if not info.pidns or info.pidns == pid_namespace():
         return pid_alive(info.pid)
     try:
-        return request(info.endpoint, info.token, {"type": P.PING}, timeout=2.0)["type"] == P.PONG
+        return request(info.endpoint, info.token, {"type": P.PING}, timeout=2.0,
+                       curve=info.curve_keys)["type"] == P.PONG
     except (TimeoutError, ServiceError, zmq.ZMQError):
         return False
 
@@ -920,25 +951,34 @@ def _tail(path: Path, n: int = 20) -> str:
 
 def connect_stream(settings: AcquisitionSettings, *, endpoint: str | None = None,
                    token: str | None = None, transport: str = "shm",
-                   runtime_dir_path: str | os.PathLike | None = None) -> ServiceStream:
-    """A `ServiceStream` to ``endpoint``, or to the local daemon (started when none runs)."""
+                   runtime_dir_path: str | os.PathLike | None = None,
+                   s3_endpoint: str | None = None,
+                   connection_file: str | os.PathLike | None = None) -> ServiceStream:
+    """A `ServiceStream` to ``endpoint``, to the daemon of ``connection_file`` (a copy of
+    its ``daemon.json``), or to the local daemon (started when none runs)."""
     pid = None
-    if endpoint is None:
+    curve = None
+    if connection_file is not None:
+        info = ConnectionInfo.from_file(connection_file)
+        endpoint = endpoint or info.endpoint
+        token, curve = token or info.token, info.curve_keys
+    elif endpoint is None:
         info = local_daemon(runtime_dir_path)
-        endpoint, pid = info.endpoint, info.pid
+        endpoint, pid, curve = info.endpoint, info.pid, info.curve_keys
         token = token or info.token
-    elif token is None:
-        token = os.environ.get("OME_WRITERS_SERVICE_TOKEN")
-        if token is None:
-            info = ConnectionInfo.read(runtime_dir(runtime_dir_path))
-            if info is not None and info.endpoint == endpoint:
+    else:
+        info = ConnectionInfo.read(runtime_dir(runtime_dir_path))
+        if info is not None and info.endpoint == endpoint:
+            curve = info.curve_keys
+            if token is None:
                 token, pid = info.token, info.pid
+        token = token or os.environ.get("OME_WRITERS_SERVICE_TOKEN")
     if token is None:
         raise ServiceError(f"no token for {endpoint}: pass token=..., set "
                            "OME_WRITERS_SERVICE_TOKEN, or read it from the daemon's connection "
                            "file", P.E_AUTH)
     return ServiceStream(settings, endpoint=endpoint, token=token, transport=transport,
-                         daemon_pid=pid)
+                         daemon_pid=pid, s3_endpoint=s3_endpoint, curve=curve)
 
 
 OMEStream.register(ServiceStream)  # create_stream() returns an OMEStream either way

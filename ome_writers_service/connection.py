@@ -35,6 +35,19 @@ def default_endpoint(rt: Path) -> str:
     return f"ipc://{rt / 'daemon.sock'}"
 
 
+@dataclass(frozen=True)
+class CurveKeys:
+    """ZeroMQ CURVE keys (Z85 text) of a daemon that encrypts its connections: its public
+    key, and the one client key pair it accepts (handed out in the 0600 connection file)."""
+
+    server_public: str
+    client_public: str
+    client_secret: str
+
+    def __repr__(self) -> str:  # never print a secret
+        return f"CurveKeys(server_public={self.server_public!r}, client_public=...)"
+
+
 @dataclass
 class ConnectionInfo:
     """What a client needs to reach a daemon."""
@@ -44,6 +57,22 @@ class ConnectionInfo:
     pid: int
     version: str = ""
     pidns: str = ""  #: the daemon's pid namespace: its pid means something only within it
+    #: CURVE keys (Z85) when the daemon encrypts: {"server_public", "client_public",
+    #: "client_secret"}; None: PLAIN (ipc and loopback)
+    curve: dict | None = None
+
+    def __repr__(self) -> str:  # never print the token or a secret key
+        return (f"ConnectionInfo(endpoint={self.endpoint!r}, pid={self.pid}, "
+                f"curve={self.curve is not None})")
+
+    @property
+    def curve_keys(self) -> CurveKeys | None:
+        return CurveKeys(**self.curve) if self.curve else None
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike) -> ConnectionInfo:
+        """A connection file copied from the daemon's machine (e.g. to a remote client)."""
+        return cls(**json.loads(Path(path).read_text()))
 
     def write(self, rt: Path) -> Path:
         path = rt / CONNECTION_FILE

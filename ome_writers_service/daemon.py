@@ -128,11 +128,12 @@ class StreamWorker(threading.Thread):
     """
 
     def __init__(self, sid: int, peer: bytes, settings: AcquisitionSettings, transport: str,
-                 slots: int, ctx: zmq.Context) -> None:
+                 slots: int, ctx: zmq.Context, s3_endpoint: str | None = None) -> None:
         super().__init__(name=f"ows-stream-{sid}", daemon=True)
         self.sid = sid
         self.peer = peer
         self.settings = settings
+        self.s3_endpoint = s3_endpoint  #: the client's, for an s3:// root_path
         self.inline = transport == "inline"
         self.ring: FrameRing | None = None  # created on the worker thread
         self.slots = slots
@@ -263,7 +264,8 @@ class StreamWorker(threading.Thread):
                 self.ring = FrameRing.create(self.settings.frame_nbytes, self.slots)
                 self._views = self.ring.slots(self._shape, self._dtype)
             arena = self._create_arena()
-            self.stream = OMEStream(self.settings, lend_limit=self.slots, arena=arena)
+            self.stream = OMEStream(self.settings, lend_limit=self.slots,
+                                    s3_endpoint=self.s3_endpoint, arena=arena)
         except Exception as e:  # noqa: BLE001 - reported to the client
             log.warning("stream %d: cannot open %s: %s", self.sid, self.settings.root_path, e)
             self._remove_ring()
@@ -489,13 +491,15 @@ class Daemon:
 
     def __init__(self, endpoint: str | None = None, *, rt_dir: str | os.PathLike | None = None,
                  idle_exit: float | None = None, allow_remote: bool = False,
-                 memory_budget: int | None = None) -> None:
+                 curve: bool = False, memory_budget: int | None = None) -> None:
         self.rt = runtime_dir(rt_dir)
         #: bytes the streams' buffers may take together, worst case (`chunk_buffers`)
         self.memory_budget = memory_budget or default_memory_budget()
         self.endpoint = endpoint or default_endpoint(self.rt)
         _check_endpoint(self.endpoint, allow_remote)
         self.token = secrets.token_hex(16)
+        #: a non-loopback endpoint is always encrypted (CURVE); ``curve`` forces it on loopback
+        self.curve = self._curve_keys() if curve or not P.is_loopback(self.endpoint) else None
         self.idle_exit = idle_exit
         self.ctx = zmq.Context()
         self.streams: dict[int, StreamWorker] = {}
@@ -503,6 +507,16 @@ class Daemon:
         self._stop = threading.Event()
         self._last_active = time.monotonic()
         self._dropped: set[bytes] = set()  # peers that did not read their messages
+
+    @staticmethod
+    def _curve_keys() -> dict[str, str]:
+        if not zmq.has("curve"):
+            raise ValueError("this libzmq has no CURVE support: a daemon reachable from other "
+                             "machines must encrypt its connections")
+        server_public, server_secret = zmq.curve_keypair()
+        client_public, client_secret = zmq.curve_keypair()
+        return {"server_public": server_public.decode(), "server_secret": server_secret.decode(),
+                "client_public": client_public.decode(), "client_secret": client_secret.decode()}
 
     # ---- lifecycle ----
 
@@ -524,9 +538,16 @@ class Daemon:
         # they send reaches the daemon (no routing-id games, no giant messages)
         auth = ThreadAuthenticator(self.ctx, log=logging.getLogger("ome_writers_service.auth"))
         auth.start()
-        auth.configure_plain(domain="*", passwords={P.PLAIN_USERNAME.decode(): self.token})
         router = self.ctx.socket(zmq.ROUTER)
-        router.plain_server = True
+        if self.curve is None:
+            auth.configure_plain(domain="*", passwords={P.PLAIN_USERNAME.decode(): self.token})
+            router.plain_server = True
+        else:  # encrypted: only the client key pair of the connection file gets in
+            allowed = self.curve["client_public"].encode()
+            auth.configure_curve_callback(domain="*", credentials_provider=_OneClientKey(allowed))
+            router.curve_secretkey = self.curve["server_secret"].encode()
+            router.curve_publickey = self.curve["server_public"].encode()
+            router.curve_server = True
         # a peer's queue is bounded (PEER_QUEUE); a send that finds it full fails at once
         # (mandatory routing, no wait), and that peer is dropped rather than any reply of a
         # reading client (a lost `release` would cost it its slots for good)
@@ -540,7 +561,8 @@ class Daemon:
         outbox = self.ctx.socket(zmq.PULL)
         outbox.bind(OUTBOX)
         info = ConnectionInfo(self.endpoint, self.token, os.getpid(), __version__,
-                              pid_namespace())
+                              pid_namespace(), curve=None if self.curve is None else {
+                                  k: v for k, v in self.curve.items() if k != "server_secret"})
         conn_file = info.write(self.rt)
         log.info("ome-writers-service %s listening on %s (connection file %s)",
                  __version__, self.endpoint, conn_file)
@@ -692,7 +714,22 @@ class Daemon:
         except P.ProtocolError:
             self._refuse_oversized_frame(peer, parts)
             raise
+        if header["type"] == P.OPEN:  # where the client runs decides how it is watched
+            return self._on_open(peer, header, self._on_this_machine(parts[0]))
         return self._handle(peer, header, payload)
+
+    def _on_this_machine(self, frame: zmq.Frame) -> bool:
+        """Whether the peer that sent ``frame`` runs on this machine: over ipc, or TCP from a
+        loopback address. (Another host's client may name a pid namespace equal to ours,
+        since every host's initial namespace has the same id: its pid means nothing here.)"""
+        if not self.endpoint.startswith("tcp://"):
+            return True
+        try:
+            address = frame.get("Peer-Address")
+        except zmq.ZMQError:
+            return False
+        address = address.removeprefix("::ffff:")
+        return address == "::1" or address.startswith("127.")
 
     def _refuse_oversized_frame(self, peer: bytes, parts: list) -> None:
         """A frame notice whose metadata makes it too large to parse: its slot comes back and
@@ -719,8 +756,6 @@ class Daemon:
             return self._on_frame(peer, P.field(h, "stream", int), P.field(h, "seq", int),
                                   P.field(h, "slot", int),
                                   P.field(h, "meta", dict, required=False), payload)
-        if kind == P.OPEN:
-            return self._on_open(peer, h)
         if kind == P.SKIP:
             w = self._stream_of(peer, h)
             seq = P.field(h, "seq", int)
@@ -791,7 +826,7 @@ class Daemon:
             return P.encode({"type": P.PONG, "pid": os.getpid()})
         raise P.ProtocolError(P.E_UNKNOWN_TYPE, f"unknown message type {kind!r}")
 
-    def _on_open(self, peer: bytes, h: dict) -> None:
+    def _on_open(self, peer: bytes, h: dict, on_this_machine: bool) -> None:
         token = h.get("token")
         if not isinstance(token, str) or not secrets.compare_digest(token, self.token):
             log.warning("peer %s: open refused: missing or wrong token", peer.hex())
@@ -813,6 +848,10 @@ class Daemon:
             slots = ring_slots_for(settings, inline=transport == "inline")
         except ValueError as e:
             raise P.ProtocolError(P.E_RESOURCES, str(e)) from None
+        s3_endpoint = h.get("s3_endpoint")
+        if s3_endpoint is not None and not (isinstance(s3_endpoint, str) and
+                                            s3_endpoint.startswith(("http://", "https://"))):
+            raise P.ProtocolError(P.E_MALFORMED, "open: s3_endpoint must be an http(s):// URL")
         memory = self._admit_memory(settings, slots * settings.frame_nbytes
                                     if transport == "inline" else 0)
         held = sum(w.slots for w in self.streams.values() if w.peer == peer)
@@ -821,11 +860,12 @@ class Daemon:
                                                  f"slots; {slots} more would pass the "
                                                  f"{PEER_CREDITS} one connection may hold: open "
                                                  "the stream on a connection of its own")
-        worker = StreamWorker(self._next_sid, peer, settings, transport, slots, self.ctx)
+        worker = StreamWorker(self._next_sid, peer, settings, transport, slots, self.ctx,
+                              s3_endpoint)
         worker.memory = memory
         pid, pidns = h.get("pid"), h.get("pidns")
         if isinstance(pid, int) and not isinstance(pid, bool) and pidns == PID_NAMESPACE \
-                and PID_NAMESPACE:
+                and PID_NAMESPACE and on_this_machine:
             worker.client_pid = pid
         sid = self._next_sid
         self._next_sid += 1
@@ -943,6 +983,17 @@ def check_shm_size() -> int:
     return free
 
 
+class _OneClientKey:
+    """ZAP credentials check of a CURVE daemon: the client's public key must be the one its
+    connection file hands out."""
+
+    def __init__(self, allowed: bytes) -> None:
+        self.allowed = allowed  # Z85, as the authenticator passes the client's key
+
+    def callback(self, domain: str, key: bytes) -> bool:
+        return secrets.compare_digest(key, self.allowed)
+
+
 def _check_endpoint(endpoint: str, allow_remote: bool) -> None:
     if endpoint.startswith("ipc://"):
         return
@@ -973,14 +1024,14 @@ def default_memory_budget() -> int:
 
 
 def run(endpoint: str | None = None, *, rt_dir: str | None = None, idle_exit: float | None = None,
-        allow_remote: bool = False, memory_budget: int | None = None,
-        nice: int | None = None) -> None:
+        allow_remote: bool = False, curve: bool = False,
+        memory_budget: int | None = None, nice: int | None = None) -> None:
     """Run a daemon in this process until SIGTERM/SIGINT (finalizing every open stream), at
     CPU priority ``nice`` (None: as started), set before any of its threads start."""
     if nice is not None:
         set_nice(nice)
     daemon = Daemon(endpoint, rt_dir=rt_dir, idle_exit=idle_exit, allow_remote=allow_remote,
-                    memory_budget=memory_budget)
+                    curve=curve, memory_budget=memory_budget)
     signal.signal(signal.SIGTERM, daemon.stop)
     signal.signal(signal.SIGINT, daemon.stop)
     daemon.serve()

@@ -26,11 +26,12 @@ MAX_OPEN_FILES = 16
 class DatasetReader:
     """Reads planes of the dataset ``settings`` describe, once it is finished."""
 
-    def __init__(self, settings: AcquisitionSettings) -> None:
+    def __init__(self, settings: AcquisitionSettings, s3_endpoint: str | None = None) -> None:
         from .backends import create_backend
 
         self._settings = settings
-        self._backend = create_backend(settings)  # not created: the layout only
+        # not created: the layout only
+        self._backend = create_backend(settings, s3_endpoint=s3_endpoint)
         self._zarr = settings.format_name == "ome-zarr"
         self._arrays: dict[int, Any] = {}
         self._planes: dict[int, dict[tuple[int, int, int], tuple[str, int]]] | None = None
@@ -60,12 +61,15 @@ class DatasetReader:
         if position not in self._arrays:
             import tensorstore as ts
 
-            from .backends.zarr_tensorstore import DATASET, array_driver
+            from .backends.zarr_metadata import DATASET, join
+            from .backends.zarr_tensorstore import array_driver
 
-            path = f"{self._backend.paths[position]}/{DATASET}"
+            store = self._backend.store
+            group = self._backend.image_groups[position]
             spec = {"driver": array_driver(self._settings.format.version),
-                    "kvstore": {"driver": "file", "path": path}}
-            self._arrays[position] = ts.open(spec, open=True, read=True).result()
+                    "kvstore": store.kvstore(join(group, DATASET))}
+            self._arrays[position] = ts.open(spec, open=True, read=True,
+                                             context=ts.Context(store.context())).result()
         arr = self._arrays[position]
         if any(i >= n for i, n in zip(index, arr.shape)):
             return None

@@ -11,6 +11,10 @@ writer died, and ``ome-writers-service recover`` reads it to finalize the datase
 
 Lines (after the first): ``{"skip": [first, count]}``, ``{"meta": [[frame, {...}], ...]}``,
 ``{"buffers": path}`` (the shared-memory arena holding the daemon's chunk buffers).
+
+The journal of a dataset in object storage (``s3://bucket/key``) stays on the writing
+machine's disk, under `journal_dir` (``s3/<bucket>/<key>.ows-journal``): it is appended to
+line by line, which an object store cannot do.
 """
 
 from __future__ import annotations
@@ -24,13 +28,35 @@ from typing import Any
 
 from .safe_files import create_new_file
 from .schema import AcquisitionSettings
+from .storage import S3Location, url_scheme
 
 SUFFIX = ".ows-journal"
 VERSION = 1
+ENV_JOURNAL_DIR = "OME_WRITERS_SERVICE_JOURNAL_DIR"
+
+
+def journal_dir() -> Path:
+    """Where the journals of datasets in object storage are kept on this machine:
+    ``$OME_WRITERS_SERVICE_JOURNAL_DIR``, else ``$XDG_STATE_HOME/ome-writers-service/
+    journals`` (``~/.local/state/...``)."""
+    given = os.environ.get(ENV_JOURNAL_DIR)
+    if given:
+        return Path(given)
+    state = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"),
+                                                             ".local", "state")
+    return Path(state) / "ome-writers-service" / "journals"
+
+
+def journal_path_of(output_path: str) -> Path:
+    """The journal of the dataset at ``output_path`` (a path or an s3:// URL)."""
+    if url_scheme(output_path) == "s3":
+        loc = S3Location.parse(output_path)
+        return journal_dir() / "s3" / loc.bucket / (loc.key + SUFFIX)
+    return Path(output_path + SUFFIX)
 
 
 def journal_path(settings: AcquisitionSettings) -> Path:
-    return Path(settings.output_path + SUFFIX)
+    return journal_path_of(settings.output_path)
 
 
 #: per-frame metadata rows the in-process writer batches before it writes them out
@@ -43,6 +69,8 @@ class Journal:
 
     def __init__(self, settings: AcquisitionSettings) -> None:
         self.path = journal_path(settings)
+        if url_scheme(settings.output_path) is not None:
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         # a new file, never opened through a name planted there (a journal a crash left
         # behind at this path belonged to the dataset being replaced)
         fd = create_new_file(self.path, 0o644, replace_stale=True)

@@ -59,10 +59,28 @@ E_SHUTDOWN = "shutdown"            # the daemon ends the stream itself: shutdown
 PLAIN_USERNAME = b"ows"
 
 
-def authenticate(sock: Any, token: str) -> None:
-    """Give a ZeroMQ socket the credentials the daemon asks for (call before connect)."""
+def authenticate(sock: Any, token: str, curve: Any = None) -> None:
+    """Give a ZeroMQ socket the credentials the daemon asks for (call before connect): the
+    token over PLAIN, or, for a daemon that encrypts (`connection.CurveKeys`), CURVE with the
+    daemon's public key and the client key pair of its connection file."""
+    if curve is not None:
+        sock.curve_serverkey = curve.server_public.encode()
+        sock.curve_publickey = curve.client_public.encode()
+        sock.curve_secretkey = curve.client_secret.encode()
+        return
     sock.plain_username = PLAIN_USERNAME
     sock.plain_password = token.encode()
+
+
+def is_loopback(endpoint: str) -> bool:
+    """Whether ``endpoint`` never leaves this machine: ipc, or TCP on 127.0.0.0/8 / ::1 /
+    localhost. Any other endpoint needs CURVE (PLAIN sends the token in clear text)."""
+    if endpoint.startswith(("ipc://", "inproc://")):
+        return True
+    if not endpoint.startswith("tcp://"):
+        return False
+    host = endpoint[len("tcp://"):].rsplit(":", 1)[0].strip("[]")
+    return host in ("localhost", "::1") or host.startswith("127.")
 
 
 class ProtocolError(ValueError):

@@ -9,7 +9,6 @@ metadata the journal kept for them — and records ``complete: false, recovered:
 
 from __future__ import annotations
 
-import json
 import math
 from collections import Counter
 from pathlib import Path
@@ -19,13 +18,14 @@ import numpy as np
 import tensorstore as ts
 import tifffile
 
-from . import format_metadata as fm
 from .arena import BufferArena
 from .backends.ome_xml import SUMMARY_NS, ImageRecord, build_ome
+from .backends.pyramid import level_shapes
 from .backends.tiff_tifffile import CLASSIC_TIFF_LIMIT, TiffLayout, write_companion
-from .backends.zarr_tensorstore import ATTR_NAMESPACE, DATASET, TensorstoreZarrBackend
+from .backends.zarr_tensorstore import ATTR_NAMESPACE, TensorstoreZarrBackend, array_driver
 from .chunk_buffers import write_unit
-from .journal import SUFFIX, JournalContents, read_journal
+from .journal import SUFFIX, JournalContents, journal_path_of, read_journal
+from .storage import url_scheme
 from .router import FrameRouter
 from .schema import AcquisitionSettings, ome_stem
 
@@ -34,6 +34,8 @@ def recover(path: str) -> dict[str, Any]:
     """Recover the dataset at ``path`` (its root path or its journal); returns a summary."""
     if path.endswith(SUFFIX):
         tried = [path]
+    elif url_scheme(path) is not None:  # its journal is on this machine's disk
+        tried = [str(journal_path_of(path.rstrip("/")))]
     else:  # the output path, or the root_path it came from (a multi-file OME-TIFF's
         # directory is the stem; a root_path without suffix got the format's)
         stem = ome_stem(path.rstrip("/"))
@@ -127,10 +129,16 @@ def _recover_tiff(journal: JournalContents) -> dict[str, Any]:
             missing = list(np.ndindex(*shape))
             new = True
             bigtiff = len(missing) * settings.frame_nbytes > CLASSIC_TIFF_LIMIT
+        lower = [np.zeros(shape, settings.dtype) for shape in
+                 level_shapes(settings.frame_shape, settings.format.levels)[1:]]
         with tifffile.TiffWriter(path, append=not new, bigtiff=bigtiff) as tw:
             for k, idx in enumerate(missing):  # zero pages for the missing planes
                 tw.write(zero, photometric="minisblack", contiguous=False, metadata=None,
-                         software=False, description="recovering" if new and k == 0 else None)
+                         software=False, description="recovering" if new and k == 0 else None,
+                         subifds=len(lower) or None)
+                for level in lower:  # and their lower resolutions
+                    tw.write(level, photometric="minisblack", contiguous=False, metadata=None,
+                             software=False, subfiletype=1)
         pages[pos].extend(missing)
     # every position's file has pages now: one document describes them all
     records = [ImageRecord(pos, settings.positions[pos], shape, pages[pos], metadata[pos])
@@ -189,16 +197,16 @@ def _outer_shape(settings: AcquisitionSettings, first: int | None, extent: int) 
 
 def _recover_zarr(journal: JournalContents) -> dict[str, Any]:
     """Write the frames the daemon still held in chunk buffers, then describe the frames whose
-    chunks (or shards) are on disk: the slowest acquisition axis cut to the steps they reach,
-    their count and their per-frame metadata in each image's attributes."""
+    chunks (or shards) are stored, on disk or in the bucket (its objects are listed: S3 keeps
+    no partial object): the slowest acquisition axis cut to the steps they reach, their count
+    and their per-frame metadata in each image's attributes; lower resolution levels missing
+    for a stored unit are computed again from level 0."""
     settings = journal.settings
     backend = TensorstoreZarrBackend(settings)  # for its layout and metadata, not to write
-    layout = backend.layout
-    v3 = layout.zarr_format == 3
-    arrays = [Path(img) / DATASET for img in backend.paths]
+    store, layout = backend.store, backend.layout
     unit = write_unit(settings)
-    restored = _write_buffered_frames(journal, arrays, settings, v3)
-    on_disk = [_units_on_disk(a, v3) for a in arrays]
+    restored = _write_buffered_frames(journal, backend)
+    on_disk = [_units_on_disk(backend, img) for img in backend.image_groups]
     first = _storage_axis_of_first(settings)
     router = FrameRouter(settings)
     limit = router.num_frames
@@ -228,32 +236,43 @@ def _recover_zarr(journal: JournalContents) -> dict[str, Any]:
         extent = max((idx[first] + 1 for _, _, idx in frames), default=0)
     summary = {"frames_expected": settings.num_frames, "frames_written": written,
                "frames_without_data": done - written, "complete": False, "recovered": True}
-    for pos, img in enumerate(backend.paths):
-        meta_path = arrays[pos] / ("zarr.json" if v3 else ".zarray")
-        meta = json.loads(meta_path.read_text())
-        if extent is not None:
-            meta["shape"][first] = extent
-        fm.write_zarr_json(meta_path, meta)
-        attrs = fm.read_zarr_attributes(img)
+    for pos, img in enumerate(backend.image_groups):
+        for level in range(backend.levels):
+            key = layout.array_document(img, level)
+            meta = store.read_json(key)
+            if extent is not None:
+                meta["shape"][first] = extent
+            store.write_json(key, meta)
+        if backend.levels > 1:
+            _complete_lower_levels(backend, img)
+        attrs = layout.read_attributes(img)
         ours = attrs.setdefault(ATTR_NAMESPACE, {})
         ours["acquisition"] = summary
         rows = [{**journal.frame_metadata[n], "storage_index": list(idx)}
                 for n, p, idx in frames if p == pos and n in journal.frame_metadata]
         if rows:  # ome-writers' layout: one row per frame, in arrival order
             ours["frame_metadata"] = rows
-        fm.write_zarr_attributes(img, attrs)
+        layout.write_group(img, attrs)
     layout.write_ome_xml()  # the recovered extents, from the metadata just written
     return {"format": "ome-zarr", "paths": backend.paths, "extent": extent,
             "frames_recovered": written,
             "frames_from_buffers": int(sum(m.sum() for m in restored.values()))}
 
 
-def _write_buffered_frames(journal: JournalContents, arrays: list[Path],
-                           settings: AcquisitionSettings, v3: bool
+def _open_level(backend: TensorstoreZarrBackend, image: str, level: int = 0) -> Any:
+    """An image's stored array at a resolution level, through the dataset's store."""
+    store = backend.store
+    return ts.open({"driver": array_driver(backend.layout.version),
+                    "kvstore": store.kvstore(f"{image}/{level}".lstrip("/"))}, open=True,
+                   context=ts.Context(store.context())).result()
+
+
+def _write_buffered_frames(journal: JournalContents, backend: TensorstoreZarrBackend
                            ) -> dict[tuple[int, tuple], np.ndarray]:
     """Write the planes the daemon held in its shared-memory chunk buffers (frames it had
-    released, waiting for their chunk to fill) into the arrays; returns each such unit's
-    marks by (position, origin)."""
+    released, waiting for their chunk to fill) into the level-0 arrays; returns each such
+    unit's marks by (position, origin)."""
+    settings = journal.settings
     out: dict[tuple[int, tuple], np.ndarray] = {}
     if not journal.buffers or not Path(journal.buffers).exists():
         return out
@@ -263,8 +282,7 @@ def _write_buffered_frames(journal: JournalContents, arrays: list[Path],
         for pos, origin, marks, pixels in arena.pending():
             arr = opened.get(pos)
             if arr is None:
-                arr = opened[pos] = ts.open({"driver": "zarr3" if v3 else "zarr", "kvstore": {
-                    "driver": "file", "path": str(arrays[pos])}}, open=True).result()
+                arr = opened[pos] = _open_level(backend, backend.image_groups[pos])
             need = [o + n for o, n in zip(origin, marks.shape)]
             if any(n > s for n, s in zip(need, arr.shape[:-2])):  # past the grown extent
                 arr = opened[pos] = arr.resize(
@@ -282,23 +300,57 @@ def _write_buffered_frames(journal: JournalContents, arrays: list[Path],
     return out
 
 
-def _units_on_disk(array: Path, v3: bool) -> set[tuple[int, ...]]:
-    """Keys (index // unit along the outer axes) of the write units whose every chunk (or
-    shard) file along the frame axes exists."""
-    if v3:
-        meta = json.loads((array / "zarr.json").read_text())
-        grid = meta["chunk_grid"]["configuration"]["chunk_shape"]
-    else:
-        meta = json.loads((array / ".zarray").read_text())
-        grid = meta["chunks"]
-    need = math.prod(-(-n // g) for n, g in zip(meta["shape"][-2:], grid[-2:]))
-    # chunk keys: zarr v3 c/<i0>/<i1>/.../<iy>/<ix>; v2 (NGFF 0.4, "/" separator) <i0>/...
-    chunks = array / "c" if v3 else array
-    found: Counter[tuple[int, ...]] = Counter()
-    if chunks.is_dir():
-        for key in chunks.rglob("*"):
-            if key.is_file():
-                parts = key.relative_to(chunks).parts
-                if all(v.isdigit() for v in parts):  # not a write's temporary file (a crash
-                    found[tuple(int(v) for v in parts[:-2])] += 1  # leaves "<i>.__lock")
+def _units_on_disk(backend: TensorstoreZarrBackend, image: str) -> set[tuple[int, ...]]:
+    """Keys (index // unit along the outer axes) of an image's level-0 write units whose
+    every chunk (or shard) object along the frame axes is stored (a write's temporary file,
+    "<i>.__lock", is no chunk: `ZarrLayout.chunk_indices` keeps numbers only)."""
+    grid = backend.level_grid(0)
+    need = math.prod(-(-n // g) for n, g in zip(backend.frame_shape, grid[-2:]))
+    found: Counter[tuple[int, ...]] = Counter(
+        tuple(idx[:-2]) for idx in backend.layout.chunk_indices(image, 0))
     return {k for k, n in found.items() if n == need}
+
+
+def _complete_lower_levels(backend: TensorstoreZarrBackend, image: str) -> None:
+    """The writer computes lower levels beside level 0 and may die between the two: every
+    write unit whose level-0 chunks are stored but whose lower-level chunks are not all
+    there is computed again from level 0 (reading level 0 back: here, unlike in the writer,
+    that is the only source left)."""
+    from .backends import pyramid
+
+    layout, unit = backend.layout, backend._unit
+    n_outer = len(unit)
+    grid = backend.level_grid
+
+    def unit_files(level: int) -> dict[tuple[int, ...], int]:
+        """Outer write-unit key -> chunk (or shard) objects stored at a level."""
+        found: dict[tuple[int, ...], int] = {}
+        for idx in layout.chunk_indices(image, level):
+            key = tuple(i * g // u for i, g, u in zip(idx[:n_outer], grid(level), unit))
+            found[key] = found.get(key, 0) + 1
+        return found
+
+    def files_per_unit(level: int) -> int:
+        g = grid(level)
+        per = 1
+        for u, c in zip(unit, g[:n_outer]):
+            per *= max(1, u // c)
+        y, x = backend.level_shapes[level]
+        return per * -(-y // g[-2]) * -(-x // g[-1])
+
+    arrays = [_open_level(backend, image, k) for k in range(backend.levels)]
+    incomplete: set[tuple[int, ...]] = set()
+    have0 = unit_files(0)
+    for k in range(1, backend.levels):
+        want, have = files_per_unit(k), unit_files(k)
+        incomplete.update(u for u in have0 if have.get(u, 0) < want)
+    for key in sorted(incomplete):
+        region = tuple(slice(i * u, min((i + 1) * u, n))
+                       for i, u, n in zip(key, unit, arrays[0].shape[:n_outer]))
+        src = arrays[0][region].read().result()
+        outs = [np.empty((*src.shape[:n_outer], *shape), src.dtype)
+                for shape in backend.level_shapes[1:]]
+        for plane in np.ndindex(*src.shape[:n_outer]):
+            pyramid.cascade(src[plane], [o[plane] for o in outs], backend.downsampling)
+        for arr, out in zip(arrays[1:], outs):
+            arr[region].write(out).result()

@@ -152,7 +152,9 @@ class FrameRing:
         try:
             fd = os.open(path, os.O_RDWR)
         except OSError as e:
-            raise RingError(f"cannot open shared memory {path}: {e.strerror}") from e
+            raise RingError(f"cannot open shared memory {path}: {e.strerror} (a daemon on "
+                            "another machine, or in a container that does not share this "
+                            "/dev/shm, needs transport='inline')") from e
         try:
             size = os.fstat(fd).st_size
             flags = mmap.MAP_SHARED | (getattr(mmap, "MAP_POPULATE", 0) if prefault else 0)

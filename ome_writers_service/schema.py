@@ -37,11 +37,13 @@ from pydantic import (
 )
 from pydantic_extra_types.color import Color
 
+from .storage import check_root_path_scheme, url_scheme
 from .units import accepted_units, ngff_unit, unit_kind
 
 DimensionType = Literal["space", "time", "channel", "position", "other"]
 Compression = Literal["blosc-zstd", "blosc-lz4", "zstd", "lzw", "none"]
 BackpressurePolicy = Literal["block", "drop", "raise"]
+Downsampling = Literal["mean", "stride", "min", "max"]
 
 #: dtypes both formats store natively.
 SUPPORTED_DTYPES = (
@@ -556,9 +558,14 @@ class OmeZarrFormat(_Model):
     name: Literal["ome-zarr"] = "ome-zarr"
     backend: Literal["auto", "tensorstore", "acquire-zarr", "zarr-python", "zarrs-python"] = "auto"
     suffix: str = ".ome.zarr"
-    # --- an addition of the service (not in ome-writers 0.3.2) ---
+    # --- additions of the service (not in ome-writers 0.3.2) ---
     version: Literal["0.4", "0.5"] = "0.5"
     """The OME-Zarr (NGFF) version: "0.5" (zarr v3) or "0.4" (zarr v2)."""
+    levels: PositiveInt = 1
+    """Resolution levels ("0", "1", ... in each image's multiscales): each halves the one above
+    in y and x, computed by the daemon as frames arrive."""
+    downsampling: Downsampling = "mean"
+    """How a level's pixel combines the 2x2 pixels above it (see `backends.pyramid`)."""
 
     def output_path(self, root_path: str, n_positions: int) -> str:
         """The store: ``root_path``'s stem with this format's suffix (as ome-writers 0.3.2)."""
@@ -597,6 +604,12 @@ class OmeTiffFormat(_Model):
     multi_file_metadata: Literal["redundant", "master-tiff", "companion-file"] = "redundant"
     companion_file: str | None = None
     """None: ``<stem>.companion.ome``, filled in by AcquisitionSettings (`companion_name`)."""
+    # --- additions of the service ---
+    levels: PositiveInt = 1
+    """Resolution levels: every plane's page gets ``levels - 1`` SubIFDs, each halving the one
+    above in y and x (Bio-Formats reads them as resolutions, tifffile as ``series.levels``)."""
+    downsampling: Downsampling = "mean"
+    """How a level's pixel combines the 2x2 pixels above it (see `backends.pyramid`)."""
 
     @field_validator("prefer_single_file", mode="before")
     @classmethod
@@ -680,27 +693,6 @@ _FORMAT_NAMES: dict[str, tuple[type, dict[str, str]]] = {
 
 
 _OME_SUFFIX = re.compile(r"(\.ome)?\.(tiff?|zarr)$", re.IGNORECASE)
-#: URL schemes a root_path may name and the service writes to. None yet: datasets go to
-#: local (or mounted) paths. This is the one place a scheme is let through (s3:// through
-#: tensorstore's kvstore is the planned first).
-WRITABLE_URL_SCHEMES: frozenset[str] = frozenset()
-_URL_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)://")
-
-
-def check_root_path_scheme(root_path: str) -> None:
-    """Refuse a URL root_path whose scheme the service does not write (it would otherwise
-    become a local folder named like ``s3:``), naming the scheme."""
-    match = _URL_SCHEME.match(root_path)
-    if match is None or len(match.group(1)) == 1:  # "C://..." is a Windows drive
-        return
-    scheme = match.group(1).lower()
-    if scheme not in WRITABLE_URL_SCHEMES:
-        supported = ", ".join(f"{s}://" for s in sorted(WRITABLE_URL_SCHEMES)) or "none"
-        raise ValueError(f"root_path {root_path!r}: the URL scheme {scheme!r} is not supported "
-                         f"(URL schemes written: {supported}); give a local or mounted "
-                         "filesystem path")
-
-
 def ome_stem(path: str) -> str:
     """``path`` without its trailing ``[.ome].tif``/``.tiff``/``.zarr`` (other dots stay)."""
     path = path.rstrip("/\\") or path
@@ -882,6 +874,12 @@ class AcquisitionSettings(_Model):
             raise ValueError(f"format {self.format.name!r} contradicts root_path "
                              f"{self.root_path!r}, whose suffix {found[1]!r} says {found[0]}: "
                              "change one of them")
+        if url_scheme(self.root_path) is not None and not isinstance(self.format,
+                                                                     OmeZarrFormat):
+            raise ValueError(
+                f"root_path {self.root_path!r}: only OME-Zarr can be written to object storage "
+                f"(format {self.format.name!r} writes files in place, which S3 cannot update); "
+                "end root_path in .ome.zarr, or write to a local or mounted path")
         if self.root_path and not scratch and \
                 not os.path.basename(ome_stem(self.root_path.rstrip("/\\"))):
             raise ValueError(f"root_path {self.root_path!r} has no name before its suffix: "
@@ -897,7 +895,9 @@ class AcquisitionSettings(_Model):
         elif isinstance(self.format, OmeTiffFormat):
             _check_tiff(self)
             self.__dict__["format"] = _with_companion_name(self.format, self.root_path)
-        _check_level(self)
+        if isinstance(self.format, (OmeZarrFormat, OmeTiffFormat)):
+            _check_levels(self.format.levels, self.frame_shape)
+        _check_compression_level(self)
         if self.plate is not None:
             _check_plate(self.plate, self.position_dimension)
         return self
@@ -1063,10 +1063,11 @@ class AcquisitionSettings(_Model):
         self._require_dimensions("output_path")
         if isinstance(self.format, ScratchFormat) and not self.root_path:
             return ""  # in memory
-        root = os.path.expanduser(self.root_path)
+        url = url_scheme(self.root_path) is not None
+        root = self.root_path if url else os.path.expanduser(self.root_path)
         if self.format != "auto" and self.dimensions:
             root = self.format.output_path(root, len(self.positions))
-        return os.path.abspath(root)
+        return root.rstrip("/") if url else os.path.abspath(root)
 
 
 _OME_RANK = {"time": 0, "channel": 1, "other": 1, "space": 2, "position": -1}
@@ -1143,7 +1144,7 @@ def _check_storage_list(order: list[str], dims: Sequence[Dimension]) -> None:
         )
 
 
-def _check_level(s: AcquisitionSettings) -> None:
+def _check_compression_level(s: AcquisitionSettings) -> None:
     level = s.compression_level
     if level is None:
         return
@@ -1278,6 +1279,24 @@ def _check_tiff(s: AcquisitionSettings) -> None:
             "channel (C) and one space (Z) axis besides the frame; "
             f"{bad} cannot be represented"
         )
+
+
+def max_pyramid_levels(frame_shape: tuple[int, int]) -> int:
+    """Most resolution levels a frame has while each one still halves both y and x (sizes
+    round up; a level one pixel high or wide is the last)."""
+    n, (y, x) = 1, frame_shape
+    while y > 1 and x > 1:
+        y, x = -(-y // 2), -(-x // 2)
+        n += 1
+    return n
+
+
+def _check_levels(levels: int, frame_shape: tuple[int, int]) -> None:
+    most = max_pyramid_levels(frame_shape)
+    if levels > most:
+        raise ValueError(
+            f"format.levels={levels}: a {frame_shape[0]}x{frame_shape[1]} frame halves only "
+            f"{most - 1} times before y or x is one pixel, so at most levels={most}")
 
 
 def _check_plate(plate: Plate, pd: PositionDimension | None) -> None:

@@ -85,14 +85,15 @@ class OMEStream(metaclass=abc.ABCMeta):
     ``create_stream`` returns is an ``OMEStream``, as in ome-writers."""
 
     def __init__(self, settings: AcquisitionSettings, backend: ArrayBackend | None = None, *,
-                 lend_limit: int = 0, arena: Any = None) -> None:
+                 lend_limit: int = 0, s3_endpoint: str | None = None,
+                 arena: Any = None) -> None:
         settings.validate_for_writing()
         if settings.acquisition_date is None:  # the OME-XML's AcquisitionDate: now, as
             settings = settings.model_copy(  # ome-writers (kept in the journal for recover)
                 update={"acquisition_date": datetime.now(timezone.utc)})
         self._settings = settings
         self._router = FrameRouter(settings)
-        self._backend = backend or create_backend(settings)
+        self._backend = backend or create_backend(settings, s3_endpoint=s3_endpoint)
         self._backend.lend_limit = lend_limit  # frames append_borrowed() may leave lent
         self._backend.create()
         # lets `recover` finalize the dataset if we die (scratch arrays have nothing to recover)

@@ -22,7 +22,7 @@ import numpy as np
 import ome_writers_service as ows
 from ome_writers_service.recover import recover
 
-from service_util import expected_images, frame_pixels, start_daemon
+from service_util import expected_images, frame_pixels, reference_levels, start_daemon
 
 HERE = Path(__file__).resolve().parent
 #: OME-XML PixelType of each dtype
@@ -46,6 +46,7 @@ class Written:
     expected: list[np.ndarray]  #: each image's pixels, storage order
     how: str  #: "in process", "daemon", "recovered"
     notes: dict[str, Any] = field(default_factory=dict)
+    _levels: dict[int, list[np.ndarray]] = field(default_factory=dict, repr=False)
 
     @property
     def fmt(self) -> str:
@@ -62,6 +63,19 @@ class Written:
     @property
     def image_names(self) -> list[str]:
         return [self.settings.image_name_of(p) for p in self.settings.positions]
+
+    @property
+    def levels(self) -> int:
+        """Resolution levels written (1: full resolution only)."""
+        return getattr(self.settings.format, "levels", 1)
+
+    def expected_levels(self, image: int) -> list[np.ndarray]:
+        """An image's pixels at every resolution level, full resolution first, computed by
+        the definition of the format's downsampling (service_util.reference_levels)."""
+        if image not in self._levels:
+            self._levels[image] = reference_levels(self.expected[image], self.levels,
+                                                   self.settings.format.downsampling)
+        return self._levels[image]
 
     @property
     def channel_names(self) -> list[str]:
@@ -94,9 +108,10 @@ class Written:
         return next(o for o in ("XYZCT", "XYZTC", "XYCTZ", "XYCZT", "XYTCZ", "XYTZC")
                     if o.startswith(prefix))
 
-    def plane(self, image: int, z: int, c: int, t: int) -> np.ndarray:
+    def plane(self, image: int, z: int, c: int, t: int, level: int = 0) -> np.ndarray:
         where = {"Z": z, "C": c, "T": t}
-        return self.expected[image][tuple(where[a] for a in self.ome_letters())]
+        pixels = self.expected_levels(image)[level] if level else self.expected[image]
+        return pixels[tuple(where[a] for a in self.ome_letters())]
 
     def sizes(self, image: int) -> dict[str, int]:
         """SizeX..SizeT of an image as written."""
@@ -244,6 +259,14 @@ def tiff_recipes() -> list[Recipe]:
         ("multi-file, recovered after a crash", "recovered", lambda r: _settings(
             r / "crashed.ome.tiff", _dims(("t", 3), _positions(2), ("c", 2, {
                 "coords": ["a", "b"]}))), {"frames": 9}),
+        ("single file, 3 resolution levels (SubIFDs)", "daemon", lambda r: _settings(
+            r / "pyramid.ome.tiff", _dims(("t", 2), ("c", 2, {"coords": ["DAPI", "GFP"]}),
+                                          yx=(37, 30)),
+            format={"name": "ome-tiff", "levels": 3}), {}),
+        ("2 positions, 3 resolution levels (max), redundant", "in process", lambda r: _settings(
+            r / "pyramids.ome.tiff", _dims(_positions(2), ("z", 2, {"scale": 2, "unit": "um"}),
+                                           yx=(32, 32)),
+            format={"name": "ome-tiff", "levels": 3, "downsampling": "max"}), {}),
     ]
 
 
@@ -253,8 +276,10 @@ def zarr_recipes(version: str) -> list[Recipe]:
     plate_dim, plate = _plate_positions()
     tag = version.replace(".", "")
 
-    def zarr(name: str, dims, **kw) -> Callable[[Path], ows.AcquisitionSettings]:
-        return lambda r: _settings(r / f"{name}_{tag}.ome.zarr", dims, format=fmt, **kw)
+    def zarr(name: str, dims, levels: dict | None = None,
+             **kw) -> Callable[[Path], ows.AcquisitionSettings]:
+        return lambda r: _settings(r / f"{name}_{tag}.ome.zarr", dims,
+                                   format={**fmt, **(levels or {})}, **kw)
 
     out = [
         # acquisition order c, z, t: stored t, c, z (NGFF's order); chunks of 2 z planes
@@ -283,6 +308,12 @@ def zarr_recipes(version: str) -> list[Recipe]:
         ("plate, fields named 0, 1 in each well", "in process", zarr(
             "plate_numbered", _dims(_plate_positions(numbered=True)[0], yx=(16, 12)),
             plate=plate), {}),
+        ("image, 3 resolution levels (mean)", "daemon", zarr(
+            "pyramid", _dims(("t", 2), ("c", 2, {"coords": ["DAPI", "GFP"]}), yx=(37, 30)),
+            levels={"levels": 3}), {}),
+        ("3 positions, 3 resolution levels (stride)", "in process", zarr(
+            "pyramids", _dims(ows.PositionDimension(count=3), ("z", 2), yx=(32, 32)),
+            levels={"levels": 3, "downsampling": "stride"}), {}),
         ("2 positions, recovered after a crash", "recovered", zarr(
             "crashed", _dims(("t", 4, {"chunk_size": 1}), _positions(2),
                              ("c", 2, {"coords": ["a", "b"]}))), {"frames": 11}),

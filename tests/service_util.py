@@ -63,6 +63,51 @@ def start_daemon(rt: Path, *extra: str) -> DaemonProcess:
     raise RuntimeError("daemon did not start:\n" + log.read_text(errors="replace"))
 
 
+def this_host_address() -> str | None:
+    """This machine's own non-loopback IPv4 address (the source of its default route), or
+    None: a daemon bound there is reached as a client on another machine reaches it, while
+    no packet leaves the machine."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("192.0.2.123", 9))  # UDP: nothing is sent, the route is looked up
+            address = s.getsockname()[0]
+        except OSError:
+            return None
+    return None if address.startswith("127.") or address == "0.0.0.0" else address
+
+
+# ---- resolution levels, by their definition (independent of backends/pyramid.py) ----
+
+def reference_level(plane: np.ndarray, method: str) -> np.ndarray:
+    """One level below ``plane``, by the definition: odd extents padded by repeating the
+    edge, each 2x2 block reduced; integer means rounded half up."""
+    p = np.pad(plane, [(0, plane.shape[0] % 2), (0, plane.shape[1] % 2)], mode="edge")
+    blocks = p.reshape(p.shape[0] // 2, 2, p.shape[1] // 2, 2).transpose(0, 2, 1, 3)
+    blocks = blocks.reshape(*blocks.shape[:2], 4)
+    if method == "stride":
+        return blocks[..., 0]
+    if method == "min":
+        return blocks.min(axis=-1)
+    if method == "max":
+        return blocks.max(axis=-1)
+    if plane.dtype.kind == "f":
+        return (blocks.astype(np.float64).sum(axis=-1) / 4).astype(plane.dtype)
+    sums = blocks.astype(object).sum(axis=-1)
+    return np.vectorize(lambda s: (s + 2) // 4, otypes=[object])(sums).astype(plane.dtype)
+
+
+def reference_levels(image: np.ndarray, levels: int, method: str) -> list[np.ndarray]:
+    """Every level of an image (outer axes, y, x), each from the one above."""
+    out = [image]
+    for _ in range(levels - 1):
+        above = out[-1]
+        planes = [reference_level(above[i], method) for i in np.ndindex(*above.shape[:-2])]
+        out.append(np.stack(planes).reshape(*above.shape[:-2], *planes[0].shape))
+    return out
+
+
 def frame_pixels(seed: int, i: int, shape, dtype) -> np.ndarray:
     rng = np.random.default_rng([seed, i])
     info = np.iinfo(dtype)

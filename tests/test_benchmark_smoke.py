@@ -15,7 +15,7 @@ def test_benchmark_runs_end_to_end_on_tiny_sizes(tmp_path):
     res = subprocess.run(
         [sys.executable, str(BENCH), "--scale", "0.005", "--repeats", "1", "--workloads",
          "W1,W2", "--out", str(out), "--workdir", str(tmp_path / "work"), "--no-plot",
-         "--writers", "raw,service tiff,service zarr,tensorstore"],
+         "--writers", "raw,service tiff,service zarr,tensorstore,levels=4"],
         capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     data = json.loads((out / "results.json").read_text())
@@ -27,6 +27,9 @@ def test_benchmark_runs_end_to_end_on_tiny_sizes(tmp_path):
             assert run["close_s"] > 0
         assert runs["service zarr"][0]["daemon_peak_rss_mb"] > 0
     assert "error" not in data["workloads"]["W1"]["runs"]["tensorstore alone"][0]
+    for label in ("service tiff levels=4", "service zarr levels=4"):  # W1 only (issue 19)
+        assert "error" not in data["workloads"]["W1"]["runs"][label][0]
+        assert label not in data["workloads"]["W2"]["runs"]
     cams = data["camera"]
     assert set(cams) == {"100 fps 2048x2048", "5 kHz 256x256"}
     for case in cams.values():
@@ -45,6 +48,7 @@ def test_benchmark_runs_end_to_end_on_tiny_sizes(tmp_path):
                 "W3", "W2 service OME-TIFF ≥ 25,000 frames/s", "lateness p99 ≤ 1.5×",
                 "append p99 ≤ 2× memcpy p99", "append max ≤ 1 ms", "claim() p99 ≤ 50 µs",
                 "lower CPU priority", "compression blosc-lz4 level 1",
-                "compression zstd level 1", "peak RSS at 4× the frames"):
+                "compression zstd level 1", "peak RSS at 4× the frames",
+                "W1 service zarr levels=4 ≥ 0.75× levels=1"):
         assert row in md, row
     assert not any((tmp_path / "work").iterdir())  # datasets are removed after each run

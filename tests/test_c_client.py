@@ -21,7 +21,8 @@ from ome_writers_service import AcquisitionSettings, Dimension
 from ome_writers_service.metadata import read_frame_metadata
 
 from service_util import (ensure_debian_packages, frames_written_in_metadata, read_image,
-                          remove_daemon_shm, run_checker, start_daemon, wait_finalized)
+                          remove_daemon_shm, run_checker, start_daemon, this_host_address,
+                          wait_finalized)
 
 CLIENT = Path(__file__).resolve().parents[1] / "client" / "c"
 HEADERS = [Path("/usr/include/zmq.h"), Path("/usr/include/cjson/cJSON.h")]
@@ -95,6 +96,83 @@ def test_c_client_streams_an_exact_valid_dataset(build, daemon, tmp_path, suffix
                           transport, "24", "40", "56"], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stdout + res.stderr
     check_pattern_dataset(settings, json.loads(res.stdout.strip().splitlines()[-1]))
+
+
+def run_ows_test(build: Path, endpoint: str, token: str, sfile: Path, transport: str = "inline",
+                 timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([str(build / "ows_test"), endpoint, token, str(sfile), transport,
+                           "24", "40", "56"], capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize("transport", ["shm", "inline"])
+def test_c_client_speaks_curve_with_the_keys_of_the_connection_file(build, tmp_path, transport):
+    """A daemon that encrypts (--curve, forced on here on 127.0.0.1; always on beyond
+    loopback): ows_open_connection_file takes its public key and the client key pair from
+    daemon.json, and the stream (with its heartbeat socket, if any) runs over CURVE; the
+    token alone (PLAIN) and a key pair the daemon did not hand out are refused by name."""
+    import zmq
+
+    d = start_daemon(tmp_path / "rt", "--endpoint", "tcp://127.0.0.1:0", "--curve")
+    try:
+        conn = d.rt / "daemon.json"
+        settings = tczyx_settings(str(tmp_path / "c.ome.zarr"))
+        sfile = settings_file(tmp_path, settings)
+        res = run_ows_test(build, f"@{conn}", "-", sfile, transport)
+        assert res.returncode == 0, res.stdout + res.stderr
+        check_pattern_dataset(settings, json.loads(res.stdout.strip().splitlines()[-1]))
+        if transport == "shm":
+            return  # the refusals once
+        res = run_ows_test(build, d.endpoint, d.token, sfile, timeout=30)
+        assert res.returncode == 1, res.stdout + res.stderr
+        assert "speaks another security mechanism than PLAIN" in res.stderr, res.stderr
+        assert "ows_open_connection_file" in res.stderr
+        info = json.loads(conn.read_text())
+        public, secret = zmq.curve_keypair()
+        info["curve"].update(client_public=public.decode(), client_secret=secret.decode())
+        forged = tmp_path / "forged.json"
+        forged.write_text(json.dumps(info))
+        res = run_ows_test(build, f"@{forged}", "-", sfile, timeout=30)
+        assert res.returncode == 1, res.stdout + res.stderr
+        assert "did not accept the CURVE keys" in res.stderr, res.stderr
+        info["curve"]["client_secret"] = "short"
+        forged.write_text(json.dumps(info))
+        res = run_ows_test(build, f"@{forged}", "-", sfile, timeout=30)
+        assert res.returncode == 1 and "curve.client_secret is not a 40-character Z85" in \
+            res.stderr, res.stderr
+    finally:
+        assert d.stop() == 0, d.log_text()
+
+
+def test_c_client_over_the_network_keeps_its_stream_alive_with_encrypted_heartbeats(
+        build, tmp_path):
+    """Through this machine's network address, as from another host: the daemon cannot
+    watch the client's pid, so the library's heartbeat thread (its own CURVE socket) keeps
+    the stream open through a pause longer than the daemon's heartbeat timeout."""
+    host = this_host_address()
+    if host is None:
+        pytest.skip("this machine has no non-loopback address")
+    d = start_daemon(tmp_path / "rt", "--endpoint", f"tcp://{host}:0", "--allow-remote")
+    try:
+        settings = tczyx_settings(str(tmp_path / "c.ome.zarr"))
+        res = subprocess.run([str(build / "ows_test"), f"@{d.rt / 'daemon.json'}", "-",
+                              str(settings_file(tmp_path, settings)), "inline", "24", "40",
+                              "56", "2.0"], capture_output=True, text=True, timeout=120)
+        assert res.returncode == 0, res.stdout + res.stderr
+        check_pattern_dataset(settings, json.loads(res.stdout.strip().splitlines()[-1]))
+    finally:
+        assert d.stop() == 0, d.log_text()
+
+
+def test_c_client_refuses_a_non_loopback_endpoint_without_curve_keys(build, tmp_path):
+    """PLAIN sends the token in clear text: an endpoint and token for another machine are
+    refused before any connection is made (the name does not even resolve)."""
+    sfile = settings_file(tmp_path, tczyx_settings(str(tmp_path / "c.ome.zarr")))
+    for endpoint in ("tcp://scope-pc.invalid:5555", "tcp://10.1.2.3:5555", "tcp://[fe80::1]:1"):
+        res = run_ows_test(build, endpoint, "secret", sfile, timeout=10)
+        assert res.returncode == 1, res.stdout + res.stderr
+        assert f"{endpoint} is not a loopback address: its connection must be encrypted " \
+               "(CURVE)" in res.stderr, res.stderr
+    assert not (tmp_path / "c.ome.zarr").exists()
 
 
 @pytest.mark.parametrize("suffix", [".ome.zarr", ".ome.tiff"])

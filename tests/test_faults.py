@@ -16,12 +16,12 @@ import pytest
 import tifffile
 
 from ome_writers_service import (AcquisitionSettings, Dimension, OmeTiffFormat,
-                                 PositionDimension, create_stream)
+                                 OmeZarrFormat, PositionDimension, create_stream)
 from ome_writers_service.client import DaemonGoneError, ServiceStream
 from ome_writers_service.validate import validate_all
 
 from service_util import (frame_pixels, frames_written_in_metadata, plane_metadata,
-                          read_image, remove_daemon_shm, shm_rings, start_daemon,
+                          read_image, reference_levels, remove_daemon_shm, shm_rings, start_daemon,
                           wait_finalized)
 
 YX = [Dimension(name="y", count=16), Dimension(name="x", count=16)]
@@ -282,9 +282,9 @@ def _frame_meta(n: int) -> dict:
 
 
 def _daemon_kill_layouts(tmp: Path) -> list[tuple[AcquisitionSettings, str]]:
-    """Ten streams: both formats, one chunk per frame and chunks of several frames (frames
+    """Twelve streams: both formats, one chunk per frame and chunks of several frames (frames
     held in the daemon's buffers), positions inside a time chunk, shards, multi-file TIFFs,
-    the inline transport."""
+    the inline transport, pyramids."""
     def s(name, dims, fmt=None, **kw):
         return AcquisitionSettings(root_path=str(tmp / name), dtype="uint16", overwrite=True,
                                    ring_slots=16, dimensions=[*dims, *YX],
@@ -304,7 +304,28 @@ def _daemon_kill_layouts(tmp: Path) -> list[tuple[AcquisitionSettings, str]]:
            OmeTiffFormat(multi_file_metadata="companion-file")), "shm"),
         (s("ti.ome.tiff", [t(), c]), "inline"),
         (s("tt.ome.tiff", [t()]), "shm"),
+        (s("zl.ome.zarr", [t(4), c], OmeZarrFormat(levels=3)), "shm"),
+        (s("tl.ome.tiff", [t(), c], OmeTiffFormat(levels=3)), "shm"),
     ]
+
+
+def _check_lower_levels(settings: AcquisitionSettings, paths: list[str]) -> None:
+    """A pyramid after recover: every lower level is the downsample of the level above as
+    read back (frames and fill alike), by the reference definition (`reference_levels`)."""
+    levels = settings.format.levels
+    if levels == 1:
+        return
+    if settings.format_name == "ome-tiff":
+        with tifffile.TiffFile(paths[0]) as tf:
+            got = [lv.asarray() for lv in tf.series[0].levels]
+    else:
+        import tensorstore as ts
+        got = [ts.open({"driver": "zarr3", "kvstore": {"driver": "file",
+                                                       "path": f"{paths[0]}/{k}"}}
+                       ).result().read().result() for k in range(levels)]
+    assert len(got) == levels, settings.root_path
+    for k, want in enumerate(reference_levels(got[0], levels, settings.format.downsampling)):
+        np.testing.assert_array_equal(got[k], want, err_msg=f"{settings.root_path} level {k}")
 
 
 def _frame_at(settings: AcquisitionSettings, n: int) -> tuple[int, tuple[int, int, int]]:
@@ -315,8 +336,8 @@ def _frame_at(settings: AcquisitionSettings, n: int) -> tuple[int, tuple[int, in
     return int(idx.get("p", 0)), (int(idx["t"]), int(idx.get("c", 0)), 0)
 
 
-def test_daemon_sigkill_at_20_points_every_released_frame_is_recovered_with_metadata(tmp_path):
-    """Two daemons with ten streams each (20 kill points), SIGKILLed at a random moment
+def test_daemon_sigkill_at_24_points_every_released_frame_is_recovered_with_metadata(tmp_path):
+    """Two daemons with twelve streams each (24 kill points), SIGKILLed at a random moment
     while frames flow; ``recover`` then restores every frame the daemon had released (slot
     returned: its page or chunk written, or the frame in a chunk buffer), pixel-exact with its
     per-frame metadata (tensorstore / tifffile pixels, ome-types Planes, zarr.json rows), and
@@ -390,6 +411,7 @@ def test_daemon_sigkill_at_20_points_every_released_frame_is_recovered_with_meta
                 if settings.format_name == "ome-zarr":
                     assert got["note"] == f"frame {n}"
             assert frames_written_in_metadata(paths[0]) == len(present), settings.root_path
+            _check_lower_levels(settings, paths)
             for path in paths if settings.format_name == "ome-tiff" else [settings.root_path]:
                 for report in validate_all(path):
                     assert report.ok, report
@@ -399,6 +421,6 @@ def test_daemon_sigkill_at_20_points_every_released_frame_is_recovered_with_meta
                 st.close(timeout=5)
         assert not list(Path("/dev/shm").glob(f"owsbuf-{d.pid}-*"))  # recover took them
         remove_daemon_shm(d.pid)  # the dead daemon's rings
-    assert points == 20
-    print(f"20 daemon kill points: {released_total} frames released, all recovered with "
+    assert points == 24
+    print(f"24 daemon kill points: {released_total} frames released, all recovered with "
           f"their metadata ({buffered} from the daemon's chunk buffers)")

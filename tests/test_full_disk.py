@@ -2,7 +2,9 @@
 formats, through a real daemon: the error names the file and says "no space left", and
 the metadata's frame count equals the frames read back (tensorstore / tifffile), every time;
 nothing beyond them is presented as data, and no per-frame metadata describes a frame that
-is not there."""
+is not there. Half of the streams write a pyramid (levels=3): its lower levels hold each
+frame's downsampled plane or the fill value, never anything else, and level 0 is what
+counts."""
 
 from __future__ import annotations
 
@@ -14,7 +16,8 @@ import subprocess
 import numpy as np
 import pytest
 
-from ome_writers_service import AcquisitionSettings, Dimension, create_stream
+from ome_writers_service import (AcquisitionSettings, Dimension, OmeTiffFormat, OmeZarrFormat,
+                                 create_stream)
 from ome_writers_service.client import ServiceError
 
 from service_util import (frame_pixels, frames_written_in_metadata, plane_metadata, read_image,
@@ -41,12 +44,14 @@ def test_a_full_disk_at_20_points_leaves_metadata_that_counts_exactly_the_frames
             mounts.append(mnt)
             suffix = (".ome.zarr", ".ome.tiff")[k % 2]
             chunk = rng.choice([1, 1, 2, 4]) if suffix == ".ome.zarr" else 1
-            cases.append((k, mnt / f"run{suffix}", chunk, size))
+            levels = 3 if k % 4 >= 2 else 1
+            cases.append((k, mnt / f"run{suffix}", chunk, size, levels))
         counted = []
         named_lost: set[tuple[int, int]] = set()
-        for k, root, chunk, size in cases:
+        for k, root, chunk, size, levels in cases:
+            fmt = (OmeTiffFormat if root.suffix == ".tiff" else OmeZarrFormat)(levels=levels)
             settings = AcquisitionSettings(
-                root_path=str(root), dtype="uint16", overwrite=True, ring_slots=16,
+                root_path=str(root), dtype="uint16", overwrite=True, ring_slots=16, format=fmt,
                 dimensions=[Dimension(name="t", count=FRAMES // 2, chunk_size=chunk),
                             Dimension(name="c", count=2, type="channel"),
                             Dimension(name="y", count=32), Dimension(name="x", count=32)])
@@ -83,6 +88,8 @@ def test_a_full_disk_at_20_points_leaves_metadata_that_counts_exactly_the_frames
                     assert n in readable, (root, n, "metadata without its frame")
                     assert row["delta_t"] == 0.5 * n
             assert 0 < len(readable) < FRAMES, (root, len(readable))
+            if levels > 1:
+                check_lower_levels(path, k, readable, levels)
             for named in re.findall(r"frames? ([\d, -]+) (?:are|is) not on disk",
                                     " ".join(stream.report["errors"])):
                 for run in named.split(", "):  # the frames an error names are not there
@@ -97,3 +104,39 @@ def test_a_full_disk_at_20_points_leaves_metadata_that_counts_exactly_the_frames
         d.stop()
         for mnt in mounts:
             subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def _mean_halved(a: np.ndarray) -> np.ndarray:
+    """A 2x2 mean, rounded half up (even extents), computed here, not by the service."""
+    y, x = a.shape
+    s = a.astype(np.uint32).reshape(y // 2, 2, x // 2, 2).sum(axis=(1, 3))
+    return ((s + 2) >> 2).astype(a.dtype)
+
+
+def check_lower_levels(path: str, k: int, readable: set[int], levels: int) -> None:
+    """Each plane of each lower level is the downsampled frame or the fill value."""
+    if path.endswith(".tiff"):
+        import tifffile
+
+        def subifds(tf, n, page):
+            for i, offset in enumerate(page.subifds or ()):
+                tf.filehandle.seek(offset)
+                yield tifffile.TiffPage(tf, index=(n, i)).asarray()
+
+        with tifffile.TiffFile(path) as tf:
+            planes = [list(subifds(tf, n, page)) for n, page in enumerate(tf.pages)]
+        by_level = [[p[lv - 1] if len(p) >= lv else None for p in planes]
+                    for lv in range(1, levels)]
+    else:
+        import tensorstore as ts
+        by_level = [ts.open({"driver": "zarr3", "kvstore": {"driver": "file",
+                                                              "path": f"{path}/{lv}"}}
+                            ).result().read().result().reshape(-1, *(32 >> lv,) * 2)
+                    for lv in range(1, levels)]
+    for lv, got in enumerate(by_level, 1):
+        for n, plane in enumerate(got):
+            expected = frame_pixels(k, n, (32, 32), np.uint16)
+            for _ in range(lv):
+                expected = _mean_halved(expected)
+            filled = plane is None or not plane.any()
+            assert filled or np.array_equal(plane, expected), (path, lv, n)

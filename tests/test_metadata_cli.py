@@ -120,25 +120,29 @@ def test_useq_sequence_streams_through_the_daemon(daemon, tmp_path):
 
 
 def test_status_watch_on_a_live_stream(daemon, tmp_path):
+    total = 6000  # more than the camera below can send before the watcher is done
     settings = AcquisitionSettings(
         root_path=str(tmp_path / "live.ome.tiff"), dtype="uint16", overwrite=True,
-        dimensions=[Dimension(name="t", count=200), Dimension(name="y", count=64),
+        dimensions=[Dimension(name="t", count=total), Dimension(name="y", count=64),
                     Dimension(name="x", count=64)])
     stream = create_stream(settings, endpoint=daemon.endpoint, token=daemon.token)
     watch = subprocess.Popen([sys.executable, "-m", "ome_writers_service", "status",
                               "--runtime-dir", str(daemon.rt), "--watch", "0.3", "--count", "8"],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    for i in range(150):  # a slow camera while the watcher refreshes
-        stream.append(frame_pixels(62, i, (64, 64), np.uint16))
+    sent = 0
+    while watch.poll() is None and sent < total:  # a slow camera for as long as it watches
+        stream.append(frame_pixels(62, sent, (64, 64), np.uint16))
+        sent += 1
         time.sleep(0.01)
     out, err = watch.communicate(timeout=60)
     assert watch.returncode == 0, err
     blocks = out.split("daemon pid")
     assert len(blocks) - 1 == 8
-    written = [int(x) for x in __import__("re").findall(r"(\d+)/200 written", out)]
+    written = [int(x) for x in __import__("re").findall(rf"(\d+)/{total} written", out)]
+    assert len(written) == 8, out
     assert written == sorted(written) and written[-1] > written[0]  # it was live
     assert "frames/s" in out and "lag" in out and "ring" in out and "ETA" in out
-    stream.skip(frames=50)
+    stream.skip(frames=total - sent)
     stream.close()
 
 

@@ -222,6 +222,15 @@ def check_bioformats_view(ds: Written, got: dict) -> None:
             want = ds.plane(k, plane["z"], plane["c"], plane["t"])
             assert plane["md5"] == md5_of(want, series["little_endian"]), \
                 f"{what}: pixels of plane z={plane['z']} c={plane['c']} t={plane['t']}"
+        # a pyramid: its lower levels as the image's resolutions, every plane at each
+        assert len(series["resolutions"]) == ds.levels - 1, what
+        for level, res in enumerate(series["resolutions"], 1):
+            assert [res["Y"], res["X"]] == list(ds.expected_levels(k)[level].shape[-2:]), what
+            assert len(res["planes"]) == len(series["planes"]), what
+            for plane in res["planes"]:
+                want = ds.plane(k, plane["z"], plane["c"], plane["t"], level)
+                assert plane["md5"] == md5_of(want, series["little_endian"]), \
+                    f"{what} resolution {level}: pixels of plane {plane}"
     assert got["plates"] == expected_plates(ds), where
     assert sorted(x["file"] for x in got["xml"]) == files, where
     for doc in got["xml"]:
@@ -295,10 +304,11 @@ def letters(ds: Written) -> list[str]:
     return [{"time": "T", "channel": "C", "space": "Z"}[d.type] for d in dims[:-2]] + ["Y", "X"]
 
 
-def as_tczyx(ds: Written, k: int) -> np.ndarray:
-    """Image ``k`` as written, in TCZYX order (bioio's), length-1 axes where it has none."""
+def as_tczyx(ds: Written, k: int, level: int = 0) -> np.ndarray:
+    """Image ``k`` as written (at a resolution level), in TCZYX order (bioio's), length-1
+    axes where it has none."""
     have = letters(ds)
-    arr = ds.expected[k]
+    arr = ds.expected_levels(k)[level]
     for letter in "TCZYX":
         if letter not in have:
             arr = arr[np.newaxis]
@@ -319,6 +329,11 @@ def check_ngff_image(ds: Written, k: int, ngff: dict, where: str) -> None:
     if any(d.translation for d in ds.storage_dims):
         assert transforms[1]["translation"] == [float(d.translation or 0)
                                                 for d in ds.storage_dims], where
+    assert [d["path"] for d in ms["datasets"]] == [str(k) for k in range(ds.levels)], where
+    for level, dataset in enumerate(ms["datasets"][1:], 1):  # each halves y and x
+        scale = scale_of(ds)
+        scale[-2:] = [s * 2 ** level for s in scale[-2:]]
+        assert dataset["coordinateTransformations"][0]["scale"] == scale, (where, level)
     assert ms["name"] == ds.image_names[k], where
     if ds.channel_names:
         assert [c["label"] for c in ngff["omero"]["channels"]] == ds.channel_names, where
@@ -369,6 +384,9 @@ def test_zarr_python_reads_every_ome_zarr_layout(zarr_sets, k):
         if v3:
             assert list(arr.metadata.dimension_names) == [d.name for d in ds.storage_dims]
         np.testing.assert_array_equal(arr[...], ds.expected[i], err_msg=f"{ds.root} {rel}")
+        for level in range(1, ds.levels):
+            np.testing.assert_array_equal(group[str(level)][...], ds.expected_levels(i)[level],
+                                          err_msg=f"{ds.root} {rel} level {level}")
     MATRIX[("zarr-python", zarr_layout(ds))] += 1
 
 
@@ -443,7 +461,10 @@ def test_ome_zarr_py_reads_every_ome_zarr_layout(zarr_sets, k):
         where = str(image_dir(ds, i))
         node = list(Reader(parse_url(where))())[0]
         assert any(isinstance(s, Multiscales) for s in node.specs), where
-        np.testing.assert_array_equal(np.asarray(node.data[0]), ds.expected[i], err_msg=where)
+        assert len(node.data) == ds.levels, where  # a pyramid: one array per level
+        for level, data in enumerate(node.data):
+            np.testing.assert_array_equal(np.asarray(data), ds.expected_levels(i)[level],
+                                          err_msg=f"{where} level {level}")
         md = node.metadata
         assert [a["name"] for a in md["axes"]] == [d.name for d in ds.storage_dims], where
         assert md["coordinateTransformations"][0][0]["scale"] == scale_of(ds), where
@@ -486,6 +507,11 @@ def test_bioio_ome_zarr_reads_every_ome_zarr_image(zarr_sets, k):
         img = bioio.BioImage(where, reader=bioio_ome_zarr.Reader)
         assert img.scenes == (ds.image_names[i],), where
         check_bioimage(ds, i, img, str(where))
+        assert img.resolution_levels == tuple(range(ds.levels)), where
+        for level in range(1, ds.levels):
+            img.set_resolution_level(level)
+            np.testing.assert_array_equal(np.asarray(img.data), as_tczyx(ds, i, level),
+                                          err_msg=f"{where} level {level}")
     MATRIX[("bioio-ome-zarr", zarr_layout(ds))] += 1
 
 
@@ -509,6 +535,7 @@ def test_bioio_ome_tiff_reads_every_ome_tiff_layout_it_supports(tiff_sets, k):
             continue
         img = bioio.BioImage(path, reader=bioio_ome_tiff.Reader)
         assert len(img.scenes) == len(ds.expected), path
+        assert img.resolution_levels == (0,), path  # it does not read SubIFD levels
         for i in range(len(ds.expected)):
             img.set_scene(i)
             check_bioimage(ds, i, img, f"{path} scene {i}")
@@ -518,6 +545,9 @@ def test_bioio_ome_tiff_reads_every_ome_tiff_layout_it_supports(tiff_sets, k):
         return
     if len(full) < len(bioformats_inputs(ds)):
         UNSUPPORTED[("bioio-ome-tiff", tiff_layout(ds))] = "from the master file only"
+    if ds.levels > 1:
+        UNSUPPORTED[("bioio-ome-tiff", tiff_layout(ds))] = \
+            "full resolution only: it lists no resolution levels of SubIFD pyramids"
     MATRIX[("bioio-ome-tiff", tiff_layout(ds))] += 1
 
 
@@ -576,7 +606,9 @@ def test_ome_zarr_models_validates_every_ome_zarr_layout(zarr_sets, k):
             attrs = model.attributes.model_dump(by_alias=True, exclude_none=True)
             check_ngff_image(ds, i, attrs["ome"] if "ome" in attrs else attrs,
                              f"{ds.root} {rel}")
-            assert tuple(model.members["0"].shape) == ds.expected[i].shape
+            for level in range(ds.levels):
+                assert tuple(model.members[str(level)].shape) == \
+                    ds.expected_levels(i)[level].shape, (rel, level)
     finally:
         ctx.__exit__(None, None, None)
     MATRIX[("ome-zarr-models", zarr_layout(ds))] += 1

@@ -44,13 +44,24 @@
 #define OWS_RING_VERSION 2
 /* Most bytes of JSON one frame's metadata may take (the daemon's header limit is 1 MiB). */
 #define OWS_MAX_META_BYTES 1000000
+#define OWS_Z85_KEY 40 /* a CURVE key in Z85 text */
+
+/* The CURVE keys of a daemon that encrypts its connections (Z85, NUL-terminated): its public
+ * key and the client key pair its connection file hands out. */
+typedef struct {
+    char server_public[OWS_Z85_KEY + 1], client_public[OWS_Z85_KEY + 1],
+        client_secret[OWS_Z85_KEY + 1];
+} ows_curve;
 
 struct ows_stream {
     void *ctx;
     void *sock;
-    void *auth_events;     /* during open: the monitor telling a refused token */
+    void *auth_events;     /* during open: the monitor telling a failed handshake */
+    int handshake_failed;  /* the ZMQ_EVENT_HANDSHAKE_FAILED_* event seen, or 0 */
     char endpoint[512];
     char token[256];
+    int curve;             /* encrypt with CURVE (keys below) instead of PLAIN */
+    ows_curve keys;
     int sid;
     int64_t seq, dropped, total; /* total < 0: unbounded */
     size_t frame_nbytes;
@@ -302,27 +313,55 @@ static int check_daemon(ows_stream *s) {
 
 /* Wait for a reply of the given type (timeout <= 0: as long as the daemon lives); *out
  * receives it (caller frees). An error reply returns OWS_ERR_DAEMON with its message. */
-/* Every connection to the daemon authenticates in the ZMTP handshake (PLAIN mechanism,
- * user "ows", the token as password; PROTOCOL.md section 2). */
+/* Every connection to the daemon authenticates in the ZMTP handshake (PROTOCOL.md section
+ * 2): PLAIN (user "ows", the token as password) on ipc and loopback, or CURVE with the keys
+ * of the daemon's connection file, which also encrypts everything sent. */
 static int authenticate(ows_stream *s, void *sock) {
+    if (s->curve)
+        return zmq_setsockopt(sock, ZMQ_CURVE_SERVERKEY, s->keys.server_public,
+                              OWS_Z85_KEY + 1) < 0 ||
+               zmq_setsockopt(sock, ZMQ_CURVE_PUBLICKEY, s->keys.client_public,
+                              OWS_Z85_KEY + 1) < 0 ||
+               zmq_setsockopt(sock, ZMQ_CURVE_SECRETKEY, s->keys.client_secret,
+                              OWS_Z85_KEY + 1) < 0 ? -1 : 0;
     return zmq_setsockopt(sock, ZMQ_PLAIN_USERNAME, "ows", 3) < 0 ||
            zmq_setsockopt(sock, ZMQ_PLAIN_PASSWORD, s->token, strlen(s->token)) < 0 ? -1 : 0;
 }
 
-/* A refused token fails the handshake, which no message reports: a socket monitor does. */
-static int auth_refused(ows_stream *s) {
-    if (!s->auth_events) return 0;
+/* Whether an endpoint never leaves this machine: ipc, inproc, or TCP to 127.0.0.0/8, ::1 or
+ * localhost. Anything else needs CURVE: PLAIN would send the token in clear text. */
+static int is_loopback(const char *endpoint) {
+    if (!strncmp(endpoint, "ipc://", 6) || !strncmp(endpoint, "inproc://", 9)) return 1;
+    if (strncmp(endpoint, "tcp://", 6)) return 0;
+    char host[512];
+    snprintf(host, sizeof host, "%s", endpoint + 6);
+    char *colon = strrchr(host, ':');
+    if (colon) *colon = 0;
+    const char *h = host;
+    size_t n = strlen(h);
+    if (n >= 2 && h[0] == '[' && h[n - 1] == ']') { /* [::1] */
+        host[n - 1] = 0;
+        h++;
+    }
+    return !strcmp(h, "localhost") || !strcmp(h, "::1") || !strncmp(h, "127.", 4);
+}
+
+/* A failed handshake (refused token or keys, or PLAIN meeting CURVE) is reported by no
+ * message: a socket monitor tells it. */
+static int handshake_failed(ows_stream *s) {
+    if (!s->auth_events) return s->handshake_failed;
     zmq_msg_t ev;
     zmq_msg_init(&ev);
-    int refused = 0;
     while (zmq_msg_recv(&ev, s->auth_events, ZMQ_DONTWAIT) >= 0) {
         if (zmq_msg_more(&ev) == 0) continue; /* the address part of an event */
         uint16_t event = 0;
         if (zmq_msg_size(&ev) >= 2) memcpy(&event, zmq_msg_data(&ev), 2);
-        if (event == ZMQ_EVENT_HANDSHAKE_FAILED_AUTH) refused = 1;
+        if (event == ZMQ_EVENT_HANDSHAKE_FAILED_AUTH ||
+            event == ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL)
+            s->handshake_failed = event;
     }
     zmq_msg_close(&ev);
-    return refused;
+    return s->handshake_failed;
 }
 
 static void stop_auth_events(ows_stream *s) {
@@ -347,9 +386,18 @@ static int await_reply(ows_stream *s, const char *type, double timeout, cJSON **
             cJSON_Delete(h);
             return OWS_ERR_DAEMON;
         }
-        if (auth_refused(s))
+        int failed = handshake_failed(s);
+        if (failed == ZMQ_EVENT_HANDSHAKE_FAILED_AUTH)
             return fail(s, OWS_ERR_DAEMON, "daemon: open refused: the daemon at %s did not "
-                        "accept the token (unauthorized)", s->endpoint);
+                        "accept the %s (unauthorized): see its connection file", s->endpoint,
+                        s->curve ? "CURVE keys" : "token");
+        if (failed)
+            return fail(s, OWS_ERR_DAEMON, "daemon: open refused: the daemon at %s speaks "
+                        "another security mechanism than %s (unauthorized): %s", s->endpoint,
+                        s->curve ? "CURVE" : "PLAIN", s->curve
+                        ? "it expects the token without keys: open it with its endpoint and token"
+                        : "it encrypts (CURVE): open it with its connection file, "
+                          "ows_open_connection_file");
         int rc = check_daemon(s);
         if (rc != OWS_OK) return rc;
         if (deadline > 0 && now_s() > deadline)
@@ -360,9 +408,9 @@ static int await_reply(ows_stream *s, const char *type, double timeout, cJSON **
 
 /* ---------------------------------------------------------------- connection file, ring */
 
-static int read_connection_file(char *endpoint, size_t elen, char *token, size_t tlen,
-                                char *err, size_t errlen) {
-    char dir[512], path[600];
+/* The local daemon's connection file: $OME_WRITERS_SERVICE_RUNTIME_DIR/daemon.json, else
+ * $XDG_RUNTIME_DIR/ome-writers-service-UID/daemon.json, else /tmp/ome-writers-service-UID/. */
+static int default_connection_file(char *path, size_t len, char *err, size_t errlen) {
     const char *rt = nonempty(getenv("OME_WRITERS_SERVICE_RUNTIME_DIR"));
 #if defined(_WIN32)
     if (!rt) {
@@ -370,20 +418,30 @@ static int read_connection_file(char *endpoint, size_t elen, char *token, size_t
                  "not set: pass the endpoint and token of the daemon's daemon.json");
         return -1;
     }
-    snprintf(dir, sizeof dir, "%s", rt);
+    snprintf(path, len, "%s/daemon.json", rt);
 #else
+    (void)err;
+    (void)errlen;
     const char *xdg = nonempty(getenv("XDG_RUNTIME_DIR"));
-    if (rt) snprintf(dir, sizeof dir, "%s", rt);
-    else if (xdg) snprintf(dir, sizeof dir, "%s/ome-writers-service-%u", xdg, (unsigned)getuid());
-    else snprintf(dir, sizeof dir, "/tmp/ome-writers-service-%u", (unsigned)getuid());
+    if (rt) snprintf(path, len, "%s/daemon.json", rt);
+    else if (xdg) snprintf(path, len, "%s/ome-writers-service-%u/daemon.json", xdg,
+                           (unsigned)getuid());
+    else snprintf(path, len, "/tmp/ome-writers-service-%u/daemon.json", (unsigned)getuid());
 #endif
-    snprintf(path, sizeof path, "%s/daemon.json", dir);
+    return 0;
+}
+
+/* Endpoint, token and (a daemon that encrypts) CURVE keys of a connection file; *has_curve
+ * says whether it holds keys. */
+static int read_connection_file(const char *path, char *endpoint, size_t elen, char *token,
+                                size_t tlen, ows_curve *keys, int *has_curve, char *err,
+                                size_t errlen) {
     FILE *f = fopen(path, "rb");
     if (!f) {
         snprintf(err, errlen, "no daemon: cannot read %s (%s)", path, strerror(errno));
         return -1;
     }
-    char buf[4096];
+    char buf[8192];
     size_t n = fread(buf, 1, sizeof buf - 1, f);
     fclose(f);
     buf[n] = 0;
@@ -395,6 +453,19 @@ static int read_connection_file(char *endpoint, size_t elen, char *token, size_t
         snprintf(token, tlen, "%s", t);
     } else {
         snprintf(err, errlen, "%s is not a daemon connection file", path);
+    }
+    const cJSON *curve = cJSON_GetObjectItem(info, "curve");
+    *has_curve = ok && cJSON_IsObject(curve);
+    if (*has_curve) {
+        const char *names[3] = {"server_public", "client_public", "client_secret"};
+        char *dest[3] = {keys->server_public, keys->client_public, keys->client_secret};
+        for (int i = 0; i < 3 && ok; i++) {
+            const char *key = str_field(curve, names[i], "");
+            ok = strlen(key) == OWS_Z85_KEY;
+            if (ok) memcpy(dest[i], key, OWS_Z85_KEY + 1);
+            else snprintf(err, errlen, "%s: curve.%s is not a 40-character Z85 CURVE key",
+                          path, names[i]);
+        }
     }
     cJSON_Delete(info);
     return ok ? 0 : -1;
@@ -592,14 +663,13 @@ static void abandon(ows_stream *s) {
     memcpy(s->error, keep, sizeof keep);
 }
 
-int ows_open_ex(const char *endpoint, const char *token, const char *settings_json,
-                int transport, ows_stream **out, char *err, size_t errlen) {
-    char ep[512], tok[256], scratch_err[8];
-    if (!err || !errlen) {
-        err = scratch_err;
-        errlen = sizeof scratch_err;
-    }
-    err[0] = 0;
+/* Open a stream on the daemon at ep (CURVE keys: NULL for PLAIN); the arguments checked. */
+static int open_stream(const char *ep, const char *tok, const ows_curve *keys,
+                       const char *settings_json, int transport, ows_stream **out, char *err,
+                       size_t errlen);
+
+static int check_open_args(const char *settings_json, int transport, ows_stream **out,
+                           char *err, size_t errlen) {
     if (out) *out = NULL;
     if (!out) return open_error(err, errlen, OWS_ERR_ARG, "out is NULL");
     if (!settings_json) return open_error(err, errlen, OWS_ERR_ARG, "settings_json is NULL");
@@ -611,13 +681,70 @@ int ows_open_ex(const char *endpoint, const char *token, const char *settings_js
         return open_error(err, errlen, OWS_ERR_ARG, "no POSIX shared memory on this platform: "
                           "use OWS_TRANSPORT_INLINE (1)");
 #endif
+    return OWS_OK;
+}
+
+#define OWS_FIX_ERR(err, errlen, scratch)                                                      \
+    do {                                                                                       \
+        if (!(err) || !(errlen)) {                                                             \
+            (err) = (scratch);                                                                 \
+            (errlen) = sizeof(scratch);                                                        \
+        }                                                                                      \
+        (err)[0] = 0;                                                                          \
+    } while (0)
+
+int ows_open_ex(const char *endpoint, const char *token, const char *settings_json,
+                int transport, ows_stream **out, char *err, size_t errlen) {
+    char ep[512] = "", tok[256] = "", path[600], scratch_err[8];
+    OWS_FIX_ERR(err, errlen, scratch_err);
+    int rc = check_open_args(settings_json, transport, out, err, errlen);
+    if (rc != OWS_OK) return rc;
     endpoint = nonempty(endpoint);
     token = nonempty(token);
-    if ((!endpoint || !token) &&
-        read_connection_file(ep, sizeof ep, tok, sizeof tok, err, errlen) < 0)
-        return OWS_ERR_DAEMON_GONE;
+    ows_curve keys;
+    int has_curve = 0;
+    if (!endpoint || !token) {
+        if (default_connection_file(path, sizeof path, err, errlen) < 0 ||
+            read_connection_file(path, ep, sizeof ep, tok, sizeof tok, &keys, &has_curve, err,
+                                 errlen) < 0)
+            return OWS_ERR_DAEMON_GONE;
+        /* the file's keys belong to the file's endpoint */
+        if (endpoint && strcmp(endpoint, ep)) has_curve = 0;
+    }
     if (endpoint) snprintf(ep, sizeof ep, "%s", endpoint);
     if (token) snprintf(tok, sizeof tok, "%s", token);
+    return open_stream(ep, tok, has_curve ? &keys : NULL, settings_json, transport, out, err,
+                       errlen);
+}
+
+int ows_open_connection_file(const char *connection_file, const char *endpoint,
+                             const char *settings_json, int transport, ows_stream **out,
+                             char *err, size_t errlen) {
+    char ep[512], tok[256], path[600], scratch_err[8];
+    OWS_FIX_ERR(err, errlen, scratch_err);
+    int rc = check_open_args(settings_json, transport, out, err, errlen);
+    if (rc != OWS_OK) return rc;
+    if (nonempty(connection_file)) snprintf(path, sizeof path, "%s", connection_file);
+    else if (default_connection_file(path, sizeof path, err, errlen) < 0)
+        return OWS_ERR_DAEMON_GONE;
+    ows_curve keys;
+    int has_curve = 0;
+    if (read_connection_file(path, ep, sizeof ep, tok, sizeof tok, &keys, &has_curve, err,
+                             errlen) < 0)
+        return nonempty(connection_file) ? OWS_ERR_ARG : OWS_ERR_DAEMON_GONE;
+    if (nonempty(endpoint)) snprintf(ep, sizeof ep, "%s", endpoint);
+    return open_stream(ep, tok, has_curve ? &keys : NULL, settings_json, transport, out, err,
+                       errlen);
+}
+
+static int open_stream(const char *ep, const char *tok, const ows_curve *keys,
+                       const char *settings_json, int transport, ows_stream **out, char *err,
+                       size_t errlen) {
+    if (!keys && !is_loopback(ep))
+        return open_error(err, errlen, OWS_ERR_ARG, "%s is not a loopback address: its "
+                          "connection must be encrypted (CURVE). Open it with the daemon's "
+                          "connection file (ows_open_connection_file), copied from its "
+                          "machine: it holds the daemon's public key and your key pair", ep);
     cJSON *settings = cJSON_Parse(settings_json);
     if (!cJSON_IsObject(settings)) {
         cJSON_Delete(settings);
@@ -630,6 +757,10 @@ int ows_open_ex(const char *endpoint, const char *token, const char *settings_js
     }
     snprintf(s->endpoint, sizeof s->endpoint, "%s", ep);
     snprintf(s->token, sizeof s->token, "%s", tok);
+    if (keys) {
+        s->curve = 1;
+        s->keys = *keys;
+    }
     s->claimed_slot = -1;
     s->err_flag = &s->no_flag;
     s->last_heard = now_s();
@@ -643,8 +774,15 @@ int ows_open_ex(const char *endpoint, const char *token, const char *settings_js
         /* never block a send, never drop a reply: credits bound what is in flight */
         zmq_setsockopt(s->sock, ZMQ_SNDHWM, &zero, sizeof zero);
         zmq_setsockopt(s->sock, ZMQ_RCVHWM, &zero, sizeof zero);
-        if (authenticate(s, s->sock) == 0 &&
-            zmq_socket_monitor(s->sock, monitor, ZMQ_EVENT_HANDSHAKE_FAILED_AUTH) == 0) {
+        if (authenticate(s, s->sock) < 0) {
+            int rc = open_error(err, errlen, OWS_ERR_SYSTEM, "cannot set the %s credentials: %s",
+                                s->curve ? "CURVE" : "PLAIN", zmq_strerror(zmq_errno()));
+            cJSON_Delete(settings);
+            release_stream(s);
+            return rc;
+        }
+        if (zmq_socket_monitor(s->sock, monitor, ZMQ_EVENT_HANDSHAKE_FAILED_AUTH |
+                               ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL) == 0) {
             s->auth_events = new_socket(s, ZMQ_PAIR);
             if (s->auth_events && zmq_connect(s->auth_events, monitor) < 0) {
                 zmq_close(s->auth_events);

@@ -107,9 +107,13 @@ typedef struct ows_stream ows_stream;
 
 /* Open a stream. endpoint/token NULL or "": read the local daemon's connection file
  * ($OME_WRITERS_SERVICE_RUNTIME_DIR, else $XDG_RUNTIME_DIR/ome-writers-service-UID, else
- * /tmp/ome-writers-service-UID, file daemon.json). settings_json: AcquisitionSettings as
- * JSON (PROTOCOL.md §4). On failure returns NULL and writes the reason to err (err may be
- * NULL). Blocks until the daemon has created the dataset. */
+ * /tmp/ome-writers-service-UID, file daemon.json), with its CURVE keys if it has any.
+ * settings_json: AcquisitionSettings as JSON (PROTOCOL.md §4). On failure returns NULL and
+ * writes the reason to err (err may be NULL). Blocks until the daemon has created the
+ * dataset. Security: an endpoint and token given here authenticate with PLAIN, which sends
+ * the token in clear text, so only an ipc or loopback endpoint (127.0.0.0/8, ::1, localhost)
+ * is accepted that way; any other is refused (OWS_ERR_ARG) before a connection is made:
+ * open it with ows_open_connection_file, whose CURVE keys encrypt the connection. */
 OWS_API ows_stream *OWS_CALL ows_open(const char *endpoint, const char *token,
                                       const char *settings_json, int transport, char *err,
                                       size_t errlen);
@@ -120,6 +124,19 @@ OWS_API ows_stream *OWS_CALL ows_open(const char *endpoint, const char *token,
 OWS_API int OWS_CALL ows_open_ex(const char *endpoint, const char *token,
                                  const char *settings_json, int transport, ows_stream **out,
                                  char *err, size_t errlen);
+
+/* Open a stream on the daemon a connection file describes (its daemon.json, copied from the
+ * daemon's machine for a remote client; NULL or "": the local daemon's, as ows_open finds
+ * it). A daemon that encrypts (CURVE: any non-loopback endpoint, or `serve --curve`) lists
+ * its public key and a client key pair there, and every connection then uses them; keep the
+ * copy private (0600), as the daemon keeps its own. endpoint NULL or "": the file's;
+ * otherwise the address this machine reaches the daemon by (e.g. "tcp://scope-pc:5555" for
+ * a daemon bound to tcp://0.0.0.0:5555), with the file's token and keys. Codes as
+ * ows_open_ex; OWS_ERR_ARG when the file cannot be read or is not a connection file. */
+OWS_API int OWS_CALL ows_open_connection_file(const char *connection_file,
+                                              const char *endpoint,
+                                              const char *settings_json, int transport,
+                                              ows_stream **out, char *err, size_t errlen);
 
 /* Copy one frame (nbytes must equal ows_frame_nbytes) into a free slot and notify the
  * daemon; the caller's buffer is free again on return. meta_json: NULL, "" or a JSON object

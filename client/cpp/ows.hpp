@@ -29,6 +29,20 @@ class Stream {
                                    err, sizeof err);
         if (rc != OWS_OK) throw Error(rc, err);
     }
+    // From a daemon's connection file (its CURVE keys for a daemon on another machine; empty:
+    // the local daemon's); endpoint empty: the file's (see ows_open_connection_file).
+    static Stream from_connection_file(const std::string &connection_file,
+                                       const std::string &settings_json,
+                                       const std::string &endpoint = "",
+                                       bool inline_frames = false) {
+        char err[1024];
+        ows_stream *s = nullptr;
+        const int rc = ows_open_connection_file(
+            connection_file.c_str(), endpoint.c_str(), settings_json.c_str(),
+            inline_frames ? OWS_TRANSPORT_INLINE : OWS_TRANSPORT_SHM, &s, err, sizeof err);
+        if (rc != OWS_OK) throw Error(rc, err);
+        return Stream(s);
+    }
     Stream(const Stream &) = delete;
     Stream &operator=(const Stream &) = delete;
     Stream(Stream &&o) noexcept : s_(std::exchange(o.s_, nullptr)) {}
@@ -74,6 +88,7 @@ class Stream {
     long long frames_dropped() const { return ows_frames_dropped(s_); }
 
   private:
+    explicit Stream(ows_stream *s) noexcept : s_(s) {}
     void reset() noexcept {
         if (s_) ows_close(std::exchange(s_, nullptr), nullptr, 0);  // call close() to see errors
     }

@@ -117,6 +117,15 @@ class ArrayBackend(ABC):
     def set_global_metadata(self, namespace: str, metadata: Mapping[str, Any]) -> None:
         self.global_metadata[namespace] = check_global_metadata(namespace, metadata)
 
+    def recount_summary(self) -> None:
+        """The acquisition summary (taken before finalize) corrected for the writes found
+        failed since: their frames are not on disk, so neither counts them as written."""
+        summary = self.acquisition_summary
+        if summary:
+            lost = summary["frames_written"] - self.frames_written
+            summary["frames_written"] = self.frames_written
+            summary["frames_without_data"] = summary.get("frames_without_data", 0) + lost
+
     # ---- the format's own metadata, as ome-writers exposes it ----
 
     def get_metadata(self) -> dict[Any, Any]:

@@ -84,8 +84,8 @@ class BufferPool:
 class Block:
     """One write unit: ``shape`` planes (outer axes) of frames, at ``origin``."""
 
-    __slots__ = ("_base", "_marks", "_plane_strides", "_pool", "data", "expected", "filled",
-                 "lent", "mask", "origin", "position", "shape")
+    __slots__ = ("_base", "_marks", "_plane_strides", "_pool", "computing", "data", "expected",
+                 "filled", "lent", "mask", "origin", "position", "sealed", "shape")
 
     # mask: planes holding a frame (copied or lent); filled: planes accounted for, frames and
     # skips (a skipped plane is never touched: zeroed when the unit is written, if it is)
@@ -104,6 +104,10 @@ class Block:
         self.filled = 0
         self._plane_strides = _c_strides(shape, 1)
         self._base: int | None = None  # where plane 0 must start for a write from lent frames
+        #: planes being computed into the buffer elsewhere (a lower resolution level), and
+        #: whether the unit is complete and waits only for them to be written
+        self.computing = 0
+        self.sealed = False
 
     @property
     def complete(self) -> bool:
@@ -133,6 +137,12 @@ class Block:
         if self._marks is not None:
             self._marks[local] = 1  # after the pixels: the frame is safe in the arena
         self._mark(local)
+
+    def reserve(self, local: tuple[int, ...]) -> np.ndarray:
+        """The buffer's plane ``local``, to be filled by the caller (who tracks when)."""
+        plane = self._buffer()[local]
+        self._mark(local)
+        return plane
 
     def skip(self, local: tuple[int, ...]) -> None:
         """A plane that will never hold a frame: it reads as zeros."""

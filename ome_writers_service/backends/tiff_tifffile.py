@@ -5,14 +5,21 @@ cut short by a crash still holds a readable IFD chain of every page written. The
 carries the OME-XML declared at creation; ``finalize`` replaces it with the complete document
 (true plane counts, per-plane metadata, annotations) through ``tifffile.tiffcomment``. Several
 positions make a multi-file dataset whose files are linked by UUID (`TiffLayout`).
+
+With ``levels`` > 1 every page carries its lower resolutions as SubIFDs. They are computed on
+the downsampling threads (`pyramid`), and pages are written on a thread of their own
+(`_PagePipeline`), in arrival order, each as soon as its levels are ready.
 """
 
 from __future__ import annotations
 
 import os
+import queue
 import re
+import threading
 import uuid
-from typing import Any
+from collections import deque
+from typing import Any, Callable
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +28,9 @@ import tifffile
 from .. import format_metadata as fm
 from ..safe_files import create_new_file, write_atomically
 from ..schema import COMPANION_SUFFIX, AcquisitionSettings, OmeTiffFormat
+from . import pyramid
 from .base import ArrayBackend, BackendError, prepare_output
+from .blocks import BufferPool
 from .ome_xml import SUMMARY_NS, ImageRecord, binary_only, build_ome
 from .tiff_pages import PageAppender
 
@@ -225,9 +234,17 @@ class TifffileBackend(ArrayBackend):
         self._compression = _COMPRESSION[settings.compression]
         level = settings.codec_level
         self._codec_args = None if level is None else {"level": level}  # zstd's level
+        fmt = settings.format
+        self.levels: int = fmt.levels
+        self.downsampling: str = fmt.downsampling
+        #: (y, x) of each resolution, level 0 first
+        self.level_shapes = pyramid.level_shapes(self.frame_shape, self.levels)
+        page_bytes = sum(y * x for y, x in self.level_shapes) * self.dtype.itemsize
         planes = (settings.num_frames or 0) // max(1, len(self._paths))
         described = (settings.num_frames or 0) if self.layout.multi_file else planes
-        self._bigtiff = settings.is_unbounded or planes * settings.frame_nbytes > CLASSIC_TIFF_LIMIT
+        self._bigtiff = settings.is_unbounded or planes * page_bytes > CLASSIC_TIFF_LIMIT
+        #: with levels: the thread writing pages once their lower levels are computed
+        self._pipeline = _PagePipeline(self) if self.levels > 1 else None
         #: spaces after the first OME-XML, so that the final one (plane counts, one TiffData
         #: per page when pages arrive out of plane order, per-plane metadata) fits in place,
         #: also on a full disk; never more than ~1% of the file's pixels (a "redundant" plate
@@ -298,28 +315,56 @@ class TifffileBackend(ArrayBackend):
             raise BackendError(f"cannot create {e.filename or self._paths[0]}: {e.strerror}") from e
 
     def write(self, position, index, frame, metadata=None) -> None:
-        self._note_index(index)
-        self._note_metadata(position, index, metadata)
-        if index in self._page_of[position]:
-            raise BackendError(f"{self._paths[position]}: plane {index} written twice")
-        self._write_page(position, index, frame)
+        self._accept(position, index, metadata)
+        if self._pipeline is not None:  # the levels are computed from a copy of the frame
+            self._pipeline.put_copy(position, index, frame)
+        else:
+            self._write_page(position, index, frame)
         self.frames_written += 1
 
-    def _write_page(self, position: int, index: tuple[int, ...], frame: np.ndarray) -> None:
+    def write_borrowed(self, position, index, frame, metadata, done) -> None:
+        if self._pipeline is None:
+            super().write_borrowed(position, index, frame, metadata, done)
+            return
+        self._accept(position, index, metadata)
+        self._pipeline.put(position, index, frame, done)  # written from the lent frame
+        self.frames_written += 1
+
+    def _accept(self, position: int, index: tuple[int, ...], metadata) -> None:
+        if self._pipeline is not None:
+            self._raise_pipeline_errors()
+        if index in self._page_of[position] or (
+                self._pipeline is not None and index in self._pipeline.queued[position]):
+            raise BackendError(f"{self._paths[position]}: plane {index} written twice")
+        self._note_index(index)
+        self._note_metadata(position, index, metadata)
+
+    def _raise_pipeline_errors(self) -> None:
+        failed = self._pipeline.take_failures()  # type: ignore[union-attr]
+        if failed:
+            self.frames_written -= len(failed)  # accepted, but not on disk: say so
+            raise BackendError(failed[0])
+
+    def _write_page(self, position: int, index: tuple[int, ...], frame: np.ndarray,
+                    lower: list[np.ndarray] | None = None) -> None:
+        """Write plane ``index`` as the file's next page (with its lower levels: SubIFDs)."""
         pages = self._pages[position]
         appender = self._appenders[position]
+        lower = lower or []
         try:
             if appender is not None:
-                appender.append(np.ascontiguousarray(frame))
+                appender.append(np.ascontiguousarray(frame), *lower)
             else:
-                self._write_with_tifffile(position, frame)
+                self._write_with_tifffile(position, frame, lower)
         except OSError as e:
-            raise BackendError(f"writing page {len(pages)} of {self._paths[position]} failed: "
+            raise BackendError(f"writing page {len(pages)} (plane {index}) of "
+                               f"{self._paths[position]} failed: "
                                f"{_why(e, self._paths[position])}") from e
         self._page_of[position][index] = len(pages)
         pages.append(index)
 
-    def _write_with_tifffile(self, position: int, frame: np.ndarray) -> None:
+    def _write_with_tifffile(self, position: int, frame: np.ndarray,
+                             lower: list[np.ndarray]) -> None:
         pages = self._pages[position]
         writer = self._writers[position]
         description = None
@@ -328,7 +373,12 @@ class TifffileBackend(ArrayBackend):
             description = self._initial_xml(position) + b" " * (self._reserve if full else 64)
         writer.write(frame, photometric="minisblack", compression=self._compression,
                      compressionargs=self._codec_args,
-                     contiguous=False, metadata=None, description=description, software=False)
+                     contiguous=False, metadata=None, description=description, software=False,
+                     subifds=len(lower) or None)
+        for level in lower:  # the SubIFDs follow their page at once
+            writer.write(level, photometric="minisblack", compression=self._compression,
+                         compressionargs=self._codec_args, contiguous=False,
+                         metadata=None, software=False, subfiletype=1)
         writer._fh.flush()  # nothing of an acknowledged page waits in a Python buffer
         if len(pages) == 1 and self._compression is None:  # page 1 written: the template
             self._close_writer(position)
@@ -375,6 +425,8 @@ class TifffileBackend(ArrayBackend):
         return [1 if n is None else n for n in self.outer_shape]
 
     def read(self, position, index) -> np.ndarray | None:
+        if self._pipeline is not None:
+            self._pipeline.wait()  # the plane may still wait for its levels
         page = self._page_of[position].get(index)
         if page is None:
             return None
@@ -388,6 +440,12 @@ class TifffileBackend(ArrayBackend):
             return
         shape = list(self.current_shape()[:-2])
         errors = []
+        if self._pipeline is not None:  # every accepted page written (or failed) first
+            self._pipeline.close()
+            failed = self._pipeline.take_failures()
+            self.frames_written -= len(failed)
+            self.recount_summary()  # their frames are not on disk
+            errors += failed
         shapes: list[list[int]] = []
         for pos, path in enumerate(self._paths):
             described = None
@@ -434,10 +492,11 @@ class TifffileBackend(ArrayBackend):
         if not (shape and all(shape)):
             return shape
         zero = np.zeros(self.frame_shape, self.dtype)
+        zero_levels = [np.zeros(s, self.dtype) for s in self.level_shapes[1:]]
         try:
             for idx in np.ndindex(*shape):
                 if idx not in written:
-                    self._write_page(pos, idx, zero)
+                    self._write_page(pos, idx, zero, zero_levels)
             return shape
         except BackendError as e:
             errors.append(str(e))
@@ -449,6 +508,85 @@ class TifffileBackend(ArrayBackend):
         if steps == 0:
             return None
         return [steps if a == ax else n for a, n in enumerate(shape)]
+
+
+class _PagePipeline(threading.Thread):
+    """Pages of a pyramid OME-TIFF, written on a thread of their own in arrival order, each
+    once the downsampling threads computed its lower levels; the frame (lent, or a copy)
+    is handed back right after its page is written. At most ``depth`` pages wait: `put`
+    blocks beyond, so a slow disk holds the frames back in the ring, as without levels."""
+
+    def __init__(self, backend: TifffileBackend) -> None:
+        super().__init__(name="ows-tiff-pages", daemon=True)
+        self.b = backend
+        frame_bytes = backend.settings.frame_nbytes
+        self.depth = 8
+        self._pools = [BufferPool(shape, backend.dtype, keep_bytes=self.depth * frame_bytes)
+                       for shape in backend.level_shapes[1:]]
+        self._copies = BufferPool(backend.frame_shape, backend.dtype,
+                                  keep_bytes=self.depth * frame_bytes)
+        self._queue: queue.Queue = queue.Queue()
+        self._room = threading.Semaphore(self.depth)
+        #: per position: planes accepted and not yet written
+        self.queued: list[set[tuple[int, ...]]] = [set() for _ in backend.paths]
+        self._failures: deque[str] = deque()
+
+    def put_copy(self, position: int, index: tuple[int, ...], frame: np.ndarray) -> None:
+        src, _ = self._copies.take(self.b.frame_shape)
+        np.copyto(src, frame)
+        self.put(position, index, src, lambda: self._copies.give(src))
+
+    def put(self, position: int, index: tuple[int, ...], frame: np.ndarray,
+            done: Callable[[], None]) -> None:
+        """Queue plane ``index`` (``frame`` valid until ``done()``)."""
+        if not self.is_alive():
+            self.start()
+        self._room.acquire()
+        lower = [pool.take(shape)[0] for pool, shape in zip(self._pools, self.b.level_shapes[1:])]
+        levels = pyramid.submit(pyramid.cascade, frame, lower, self.b.downsampling)
+        self.queued[position].add(index)
+        self._queue.put((position, index, frame, lower, levels, done))
+
+    def take_failures(self) -> list[str]:
+        """What could not be written since the last call, one message per page."""
+        out = []
+        while self._failures:
+            out.append(self._failures.popleft())
+        return out
+
+    def wait(self) -> None:
+        """Until every page queued so far is written (or failed)."""
+        if self.is_alive():
+            self._queue.join()
+
+    def close(self) -> None:
+        if self.is_alive():
+            self._queue.put(None)
+            self.join()
+
+    def run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                self._queue.task_done()
+                return
+            position, index, frame, lower, levels, done = item
+            try:
+                if self._failures:  # nothing more is written after a failure
+                    raise BackendError(f"{self.b.paths[position]}: plane {index} not written "
+                                       "after an earlier failure")
+                levels.result()
+                self.b._write_page(position, index, frame, lower)
+            except Exception as e:  # noqa: BLE001 - reported by the writer thread
+                self._failures.append(str(e) if isinstance(e, BackendError) else
+                                      f"{self.b.paths[position]}: plane {index}: {e!r}")
+            finally:
+                for pool, buf in zip(self._pools, lower):
+                    pool.give(buf)
+                self.queued[position].discard(index)
+                done()
+                self._room.release()
+                self._queue.task_done()
 
 
 def _why_any(e: Exception, path: Path) -> str:

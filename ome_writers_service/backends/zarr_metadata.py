@@ -17,6 +17,11 @@ the settings and what the store's zarr metadata says now (array shapes, image na
 labels, per-frame metadata, acquisition summary, global metadata), so that it agrees with
 them whenever it is written: at creation, at close, after update_metadata() and by recover.
 
+Each image holds its resolution levels as arrays ``0`` .. ``levels-1`` (``OmeZarrFormat(levels=,
+downsampling=)``); `image_attributes` is the one place their multiscales datasets are stated,
+for both NGFF versions. Every document goes through a `storage.Store`: a local directory or an
+S3 bucket.
+
 NGFF 0.5 keeps its metadata under ``attributes["ome"]`` of ``zarr.json``; 0.4 at the top of
 ``.zattrs`` (beside ``.zgroup``), with ``version`` inside ``multiscales``, ``plate`` and
 ``well``. Our own keys (``ome_writers``, global metadata namespaces) sit at the top of the
@@ -25,17 +30,14 @@ attributes in both.
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 
-from .. import __version__
-from .. import format_metadata as fm
-from ..safe_files import write_atomically
 from ..schema import ZARR_ONLY_DTYPES, AcquisitionSettings, Dimension, zarr_image_groups
+from ..storage import Store, open_store
 from ..units import ngff_unit
+from . import pyramid
 
 #: the full-resolution array of each image group
 DATASET = "0"
@@ -64,17 +66,31 @@ def _dump(model: Any) -> dict[str, Any]:
     return model.model_dump(mode="json", by_alias=True, exclude_none=True)
 
 
-def _atomic_json(path: Path, doc: Mapping[str, Any]) -> None:
-    fm.write_zarr_json(path, doc)  # a reader never sees half a document
+def join(*parts: str) -> str:
+    """A key within the store ("" is its root)."""
+    return "/".join(p for p in parts if p)
+
+
+def multiscale_transforms(dims: list[Dimension], levels: int, method: str
+                          ) -> list[tuple[list[float], list[float] | None]]:
+    """(scale, translation or None) of each resolution level of an image with storage axes
+    ``dims`` (y, x last): the coordinate transformations of its multiscales datasets."""
+    scale = [float(d.scale) if d.scale is not None else 1.0 for d in dims]
+    translation = [float(d.translation or 0) for d in dims] \
+        if any(d.translation for d in dims) else None
+    return [pyramid.level_transforms(scale, translation, k, method) for k in range(levels)]
 
 
 class ZarrLayout:
     """Where the images of an OME-Zarr store go, and the NGFF documents of its groups."""
 
-    def __init__(self, settings: AcquisitionSettings) -> None:
+    def __init__(self, settings: AcquisitionSettings, store: Store | None = None) -> None:
         self.settings = settings
         self.version: str = settings.format.version
-        self.root = Path(settings.output_path)
+        #: where the documents go: a local directory or an S3 bucket
+        self.store = store if store is not None else open_store(settings.output_path)
+        self.levels: int = settings.format.levels
+        self.downsampling: str = settings.format.downsampling
         self.positions = settings.positions
         #: each position's image group, relative to the store ("" when the root is it)
         self.image_paths = zarr_image_groups(settings)
@@ -96,17 +112,40 @@ class ZarrLayout:
     # ---- groups on disk ----
 
     def write_group(self, rel: str, attributes: Mapping[str, Any], *, reserve: int = 0) -> None:
-        """Create (or replace) the group ``rel`` with these attributes (``reserve``: bytes of
-        room after them for the final attributes, on a disk that may be full by then)."""
-        path = self.root / rel
-        path.mkdir(parents=True, exist_ok=True)
+        """Create (or replace) the group ``rel`` with these attributes: each document whole
+        (locally renamed over the old one, on S3 one PUT), so a reader never sees half
+        (``reserve``: bytes of room after them for the final attributes, on a local disk that
+        may be full by then)."""
         if self.zarr_format == 3:
-            fm.write_zarr_json(path / "zarr.json", {"zarr_format": 3, "node_type": "group",
-                                                    "attributes": dict(attributes)},
-                               reserve=reserve)
+            self.store.write_json(join(rel, "zarr.json"), {
+                "zarr_format": 3, "node_type": "group", "attributes": dict(attributes)},
+                reserve=reserve)
         else:
-            _atomic_json(path / ".zgroup", {"zarr_format": 2})
-            fm.write_zarr_json(path / ".zattrs", dict(attributes), reserve=reserve)
+            self.store.write_json(join(rel, ".zgroup"), {"zarr_format": 2})
+            self.store.write_json(join(rel, ".zattrs"), dict(attributes), reserve=reserve)
+
+    def read_attributes(self, rel: str) -> dict[str, Any]:
+        """The attributes of the group ``rel`` (a v2 group without ``.zattrs``: none)."""
+        if self.zarr_format == 3:
+            return self.store.read_json(join(rel, "zarr.json")).get("attributes") or {}
+        key = join(rel, ".zattrs")
+        return self.store.read_json(key) if self.store.exists(key) else {}
+
+    def array_document(self, rel: str, level: int = 0) -> str:
+        """The key of the metadata document of an image's resolution level array."""
+        return join(rel, str(level), "zarr.json" if self.zarr_format == 3 else ".zarray")
+
+    def chunk_indices(self, rel: str, level: int = 0) -> list[list[int]]:
+        """Grid index of every chunk (or shard) object stored for an image's level: zarr v3
+        keys ``c/<i0>/<i1>/...``, v2 (NGFF 0.4's "/" separator) ``<i0>/<i1>/...``."""
+        array = join(rel, str(level))
+        prefix = join(array, "c") + "/" if self.zarr_format == 3 else array + "/"
+        out = []
+        for key in self.store.keys(prefix):
+            parts = key[len(prefix):].split("/")
+            if all(p.isdigit() for p in parts):
+                out.append([int(p) for p in parts])
+        return out
 
     def ngff(self, attributes: Mapping[str, Any]) -> Mapping[str, Any]:
         """The NGFF part of a group's attributes."""
@@ -126,15 +165,18 @@ class ZarrLayout:
         """The NGFF attributes of a position's image group (multiscales, omero)."""
         ngff = self._ngff
         dims = storage_dims
-        scale = [float(d.scale) if d.scale is not None else 1.0 for d in dims]
-        transforms: list[Any] = [ngff.ScaleTransformation(scale=scale)]
-        if any(d.translation for d in dims):
-            transforms.append(ngff.TranslationTransformation(
-                translation=[float(d.translation or 0) for d in dims]))
+        datasets = []
+        for level, (scale, translation) in enumerate(multiscale_transforms(
+                dims, self.levels, self.downsampling)):
+            transforms: list[Any] = [ngff.ScaleTransformation(scale=scale)]
+            if translation is not None:
+                transforms.append(ngff.TranslationTransformation(translation=translation))
+            datasets.append(ngff.Dataset(path=str(level), coordinateTransformations=transforms))
         multiscale = ngff.Multiscale(
             name=self.settings.image_name_of(self.positions[position]),
             axes=[self._axis(d) for d in dims],
-            datasets=[ngff.Dataset(path=DATASET, coordinateTransformations=transforms)],
+            datasets=datasets,
+            type=self.downsampling if self.levels > 1 else None,
         )
         image = ngff.Image(multiscales=[multiscale], omero=self._omero(dims, dtype))
         return self._wrap(_dump(image))
@@ -206,7 +248,7 @@ class ZarrLayout:
 
     def rewrite_root(self, global_metadata: Mapping[str, Any]) -> None:
         """The root of a multi-image store: its NGFF metadata and the global metadata."""
-        attrs = fm.read_zarr_attributes(self.root)
+        attrs = self.read_attributes("")
         ngff = {"ome": attrs["ome"]} if self.version == "0.5" else \
             {k: v for k, v in attrs.items() if k in NGFF_04_KEYS}
         self.write_group("", {**ngff, **global_metadata})
@@ -218,10 +260,8 @@ class ZarrLayout:
 
     def array_shape(self, position: int) -> list[int]:
         """The full-resolution array's shape as its zarr metadata states it now."""
-        array = self.root / self.image_paths[position] / DATASET
-        if self.zarr_format == 3:
-            return list(json.loads((array / "zarr.json").read_text())["shape"])
-        return list(json.loads((array / ".zarray").read_text())["shape"])
+        doc = self.store.read_json(self.array_document(self.image_paths[position]))
+        return list(doc["shape"])
 
     # ---- OME/METADATA.ome.xml ----
 
@@ -241,7 +281,7 @@ class ZarrLayout:
         OME-XML cannot describe: `ome_xml_impossible`)."""
         if not self.is_collection or self.ome_xml_impossible():
             return
-        write_atomically(self.root / OME_XML, self.ome_document().to_xml().encode("utf-8"))
+        self.store.write_bytes(OME_XML, self.ome_document().to_xml().encode("utf-8"))
 
     def ome_document(self) -> Any:
         from .ome_xml import SUMMARY_NS, ImageRecord, build_ome
@@ -249,7 +289,7 @@ class ZarrLayout:
         records = []
         summary = None
         for pos, rel in enumerate(self.image_paths):
-            attrs = fm.read_zarr_attributes(self.root / rel)
+            attrs = self.read_attributes(rel)
             ours = attrs.get(ATTR_NAMESPACE) or {}
             summary = summary or ours.get("acquisition")
             name, channels = _names(self.ngff(attrs))
@@ -259,7 +299,7 @@ class ZarrLayout:
                 pos, self.positions[pos], shape,
                 frame_metadata=_frame_table(ours.get("frame_metadata")),
                 metadata_only=True, name=name, channel_names=channels))
-        annotations = self.global_metadata_of(fm.read_zarr_attributes(self.root))
+        annotations = self.global_metadata_of(self.read_attributes(""))
         if summary:
             annotations[SUMMARY_NS] = summary
         return build_ome(self.settings, records, annotations)
@@ -288,4 +328,4 @@ def _frame_table(rows: Any) -> dict[tuple[int, ...], dict[str, Any]]:
     return out
 
 
-__all__ = ["ATTR_NAMESPACE", "DATASET", "OME_XML", "ZarrLayout"]
+__all__ = ["ATTR_NAMESPACE", "DATASET", "OME_XML", "ZarrLayout", "join", "multiscale_transforms"]

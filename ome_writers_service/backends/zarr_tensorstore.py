@@ -1,5 +1,5 @@
 """OME-Zarr through tensorstore (arrays) and yaozarrs (metadata models): NGFF 0.5 on zarr v3,
-or 0.4 on zarr v2.
+or 0.4 on zarr v2, in a local directory or an S3 bucket (`storage`).
 
 Where the images go and what the groups hold is `ZarrLayout`'s (zarr_metadata.py): one image
 at the root, a bioformats2raw layout of several, or an HCS plate, with
@@ -7,11 +7,14 @@ at the root, a bioformats2raw layout of several, or an HCS plate, with
 
 Frames are assembled into whole write units (a shard, or a chunk when unsharded) before they go
 to tensorstore, so a chunk that spans several frames is encoded once, not rewritten per frame.
+
+With ``levels`` > 1, each image holds arrays ``0`` .. ``levels-1``: every frame's lower levels
+are computed from it on the downsampling threads (`pyramid`) into units of their own, which
+are written as soon as their last plane is computed (partial ones at finalize).
 """
 
 from __future__ import annotations
 
-import json
 import os
 from collections import deque
 from operator import floordiv, mul, sub
@@ -26,11 +29,16 @@ from .. import format_metadata as fm
 from ..chunk_buffers import MAX_PENDING_BYTES, MAX_PENDING_WRITES, write_unit
 from ..router import FrameRouter
 from ..safe_files import NO_SPACE
+from ..storage import LocalStore, open_store, storage_error
+from . import pyramid
 from .base import ArrayBackend, BackendError, prepare_output
 from .blocks import Block, BufferPool
-from .zarr_metadata import ATTR_NAMESPACE, DATASET, ZarrLayout, check_global_namespace
+from .zarr_levels import LowerLevels
+from .zarr_metadata import (ATTR_NAMESPACE, DATASET, ZarrLayout, check_global_namespace, join,
+                            multiscale_transforms)
 
-__all__ = ["ATTR_NAMESPACE", "DATASET", "TensorstoreZarrBackend", "array_driver"]
+__all__ = ["ATTR_NAMESPACE", "DATASET", "TensorstoreZarrBackend", "array_driver",
+           "multiscale_transforms"]
 
 #: bytes kept free after each image group's first attributes: the final ones (acquisition
 #: summary) are written in place when the disk is full by then
@@ -45,26 +53,34 @@ def array_driver(version: str) -> str:
 class TensorstoreZarrBackend(ArrayBackend):
     """Writes an OME-Zarr store with tensorstore's zarr3 (NGFF 0.5) or zarr (0.4) driver."""
 
-    def __init__(self, settings) -> None:
+    def __init__(self, settings, *, s3_endpoint: str | None = None) -> None:
         super().__init__(settings)
-        self.root = Path(settings.output_path)
-        self.layout = ZarrLayout(settings)
+        #: where the objects go: a local directory or an S3 bucket (`storage`)
+        self.store = open_store(settings.output_path, s3_endpoint)
+        self._local = isinstance(self.store, LocalStore)
+        self.root = Path(settings.output_path) if self._local else None
+        self.layout = ZarrLayout(settings, self.store)
         self._image_paths = self.layout.image_paths
         self._sharded = any(d.shard_size_chunks for d in self.storage_dims)
         # a write unit never exceeds the axis, so a complete unit can always fill up
         self._unit = list(write_unit(settings))
-        unit_shape = (*self._unit, *self.frame_shape)
-        self._pool = BufferPool(unit_shape, self.dtype, keep_bytes=MAX_PENDING_BYTES)
+        self.levels: int = self.layout.levels
+        self.downsampling: str = self.layout.downsampling
+        #: (y, x) of each level's planes, level 0 first
+        self.level_shapes = pyramid.level_shapes(self.frame_shape, self.levels)
+        self._pool = BufferPool((*self._unit, *self.frame_shape), self.dtype,
+                                keep_bytes=MAX_PENDING_BYTES)
         self._held = 0  # lent frames held in units still being assembled
-        self._arrays: list[ts.TensorStore] = []
+        self._arrays: list[ts.TensorStore] = []  # level 0 of each position
         self._blocks: list[dict[tuple[int, ...], Block]] = [{} for _ in self.positions]
+        self._lower = LowerLevels(self, MAX_PENDING_BYTES) if self.levels > 1 else None
         self._pending: deque[_PendingWrite] = deque()
         self._pending_bytes = 0
         self._capacity = 0  # allocated extent of the grow axis (all positions alike)
         self._root_id: tuple[int, int] | None = None  # (device, inode) of the store we made
         #: attributes the user set with update_metadata(), by position
         self.user_attributes: dict[int, dict[str, Any]] = {}
-        self._context = ts.Context({"file_io_sync": False})
+        self._context = ts.Context(self.store.context())
         self._router: FrameRouter | None = None  # frame numbers, for the errors that name them
 
     def use_arena(self, arena: Any) -> None:
@@ -75,7 +91,7 @@ class TensorstoreZarrBackend(ArrayBackend):
 
     @property
     def paths(self) -> list[str]:
-        return [str(self.root / p) if p else str(self.root) for p in self._image_paths]
+        return [self.store.url_of(p) for p in self._image_paths]
 
     @property
     def image_groups(self) -> list[str]:
@@ -124,12 +140,12 @@ class TensorstoreZarrBackend(ArrayBackend):
         super().set_global_metadata(namespace, metadata)
         if self._arrays and not self._finalized:  # created, not yet finalized
             try:
-                attrs = fm.read_zarr_attributes(self.root)
+                attrs = self.layout.read_attributes("")
                 attrs[namespace] = self.global_metadata[namespace]
-                fm.write_zarr_attributes(self.root, attrs)
-            except OSError as e:
-                raise BackendError(f"{self.root}: cannot write global metadata "
-                                   f"{namespace!r}: {e}") from e
+                self.layout.write_group("", attrs)
+            except (OSError, ValueError) as e:
+                raise BackendError(f"{self.store.name}: cannot write global metadata "
+                                   f"{namespace!r}: {storage_error(e)}") from e
 
     def update_metadata(self, metadata) -> None:
         """Each group's attributes are replaced at once and kept at finalize (the per-frame
@@ -137,8 +153,7 @@ class TensorstoreZarrBackend(ArrayBackend):
         ours); METADATA.ome.xml follows the names they give."""
         for pos, attrs in fm.check_zarr_update(metadata, fm.zarr_keys(self._image_paths)).items():
             self.user_attributes[pos] = attrs
-            fm.write_zarr_attributes(self.root / self._image_paths[pos],
-                                     self._image_attributes(pos))
+            self.layout.write_group(self._image_paths[pos], self._image_attributes(pos))
         self.layout.write_ome_xml()
 
     def wait_for_writes(self) -> None:
@@ -153,34 +168,50 @@ class TensorstoreZarrBackend(ArrayBackend):
 
     # ---- arrays ----
 
-    def _array_spec(self, path: Path) -> dict[str, Any]:
+    def _level_chunks(self, level: int) -> list[int]:
+        """The chunk shape of a resolution level's array (its planes ``level_shapes``)."""
         dims = self.storage_dims
-        chunk = [d.chunk_size or (d.count if j >= len(dims) - 2 else 1) for j, d in enumerate(dims)]
-        chunk = [min(c, d.count) if d.count else c for c, d in zip(chunk, dims)]
+        counts = [*(d.count for d in dims[:-2]), *self.level_shapes[level]]
+        chunk = [d.chunk_size or (n if j >= len(dims) - 2 else 1)
+                 for j, (d, n) in enumerate(zip(dims, counts))]
+        return [min(c, n) if n else c for c, n in zip(chunk, counts)]
+
+    def level_grid(self, level: int) -> list[int]:
+        """The shape of the stored objects of a level's array: a shard, or a chunk."""
+        chunk = self._level_chunks(level)
+        if not self._sharded:
+            return chunk
+        return [c * (d.shard_size_chunks or 1) for c, d in zip(chunk, self.storage_dims)]
+
+    def _array_spec(self, image: str, level: int = 0) -> dict[str, Any]:
+        """The zarr array of an image group's resolution level."""
+        dims = self.storage_dims
+        chunk = self._level_chunks(level)
         comp = self.settings.compression
-        shape = [0 if n is None else n for n in self.outer_shape] + list(self.frame_shape)
+        shape = [0 if n is None else n for n in self.outer_shape] + list(self.level_shapes[level])
+        kvstore = self.store.kvstore(join(image, str(level)))
         if self.layout.zarr_format == 2:
-            return self._array_spec_v2(path, shape, chunk, comp)
-        level = self.settings.codec_level
+            return self._array_spec_v2(kvstore, shape, chunk, comp)
+        clevel = self.settings.codec_level
         inner: list[dict[str, Any]] = [{"name": "bytes", "configuration": {"endian": "little"}}]
         if comp in ("blosc-zstd", "blosc-lz4"):
             inner.append({"name": "blosc", "configuration": {
-                "cname": comp.split("-")[1], "clevel": level, "shuffle": "shuffle",
+                "cname": comp.split("-")[1], "clevel": clevel, "shuffle": "shuffle",
                 "typesize": self.dtype.itemsize, "blocksize": 0}})
         elif comp == "zstd":
-            inner.append({"name": "zstd", "configuration": {"level": level, "checksum": False}})
+            inner.append({"name": "zstd", "configuration": {"level": clevel, "checksum": False}})
+        grid = self.level_grid(level)
         if self._sharded:
-            grid = [c * (d.shard_size_chunks or 1) for c, d in zip(chunk, dims)]
             codecs = [{"name": "sharding_indexed", "configuration": {
                 "chunk_shape": chunk, "codecs": inner,
                 "index_codecs": [{"name": "bytes", "configuration": {"endian": "little"}},
                                  {"name": "crc32c"}],
                 "index_location": "end"}}]
         else:
-            grid, codecs = chunk, inner
+            codecs = inner
         return {
             "driver": "zarr3",
-            "kvstore": {"driver": "file", "path": str(path)},
+            "kvstore": kvstore,
             "metadata": {
                 "shape": shape,
                 "data_type": self.dtype.name,
@@ -196,7 +227,7 @@ class TensorstoreZarrBackend(ArrayBackend):
             "store_data_equal_to_fill_value": True,
         }
 
-    def _array_spec_v2(self, path: Path, shape: list[int], chunk: list[int],
+    def _array_spec_v2(self, kvstore: dict[str, Any], shape: list[int], chunk: list[int],
                        comp: str | None) -> dict[str, Any]:
         """A zarr v2 array (NGFF 0.4): "/" between chunk indices, as NGFF 0.4 requires."""
         compressor = None
@@ -208,7 +239,7 @@ class TensorstoreZarrBackend(ArrayBackend):
             compressor = {"id": "zstd", "level": level}
         return {
             "driver": "zarr",
-            "kvstore": {"driver": "file", "path": str(path)},
+            "kvstore": kvstore,
             "metadata": {
                 "zarr_format": 2, "shape": shape, "chunks": chunk,
                 "dtype": self.dtype.newbyteorder("<").str, "compressor": compressor,
@@ -225,23 +256,34 @@ class TensorstoreZarrBackend(ArrayBackend):
                        or p.plate_column not in plate.column_names]
             if outside:
                 raise ValueError(
-                    f"{self.root}: positions {outside} lie outside the plate's rows "
+                    f"{self.store.name}: positions {outside} lie outside the plate's rows "
                     f"{plate.row_names} / columns {plate.column_names}; an OME-Zarr plate "
                     "lists every well it holds: add their rows/columns to the Plate")
-        prepare_output(self.root, self.settings.overwrite, directory=True)
+        if self._local:
+            prepare_output(self.root, self.settings.overwrite, directory=True)
+        else:
+            try:
+                self.store.prepare(self.settings.overwrite)  # type: ignore[attr-defined]
+            except ValueError as e:
+                raise BackendError(f"cannot create {self.store.name}: {storage_error(e)}") from e
         try:
-            os.mkdir(self.root)  # ours: never an existing name (a symlink planted meanwhile)
+            if self._local:  # ours: never an existing name (a symlink planted meanwhile)
+                os.mkdir(self.root)
             self._write_hierarchy()
             for path in self._image_paths:
-                spec = self._array_spec(self.root / path / DATASET)
+                spec = self._array_spec(path)
                 self._arrays.append(ts.open(spec, context=self._context).result())
+            if self._lower is not None:
+                self._lower.create()
             self.layout.write_ome_xml()
-            st = self.root.stat()
-            self._root_id = (st.st_dev, st.st_ino)
+            if self._local:
+                st = self.root.stat()
+                self._root_id = (st.st_dev, st.st_ino)
         except OSError as e:
-            raise BackendError(f"cannot create {self.root}: {e}") from e
+            raise BackendError(f"cannot create {self.store.name}: {e}") from e
         except ValueError as e:  # tensorstore reports bad specs and I/O failures as ValueError
-            raise BackendError(f"cannot create the arrays of {self.root}: {e}") from e
+            raise BackendError(f"cannot create the arrays of {self.store.name}: "
+                               f"{storage_error(e)}") from e
 
     def _ensure_capacity(self, needed: int) -> None:
         if needed <= self._capacity:
@@ -253,16 +295,19 @@ class TensorstoreZarrBackend(ArrayBackend):
         self._capacity = new
 
     def _resize_all(self, ax: int, extent: int, *, expand: bool) -> None:
-        for i, arr in enumerate(self._arrays):
-            shape = list(arr.shape)
-            shape[ax] = extent  # type: ignore[index]
-            self._arrays[i] = arr.resize(
-                exclusive_max=shape, resize_metadata_only=True,
-                expand_only=expand, shrink_only=not expand,
-            ).result()
+        for arrays in [self._arrays, *(self._lower.arrays if self._lower else ())]:
+            for i, arr in enumerate(arrays):
+                shape = list(arr.shape)
+                shape[ax] = extent  # type: ignore[index]
+                arrays[i] = arr.resize(
+                    exclusive_max=shape, resize_metadata_only=True,
+                    expand_only=expand, shrink_only=not expand,
+                ).result()
 
     def write(self, position, index, frame, metadata=None) -> None:
         self._admit(position, index, metadata)
+        if self._lower is not None:  # the levels are computed from a copy of the frame
+            self._lower.add_copy(position, index, frame)
         key, block, local = self._block_for(position, index)
         block.put(local, frame)  # copied: the caller may reuse its buffer
         # counted once in its unit, before the unit may go to tensorstore: a write that fails
@@ -272,6 +317,9 @@ class TensorstoreZarrBackend(ArrayBackend):
 
     def write_borrowed(self, position, index, frame, metadata, done) -> None:
         self._admit(position, index, metadata)
+        if self._lower is not None:  # the levels are computed from the lent frame too
+            done = pyramid.joined(done, 2)
+            self._lower.add(position, index, frame, done)
         key, block, local = self._block_for(position, index)
         held = len(block.lent)
         # hold lent frames within half the lender's budget, so that the client always has
@@ -300,13 +348,17 @@ class TensorstoreZarrBackend(ArrayBackend):
         block.skip(local)
         self._held += len(block.lent) - held
         self._after_put(position, key, block)
+        if self._lower is not None:
+            self._lower.skip(position, index)
 
-    def _block_for(self, position: int, index: tuple[int, ...]
+    def _block_for(self, position: int, index: tuple[int, ...], level: int = 0
                    ) -> tuple[tuple[int, ...], Block, tuple[int, ...]]:
-        """The unit ``index`` belongs to (created on its first plane): its key, the unit, and
-        the plane in it. (map() with operators: this runs for every frame.)"""
+        """The unit ``index`` belongs to (created on its first plane) at a resolution level:
+        its key, the unit, and the plane in it. (map() with operators: this runs for every
+        frame.)"""
         key = tuple(map(floordiv, index, self._unit))
-        blocks = self._blocks[position]
+        blocks = self._blocks[position] if level == 0 else \
+            self._lower.blocks[level - 1][position]  # type: ignore[union-attr]
         block = blocks.get(key)
         if block is None:
             origin = tuple(map(mul, key, self._unit))
@@ -314,7 +366,9 @@ class TensorstoreZarrBackend(ArrayBackend):
                 u if n is None else min(u, n - o)
                 for u, n, o in zip(self._unit, self.outer_shape, origin)
             )
-            block = blocks[key] = Block(origin, shape, self._pool, position)
+            pool = self._pool if level == 0 else \
+                self._lower.pools[level - 1]  # type: ignore[union-attr]
+            block = blocks[key] = Block(origin, shape, pool, position)
         return key, block, tuple(map(sub, index, block.origin))
 
     def _after_put(self, position: int, key: tuple[int, ...], block: Block) -> None:
@@ -325,11 +379,22 @@ class TensorstoreZarrBackend(ArrayBackend):
     def _submit_block(self, position: int, block: Block) -> None:
         self._held -= len(block.lent)
         frames = block.frames
+        written = self._write_unit(self._arrays[position], block)
+        if written is not None:
+            fut, nbytes, calls = written
+            self._track(_PendingWrite(fut, position, block.origin, block.mask, nbytes, frames,
+                                      calls))
+
+    def _write_unit(self, arr: ts.TensorStore, block: Block
+                    ) -> tuple[Any, int, list] | None:
+        """Start writing a complete (or, at finalize, partial) unit into ``arr`` (from any
+        thread): the write's future, its bytes and what hands its pixels back (each runs
+        once, when the write is done: by the future's callback or by whoever waits for it
+        first), or None when no plane holds a frame (the fill value stands for the unit)."""
         data, on_written = block.materialize()
-        if data is None:  # every plane skipped: the fill value stands for the unit
-            return
+        if data is None:
+            return None
         region = tuple(slice(o, o + n) for o, n in zip(block.origin, block.shape))
-        arr = self._arrays[position]
         if self.grow_axis is not None:  # a partial last block at finalize may overhang the extent
             ax = self.grow_axis
             stop = min(region[ax].stop, arr.shape[ax])
@@ -342,8 +407,14 @@ class TensorstoreZarrBackend(ArrayBackend):
         calls = [_once(callback) for callback in on_written]
         for call in calls:
             fut.add_done_callback(lambda f, c=call: c(f.exception() is None))
-        self._track(_PendingWrite(fut, position, block.origin, block.mask, data.nbytes, frames,
-                                  calls))
+        return fut, data.nbytes, calls
+
+    def track_level_write(self, level: int, position: int, origin: tuple[int, ...], fut: Any,
+                          nbytes: int, calls: list) -> None:
+        """A lower resolution level's unit write (`zarr_levels`), waited for as level 0's
+        are (its frames count at level 0)."""
+        self._track(_PendingWrite(fut, position, origin, np.zeros(0, bool), nbytes, 0, calls,
+                                  level))
 
     def _track(self, write: _PendingWrite) -> None:
         self._pending.append(write)
@@ -368,7 +439,12 @@ class TensorstoreZarrBackend(ArrayBackend):
     def _lost(self, write: _PendingWrite, e: Exception) -> BackendError:
         """A unit that could not be written: its frames no longer count as written, their
         per-frame metadata is dropped (it would describe frames not on disk), and the error
-        names them."""
+        names them. (A lower resolution level's unit: the frames are at level 0; the error
+        says which level lacks them.)"""
+        if write.level:
+            return BackendError(f"writing resolution level {write.level} of "
+                                f"{self.paths[write.position]} at index {write.origin} failed: "
+                                f"{_reason(e)} (the frames are at full resolution)")
         self.frames_written -= write.frames  # accepted, but not on disk
         planes = [tuple(o + i for o, i in zip(write.origin, local))
                   for local in np.argwhere(write.mask)]
@@ -384,6 +460,8 @@ class TensorstoreZarrBackend(ArrayBackend):
         return err
 
     def _raise_failed_writes(self) -> None:
+        if self._lower is not None:
+            self._lower.collect()
         while self._pending and self._pending[0].future.done():
             self._wait_oldest()
 
@@ -409,16 +487,17 @@ class TensorstoreZarrBackend(ArrayBackend):
                     self._submit_block(pos, blocks.pop(key))
                 except BackendError as e:
                     failed.append(e)
+        if self._lower is not None:
+            try:
+                self._lower.flush()
+            except BackendError as e:
+                failed.append(e)
         while self._pending:
             try:
                 self._wait_oldest()
             except BackendError as e:
                 failed.append(e)
-        summary = self.acquisition_summary
-        if summary:  # writes that failed just now: their frames are not on disk
-            lost = summary["frames_written"] - self.frames_written
-            summary["frames_written"] = self.frames_written
-            summary["frames_without_data"] = summary.get("frames_without_data", 0) + lost
+        self.recount_summary()  # writes that failed just now: their frames are not on disk
         try:
             self._check_still_there()
             final = self.current_shape()
@@ -430,8 +509,8 @@ class TensorstoreZarrBackend(ArrayBackend):
             if self.layout.is_collection:
                 self.layout.rewrite_root(self.global_metadata)
             self.layout.write_ome_xml()  # from the final shapes and attributes
-        except OSError as e:
-            raise BackendError(f"finalizing {self.root} failed: {e}") from e
+        except (OSError, ValueError) as e:
+            raise BackendError(f"finalizing {self.store.name} failed: {storage_error(e)}") from e
         self._finalized = True
         if failed:
             raise failed[0]
@@ -444,12 +523,12 @@ class TensorstoreZarrBackend(ArrayBackend):
             return
         except (ValueError, OSError):
             pass
-        doc = "zarr.json" if self.layout.zarr_format == 3 else ".zarray"
         for path in self._image_paths:
-            meta_path = self.root / path / DATASET / doc
-            meta = json.loads(meta_path.read_text())
-            meta["shape"][ax] = extent
-            fm.write_zarr_json(meta_path, meta)
+            for level in range(self.levels):
+                key = self.layout.array_document(path, level)
+                meta = self.store.read_json(key)
+                meta["shape"][ax] = extent
+                self.store.write_json(key, meta)
 
     def _write_final_group(self, i: int, path: str, failed: list[BackendError]) -> None:
         """An image group's final attributes. When the disk is full and they do not fit the
@@ -464,23 +543,26 @@ class TensorstoreZarrBackend(ArrayBackend):
                 raise
             self.layout.write_group(path, attrs)
             failed.append(BackendError(
-                f"{self.root / path}: the per-frame metadata of {len(rows)} frames could not be "
+                f"{self.paths[i]}: the per-frame metadata of {len(rows)} frames could not be "
                 f"written ({_reason(e)}); the journal keeps it: free space and run "
-                f"'ome-writers-service recover {self.root}'"))
+                f"'ome-writers-service recover {self.store.name}'"))
 
     def _check_still_there(self) -> None:
         """A store deleted or replaced under us would take chunks with it, while every write
         into the recreated directories succeeds: say so instead of reporting success."""
         try:
-            st = self.root.stat()
-            array_doc = "zarr.json" if self.layout.zarr_format == 3 else ".zarray"
-            intact = (st.st_dev, st.st_ino) == self._root_id and all(
-                (self.root / path / DATASET / array_doc).is_file() for path in self._image_paths)
-        except OSError:
+            if self._local:
+                st = self.root.stat()
+                intact = (st.st_dev, st.st_ino) == self._root_id
+            else:
+                intact = True
+            intact = intact and all(self.store.exists(self.layout.array_document(path))
+                                    for path in self._image_paths)
+        except (OSError, ValueError):
             intact = False
         if not intact:
-            raise BackendError(f"{self.root} was removed or replaced while it was being written: "
-                               "frames written before that are lost")
+            raise BackendError(f"{self.store.name} was removed or replaced while it was being "
+                               "written: frames written before that are lost")
 
 
 class _PendingWrite(NamedTuple):
@@ -493,6 +575,7 @@ class _PendingWrite(NamedTuple):
     nbytes: int
     frames: int
     calls: list  #: hand the buffer / lent frames back (each runs once: `_once`)
+    level: int = 0  #: the resolution level written (lower ones: `zarr_levels`)
 
 
 def _once(callback):

@@ -5,7 +5,8 @@
 // For each FILE, one JSON line in OUT.jsonl: the reader Bio-Formats picked, the files it used,
 // per series (= per OME Image) the sizes, DimensionOrder, pixel type, endianness, physical
 // sizes with their units, time increment, image and channel names, and for every plane its
-// (Z, C, T) and the MD5 of its bytes; the plates with their wells and well samples; and each
+// (Z, C, T) and the MD5 of its bytes, and the same for each lower resolution level (a
+// pyramid: OME-TIFF SubIFDs, read unflattened as Fiji and QuPath read it); the plates with their wells and well samples; and each
 // OME-XML document of the dataset (TIFF ImageDescription or companion file) validated against
 // the OME schema bundled in the jar. A FILE named *.ome.xml (an OME-Zarr store's
 // OME/METADATA.ome.xml, MetadataOnly) is parsed by Bio-Formats' OME-XML service and reported
@@ -80,6 +81,7 @@ public final class OmeProbe {
     }
     IMetadata meta = service.createOMEXMLMetadata();
     ImageReader reader = new ImageReader();
+    reader.setFlattenedResolutions(false);  // a series per image, its levels as resolutions
     reader.setMetadataStore(meta);
     reader.setId(path);
     try {
@@ -118,6 +120,21 @@ public final class OmeProbe {
     out.key("little_endian").bool(r.isLittleEndian());
     out.key("rgb").bool(r.isRGB());
     physical(meta, s, out);
+    planes(r, out);
+    out.key("resolutions").begin('[');  // below the full resolution
+    for (int res = 1; res < r.getResolutionCount(); res++) {
+      r.setResolution(res);
+      out.begin().key("X").num(r.getSizeX()).key("Y").num(r.getSizeY());
+      planes(r, out);
+      out.end();
+    }
+    r.setResolution(0);
+    out.end(']');
+    out.end();
+  }
+
+  /** Every plane of the current series and resolution: its (Z, C, T) and MD5. */
+  private static void planes(ImageReader r, Json out) throws Exception {
     out.key("planes").begin('[');
     MessageDigest md5 = MessageDigest.getInstance("MD5");
     for (int p = 0; p < r.getImageCount(); p++) {
@@ -127,7 +144,6 @@ public final class OmeProbe {
           .key("md5").str(hex(md5.digest(bytes))).end();
     }
     out.end(']');
-    out.end();
   }
 
   /** An OME-XML document alone: what Bio-Formats' OME-XML service makes of it. */

@@ -8,6 +8,9 @@
  * every frame, from the ring.
  *
  *     ows_test ENDPOINT TOKEN SETTINGS.json shm|inline N HEIGHT WIDTH [PAUSE_S|kill]
+ *
+ * ENDPOINT "@FILE" opens the stream from the connection file FILE (ows_open_connection_file,
+ * with its CURVE keys if the daemon encrypts); TOKEN is then ignored.
  */
 #define _POSIX_C_SOURCE 200809L
 #include <signal.h>
@@ -53,7 +56,11 @@ int main(int argc, char **argv) {
     int kill_after = argc == 9 && !strcmp(argv[8], "kill");
     double pause_s = argc == 9 && !kill_after ? atof(argv[8]) : 0;
     char err[1024];
-    ows_stream *s = ows_open(argv[1], argv[2], settings, transport, err, sizeof err);
+    ows_stream *s = NULL;
+    if (argv[1][0] == '@')
+        ows_open_connection_file(argv[1] + 1, NULL, settings, transport, &s, err, sizeof err);
+    else
+        s = ows_open(argv[1], argv[2], settings, transport, err, sizeof err);
     free(settings);
     if (!s) {
         fprintf(stderr, "open failed: %s\n", err);

@@ -1,4 +1,4 @@
-"""Command line: ``ome-writers-service {serve,status,demo,validate,recover,info}``."""
+"""Command line: ``ome-writers-service {serve,status,demo,validate,recover,info,schema}``."""
 
 from __future__ import annotations
 
@@ -320,6 +320,13 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+def cmd_schema(args: argparse.Namespace) -> int:
+    from .wire_settings import schema_text
+
+    sys.stdout.write(schema_text())
+    return 0
+
+
 def _size(text: str) -> int:
     from .chunk_buffers import parse_size
 
@@ -398,6 +405,10 @@ def build_parser() -> argparse.ArgumentParser:
     val.add_argument("paths", nargs="+", help="OME-Zarr stores or OME-TIFF files (the root path "
                                               "of a multi-position OME-TIFF checks all its files)")
     val.set_defaults(func=cmd_validate)
+
+    schema = sub.add_parser("schema", help="print the JSON Schema (draft 2020-12) of the "
+                                           "settings an `open` message carries (PROTOCOL.md §4)")
+    schema.set_defaults(func=cmd_schema)
     return ap
 
 

@@ -68,6 +68,16 @@ _BUILTIN_ERRORS: dict[str, type[Exception]] = {
 _SERVICE_VARIANTS: dict[type, type] = {}
 
 
+def _older_daemon(err: dict, awaited: str) -> str:
+    """What to add to an `open` refused by a 1.0 daemon (its errors have no ``seq``, every
+    1.1 error has): both versions, so that a refusal of something 1.1 added reads as the
+    version mismatch it is rather than as the daemon's validation text alone."""
+    if awaited != P.OPENED or "seq" in err or err.get("code") in (P.E_AUTH, P.E_RESOURCES):
+        return ""
+    return (f" (the daemon speaks protocol {P.PROTOCOL_VERSION}.0, this client "
+            f"{P.PROTOCOL_VERSION}.{P.PROTOCOL_MINOR}: upgrade the daemon's ome-writers-service)")
+
+
 def remote_error(message: str, code: str = "", exception: str | None = None) -> Exception:
     """The exception for an error the daemon reported: of the type the in-process stream
     raises for the same cause (``exception``, one of `protocol.EXCEPTION_TYPES`), else a
@@ -132,8 +142,9 @@ class ServiceStream:
         self._replies: dict[str, dict] = {}  # latest reply of each type, until awaited
         self.report: dict[str, Any] | None = None
         try:
-            opening = {"type": P.OPEN, "version": P.PROTOCOL_VERSION, "token": token,
-                       "transport": transport, "settings": settings.model_dump(mode="json"),
+            opening = {"type": P.OPEN, "version": P.PROTOCOL_VERSION,
+                       "minor": P.PROTOCOL_MINOR, "token": token, "transport": transport,
+                       "settings": settings.model_dump(mode="json"),
                        "pid": os.getpid(), "pidns": pid_namespace()}
             if s3_endpoint:
                 opening["s3_endpoint"] = s3_endpoint
@@ -439,9 +450,11 @@ class ServiceStream:
                 continue
             if kind == P.PLANE:
                 self._last_payload = payload
-            elif kind == P.ERROR and header.get("code") not in _ANSWER_CODES:
-                # a frame or metadata could not be written, or the daemon ends the stream:
-                # the stream is broken; the first reason is the one to raise
+            elif kind == P.ERROR and (header.get("code") not in _ANSWER_CODES
+                                      or header.get("seq", -1) >= 0):
+                # a frame or metadata could not be written, a frame was refused (an error
+                # naming a frame answers no request), or the daemon ends the stream: the
+                # stream is broken; the first reason is the one to raise
                 if self._error is None:
                     code = header.get("code", "")
                     self._error = DaemonGoneError(f"daemon: {header['message']}", code) \
@@ -479,8 +492,8 @@ class ServiceStream:
                 return replies.pop(kind)
             err = replies.pop(P.ERROR, None)
             if err is not None:
-                raise remote_error(f"{what}: {err['message']}", err.get("code", ""),
-                                   err.get("exception"))
+                raise remote_error(f"{what}: {err['message']}{_older_daemon(err, kind)}",
+                                   err.get("code", ""), err.get("exception") or None)
             if kind == P.OPENED and self._error is not None:
                 error, self._error = self._error, None
                 raise error

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import collections
 import gc
+import json
 import logging
 import math
 import os
@@ -29,13 +30,13 @@ from typing import Any
 
 import numpy as np
 import zmq
-from pydantic import ValidationError
 from zmq.auth.thread import ThreadAuthenticator
 
 from . import __version__
 from . import chunk_buffers
 from . import format_metadata as fm
 from . import protocol as P
+from . import wire_settings
 from .backends import create_backend
 from .backends.zarr_metadata import check_global_namespace
 from .connection import ConnectionInfo, default_endpoint, pid_alive, pid_namespace, runtime_dir
@@ -59,7 +60,7 @@ PID_NAMESPACE = pid_namespace()
 #: Default ring size when the settings do not fix ``ring_slots``: at 100 fps of 2048x2048
 #: uint16 it absorbs a 0.3 s disk stall without blocking the camera.
 RING_BYTES = 256 * 2**20
-MIN_SLOTS, MAX_SLOTS = 8, 4096
+MIN_SLOTS, MAX_SLOTS = 8, wire_settings.MAX_RING_SLOTS
 #: Most bytes of frames an inline stream may have in flight (they live in the daemon's memory).
 INLINE_BYTES = 1024 * 2**20
 #: Largest jump in frame numbers (frames dropped by the client, skip, close) one message may
@@ -83,6 +84,13 @@ OUTBOX = "inproc://ows-outbox"
 #: every 64th append, its p99) and the daemon flush its journal as often.
 RELEASE_DELAY = 0.002
 _WAKE = ("wake",)
+
+
+def reason_code(reason: str) -> str:
+    """The fixed word for a `closed` reason (whose text may say more: "client lost: ...")."""
+    head = reason.split(":", 1)[0]
+    return {"closed by client": "closed_by_client", "shutdown": "shutdown",
+            "client lost": "client_lost"}.get(head, "internal_error")
 
 
 def ring_slots_for(settings: AcquisitionSettings, shm_free_bytes: int | None = None, *,
@@ -115,6 +123,7 @@ class StreamStats:
     dropped: int = 0
     skipped: int = 0
     recovered: int = 0  #: written from the ring without a notice (the client died)
+    refused: int = 0  #: frame notices refused (their slots given back unwritten)
     started: float = field(default_factory=time.monotonic)
     errors: list[str] = field(default_factory=list)
 
@@ -147,14 +156,18 @@ class StreamWorker(threading.Thread):
         self._metadata_keys: list[str] | None = None
         #: frame notices of the current drain, handed over as one queue item (one wake-up)
         self.batch: list[tuple] = []
-        #: liveness: the client's pid when it shares our pid namespace, else heartbeats
+        #: liveness: the client's pid when it shares our pid namespace, else its messages:
+        #: any message naming the stream, or a heartbeat with the key (PROTOCOL.md 3.2)
         self.client_pid: int | None = None
         self.heartbeat_key = secrets.token_hex(8)
-        self.last_heartbeat = math.inf  # the clock starts when `opened` is sent
+        self.last_heard = math.inf  # the clock starts when `opened` is sent
+        #: the protocol minor version the stream speaks: the lower of the client's and ours
+        self.minor = 0
         self.closing = False
         self.finished = threading.Event()
         self._pending_error: str | None = None
         self._pending_exception: str | None = None  # its type (`P.exception_name`)
+        self._pending_seq = -1  # the frame it is about (-1: none or several, named in it)
         self._out: zmq.Socket | None = None  # the worker thread's socket to the main loop
         #: worst-case bytes of its buffers the daemon admitted the stream with, and whether
         #: they are free again (the stream finalized): no longer counted in the budget
@@ -165,6 +178,8 @@ class StreamWorker(threading.Thread):
         #: slots handed back by the backend (possibly from its threads), not yet sent
         self._released: collections.deque[int] = collections.deque()
         self._lent = 0  # slots lent to the backend and not yet released
+        #: busy[slot]: a frame the worker took is in the slot, its release not yet sent
+        self._busy = bytearray(slots)
         #: hand slots back at least this often while frames keep coming, so that a short
         #: disk stall does not become a full ring for the time the whole ring takes
         self._release_every = max(1, min(64, slots // 8))
@@ -204,10 +219,7 @@ class StreamWorker(threading.Thread):
                 elif kind == "skip":
                     self._skip_to(item[1] + item[2], dropped=False)
                 elif kind == "release":  # a notice the main thread refused
-                    if self.ring is not None:
-                        self.ring.forget(item[1])  # not a frame whose notice was lost
-                    self._lent += 1
-                    self._released.append(item[1])
+                    self._give_back_refused(item[1])
                 elif kind == "metadata":
                     self._guard(lambda: self.stream.set_global_metadata(item[1], item[2]))
                 elif kind == "update_metadata":
@@ -275,8 +287,8 @@ class StreamWorker(threading.Thread):
             ring = isinstance(e, (RingError, ArenaError))
             code, what = (P.E_RESOURCES, "") if ring else \
                 (P.E_SETTINGS, f"cannot create {self.settings.root_path}: ")
-            self._send(out, {"type": P.ERROR, "code": code, "message": f"{what}{e}",
-                             "exception": None if ring else P.exception_name(e)})
+            self._send(out, P.error_header(code, f"{what}{e}",
+                                           exception=None if ring else P.exception_name(e)))
             return False
         ring = self.ring
         self._send(out, {**self.opened_reply, "paths": self.stream.paths,
@@ -284,8 +296,11 @@ class StreamWorker(threading.Thread):
                          ring is None else {
                              "name": ring.name, "path": str(ring.path), "slots": ring.slot_count,
                              "slot_size": ring.slot_size, "header_size": ring.header_size,
-                             "frame_nbytes": ring.frame_nbytes}})
-        self.last_heartbeat = time.monotonic()
+                             "frame_nbytes": ring.frame_nbytes},
+                         # fixed-type companions of `ring` (1.1): "" for an inline stream
+                         "ring_name": "" if ring is None else ring.name,
+                         "ring_path": "" if ring is None else str(ring.path)})
+        self.last_heard = time.monotonic()
         return True
 
     def _release_wait(self) -> float | None:
@@ -295,9 +310,23 @@ class StreamWorker(threading.Thread):
             return max(0.0, RELEASE_DELAY - (time.monotonic() - self._last_release))
         return RELEASE_DELAY if self._lent else None
 
+    def _give_back_refused(self, slot: int) -> None:
+        """The slot of a frame notice the main thread refused comes back in a release (one
+        rule for every refusal, PROTOCOL.md 3). A slot that still holds a frame the worker
+        took (a client that reused a slot before its release) comes back once, with that
+        frame: its pixels are still being written."""
+        if self._busy[slot]:
+            return
+        if self.ring is not None:
+            self.ring.forget(slot)  # not a frame whose notice was lost
+        self._busy[slot] = 1
+        self._lent += 1
+        self._released.append(slot)
+
     def _write(self, seq: int, slot: int, meta: dict | None, payload: Any) -> None:
         self.stats.received += 1
         self._lent += 1
+        self._busy[slot] = 1
         once = [slot]
         released = self._released
 
@@ -347,9 +376,9 @@ class StreamWorker(threading.Thread):
         try:
             plane = self.stream.read_plane(position, index)
         except Exception as e:  # noqa: BLE001 - a failed read is the reader's problem
-            self._send(out, {"type": P.ERROR, "code": P.E_READ, "stream": self.sid,
-                             "message": f"read of plane {list(index)} at position {position} "
-                                        f"failed: {e}", "exception": P.exception_name(e)})
+            self._send(out, P.error_header(
+                P.E_READ, f"read of plane {list(index)} at position {position} failed: {e}",
+                stream=self.sid, exception=P.exception_name(e)))
             return
         header = {"type": P.PLANE, "stream": self.sid, "written": plane is not None}
         self._send(out, header, None if plane is None else np.ascontiguousarray(plane))
@@ -371,11 +400,13 @@ class StreamWorker(threading.Thread):
         log.error("stream %d (%s): %s", self.sid, self.settings.root_path, msg)
         self.stats.errors.append(msg)
         if self._out is not None:
-            self._send(self._out, {"type": P.ERROR, "code": P.E_WRITE, "stream": self.sid,
-                                   "message": msg, "exception": P.exception_name(e)})
+            self._send(self._out, P.error_header(P.E_WRITE, msg, stream=self.sid,
+                                                 seq=-1 if named else seq,
+                                                 exception=P.exception_name(e)))
         else:
             self._pending_error = msg
             self._pending_exception = P.exception_name(e)
+            self._pending_seq = -1 if named else seq
         if self.ring is not None:
             self.ring.set_error(1)
 
@@ -388,10 +419,9 @@ class StreamWorker(threading.Thread):
                 self.ring.set_error(2)  # a live client stops filling slots at its next append
             if reason != "internal error":
                 self._write_unannounced()
-            self._send(out, {"type": P.ERROR, "code": P.E_SHUTDOWN, "stream": self.sid,
-                             "message": f"the daemon ended the stream ({reason}); it is "
-                                        f"finalized with the {self.stats.received} frames "
-                                        "received"})
+            self._send(out, P.error_header(
+                P.E_SHUTDOWN, f"the daemon ended the stream ({reason}); it is finalized with "
+                              f"the {self.stats.received} frames received", stream=self.sid))
         if self.stream is not None:
             started = time.monotonic()
             try:
@@ -403,10 +433,16 @@ class StreamWorker(threading.Thread):
             self.stats.written = self.stream.frames_written
             log.info("stream %d (%s) finalized in %.3f s: %s", self.sid,
                      self.settings.root_path, time.monotonic() - started, reason)
+        # every slot comes back before the final report (PROTOCOL.md 3): the client's credits
+        # are whole again, also for the frames whose chunks the close just wrote
+        self._send_release(out, journal=False)  # finalized: the journal is gone
+        if self._lent:
+            log.warning("stream %d: %d slot(s) still lent after finalizing", self.sid, self._lent)
         self.memory_freed = True  # finalized: the buffers are gone before the report says so
         if self.ring is not None:
             self.ring.unlink()  # the name is gone before the client reads the report
-        self._send(out, {"type": P.CLOSED, "stream": self.sid, "reason": reason, **self.report()})
+        self._send(out, {"type": P.CLOSED, "reason": reason,
+                         "reason_code": reason_code(reason), **self.report()})
         self._remove_ring()  # unmapping frees the memory: not on the client's clock
 
     def _write_unannounced(self) -> None:
@@ -429,15 +465,17 @@ class StreamWorker(threading.Thread):
         if self.ring is not None:
             self.ring.close()
 
-    def _send_release(self, out: zmq.Socket) -> None:
+    def _send_release(self, out: zmq.Socket, *, journal: bool = True) -> None:
         slots = []
         released = self._released
         while released:
             slots.append(released.popleft())
+        for slot in slots:
+            self._busy[slot] = 0
         if slots:
             # the metadata of the frames released is in the journal first: a frame the
             # daemon released keeps its metadata even if the daemon dies
-            if self.stream is not None and not self.stats.errors:
+            if journal and self.stream is not None and not self.stats.errors:
                 self._guard(self.stream.flush_journal)
             self._lent -= len(slots)
             self._send(out, {"type": P.RELEASE, "stream": self.sid, "slots": slots})
@@ -445,8 +483,9 @@ class StreamWorker(threading.Thread):
         err = self._pending_error
         if err is not None:
             self._pending_error = None
-            self._send(out, {"type": P.ERROR, "code": P.E_WRITE, "stream": self.sid,
-                             "message": err, "exception": self._pending_exception})
+            self._send(out, P.error_header(P.E_WRITE, err, stream=self.sid,
+                                           seq=self._pending_seq,
+                                           exception=self._pending_exception))
 
     def _send(self, out: zmq.Socket, header: dict, payload: Any = None) -> None:
         out.send_multipart([self.peer, *P.encode(header, payload)])
@@ -468,14 +507,18 @@ class StreamWorker(threading.Thread):
         elapsed = time.monotonic() - s.started
         n = self.settings.num_frames
         return {
+            "stream": self.sid,
             "root_path": self.settings.root_path,
             "paths": self.stream.paths if self.stream is not None else [],
             "frames_expected": n,
+            "frames_declared": n or 0,  # fixed-type companions of frames_expected (1.1)
+            "unbounded": n is None,
             "frames_received": s.received,
             "frames_written": s.written,
             "frames_dropped": s.dropped,
             "frames_skipped": s.skipped,
             "frames_recovered": s.recovered,
+            "frames_refused": s.refused,
             "backlog": max(0, self.frames_queued - s.received),
             "ring_slots": self.slots,
             "max_buffer_bytes": self.memory,
@@ -506,6 +549,7 @@ class Daemon:
         self._next_sid = 1
         self._stop = threading.Event()
         self._last_active = time.monotonic()
+        self._now = time.monotonic()  # read once per batch of messages (liveness)
         self._dropped: set[bytes] = set()  # peers that did not read their messages
 
     @staticmethod
@@ -622,8 +666,8 @@ class Daemon:
                 dead = not pid_alive(w.client_pid)
                 why = f"client pid {w.client_pid} is gone"
             else:
-                dead = now - w.last_heartbeat > HEARTBEAT_TIMEOUT
-                why = f"no heartbeat from the client for {now - w.last_heartbeat:.1f} s"
+                dead = now - w.last_heard > HEARTBEAT_TIMEOUT
+                why = f"no message or heartbeat from the client for {now - w.last_heard:.1f} s"
             if dead:
                 log.warning("stream %d (%s): %s; finalizing the %d frames received",
                             w.sid, w.settings.root_path, why, w.expected_seq)
@@ -676,6 +720,7 @@ class Daemon:
 
     def _drain(self, router: zmq.Socket, outbox: zmq.Socket) -> None:
         recv = router.recv
+        self._now = time.monotonic()
         for i in range(10000):
             try:  # zmq frames, not bytes: no copy of inline pixels, cheaper than recv_multipart
                 part = recv(zmq.NOBLOCK, copy=False)
@@ -692,8 +737,8 @@ class Daemon:
                 reply = self._dispatch(peer, parts)
             except P.ProtocolError as e:
                 log.warning("peer %s: %s", peer.hex(), e)
-                reply = P.error(e.code, str(e))
-            except Exception as e:  # noqa: BLE001 - never let a client's message kill us
+                reply = P.error(e.code, str(e), stream=e.stream, seq=e.seq)
+            except Exception as e:  # noqa: BLE001 - outside _handle's net: still never die
                 log.exception("peer %s: unexpected error", peer.hex())
                 reply = P.error(P.E_MALFORMED, f"internal error handling the message: {e!r}")
             if reply is not None:
@@ -701,22 +746,41 @@ class Daemon:
             if i % 32 == 31:  # keep the workers and the clients' credits moving
                 self._flush_batches()
                 self._forward(outbox, router)
+                self._now = time.monotonic()
         self._flush_batches()
         self._forward(outbox, router)
 
     def _dispatch(self, peer: bytes, parts: list) -> list | None:
+        """Handle one message; a `ProtocolError` it raises names the stream and frame the
+        message named (PROTOCOL.md 2.2: every error says which)."""
         if len(parts) == 2 and parts[0].bytes == P.TAG:
             notice = P.parse_notice(parts[1].bytes)
             if notice is not None:  # the plain frame notice: no JSON parsing on the frame path
-                return self._on_frame(peer, *notice, None, None)
+                try:
+                    return self._on_frame(peer, *notice, None, None)
+                except P.ProtocolError as e:
+                    e.stream, e.seq = notice[0], notice[1]
+                    raise
         try:
             header, payload = P.decode(parts)
         except P.ProtocolError:
             self._refuse_oversized_frame(peer, parts)
             raise
-        if header["type"] == P.OPEN:  # where the client runs decides how it is watched
-            return self._on_open(peer, header, self._on_this_machine(parts[0]))
-        return self._handle(peer, header, payload)
+        try:
+            if header["type"] == P.OPEN:  # where the client runs decides how it is watched
+                return self._on_open(peer, header, self._on_this_machine(parts[0]))
+            return self._handle(peer, header, payload)
+        except Exception as e:
+            if not isinstance(e, P.ProtocolError):  # never let a client's message kill us
+                log.exception("peer %s: unexpected error", peer.hex())
+                e = P.ProtocolError(P.E_MALFORMED, f"{header['type']}: internal error "
+                                                   f"handling the message: {e!r}")
+            sid, seq = header.get("stream"), header.get("seq")
+            if type(sid) is int and e.stream == 0:
+                e.stream = sid
+            if type(seq) is int and e.seq == -1 and header["type"] in (P.FRAME, P.SKIP):
+                e.seq = seq
+            raise e from None
 
     def _on_this_machine(self, frame: zmq.Frame) -> bool:
         """Whether the peer that sent ``frame`` runs on this machine: over ipc, or TCP from a
@@ -740,11 +804,13 @@ class Daemon:
         sid, seq, slot = found
         w = self.streams.get(sid)
         if w is not None and w.peer == peer and 0 <= slot < w.slots and not w.closing:
+            w.last_heard = self._now
+            w.stats.refused += 1
             w.enqueue(("release", slot))
         raise P.ProtocolError(P.E_MALFORMED, f"frame {seq}: its header is {len(parts[1]):,} "
                                              f"bytes, more than {P.MAX_HEADER_BYTES:,} (frame "
                                              "metadata too large): the frame is not written "
-                                             "and its slot is released")
+                                             "and its slot is released", stream=sid, seq=seq)
 
     def _flush_batches(self) -> None:
         for w in self.streams.values():
@@ -754,8 +820,7 @@ class Daemon:
         kind = h["type"]
         if kind == P.FRAME:
             return self._on_frame(peer, P.field(h, "stream", int), P.field(h, "seq", int),
-                                  P.field(h, "slot", int),
-                                  P.field(h, "meta", dict, required=False), payload)
+                                  P.field(h, "slot", int), h.get("meta"), payload)
         if kind == P.SKIP:
             w = self._stream_of(peer, h)
             seq = P.field(h, "seq", int)
@@ -794,11 +859,13 @@ class Daemon:
             sid = P.field(h, "stream", int, required=False)
             if sid is not None:
                 w = self._stream_of(peer, h)
-                return P.encode({"type": P.STATUS_REPLY, "stream": sid, **w.report()})
+                return P.encode({"type": P.STATUS_REPLY, **w.report()})
+            reports = [w.report() for w in self.streams.values()]
             return P.encode({"type": P.STATUS_REPLY, "pid": os.getpid(), "version": __version__,
-                             "memory_budget": self.memory_budget,
+                             "minor": P.PROTOCOL_MINOR, "memory_budget": self.memory_budget,
                              "memory_committed": self._memory_committed(),
-                             "streams": {str(k): v.report() for k, v in self.streams.items()}})
+                             "streams": {str(r["stream"]): r for r in reports},
+                             "stream_list": reports})  # the same as an array (1.1)
         if kind == P.CLOSE:
             w = self.streams.get(P.field(h, "stream", int))
             if w is not None and w.peer == peer and w.closing:
@@ -819,11 +886,12 @@ class Daemon:
             key = P.field(h, "key", str)
             w = self.streams.get(sid)
             if w is None or not secrets.compare_digest(key, w.heartbeat_key):
-                raise P.ProtocolError(P.E_NO_STREAM, f"heartbeat: no stream {sid} with that key")
-            w.last_heartbeat = time.monotonic()
+                raise P.ProtocolError(P.E_NO_STREAM, f"heartbeat: no open stream {sid} with "
+                                                     "that key (closed, or a wrong key)")
+            w.last_heard = self._now
             return None
         if kind == P.PING:
-            return P.encode({"type": P.PONG, "pid": os.getpid()})
+            return P.encode({"type": P.PONG, "pid": os.getpid(), "minor": P.PROTOCOL_MINOR})
         raise P.ProtocolError(P.E_UNKNOWN_TYPE, f"unknown message type {kind!r}")
 
     def _on_open(self, peer: bytes, h: dict, on_this_machine: bool) -> None:
@@ -833,17 +901,27 @@ class Daemon:
             raise P.ProtocolError(P.E_AUTH, "open refused: missing or wrong token "
                                             "(see the daemon's connection file)")
         version = h.get("version", P.PROTOCOL_VERSION)
+        minor = h.get("minor", 0)  # absent: a 1.0 client
+        ours = f"{P.PROTOCOL_VERSION}.{P.PROTOCOL_MINOR}"
         if type(version) is not int or version != P.PROTOCOL_VERSION:
-            raise P.ProtocolError(P.E_VERSION, f"protocol version {version!r} not supported")
+            theirs = json.dumps(version) + (f".{minor}" if type(minor) is int else "")
+            raise P.ProtocolError(P.E_VERSION, f"open: the client speaks protocol {theirs}, "
+                                               f"this daemon {ours} (another major version)")
+        minor = P.field(h, "minor", int, required=False) or 0
+        if minor < 0:
+            raise P.ProtocolError(P.E_MALFORMED, f"open: minor must be >= 0, not {minor}")
         raw = P.field(h, "settings", dict)
         transport = h.get("transport", "shm")
         if transport not in ("shm", "inline"):
-            raise P.ProtocolError(P.E_MALFORMED, "open: transport must be 'shm' or 'inline'")
+            raise P.ProtocolError(P.E_MALFORMED, f"open: transport must be \"shm\" or "
+                                                 f"\"inline\", not {json.dumps(transport)}")
         try:
-            settings = AcquisitionSettings.model_validate(raw)
-            settings.validate_for_writing()
-        except (ValidationError, ValueError) as e:
-            raise P.ProtocolError(P.E_SETTINGS, f"invalid settings: {e}") from None
+            settings, warned = wire_settings.parse(raw)
+        except wire_settings.SettingsError as e:
+            newer = "" if minor <= P.PROTOCOL_MINOR else (
+                f" (the client speaks protocol {P.PROTOCOL_VERSION}.{minor}, this daemon "
+                f"{ours}: settings added after {ours} are unknown to it; upgrade the daemon)")
+            raise P.ProtocolError(P.E_SETTINGS, f"invalid settings: {e}{newer}") from None
         try:
             slots = ring_slots_for(settings, inline=transport == "inline")
         except ValueError as e:
@@ -863,6 +941,7 @@ class Daemon:
         worker = StreamWorker(self._next_sid, peer, settings, transport, slots, self.ctx,
                               s3_endpoint)
         worker.memory = memory
+        worker.minor = min(minor, P.PROTOCOL_MINOR)
         pid, pidns = h.get("pid"), h.get("pidns")
         if isinstance(pid, int) and not isinstance(pid, bool) and pidns == PID_NAMESPACE \
                 and PID_NAMESPACE and on_this_machine:
@@ -872,11 +951,13 @@ class Daemon:
         self.streams[sid] = worker
         log.info("stream %d opened: %s (%s, %s frames, %d slots)", sid, settings.root_path,
                  settings.format_name, settings.num_frames or "unbounded", slots)
+        n = settings.num_frames
         worker.opened_reply = {
-            "type": P.OPENED, "stream": sid, "pid": os.getpid(), "pidns": PID_NAMESPACE,
-            "transport": transport,
+            "type": P.OPENED, "stream": sid, "minor": P.PROTOCOL_MINOR, "pid": os.getpid(),
+            "pidns": PID_NAMESPACE, "transport": transport,
             "credits": slots, "frame_shape": list(settings.frame_shape),
-            "dtype": settings.dtype, "frames": settings.num_frames,
+            "dtype": settings.dtype, "frames": n, "frames_declared": n or 0,
+            "unbounded": n is None, "warnings": warned,
             "frame_nbytes": settings.frame_nbytes, "backpressure": settings.backpressure,
             "backpressure_timeout": settings.backpressure_timeout,
             "liveness": "pid" if worker.client_pid is not None else "heartbeat",
@@ -912,29 +993,48 @@ class Daemon:
     def _on_frame(self, peer: bytes, sid: int, seq: int, slot: int, meta: dict | None,
                   payload: Any) -> None:
         w = self._stream_of(peer, sid, P.FRAME)
-        if not 0 <= slot < w.slots:
+        if not 0 <= slot < w.slots:  # no slot of the stream's: none to give back
             raise P.ProtocolError(P.E_SLOT, f"frame {seq}: slot {slot} is not in 0..{w.slots - 1}")
-        if meta is not None:
-            try:
-                meta = check_frame_metadata(meta, seq)
-            except (TypeError, ValueError) as e:  # refused: the slot goes back unwritten
+        try:
+            if meta is not None:
+                meta = self._frame_meta(meta, seq)
+            if seq < w.expected_seq:
+                raise P.ProtocolError(P.E_SEQUENCE, f"frame {seq}: out of order, expected >= "
+                                                    f"{w.expected_seq}")
+            self._check_room(w, seq + 1)
+            if w.inline:
+                if payload is None or len(payload) != w.settings.frame_nbytes:
+                    got = "no payload" if payload is None else f"a payload of {len(payload)} bytes"
+                    raise P.ProtocolError(P.E_FRAME, f"frame {seq}: {got}; an inline frame is "
+                                                     f"{w.settings.frame_nbytes} bytes")
+            elif payload is not None:
+                raise P.ProtocolError(P.E_FRAME, f"frame {seq}: a payload on a shared-memory "
+                                                 "stream (its pixels go into the ring)")
+        except P.ProtocolError as e:
+            # refused: the slot comes back in a release, whatever the reason (PROTOCOL.md 3);
+            # a 1.0 client was promised that only for refused metadata (it may free the
+            # others itself: a release later could free a slot it filled again)
+            w.stats.refused += 1
+            if w.minor >= 1 or e.code == P.E_MALFORMED:
                 w.enqueue(("release", slot))
-                raise P.ProtocolError(P.E_MALFORMED, str(e)) from None
-        if seq < w.expected_seq:
-            raise P.ProtocolError(P.E_SEQUENCE, f"frame {seq}: out of order, expected >= "
-                                                f"{w.expected_seq}")
-        self._check_room(w, seq + 1)
-        if w.inline:
-            if payload is None or len(payload) != w.settings.frame_nbytes:
-                size = None if payload is None else len(payload)
-                raise P.ProtocolError(P.E_FRAME, f"frame {seq}: inline payload of {size} bytes, "
-                                                 f"expected {w.settings.frame_nbytes}")
-        elif payload is not None:
-            raise P.ProtocolError(P.E_FRAME, f"frame {seq}: shared-memory stream got a payload")
+            raise
         w.expected_seq = seq + 1
         w.frames_queued += 1
         w.batch.append((seq, slot, meta, payload))  # queued as one item at the end of _drain
         return None
+
+    @staticmethod
+    def _frame_meta(meta: Any, seq: int) -> dict:
+        """A frame's ``meta``, checked (PROTOCOL.md 5), or `malformed` naming the key."""
+        if not isinstance(meta, dict):
+            kind = {list: "an array", str: "a string", bool: "a boolean"}.get(type(meta),
+                                                                              "a number")
+            raise P.ProtocolError(P.E_MALFORMED, f"frame {seq}: meta must be a JSON object, "
+                                                 f"not {kind}")
+        try:
+            return check_frame_metadata(meta, seq)
+        except (TypeError, ValueError) as e:
+            raise P.ProtocolError(P.E_MALFORMED, str(e)) from None
 
     def _on_read(self, peer: bytes, h: dict) -> None:
         """A stored plane, for the client's live view: checked here, read by the worker."""
@@ -955,6 +1055,7 @@ class Daemon:
         w = self.streams.get(sid)
         if w is None or w.peer != peer:
             raise P.ProtocolError(P.E_NO_STREAM, f"{kind}: no open stream {sid} of yours")
+        w.last_heard = self._now  # any message of the stream's client shows it alive
         if w.closing or w.finished.is_set():
             raise P.ProtocolError(P.E_NO_STREAM, f"{kind}: stream {sid} is closing")
         return w

@@ -14,6 +14,9 @@ from typing import Any
 
 TAG = b"OWS1"
 PROTOCOL_VERSION = 1
+#: The minor version: compatible additions to version 1 (PROTOCOL.md §8). ``open`` says the
+#: client's (absent: 0), ``opened`` the daemon's; what a stream does follows the lower one.
+PROTOCOL_MINOR = 1
 
 #: Largest header the daemon accepts; frames travel as payload, never in the header.
 MAX_HEADER_BYTES = 1 << 20
@@ -84,11 +87,15 @@ def is_loopback(endpoint: str) -> bool:
 
 
 class ProtocolError(ValueError):
-    """A message that does not follow the protocol; ``code`` is one of the E_* codes."""
+    """A message that does not follow the protocol; ``code`` is one of the E_* codes.
+    ``stream`` and ``seq`` say which stream and frame the refused message named (0 and -1:
+    none), and go into the `error` reply."""
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str, *, stream: int = 0, seq: int = -1) -> None:
         super().__init__(message)
         self.code = code
+        self.stream = stream
+        self.seq = seq
 
 
 def encode(header: dict[str, Any], payload: bytes | memoryview | None = None) -> list:
@@ -108,7 +115,8 @@ def decode(parts: list) -> tuple[dict[str, Any], Any]:
     if len(first) != len(TAG) or tag != TAG:
         if tag[:3] == TAG[:3]:
             raise ProtocolError(E_VERSION, f"protocol {tag!r} is not supported; this daemon "
-                                           f"speaks {TAG.decode()}")
+                                           f"speaks {TAG.decode()} (protocol "
+                                           f"{PROTOCOL_VERSION}.{PROTOCOL_MINOR})")
         raise ProtocolError(E_MALFORMED, f"first part must be {TAG!r}, got {tag[:16]!r}")
     raw = parts[1]
     if len(raw) > MAX_HEADER_BYTES:
@@ -147,24 +155,42 @@ def oversized_frame(header: bytes) -> tuple[int, int, int] | None:
     return None if m is None else (int(m[1]), int(m[2]), int(m[3]))
 
 
+_JSON_NAMES = {int: "an integer", str: "a string", dict: "an object", list: "an array",
+               bool: "a boolean", float: "a number"}
+
+
 def field(header: dict[str, Any], name: str, kind: type | tuple[type, ...], *, required=True):
-    """A header field of the right JSON type, or a `ProtocolError` naming it."""
+    """A header field of the right JSON type, or a `ProtocolError` naming it, its type and
+    the value it has."""
+    kinds = kind if isinstance(kind, tuple) else (kind,)
     if name not in header:
         if required:
-            raise ProtocolError(E_MALFORMED, f"{header.get('type')}: missing field {name!r}")
+            raise ProtocolError(E_MALFORMED, f"{header.get('type', 'message')}: missing field "
+                                             f"{name!r}")
         return None
     value = header[name]
     if value is None and not required:
         return None
-    if isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,)):
-        raise ProtocolError(E_MALFORMED, f"{header.get('type')}: field {name!r} has the wrong type")
-    if not isinstance(value, kind):
-        raise ProtocolError(E_MALFORMED, f"{header.get('type')}: field {name!r} has the wrong type")
+    if not isinstance(value, kind) or (isinstance(value, bool) and bool not in kinds):
+        want = " or ".join(_JSON_NAMES.get(k, k.__name__) for k in kinds)
+        got = json.dumps(value)
+        got = got if len(got) <= 40 else got[:37] + "..."
+        raise ProtocolError(E_MALFORMED, f"{header.get('type', 'message')}: field {name!r} must "
+                                         f"be {want}, not {got}")
     return value
 
 
+def error_header(code: str, message: str, *, stream: int = 0, seq: int = -1,
+                 exception: str | None = None) -> dict[str, Any]:
+    """An `error` message's header. Every field is always there, with one JSON type (clients
+    such as LabVIEW read replies into fixed structures): ``stream`` 0 and ``seq`` -1 when
+    the error concerns no stream or no frame, ``exception`` "" when no Python type applies."""
+    return {"type": ERROR, "code": code, "message": message, "stream": stream, "seq": seq,
+            "exception": exception or ""}
+
+
 def error(code: str, message: str, **extra: Any) -> list:
-    return encode({"type": ERROR, "code": code, "message": message, **extra})
+    return encode(error_header(code, message, **extra))
 
 
 #: Python exception types an `error` message may name in its optional ``exception`` field: the

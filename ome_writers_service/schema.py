@@ -31,6 +31,7 @@ from pydantic import (
     ConfigDict,
     Field,
     PositiveInt,
+    ValidationError,
     ValidationInfo,
     field_validator,
     model_validator,
@@ -117,6 +118,13 @@ def _xml_text(value: str | None, info: ValidationInfo) -> str | None:
 XmlStr = Annotated[str, AfterValidator(_xml_text)]
 #: A non-empty string that lands in OME-XML (a name).
 XmlName = Annotated[str, Field(min_length=1), AfterValidator(_xml_text)]
+
+
+def _strict(info: ValidationInfo) -> bool | None:
+    """Whether the validation that reached a validator is strict: models a validator builds
+    from mappings are then validated strictly too (the daemon's check of wire settings,
+    `wire_settings.parse`, passes ``context={"strict": True}``)."""
+    return True if isinstance(info.context, Mapping) and info.context.get("strict") else None
 
 
 class _Model(BaseModel):
@@ -412,7 +420,8 @@ class Dimension(_Model):
         else:
             kind = info.data.get("type") or _TYPE_OF_NAME.get(str(info.data.get("name", "")).lower())
         model = Position if kind == "position" else Channel
-        return [model.model_validate(c) if isinstance(c, Mapping) else c for c in v]
+        return [model.model_validate(c, strict=_strict(info), context=info.context)
+                if isinstance(c, Mapping) else c for c in v]
 
     @model_validator(mode="after")
     def _infer_and_check(self) -> Dimension:
@@ -797,14 +806,22 @@ class AcquisitionSettings(_Model):
 
     @field_validator("dimensions", mode="before")
     @classmethod
-    def _position_dims(cls, v: Any) -> Any:
+    def _position_dims(cls, v: Any, info: ValidationInfo) -> Any:
         # A plain Dimension of type "position" is promoted so positions are always Position models.
         out = []
-        for d in v or ():
+        for i, d in enumerate(v or ()):
             if isinstance(d, Dimension) and d.type == "position" and not isinstance(d, PositionDimension):
                 d = PositionDimension(**d.model_dump(exclude={"type"}, exclude_unset=True))
             elif isinstance(d, Mapping) and d.get("type") == "position":
-                d = PositionDimension(**{k: v for k, v in d.items() if k != "type"})
+                try:
+                    d = PositionDimension.model_validate(
+                        {k: v for k, v in d.items() if k != "type"}, strict=_strict(info),
+                        context=info.context)
+                except ValidationError as e:  # located at its index, as the other dimensions
+                    raise ValidationError.from_exception_data(e.title, [
+                        {"type": err["type"], "loc": (i, *err["loc"]), "input": err["input"],
+                         **({"ctx": err["ctx"]} if "ctx" in err else {})}
+                        for err in e.errors()]) from None
             out.append(d)
         return tuple(out)
 

@@ -220,6 +220,7 @@ def run_error_paths(argv: list[str], daemon, sig: int, limit: float, env=None) -
     assert "wrong size: frame 0: 2050 bytes" in text
     assert "huge metadata: frame 0: meta_json is 1100012 bytes: at most 1000000" in text
     assert "GONE after" in text and "closed: {" in text and '"error":"' in text
+    assert "refused frame: daemon: frame 1: frame_metadata['delta_t']" in text  # OWS_REFUSED
     assert "refused metadata: \"error\":\"daemon: frame 1: frame_metadata['delta_t']" in text
     return text
 
@@ -260,6 +261,7 @@ def test_cpp_camera_simulation(build, daemon, tmp_path):
     res = subprocess.run([str(build / "camera_sim"), str(root), "400", "3", "2", "4", "64"],
                          capture_output=True, text=True, timeout=120, env=env)
     assert res.returncode == 0, res.stdout + res.stderr
+    assert res.stdout.startswith("protocol 1.1\n"), res.stdout
     m = re.search(r"24 frames in [\d.]+ s: ([\d.]+) fps \(target 400\.0\), \d+ frames late, "
                   r"0 dropped", res.stdout)
     assert m and float(m.group(1)) > 0, res.stdout
@@ -306,7 +308,8 @@ def test_c_client_in_another_pid_namespace_keeps_its_stream_alive(build, daemon,
                           str(sfile), transport, "24", "40", "56", "2.5"], capture_output=True,
                          text=True, timeout=120)
     assert res.returncode == 0, res.stdout + res.stderr
-    assert "no heartbeat" not in daemon.log_text()
+    log = daemon.log_text()
+    assert "client lost" not in log and "heartbeat from the client" not in log, log
     check_pattern_dataset(settings, json.loads(res.stdout.strip().splitlines()[-1]))
 
 
@@ -354,10 +357,67 @@ print("inline", rc, lib.ows_close(s, report, 16384), report.value.decode(), flus
     assert lines[2].startswith("inline 0 0 {"), res.stdout
 
 
+def test_the_labview_guides_acquisition_runs(build, daemon, tmp_path):
+    """client/labview/acquisition.c, the guide's VI as C: a slow time-lapse (pauses longer
+    than the heartbeat timeout; in another pid namespace when root, so the daemon has only
+    the library's heartbeats and frames to go by) with one frame whose metadata the daemon
+    refuses: that frame is reported once, as a warning, and is a gap; the stream goes on;
+    close returns -2 with a report of one type per field that counts the refusal."""
+    root = tmp_path / "labview.ome.tiff"
+    cmd = [str(build / "acquisition"), daemon.endpoint, daemon.token, str(root), "4", "1.8", "1"]
+    res = subprocess.run([*UNSHARE_PID, *cmd] if AS_ROOT else cmd, capture_output=True,
+                         text=True, timeout=60)
+    out = res.stdout
+    assert res.returncode == 1, out + res.stderr  # close: -2, a frame was refused
+    lines = out.splitlines()
+    assert lines[0] == "open: protocol 1.1", out
+    warnings = [line for line in lines if line.startswith("warning: ")]
+    assert len(warnings) == 1 and warnings[0].startswith(
+        "warning: daemon: frame 1: frame_metadata['delta_t']") and \
+        warnings[0].endswith("(malformed)"), out
+    status = json.loads(next(line for line in lines if line.startswith("status: "))[8:])
+    assert status["frames_refused"] == 1 and isinstance(status["errors"], list), status
+    close = next(line for line in lines if line.startswith("close ("))
+    assert close.startswith("close (-2): "), close
+    report = json.loads(close[len("close (-2): "):])
+    assert (report["frames_written"], report["frames_refused"], report["reason_code"]) == \
+        (3, 1, "closed_by_client"), report
+    assert report["error"].startswith("daemon: frame 1: frame_metadata['delta_t']"), report
+    assert "client lost" not in daemon.log_text()
+    got = read_image(str(root))
+    assert [int(f[0, 0]) for f in got] == [0, 0, 14, 21]  # frame 1 is the gap (fill value)
+
+
+def test_c_client_names_both_versions_with_a_1_0_daemon(build, tmp_path):
+    """PROTOCOL.md 8: an open a 1.0 daemon refuses (its errors have no seq) names both
+    protocol versions besides the daemon's own text; the library sent minor 1."""
+    import ctypes
+
+    from old_daemon import OldDaemon
+
+    lib = ctypes.CDLL(str(build / "libows_client.so"))
+    lib.ows_open_ex.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_int,
+                                ctypes.POINTER(ctypes.c_void_p), ctypes.c_char_p, ctypes.c_size_t]
+    old = OldDaemon(tmp_path)
+    try:
+        s, err = ctypes.c_void_p(), ctypes.create_string_buffer(2048)
+        settings = tczyx_settings(str(tmp_path / "old.ome.zarr")).model_dump_json().encode()
+        rc = lib.ows_open_ex(old.endpoint.encode(), old.token.encode(), settings, 1,
+                             ctypes.byref(s), err, 2048)
+        assert old.opens and old.opens[0]["minor"] == 1, old.opens
+    finally:
+        old.stop()
+    text = err.value.decode()
+    assert rc == -2 and not s.value, (rc, text)
+    assert "Extra inputs are not permitted" in text and text.endswith(
+        "(invalid_settings) (the daemon speaks protocol 1.0, this library 1.1: upgrade the "
+        "daemon's ome-writers-service)"), text
+
+
 def test_c_library_compiles_for_windows(tmp_path):
-    """ows_client.c builds for Windows (MinGW-w64), where only the inline transport exists."""
-    if not shutil.which("x86_64-w64-mingw32-gcc"):
-        pytest.skip("x86_64-w64-mingw32-gcc not installed (apt-get install gcc-mingw-w64-x86-64)")
+    """ows_client.c builds for Windows (MinGW-w64, installed here when missing), where only
+    the inline transport exists; warnings are errors."""
+    ensure_debian_packages(["gcc-mingw-w64-x86-64"], bool(shutil.which("x86_64-w64-mingw32-gcc")))
     ensure_build_deps()  # zmq.h and cJSON.h to compile against
     res = subprocess.run(["make", "-C", str(CLIENT), f"B={tmp_path}", "windows"],
                          capture_output=True, text=True)

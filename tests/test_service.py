@@ -637,6 +637,8 @@ def test_recover_after_daemon_sigkill(tmp_path, suffix):
     # every frame written before the crash is there; the last step (t=4) lacks its channel 1
     check_dataset(settings, [settings.root_path], 17, frames=9)
     assert frames_written_in_metadata(settings.root_path) == 9  # OME-Zarr too
+    with pytest.raises(DaemonGoneError):  # the client learns it, and is done with the stream
+        stream.close(timeout=5)
     remove_daemon_shm(d.pid)
 
 

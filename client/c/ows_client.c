@@ -35,6 +35,7 @@
 
 #define OWS_TAG "OWS1"
 #define OWS_TAG_LEN 4
+#define OWS_MINOR 1           /* the protocol minor version this library speaks (1.1) */
 #define OWS_LIVENESS_MS 250   /* ms between daemon liveness checks (pid, pings) */
 #define OWS_PING_AFTER 1.0    /* s without any message from the daemon before a check pings it */
 #define OWS_HUNG_TIMEOUT 5.0  /* s a ping may stay unanswered before the daemon counts as gone */
@@ -81,8 +82,14 @@ struct ows_stream {
     int claimed_slot;      /* -1: none, -2: scratch (dropped) */
     unsigned char *scratch;
     int closed;
+    int daemon_minor;      /* the protocol minor version the daemon speaks (opened.minor) */
     int remote_code;       /* != 0: the daemon reported an error or closed the stream */
     char remote_msg[1024];
+    /* frames the daemon refused (their slots come back in releases; the stream goes on):
+     * the next frame call reports the first one not reported yet, ows_close the first */
+    int64_t refused;
+    int refusal_pending;
+    char refusal_msg[1024], first_refusal[1024];
     cJSON *final_report;   /* a `closed` the daemon sent on its own (shutdown, client lost) */
     char error[1024];
     /* heartbeat thread, only when the daemon cannot watch our pid */
@@ -135,6 +142,8 @@ const char *ows_last_error(const ows_stream *s) { return s ? s->error : "no stre
 size_t ows_frame_nbytes(const ows_stream *s) { return s ? s->frame_nbytes : 0; }
 int64_t ows_frames_sent(const ows_stream *s) { return s ? s->seq : 0; }
 int64_t ows_frames_dropped(const ows_stream *s) { return s ? s->dropped : 0; }
+int64_t ows_frames_refused(const ows_stream *s) { return s ? s->refused : 0; }
+int ows_daemon_minor(const ows_stream *s) { return s ? s->daemon_minor : 0; }
 
 /* ---------------------------------------------------------------- messages */
 
@@ -228,13 +237,34 @@ static void take_release(ows_stream *s, const cJSON *h) {
 }
 
 /* Whether an error with this code answers the request whose reply is `want`. Frames get no
- * reply, so an error about a frame (refused metadata, sequence, slot) or a write failure
- * comes at any time; status and close can only be refused for their stream. */
-static int answers(const char *want, const char *code) {
-    if (!want) return 0;
+ * reply, so an error about a frame (refused metadata, sequence, slot: it names the frame in
+ * `seq`) or a write failure comes at any time; status and close can only be refused for
+ * their stream. */
+static int answers(const char *want, const char *code, double seq) {
+    if (!want || seq >= 0) return 0;
     if (!strcmp(want, "opened")) return strcmp(code, "write_failed") != 0;
     return !strcmp(code, "no_such_stream") || !strcmp(code, "unknown_type") ||
            !strcmp(code, "unsupported_version");
+}
+
+/* A frame the daemon refused: counted, its message kept for the next frame call. */
+static void note_refusal(ows_stream *s, const cJSON *h) {
+    s->refused++;
+    char msg[1024];
+    snprintf(msg, sizeof msg, "daemon: %s (%s)", str_field(h, "message", "?"),
+             str_field(h, "code", "?"));
+    if (!s->refusal_pending) snprintf(s->refusal_msg, sizeof s->refusal_msg, "%s", msg);
+    if (!s->first_refusal[0]) snprintf(s->first_refusal, sizeof s->first_refusal, "%s", msg);
+    s->refusal_pending = 1;
+}
+
+/* A frame call that did its work: OWS_REFUSED instead of OWS_OK when the daemon refused an
+ * earlier frame since the last report (ows_last_error names it). */
+static int done_or_refused(ows_stream *s, int rc) {
+    if (rc != OWS_OK || !s->refusal_pending) return rc;
+    s->refusal_pending = 0;
+    snprintf(s->error, sizeof s->error, "%s", s->refusal_msg);
+    return OWS_REFUSED;
 }
 
 /* Handle what the daemon sent, waiting up to timeout_ms for the first message: releases free
@@ -256,10 +286,17 @@ static cJSON *pump(ows_stream *s, long timeout_ms, const char *want) {
             return h;
         } else if (!strcmp(type, "error")) {
             const char *code = str_field(h, "code", "?");
-            if (answers(want, code)) return h;
-            /* "shutdown": the daemon ends the stream itself (SIGTERM, client taken for lost) */
-            remote_fail(s, strcmp(code, "shutdown") ? OWS_ERR_DAEMON : OWS_ERR_DAEMON_GONE,
-                        "daemon: %s (%s)", str_field(h, "message", "?"), code);
+            double seq = num_field(h, "seq", -1);
+            if (answers(want, code, seq)) return h;
+            if (s->daemon_minor >= 1 && seq >= 0 && strcmp(code, "write_failed") &&
+                strcmp(code, "shutdown")) {
+                /* a refused frame (1.1): its slot comes back in a release, the stream goes on */
+                note_refusal(s, h);
+            } else {
+                /* "shutdown": the daemon ends the stream itself (SIGTERM, client lost) */
+                remote_fail(s, strcmp(code, "shutdown") ? OWS_ERR_DAEMON : OWS_ERR_DAEMON_GONE,
+                            "daemon: %s (%s)", str_field(h, "message", "?"), code);
+            }
         } else if (!strcmp(type, "closed")) {
             remote_fail(s, OWS_ERR_DAEMON_GONE, "the daemon closed the stream (%s) after writing "
                         "%.0f frames", str_field(h, "reason", "?"),
@@ -381,8 +418,14 @@ static int await_reply(ows_stream *s, const char *type, double timeout, cJSON **
             return OWS_OK;
         }
         if (h) { /* an error answering this request */
-            fail(s, OWS_ERR_DAEMON, "daemon: %s (%s)", str_field(h, "message", "?"),
-                 str_field(h, "code", "?"));
+            /* a 1.0 daemon's errors have no "seq" (every 1.1 error has): name both versions
+             * when it refuses an open, so a refusal of something 1.1 added reads as such */
+            const char *code = str_field(h, "code", "?");
+            int older = !strcmp(type, "opened") && !cJSON_GetObjectItem(h, "seq") &&
+                        strcmp(code, "unauthorized") && strcmp(code, "resources");
+            fail(s, OWS_ERR_DAEMON, "daemon: %s (%s)%s", str_field(h, "message", "?"), code,
+                 older ? " (the daemon speaks protocol 1.0, this library 1.1: upgrade the "
+                         "daemon's ome-writers-service)" : "");
             cJSON_Delete(h);
             return OWS_ERR_DAEMON;
         }
@@ -477,8 +520,8 @@ static uint32_t le32(const unsigned char *p) {
 }
 static uint64_t le64(const unsigned char *p) { return le32(p) | (uint64_t)le32(p + 4) << 32; }
 
-static int attach_ring(ows_stream *s, const cJSON *ring) {
-    const char *name = str_field(ring, "name", NULL);
+/* Map the stream's ring by name; its layout comes from its own header (PROTOCOL.md 3.1). */
+static int attach_ring(ows_stream *s, const char *name) {
     if (!name || !*name || strchr(name, '/'))
         return fail(s, OWS_ERR_DAEMON, "opened: no valid ring name");
     int fd = shm_open(name, O_RDWR, 0);
@@ -800,6 +843,7 @@ static int open_stream(const char *ep, const char *tok, const ows_curve *keys,
     cJSON *open = cJSON_CreateObject();
     cJSON_AddStringToObject(open, "type", "open");
     cJSON_AddNumberToObject(open, "version", 1);
+    cJSON_AddNumberToObject(open, "minor", OWS_MINOR); /* 1.1: refused frames come back */
     cJSON_AddStringToObject(open, "token", tok);
     cJSON_AddStringToObject(open, "transport", transport == OWS_TRANSPORT_INLINE ? "inline" : "shm");
     char pidns[128] = "";
@@ -824,17 +868,25 @@ static int open_stream(const char *ep, const char *tok, const ows_curve *keys,
         return rc;
     }
     s->sid = (int)num_field(opened, "stream", -1);
+    s->daemon_minor = (int)num_field(opened, "minor", 0); /* absent: a 1.0 daemon */
     s->credits = (int)num_field(opened, "credits", 0);
     s->frame_nbytes = (size_t)num_field(opened, "frame_nbytes", 0);
-    s->total = cJSON_IsNumber(cJSON_GetObjectItem(opened, "frames"))
-                   ? (int64_t)num_field(opened, "frames", -1) : -1;
+    if (s->daemon_minor >= 1) /* fixed-type fields (1.1) */
+        s->total = cJSON_IsTrue(cJSON_GetObjectItem(opened, "unbounded"))
+                       ? -1 : (int64_t)num_field(opened, "frames_declared", -1);
+    else
+        s->total = cJSON_IsNumber(cJSON_GetObjectItem(opened, "frames"))
+                       ? (int64_t)num_field(opened, "frames", -1) : -1;
     const char *policy = str_field(opened, "backpressure", "block");
     s->policy = policy[0];
     s->block_timeout = num_field(opened, "backpressure_timeout", 10.0);
     if (pidns[0] && !strcmp(str_field(opened, "pidns", ""), pidns))
         s->daemon_pid = (int)num_field(opened, "pid", 0);
-    const cJSON *ring = cJSON_GetObjectItem(opened, "ring");
-    s->inline_mode = !cJSON_IsObject(ring);
+    s->inline_mode = !strcmp(str_field(opened, "transport", ""), "inline");
+    /* 1.1: ring_name ("" inline); a 1.0 daemon names the ring in the ring object */
+    const char *ring_name = s->daemon_minor >= 1 ? str_field(opened, "ring_name", NULL)
+                                                 : str_field(cJSON_GetObjectItem(opened, "ring"),
+                                                             "name", NULL);
     if (s->credits <= 0 || s->frame_nbytes == 0) {
         rc = fail(s, OWS_ERR_DAEMON, "opened: %d credits, %zu-byte frames", s->credits,
                   s->frame_nbytes);
@@ -845,8 +897,9 @@ static int open_stream(const char *ep, const char *tok, const ows_curve *keys,
         rc = (!s->busy || !s->scratch) ? fail(s, OWS_ERR_SYSTEM, "out of memory") : OWS_OK;
     }
 #if OWS_HAVE_SHM
-    if (rc == OWS_OK && !s->inline_mode) rc = attach_ring(s, ring);
+    if (rc == OWS_OK && !s->inline_mode) rc = attach_ring(s, ring_name);
 #else
+    (void)ring_name;
     if (rc == OWS_OK && !s->inline_mode)
         rc = fail(s, OWS_ERR_DAEMON, "the daemon opened a shared-memory stream");
 #endif
@@ -1024,9 +1077,9 @@ int ows_append(ows_stream *s, const void *frame, size_t nbytes, const char *meta
         return OWS_DROPPED;
     }
     if (rc != OWS_OK) return rc;
-    if (s->inline_mode) return send_frame(s, slot, meta_json, frame);
+    if (s->inline_mode) return done_or_refused(s, send_frame(s, slot, meta_json, frame));
     memcpy(s->ring + s->header_size + (size_t)slot * s->slot_size, frame, nbytes);
-    return send_frame(s, slot, meta_json, NULL);
+    return done_or_refused(s, send_frame(s, slot, meta_json, NULL));
 }
 
 int ows_claim(ows_stream *s, void **slot_ptr) {
@@ -1056,7 +1109,7 @@ int ows_commit(ows_stream *s, const char *meta_json) {
         s->dropped++;
         return OWS_DROPPED;
     }
-    return send_frame(s, slot, meta_json, s->inline_mode ? s->scratch : NULL);
+    return done_or_refused(s, send_frame(s, slot, meta_json, s->inline_mode ? s->scratch : NULL));
 }
 
 int ows_skip(ows_stream *s, int64_t frames) {
@@ -1074,7 +1127,7 @@ int ows_skip(ows_stream *s, int64_t frames) {
     if (send_msg(s->sock, header, NULL, 0, 0) < 0)
         return fail(s, OWS_ERR_SYSTEM, "zmq send: %s", zmq_strerror(zmq_errno()));
     s->seq += frames;
-    return OWS_OK;
+    return done_or_refused(s, OWS_OK);
 }
 
 static int copy_out(ows_stream *s, const cJSON *h, char *out, size_t len) {
@@ -1135,12 +1188,16 @@ int ows_close(ows_stream *s, char *report_json, size_t len) {
             const cJSON *first = cJSON_GetArrayItem(cJSON_GetObjectItem(report, "errors"), 0);
             rc = fail(s, OWS_ERR_DAEMON, "daemon: %s", cJSON_IsString(first)
                                                            ? first->valuestring : "write failed");
-        } else if (rc == OWS_OK && s->remote_code) { /* a frame the daemon refused */
+        } else if (rc == OWS_OK && s->remote_code) { /* a frame a 1.0 daemon refused */
             snprintf(s->error, sizeof s->error, "%s", s->remote_msg);
             rc = s->remote_code;
+        } else if (rc == OWS_OK && s->refused) { /* frames the daemon refused (1.1) */
+            snprintf(s->error, sizeof s->error, "%s", s->first_refusal);
+            rc = OWS_ERR_DAEMON;
         }
-        /* the stream is freed below: the message travels in the report */
-        if (rc != OWS_OK) cJSON_AddStringToObject(report, "error", s->error);
+        /* the stream is freed below: the message travels in the report ("" when all went
+         * well: a field of one type, for LabVIEW's Unflatten From JSON) */
+        cJSON_AddStringToObject(report, "error", rc == OWS_OK ? "" : s->error);
         copy_out(s, report, report_json, len);
         cJSON_Delete(report);
     } else { /* the stream is freed below: its error travels in the report */

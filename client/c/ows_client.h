@@ -1,6 +1,7 @@
 /*
- * ows_client — C client of the ome-writers-service writer daemon (protocol OWS1, see
- * PROTOCOL.md). Streams camera frames to the daemon, which writes OME-Zarr v0.5 / OME-TIFF.
+ * ows_client — C client of the ome-writers-service writer daemon (protocol 1.1, see
+ * PROTOCOL.md; it talks to a 1.0 daemon too). Streams camera frames to the daemon, which
+ * writes OME-Zarr v0.5 / OME-TIFF.
  *
  * Usage:
  *     char err[1024], report[16384];
@@ -8,15 +9,20 @@
  *     for (...) ows_append(s, pixels, nbytes, NULL);          // memcpy + one small send
  *     ows_close(s, report, sizeof report);                      // waits until all is on disk
  *
- * Errors: functions return OWS_OK (0), OWS_DROPPED (1) or a negative OWS_ERR_* code;
- * ows_last_error(s) gives the message of the last failure on the stream (for OWS_ERR_DAEMON the
- * daemon's own text, e.g. "daemon: invalid settings: ... (invalid_settings)"). ows_open_ex
- * returns the code of a failed open, ows_open only NULL; both write the message to err. A
- * frame the daemon refuses (e.g. metadata it cannot store) and a daemon-side write error
- * (disk full...) arrive after the call that sent the frame returned: they are reported by
- * the next call on the stream and by ows_close. A daemon that shut down (SIGTERM) finalizes
- * the stream with what it received: the next call returns OWS_ERR_DAEMON_GONE and ows_close
- * hands back the daemon's final report.
+ * Errors: functions return OWS_OK (0), OWS_DROPPED (1), OWS_REFUSED (2) or a negative
+ * OWS_ERR_* code; ows_last_error(s) gives the message of the last failure on the stream (for
+ * OWS_ERR_DAEMON the daemon's own text, e.g. "daemon: invalid settings: ... (invalid_settings)").
+ * ows_open_ex returns the code of a failed open, ows_open only NULL; both write the message to
+ * err. A daemon-side write error (disk full...) arrives after the call that sent the frame
+ * returned: the next call on the stream and ows_close report it (OWS_ERR_DAEMON), and the
+ * stream takes no more frames. A frame the daemon refuses (e.g. metadata it cannot store) is
+ * reported once, by the next ows_append / ows_commit / ows_skip that succeeds: it returns
+ * OWS_REFUSED instead of OWS_OK (its own frame was sent), ows_last_error names the refused
+ * frame and why; the stream goes on (the refused frame is a gap; its slot came back) and
+ * ows_close returns OWS_ERR_DAEMON with the first refusal in the report. (With a 1.0 daemon,
+ * ows_daemon_minor() == 0, a refusal fails every later call instead.) A daemon that shut
+ * down (SIGTERM) finalizes the stream with what it received: the next call returns
+ * OWS_ERR_DAEMON_GONE and ows_close hands back the daemon's final report.
  *
  * Blocking: ows_append / ows_claim return at once while a ring slot is free (a copy into
  * shared memory and one small message). When none is, they apply the stream's backpressure
@@ -37,7 +43,8 @@
  * its own ZeroMQ context and socket) and may be used from different threads at the same time.
  * ows_last_error's text stays valid until the next call on the stream. When the daemon cannot
  * watch the client's pid (another pid namespace: containers; Windows) the library runs one
- * background thread per stream that only sends heartbeats on its own socket.
+ * background thread per stream that only sends heartbeats on its own socket, so a stream
+ * stays alive however long the caller waits between frames (a slow time-lapse).
  *
  * Ring memory model (transport shm): a slot handed out by ows_append / ows_claim is one the
  * daemon released (PROTOCOL.md §3): the daemon no longer reads it. The pixels are written
@@ -90,6 +97,8 @@ extern "C" {
 enum {
     OWS_OK = 0,
     OWS_DROPPED = 1,            /* backpressure "drop": the frame was dropped and counted */
+    OWS_REFUSED = 2,            /* done, but the daemon refused an earlier frame (see
+                                   ows_last_error; that frame is a gap, the stream goes on) */
     OWS_ERR_ARG = -1,           /* a bad argument (NULL, invalid JSON, unsupported transport) */
     OWS_ERR_DAEMON = -2,        /* the daemon refused or failed; see ows_last_error */
     OWS_ERR_DAEMON_GONE = -3,   /* the daemon died, shut down or does not answer */
@@ -162,14 +171,18 @@ OWS_API int OWS_CALL ows_status(ows_stream *s, char *json_out, size_t len);
  * receives the final report (PROTOCOL.md §2.2 `closed`), truncated to len - 1 bytes. Frees
  * the stream (also on error). Returns OWS_ERR_DAEMON if any frame could not be written or
  * was refused, OWS_ERR_DAEMON_GONE if the daemon died (report: {"error": ...}) or had shut
- * down (report: its final report, reason "shutdown"). Whenever it returns an error, the
- * report has an "error" field with the message (ows_last_error is gone with the stream). */
+ * down (report: its final report, reason "shutdown"). The report's "error" field holds the
+ * message when it returns an error ("" on success; ows_last_error is gone with the stream). */
 OWS_API int OWS_CALL ows_close(ows_stream *s, char *report_json, size_t len);
 
 OWS_API size_t OWS_CALL ows_frame_nbytes(const ows_stream *s);
 /* Frame numbers used so far (sent + dropped + skipped): the next frame's number. */
 OWS_API int64_t OWS_CALL ows_frames_sent(const ows_stream *s);
 OWS_API int64_t OWS_CALL ows_frames_dropped(const ows_stream *s);
+/* Frames the daemon refused so far (each reported once by OWS_REFUSED). */
+OWS_API int64_t OWS_CALL ows_frames_refused(const ows_stream *s);
+/* The protocol minor version the daemon speaks: 1 (1.1), or 0 for a 1.0 daemon. */
+OWS_API int OWS_CALL ows_daemon_minor(const ows_stream *s);
 OWS_API const char *OWS_CALL ows_last_error(const ows_stream *s);
 
 #ifdef __cplusplus

@@ -64,6 +64,7 @@ int main(int argc, char **argv) {
         "{\"name\": \"x\", \"count\": " + std::to_string(size) + "}]}";
     try {
         ows::Stream stream(settings, endpoint, token);
+        std::printf("protocol 1.%d\n", stream.daemon_minor());
         const long n = static_cast<long>(t) * c * z;
         const auto period = std::chrono::duration<double>(1.0 / fps);
         const auto start = std::chrono::steady_clock::now();
@@ -79,6 +80,8 @@ int main(int argc, char **argv) {
                 for (int x = 0; x < size; x++)
                     px[y * size + x] = static_cast<std::uint16_t>((i * 7 + y * 3 + x) & 0xFFFF);
             stream.commit();
+            for (const auto &why : stream.take_refusals())  // a gap; the acquisition goes on
+                std::fprintf(stderr, "warning: %s\n", why.c_str());
             last = std::chrono::steady_clock::now();
             if (i == 0) first = last;
         }

@@ -1,6 +1,8 @@
-// ows.hpp — a small RAII wrapper around the C library (ows_client.h).
+// ows.hpp — a small RAII wrapper around the C library (ows_client.h), protocol 1.1.
 // ows::Stream opens in its constructor, closes (waiting for the daemon) in close() or its
 // destructor, and turns error codes into ows::Error exceptions carrying the daemon's message.
+// A frame the daemon refused (OWS_REFUSED, reported by a later call that succeeded) is no
+// exception: its message is queued for take_refusals(), and the stream goes on.
 // Like the C stream, an ows::Stream is movable but not thread-safe: calls must not overlap.
 #pragma once
 
@@ -8,6 +10,7 @@
 #include <stdexcept>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include "ows_client.h"
 
@@ -83,7 +86,12 @@ class Stream {
         return buf;
     }
 
+    // Messages of the frames the daemon refused since the last call (each names its frame).
+    std::vector<std::string> take_refusals() { return std::exchange(refusals_, {}); }
+
     std::size_t frame_nbytes() const { return ows_frame_nbytes(s_); }
+    long long frames_refused() const { return ows_frames_refused(s_); }
+    int daemon_minor() const { return ows_daemon_minor(s_); }  // 1: protocol 1.1
     long long frames_sent() const { return ows_frames_sent(s_); }
     long long frames_dropped() const { return ows_frames_dropped(s_); }
 
@@ -94,10 +102,15 @@ class Stream {
     }
     bool check(int rc) {
         if (rc == OWS_DROPPED) return false;
+        if (rc == OWS_REFUSED) {  // this call's work is done; an earlier frame was refused
+            refusals_.emplace_back(ows_last_error(s_));
+            return true;
+        }
         if (rc != OWS_OK) throw Error(rc, s_ ? ows_last_error(s_) : "the stream is closed");
         return true;
     }
     ows_stream *s_ = nullptr;
+    std::vector<std::string> refusals_;
 };
 
 }  // namespace ows

@@ -55,14 +55,24 @@ static int run(const char *endpoint, const char *token, const char *settings, do
           rc, err);
     printf("invalid settings: %s\n", err);
 
-    /* metadata the daemon refuses: reported after the fact, and by close with the report */
+    /* metadata the daemon refuses (protocol 1.1): the next frame call that succeeds says so
+     * once (OWS_REFUSED), the stream goes on with its slot back, close reports it */
     rc = ows_open_ex(endpoint, token, settings, OWS_TRANSPORT_INLINE, &s, err, sizeof err);
     CHECK(rc == OWS_OK && s, "open failed: %d %s", rc, err);
+    CHECK(ows_daemon_minor(s) == 1, "daemon minor %d", ows_daemon_minor(s));
     CHECK(ows_append(s, frame, 2048, "{\"delta_t\": 0.5}") == OWS_OK, "%s", ows_last_error(s));
     CHECK(ows_append(s, frame, 2048, "{\"delta_t\": \"soon\"}") == OWS_OK, "%s", ows_last_error(s));
     char report[4096];
+    CHECK(ows_status(s, report, sizeof report) == OWS_OK, "status: %s", ows_last_error(s));
+    rc = ows_append(s, frame, 2048, NULL); /* the refusal came before the status reply */
+    CHECK(rc == OWS_REFUSED && strstr(ows_last_error(s), "frame 1:") &&
+          strstr(ows_last_error(s), "(malformed)") && ows_frames_refused(s) == 1,
+          "append after a refused frame: %d %s", rc, ows_last_error(s));
+    printf("refused frame: %s\n", ows_last_error(s));
+    CHECK(ows_append(s, frame, 2048, NULL) == OWS_OK, "reported twice: %s", ows_last_error(s));
     rc = ows_close(s, report, sizeof report);
-    CHECK(rc == OWS_ERR_DAEMON && strstr(report, "\"frames_written\":1") &&
+    CHECK(rc == OWS_ERR_DAEMON && strstr(report, "\"frames_written\":3") &&
+          strstr(report, "\"frames_refused\":1") &&
           strstr(report, "\"type\":\"closed\"") && strstr(report, "\"error\":\"daemon: frame 1:") &&
           strstr(report, "delta_t"), "close after refused metadata: %d %s", rc, report);
     printf("refused metadata: %s\n", strstr(report, "\"error\""));

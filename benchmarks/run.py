@@ -1,12 +1,19 @@
-"""Benchmark: the service against our in-process backends, ome-writers 0.3.2 and the raw disk.
+"""Benchmark: the service against the raw disk, tensorstore alone, ome-writers 0.3.2 and
+acquire-zarr, with the targets of issue 18 marked met or not.
 
-    python benchmarks/run.py                 # W1-W3 at full size, 5 repeats (several minutes)
-    python benchmarks/run.py --scale 0.05 --repeats 1 --out /tmp/smoke   # tiny, for CI
+    python benchmarks/run.py                 # everything at full size, 5 repeats (~12 min)
+    python benchmarks/run.py --scale 0.05 --repeats 1 --out /tmp/smoke   # tiny, for a check
 
-Every writer runs in a fresh child process (its own peak RSS); the daemon runs for the whole
-benchmark and its peak RSS is reset (/proc/PID/clear_refs) before each run. Writers are
-interleaved within each repeat so that drifting machine speed hits all alike. Results:
-``results.json`` (raw numbers), ``results.md`` (ratios) and ``results.png`` in ``--out``.
+Sections (``--sections``): ``throughput`` (W1-W3 through close), ``camera`` (a paced producer:
+its lateness against a memcpy-only producer with the other core busy, and with producer and
+daemon pinned to separate cores), ``nice`` (the daemon at a lower CPU priority on a busy
+machine), ``compression`` (against acquire-zarr, same codec and level), ``memory`` (the
+daemon's peak at 1x and 4x the frames).
+
+Every writer runs in a fresh child process; the daemons run for the whole benchmark (the
+memory section starts one per run) and their resident size is sampled during each run.
+Writers are interleaved within each repeat so that drifting machine speed hits all alike.
+Results: ``results.json`` (every run), ``results.md`` (targets, tables) and ``results.png``.
 """
 
 from __future__ import annotations
@@ -19,7 +26,6 @@ import platform
 import resource
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -30,38 +36,43 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import report as R  # noqa: E402
 import workloads as W  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
+SECTIONS = ("throughput", "camera", "nice", "compression", "memory")
+
+#: (label, opener, format, kwargs, workloads it runs on (None: all))
+WRITERS = [
+    ("raw disk", "raw", "raw", {}, None),
+    ("service tiff", "service", "tiff", {}, None),
+    ("service zarr", "service", "zarr", {}, None),
+    ("service zarr claim", "service", "zarr", {"mode": "claim"}, ("W1", "W2")),
+    # issue 19: the cost of resolution levels computed as frames arrive
+    ("service tiff levels=4", "service", "tiff", {"levels": 4}, ("W1",)),
+    ("service zarr levels=4", "service", "zarr", {"levels": 4}, ("W1",)),
+    ("in-process zarr", "inprocess", "zarr", {}, ("W1",)),
+    ("tensorstore alone", "tensorstore", "zarr", {}, ("W1",)),
+    ("ome-writers tifffile", "ome_writers", "tiff", {"backend": "tifffile"}, ("W1",)),
+    ("ome-writers tensorstore", "ome_writers", "zarr", {"backend": "tensorstore"}, ("W1",)),
+]
+
+#: the camera cases: (workload, frame rate, scale of its frame count, title)
+CAMERA = [("W1", 100.0, 1.0, "100 fps 2048x2048"), ("W2", 5000.0, 0.5, "5 kHz 256x256")]
+
+#: the nice level the priority section compares with 0
+NICE = 10
+
+#: codecs compared with acquire-zarr: ours, level, acquire-zarr's (it has no plain zstd)
+CODECS = [("blosc-zstd", 1, "blosc-zstd"), ("blosc-lz4", 1, "blosc-lz4"),
+          ("zstd", 1, "blosc-zstd")]
 
 
-def writers() -> list[tuple[str, str, str, dict]]:
-    """(label, function, format, extra kwargs), those whose packages are installed."""
-    out = [
-        ("raw disk", "raw", "raw", {}),
-        ("service tiff", "service", "tiff", {}),
-        ("service zarr", "service", "zarr", {}),
-        ("service zarr claim", "service", "zarr", {"mode": "claim"}),
-        # issue 19: the cost of resolution levels computed as frames arrive (W1 only)
-        ("service tiff levels=4", "service", "tiff", {"levels": 4}),
-        ("service zarr levels=4", "service", "zarr", {"levels": 4}),
-        ("in-process tiff", "inprocess", "tiff", {}),
-        ("in-process zarr", "inprocess", "zarr", {}),
-    ]
-    if importlib.util.find_spec("ome_writers"):
-        out += [("ome-writers tifffile", "ome_writers", "tiff", {"backend": "tifffile"}),
-                ("ome-writers tensorstore", "ome_writers", "zarr", {"backend": "tensorstore"})]
-        if importlib.util.find_spec("acquire_zarr"):
-            out.append(("ome-writers acquire-zarr", "ome_writers", "zarr",
-                        {"backend": "acquire-zarr"}))
-        if importlib.util.find_spec("zarr"):
-            out.append(("ome-writers zarr-python", "ome_writers", "zarr",
-                        {"backend": "zarr-python"}))
-    return out
-
-
-#: writers measured on some workloads only
-ONLY_ON = {"service tiff levels=4": ("W1",), "service zarr levels=4": ("W1",)}
+def writers(words: list[str]) -> list[tuple]:
+    """The writers whose packages are installed (and whose label has one of ``words``)."""
+    have = importlib.util.find_spec("ome_writers") is not None
+    return [w for w in WRITERS if (have or w[1] != "ome_writers")
+            and (not words or any(x in w[0] for x in words))]
 
 
 # ---------------------------------------------------------------- child process
@@ -71,9 +82,10 @@ def child(spec: dict) -> None:
 
     Opening the writer is set-up (timed apart, as ``open_s``); the clock for throughput
     starts at the first append and stops when close() returns (``close_s``)."""
+    if spec.get("pin") is not None:
+        os.sched_setaffinity(0, {spec["pin"]})
     wl = next(w for w in W.workloads(spec["scale"]) if w.name == spec["workload"])
-    rng = np.random.default_rng(0)
-    frames = [rng.integers(0, 4096, wl.frame_shape, dtype=np.uint16) for _ in range(8)]
+    frames = W.frame_pool(wl)
     suffix = {"tiff": ".ome.tiff", "zarr": ".ome.zarr", "raw": ".raw"}[spec["format"]]
     root = Path(spec["workdir"]) / f"{spec['workload']}-{spec['fn']}{suffix}"
     kw = dict(spec.get("kwargs", {}))
@@ -83,12 +95,11 @@ def child(spec: dict) -> None:
     session = W.OPENERS[spec["fn"]](wl, root, spec["format"], **kw)
     res: dict = {"open_s": time.perf_counter() - t_open}
     W.fault_in(int(wl.nbytes * 1.2))
-    daemon_cpu = cpu_s(spec["daemon_pid"]) if spec.get("daemon_pid") else None
+    cpu0 = _cpu_s(resource.getrusage(resource.RUSAGE_SELF))
     t0 = time.perf_counter()
     if spec.get("rate_hz"):
         lat, late = W.paced_loop(session.append, frames, wl.n_frames, spec["rate_hz"])
         res["lateness_us"] = _pct(late)
-        res["stalled"] = bool((late > 1e9 / spec["rate_hz"]).any())
     else:
         lat = W.timed_loop(session.append, frames, wl.n_frames)
     res["loop_s"] = time.perf_counter() - t0
@@ -97,23 +108,21 @@ def child(spec: dict) -> None:
     if "claim_ns" in res:
         res["claim_us"] = _pct(res.pop("claim_ns"))
     res["close_s"] = time.perf_counter() - t0
-    if daemon_cpu is not None:  # cores the daemon kept busy from first append to close:
-        # above 1, its threads (the levels' downsampling beside the writer) ran in parallel
-        res["daemon_cores"] = (cpu_s(spec["daemon_pid"]) - daemon_cpu) / res["close_s"]
-    W.fsync_tree(session.paths)
-    res["durable_s"] = time.perf_counter() - t0
+    res["cpu_s"] = _cpu_s(resource.getrusage(resource.RUSAGE_SELF)) - cpu0
     res["latency_us"] = _pct(lat)
-    res["memcpy_us"] = _pct(W.memcpy(wl, frames, spec.get("rate_hz")))
+    if spec.get("memcpy"):
+        res["memcpy_us"] = _pct(W.memcpy(wl, frames, spec.get("rate_hz")))
+    if spec.get("ratio"):
+        stored = sum(f.stat().st_size for f in root.rglob("*") if f.is_file())
+        res["ratio"] = wl.nbytes / stored
     res["client_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     res["bytes"] = wl.nbytes
     res["frames"] = wl.n_frames
     print(json.dumps(res))
 
 
-def cpu_s(pid: int) -> float:
-    """CPU seconds process ``pid`` used so far (all its threads, user + system)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+def _cpu_s(ru) -> float:
+    return ru.ru_utime + ru.ru_stime
 
 
 def _pct(ns: np.ndarray) -> dict:
@@ -122,18 +131,22 @@ def _pct(ns: np.ndarray) -> dict:
             "max": float(us.max())}
 
 
-# ---------------------------------------------------------------- orchestration
+# ---------------------------------------------------------------- processes
 
 class DaemonHandle:
-    def __init__(self) -> None:
+    """A writer daemon of our own (``serve`` with ``args``), optionally on ``cpus`` only."""
+
+    def __init__(self, args: tuple[str, ...] = (), cpus: set[int] | None = None) -> None:
         self.rt = Path(tempfile.mkdtemp(prefix="ows-bench-rt-"))
+        pin = (lambda: os.sched_setaffinity(0, cpus)) if cpus else None
         self.proc = subprocess.Popen([sys.executable, "-m", "ome_writers_service", "serve",
-                                      "--runtime-dir", str(self.rt)],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                      "--runtime-dir", str(self.rt), *args],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                     preexec_fn=pin)
         deadline = time.monotonic() + 30
         while not (self.rt / "daemon.json").exists():
             if time.monotonic() > deadline or self.proc.poll() is not None:
-                raise RuntimeError("daemon did not start")
+                raise RuntimeError(f"daemon {args} did not start")
             time.sleep(0.05)
         time.sleep(0.1)
         info = json.loads((self.rt / "daemon.json").read_text())
@@ -142,16 +155,16 @@ class DaemonHandle:
     def reset_peak(self) -> None:
         Path(f"/proc/{self.proc.pid}/clear_refs").write_text("5")
 
-    def _status_mb(self, key: str) -> float:
+    def status_mb(self, key: str) -> float:
         for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
             if line.startswith(key + ":"):
                 return int(line.split()[1]) / 1024
         return float("nan")
 
-    def peak_rss_mb(self) -> float:
-        """The kernel's high-water mark since reset_peak (VmHWM). On these VMs it sits up to
-        ~90 MB above any resident size a 2 ms sampler ever sees: read with `RssSampler`."""
-        return self._status_mb("VmHWM")
+    def cpu_s(self) -> float:
+        """CPU time (user + system) the daemon used so far, every thread."""
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def stop(self) -> None:
         self.proc.send_signal(signal.SIGTERM)
@@ -160,7 +173,8 @@ class DaemonHandle:
 
 
 class RssSampler(threading.Thread):
-    """The daemon's resident size (VmRSS), sampled every 5 ms while a run lasts."""
+    """A daemon's resident size (VmRSS), sampled every 5 ms while a run lasts. (The kernel's
+    high-water mark, VmHWM, sits up to ~90 MB above anything a sampler sees on these VMs.)"""
 
     def __init__(self, daemon: DaemonHandle) -> None:
         super().__init__(daemon=True)
@@ -168,7 +182,7 @@ class RssSampler(threading.Thread):
 
     def run(self) -> None:
         while not self._done.wait(0.005):
-            self.peak_mb = max(self.peak_mb, self._daemon._status_mb("VmRSS"))
+            self.peak_mb = max(self.peak_mb, self._daemon.status_mb("VmRSS"))
 
     def stop(self) -> float:
         self._done.set()
@@ -176,398 +190,265 @@ class RssSampler(threading.Thread):
         return self.peak_mb
 
 
-def run_one(spec: dict, daemon: DaemonHandle) -> dict:
-    os.sync()  # no writeback of the previous run's data competes with this one
-    daemon.reset_peak()
-    sampler = RssSampler(daemon)
-    sampler.start()
-    try:
+class Busy:
+    """A process that keeps one core busy while a run lasts (the camera baseline's and the
+    priority section's competing load)."""
+
+    def __enter__(self):
+        self.proc = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.proc.kill()
+        self.proc.wait()
+
+
+class Bench:
+    def __init__(self, a: argparse.Namespace, workdir: Path) -> None:
+        self.a, self.workdir = a, workdir
+        self.daemon = DaemonHandle()
+        self._daemons = [self.daemon]
+        self.warm_up(self.daemon)
+
+    def extra_daemon(self, args: tuple[str, ...] = (), cpus: set[int] | None = None):
+        d = DaemonHandle(args, cpus)
+        self._daemons.append(d)
+        self.warm_up(d)
+        return d
+
+    def warm_up(self, daemon: DaemonHandle) -> None:
+        """One small untimed stream of each format, so that no timed run pays for a daemon's
+        first stream (its imports, the tensorstore context)."""
+        for fmt in ("zarr", "tiff"):
+            self.run({"workload": "W2", "fn": "service", "format": fmt, "scale": 0}, daemon)
+
+    def close(self) -> None:
+        for d in self._daemons:
+            d.stop()
+
+    def run(self, spec: dict, daemon: DaemonHandle | None = None, busy: bool = False) -> dict:
+        """One child run; ``daemon`` (default: the main one) serves a service writer."""
+        daemon = daemon or self.daemon
+        spec = {"scale": self.a.scale, "workdir": str(self.workdir), "kwargs": {},
+                "endpoint": daemon.endpoint, "token": daemon.token, **spec}
+        os.sync()  # no writeback of the previous run's data competes with this one
+        service = spec["fn"] == "service"
+        if service:
+            daemon.reset_peak()
+            cpu0 = daemon.cpu_s()
+            sampler = RssSampler(daemon)
+            sampler.start()
+        try:
+            if busy:
+                with Busy():
+                    res = self._child(spec)
+            else:
+                res = self._child(spec)
+        finally:
+            if service:
+                sampled = sampler.stop()
+            _clean(self.workdir)
+        if service and "error" not in res:
+            res["daemon_peak_rss_mb"] = sampled
+            res["daemon_hwm_rss_mb"] = daemon.status_mb("VmHWM")
+            res["daemon_cpu_s"] = daemon.cpu_s() - cpu0  # (its set-up and finalize included)
+        return res
+
+    @staticmethod
+    def _child(spec: dict) -> dict:
         res = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)],
                              capture_output=True, text=True, timeout=1800)
-    finally:
-        sampled = sampler.stop()
-    if res.returncode != 0:
-        return {"error": res.stderr.strip().splitlines()[-1] if res.stderr else "failed"}
-    out = json.loads(res.stdout.strip().splitlines()[-1])
-    service = spec["fn"] == "service"
-    out["daemon_peak_rss_mb"] = sampled if service else None
-    out["daemon_hwm_rss_mb"] = daemon.peak_rss_mb() if service else None
+        if res.returncode != 0:
+            return {"error": res.stderr.strip().splitlines()[-1] if res.stderr else "failed"}
+        return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def _say(section: str, rep: int, repeats: int, label: str, r: dict, what: str = "") -> None:
+    if "error" in r:
+        msg = f"error: {r['error']}"
+    elif "lateness_us" in r:
+        msg = (f"lateness p99 {r['lateness_us']['p99']:8.0f} us, append p99 "
+               f"{r['latency_us']['p99']:7.1f} max {r['latency_us']['max']:7.0f} us")
+    else:
+        msg = f"{R.mbps(r):7.0f} MB/s, {R.fps(r):8.0f} frames/s"
+    print(f"  {section} [{rep + 1}/{repeats}] {label:28s} {msg} {what}", flush=True)
+
+
+# ---------------------------------------------------------------- sections
+
+def throughput(b: Bench) -> dict:
+    a = b.a
+    words = [w for w in a.writers.split(",") if w]
+    out = {}
+    for wl in W.workloads(a.scale):
+        if wl.name not in a.workloads.split(","):
+            continue
+        print(f"{wl.name} {wl.title}: {wl.n_frames} frames, {wl.nbytes / 1e9:.2f} GB", flush=True)
+        runs: dict[str, list] = {}
+        for rep in range(a.repeats):
+            for label, fn, fmt, kw, only in writers(words):
+                if only is not None and wl.name not in only:
+                    continue
+                r = b.run({"workload": wl.name, "fn": fn, "format": fmt, "kwargs": kw})
+                runs.setdefault(label, []).append(r)
+                _say(wl.name, rep, a.repeats, label, r)
+        out[wl.name] = {"title": wl.title, "frames": wl.n_frames, "bytes": wl.nbytes,
+                        "runs": runs}
     return out
 
 
-def summarize(runs: list[dict]) -> dict:
-    ok = [r for r in runs if "error" not in r]
-    if not ok:
-        return {"error": runs[0].get("error", "failed")}
+def camera(b: Bench) -> dict:
+    """Frames due at a fixed rate; how late is each handed over? The baseline is the same
+    paced producer doing only the memcpy (into a ring-sized footprint) while a process keeps
+    the other core busy, as the daemon would. Pinned: the producer on core 0, a daemon of its
+    own on core 1 (taskset): what is left is the client's own cost."""
+    cpus = sorted(os.sched_getaffinity(0))
+    pinned = b.extra_daemon(cpus={cpus[1]}) if len(cpus) > 1 else None
+    out = {}
+    for wname, rate, scale, title in CAMERA:
+        variants = [("baseline", {"fn": "memcpy", "format": "raw"}, None, True),
+                    ("service tiff", {"fn": "service", "format": "tiff"}, None, False),
+                    ("service zarr", {"fn": "service", "format": "zarr"}, None, False)]
+        if pinned is not None:
+            pin = {"pin": cpus[0], "memcpy": True}
+            variants += [
+                ("pinned tiff", {"fn": "service", "format": "tiff", **pin}, pinned, False),
+                ("pinned zarr", {"fn": "service", "format": "zarr", **pin}, pinned, False),
+                ("pinned zarr claim", {"fn": "service", "format": "zarr",
+                                       "kwargs": {"mode": "claim"}, **pin}, pinned, False)]
+        runs: dict[str, list] = {}
+        for rep in range(b.a.repeats):
+            for label, spec, daemon, busy in variants:
+                r = b.run({"workload": wname, "rate_hz": rate, **spec,
+                           "scale": b.a.scale * scale}, daemon, busy=busy)
+                runs.setdefault(label, []).append(r)
+                _say(f"camera {title}", rep, b.a.repeats, label, r)
+        out[title] = {"runs": runs, "about": (
+            f"Frames due every {1e6 / rate:,.0f} µs; lateness: how late append() was called "
+            "for its frame (the producer sleeps until just before each due time, then spins). "
+            "baseline: the same producer doing only the memcpy into a ring-sized footprint, a "
+            "CPU-busy process running. pinned: producer on one core, a daemon of its own on "
+            "the other (memcpy p99 measured in the same process after the run).")}
+    return out
 
-    def stat(get):
-        vals = [get(r) for r in ok if get(r) is not None]
-        if not vals:
-            return None
-        return {"median": statistics.median(vals), "min": min(vals), "max": max(vals)}
 
-    b = ok[0]["bytes"]
-    n = ok[0]["frames"]
-    s = {
-        "runs": len(ok),
-        "fps_close": stat(lambda r: n / r["close_s"]),
-        "MBps_close": stat(lambda r: b / r["close_s"] / 1e6),
-        "MBps_durable": stat(lambda r: b / r["durable_s"] / 1e6),
-        "fps_durable": stat(lambda r: n / r["durable_s"]),
-        "append_p50_us": stat(lambda r: r["latency_us"]["p50"]),
-        "append_p99_us": stat(lambda r: r["latency_us"]["p99"]),
-        "append_max_us": stat(lambda r: r["latency_us"]["max"]),
-        "claim_p99_us": stat(lambda r: r.get("claim_us", {}).get("p99")),
-        "memcpy_p99_us": stat(lambda r: r["memcpy_us"]["p99"]),
-        "client_peak_rss_mb": stat(lambda r: r["client_peak_rss_mb"]),
-        "daemon_peak_rss_mb": stat(lambda r: r.get("daemon_peak_rss_mb")),
-        "daemon_cores": stat(lambda r: r.get("daemon_cores")),
-        "dropped": stat(lambda r: r.get("dropped")),
-        "backlog": stat(lambda r: r.get("backlog")),
-    }
-    if "lateness_us" in ok[0]:
-        s["lateness_p99_us"] = stat(lambda r: r["lateness_us"]["p99"])
-        s["lateness_max_us"] = stat(lambda r: r["lateness_us"]["max"])
-        s["stalled"] = any(r["stalled"] for r in ok)
-    return s
+def nice(b: Bench) -> dict:
+    """A busy acquisition PC: a CPU-bound process competes with the camera loop and the
+    daemon. The same 5 kHz producer against a daemon at nice 0 and one at nice NICE."""
+    wname, rate, scale, title = CAMERA[1]
+    daemons = [(f"daemon nice 0", b.extra_daemon(("--nice", "0"))),
+               (f"daemon nice {NICE}", b.extra_daemon(("--nice", str(NICE))))]
+    runs: dict[str, list] = {}
+    for rep in range(b.a.repeats):
+        for label, d in daemons:
+            r = b.run({"workload": wname, "rate_hz": rate, "fn": "service", "format": "zarr",
+                       "scale": b.a.scale * scale}, d, busy=True)
+            runs.setdefault(label, []).append(r)
+            _say("nice", rep, b.a.repeats, label, r)
+    return {"case": f"{title} OME-Zarr", "runs": runs, "about": (
+        f"A CPU-bound process runs beside the producer ({title}, OME-Zarr) and the daemon, "
+        f"which runs at nice 0 or at nice {NICE} (`serve --nice {NICE}`).")}
 
+
+def compression(b: Bench) -> dict:
+    out: dict = {c: {"level": lvl, "theirs": f"{theirs} level {lvl}, shuffle", "runs": {}}
+                 for c, lvl, theirs in CODECS}
+    have_az = importlib.util.find_spec("acquire_zarr") is not None
+    for rep in range(b.a.repeats):
+        for codec, level, theirs in CODECS:
+            specs = [("service", {"fn": "service", "format": "zarr",
+                                  "kwargs": {"compression": codec,
+                                             "compression_level": level}})]
+            if have_az:
+                specs.append(("acquire-zarr", {"fn": "acquire_zarr", "format": "zarr",
+                                               "kwargs": {"compression": theirs,
+                                                          "level": level}}))
+            for label, spec in specs:
+                r = b.run({"workload": "C", "ratio": True, **spec})
+                out[codec]["runs"].setdefault(label, []).append(r)
+                _say(f"compression {codec}", rep, b.a.repeats, label, r,
+                     "" if "error" in r else f"ratio {r['ratio']:.2f}")
+    return out
+
+
+def memory(b: Bench) -> dict:
+    """The daemon's peak resident size for W2 at 1x and 4x the frames, each run in a daemon
+    of its own (no earlier run's memory counts): bounded means equal."""
+    scales = {"x1": 0.25 * b.a.scale, "x4": b.a.scale}
+    runs: dict[str, list] = {"x1": [], "x4": []}
+    frames = {}
+    for rep in range(b.a.repeats):
+        for k, scale in scales.items():
+            d = DaemonHandle()
+            try:
+                r = b.run({"workload": "W2", "fn": "service", "format": "zarr", "scale": scale},
+                          d)
+            finally:
+                d.stop()
+            runs[k].append(r)
+            frames[k] = r.get("frames", frames.get(k))
+            _say("memory", rep, b.a.repeats, k, r,
+                 f"daemon peak {r.get('daemon_peak_rss_mb', 0):.0f} MB")
+    return {"runs": runs, "frames": frames}
+
+
+# ---------------------------------------------------------------- main
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--scale", type=float, default=1.0, help="multiply frame counts (0-1]")
     ap.add_argument("--repeats", type=int, default=5,
-                    help="interleaved repeats (ratios are medians over them; at least 5 on a "
-                         "shared VM, where a single run can be 2x slow)")
-    ap.add_argument("--workloads", default="W1,W2,W3")
+                    help="interleaved repeats (medians over them; at least 5 on a shared VM, "
+                         "where a single run can be 2x slow)")
+    ap.add_argument("--sections", default=",".join(SECTIONS), help=f"some of {SECTIONS}")
+    ap.add_argument("--workloads", default="W1,W2,W3", help="throughput workloads")
+    ap.add_argument("--writers", default="", help="throughput: only writers whose label "
+                                                   "contains one of these comma-separated words")
     ap.add_argument("--out", default=str(HERE / "results"), help="results directory")
     ap.add_argument("--workdir", default=None, help="where datasets are written (deleted after)")
-    ap.add_argument("--no-camera", action="store_true", help="skip the camera simulation")
     ap.add_argument("--no-plot", action="store_true")
-    ap.add_argument("--writers", default="", help="only writers whose label contains one of "
-                                                   "these comma-separated words")
     ap.add_argument("--report-only", metavar="RESULTS_JSON",
                     help="write results.md and results.png again from a results.json")
     a = ap.parse_args()
     if a.child:
         child(json.loads(a.child))
         return 0
-    if a.report_only:
-        results = json.loads(Path(a.report_only).read_text())
-        out = Path(a.out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "results.md").write_text(report(results))
-        if not a.no_plot:
-            plot(results, out / "results.png")
-        return 0
-
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    workdir = Path(a.workdir or tempfile.mkdtemp(prefix="ows-bench-"))
-    workdir.mkdir(parents=True, exist_ok=True)
-    wls = [w for w in W.workloads(a.scale) if w.name in a.workloads.split(",")]
-    words = [w for w in a.writers.split(",") if w]
-    selected = [w for w in writers() if not words or any(x in w[0] for x in words)]
-    daemon = DaemonHandle()
-    results: dict = {"machine": _machine(), "scale": a.scale, "repeats": a.repeats,
-                     "workloads": {}, "camera": {}, "memory_scaling": {}}
-    try:
-        for wl in wls:
-            print(f"{wl.name} {wl.title}: {wl.n_frames} frames, {wl.nbytes / 1e9:.2f} GB",
-                  flush=True)
-            runs: dict[str, list] = {}
-            for rep in range(a.repeats):
-                for label, fn, fmt, kw in selected:
-                    if wl.name not in ONLY_ON.get(label, (wl.name,)):
-                        continue
-                    spec = {"workload": wl.name, "scale": a.scale, "fn": fn, "format": fmt,
-                            "kwargs": kw, "workdir": str(workdir), "endpoint": daemon.endpoint,
-                            "token": daemon.token, "daemon_pid": daemon.proc.pid}
-                    r = run_one(spec, daemon)
-                    runs.setdefault(label, []).append(r)
-                    _clean(workdir)
-                    msg = r.get("error") or (f"{wl.nbytes / r['close_s'] / 1e6:7.0f} MB/s close, "
-                                             f"append p99 {r['latency_us']['p99']:8.1f} us")
-                    print(f"  [{rep + 1}/{a.repeats}] {label:26s} {msg}", flush=True)
-            results["workloads"][wl.name] = {
-                "title": wl.title, "frames": wl.n_frames, "bytes": wl.nbytes,
-                "writers": {k: summarize(v) for k, v in runs.items()}, "raw": runs,
-            }
-        if not a.no_camera:
-            results["camera"] = camera(a.scale, workdir, daemon, a.repeats)
-        results["memory_scaling"] = memory_scaling(a.scale, workdir, a.repeats)
-    finally:
-        daemon.stop()
-        shutil.rmtree(workdir, ignore_errors=True) if a.workdir is None else _clean(workdir)
-    (out / "results.json").write_text(json.dumps(results, indent=1, default=_np))
-    md = report(results)
+    if a.report_only:
+        results = json.loads(Path(a.report_only).read_text())
+    else:
+        results = measure(a)
+        (out / "results.json").write_text(json.dumps(results, indent=1, default=_np))
+    md = R.report(results)
     (out / "results.md").write_text(md)
     print(md)
     if not a.no_plot:
-        plot(results, out / "results.png")
+        R.plot(results, out / "results.png")
     return 0
 
 
-def camera(scale: float, workdir: Path, daemon: DaemonHandle, repeats: int) -> dict:
-    """Frames produced at a fixed rate; how late does each append start, does it stall?"""
-    cases = [("W1", 100.0, "100 fps 2048x2048"), ("W2", 5000.0, "5 kHz 256x256")]
-    out = {}
-    for wname, rate, title in cases:
-        for fmt, mode in (("tiff", "append"), ("zarr", "append"), ("zarr", "claim")):
-            runs = []
-            for _ in range(repeats):
-                spec = {"workload": wname, "scale": scale, "fn": "service", "format": fmt,
-                        "kwargs": {"mode": mode}, "workdir": str(workdir),
-                        "endpoint": daemon.endpoint, "token": daemon.token, "rate_hz": rate}
-                runs.append(run_one(spec, daemon))
-                _clean(workdir)
-            s = summarize(runs)
-            fmt = fmt if mode == "append" else f"{fmt} claim"
-            out[f"{title} {fmt}"] = s
-            if "error" not in s:
-                print(f"  camera {title} {fmt}: lateness p99 "
-                      f"{s['lateness_p99_us']['median']:.0f} us, max "
-                      f"{s['lateness_max_us']['max']:.0f} us, stalled={s['stalled']}", flush=True)
-    return out
-
-
-def memory_scaling(scale: float, workdir: Path, repeats: int) -> dict:
-    """Daemon peak RSS for W2 with 1x and 4x the frames, each run in a daemon of its own (so
-    no earlier run's memory counts), medians over repeats: bounded means equal."""
-    out = {}
-    for factor in (1, 4):
-        runs = []
-        for _ in range(repeats):
-            daemon = DaemonHandle()
-            try:
-                spec = {"workload": "W2", "scale": scale * factor, "fn": "service",
-                        "format": "zarr", "kwargs": {}, "workdir": str(workdir),
-                        "endpoint": daemon.endpoint, "token": daemon.token}
-                runs.append(run_one(spec, daemon))
-            finally:
-                daemon.stop()
-            _clean(workdir)
-        ok = [r for r in runs if "error" not in r]
-        out[f"x{factor}"] = {
-            "frames": ok[0]["frames"] if ok else None,
-            "daemon_peak_rss_mb": statistics.median(r["daemon_peak_rss_mb"] for r in ok)
-            if ok else None,
-            "daemon_hwm_rss_mb": statistics.median(r["daemon_hwm_rss_mb"] for r in ok)
-            if ok else None,
-            "runs_mb": [r.get("daemon_peak_rss_mb") for r in runs]}
-    return out
-
-
-def targets(res: dict) -> list[str]:
-    """The benchmark issue's targets, each with what this run measured."""
-    rows = []
-
-    def row(what: str, value: float | None, ok: bool | None, unit: str = "") -> None:
-        shown = "—" if value is None else f"{value:,.2f}{unit}"
-        rows.append(f"| {what} | {shown} | {'—' if ok is None else 'yes' if ok else 'NO'} |")
-
-    w1 = res["workloads"].get("W1")
-    if w1:
-        runs, ws = w1["raw"], w1["writers"]
-        for fmt, floor in (("tiff", 0.90), ("zarr", 0.80)):
-            if f"service {fmt}" in runs and "raw disk" in runs:
-                v = _ratio(runs[f"service {fmt}"], runs["raw disk"], best_of_theirs=True)
-                row(f"W1 service {fmt} ÷ raw disk (its best run) ≥ {floor}", v, v >= floor)
-            rivals = [k for k, v in ws.items()
-                      if k.startswith("ome-writers") and _fmt(k) == fmt and "error" not in v]
-            if f"service {fmt}" in runs and rivals:
-                v = min(_ratio(runs[f"service {fmt}"], runs[k]) for k in rivals)
-                row(f"W1 service {fmt} ÷ every ome-writers {fmt} backend ≥ 1.0", v, v >= 1.0)
-            pyr = f"service {fmt} levels=4"
-            if pyr in runs and f"service {fmt}" in runs:
-                v = _ratio(runs[pyr], runs[f"service {fmt}"])
-                row(f"W1 {pyr} ÷ service {fmt} (levels=1) ≥ 0.75", v, v >= 0.75)
-    w2 = res["workloads"].get("W2")
-    if w2:
-        for fmt in ("zarr", "tiff"):
-            s = w2["writers"].get(f"service {fmt}")
-            if s and "error" not in s:
-                v = s["fps_close"]["median"]
-                row(f"W2 service {fmt} ≥ 20,000 frames/s (through close)", v, v >= 20000)
-    for case, s in res.get("camera", {}).items():
-        if "error" in s:
-            continue
-        if case.endswith("claim"):
-            v = s["claim_p99_us"]["median"] if s.get("claim_p99_us") else None
-            row(f"camera {case}: claim() p99 ≤ 100 µs", v, None if v is None else v <= 100,
-                " µs")
-        else:
-            v = s["append_p99_us"]["median"] / s["memcpy_p99_us"]["median"]
-            row(f"camera {case}: append p99 ≤ 1.5 × memcpy p99", v, v <= 1.5, "×")
-        row(f"camera {case}: never stalled (no frame a period late)", None, not s["stalled"])
-    ms = res.get("memory_scaling", {})
-    if ms.get("x1", {}).get("daemon_peak_rss_mb") and ms.get("x4", {}).get("daemon_peak_rss_mb"):
-        v = ms["x4"]["daemon_peak_rss_mb"] / ms["x1"]["daemon_peak_rss_mb"]
-        row("daemon peak RSS, 4× the frames ÷ 1× ≤ 1.10", v, v <= 1.10, "×")
-    if not rows:
-        return []
-    return ["## Targets (benchmark issue)", "",
-            "append()/claim() latency is judged at a fixed camera rate the disk sustains: in a "
-            "burst the producer outruns the disk and append() waits for a slot by design "
-            "(backpressure=\"block\"); burst latencies are in the tables below.", "",
-            "| target | measured | met |", "|---|---|---|", *rows, ""]
-
-
-def report(res: dict) -> str:
-    lines = [f"# Benchmark results ({res['machine']['cpus']} CPUs, {res['machine']['python']}, "
-             f"scale {res['scale']}, {res['repeats']} repeats, medians [min-max])", "",
-             "Throughput is measured from the first append through close (every frame written, "
-             "metadata final); opening the writer is set-up, done before the clock starts. "
-             "'durable' adds fsync of every file. Right before each timed run the child process "
-             "faults in and frees 1.2x the dataset's size of RAM (these VMs hand idle RAM back "
-             "to the host; the first write into it is ~10x slower), and every run starts after a "
-             "sync. Writers run interleaved, so drift hits all alike; ratios compare median "
-             "throughputs.",
-             ""]
-    lines += targets(res)
-    for name, w in res["workloads"].items():
-        ws = w["writers"]
-        lines += [f"## {name}: {w['title']} — {w['frames']} frames, {w['bytes'] / 1e9:.2f} GB", "",
-                  "| writer | MB/s (close) | frames/s | MB/s (durable) | append p50 / p99 / max µs "
-                  "| client RSS MB | daemon RSS MB |",
-                  "|---|---|---|---|---|---|---|"]
-        for label, s in ws.items():
-            if "error" in s:
-                lines.append(f"| {label} | error: {s['error'][:80]} | | | | | |")
-                continue
-            d = s["daemon_peak_rss_mb"]
-            lines.append(
-                f"| {label} | {_f(s['MBps_close'])} | {_f(s['fps_close'])} | "
-                f"{_f(s['MBps_durable'])} | {s['append_p50_us']['median']:.1f} / "
-                f"{s['append_p99_us']['median']:.1f} / {s['append_max_us']['median']:.0f} | "
-                f"{s['client_peak_rss_mb']['median']:.0f} | "
-                f"{d['median']:.0f} |" if d else
-                f"| {label} | {_f(s['MBps_close'])} | {_f(s['fps_close'])} | "
-                f"{_f(s['MBps_durable'])} | {s['append_p50_us']['median']:.1f} / "
-                f"{s['append_p99_us']['median']:.1f} / {s['append_max_us']['median']:.0f} | "
-                f"{s['client_peak_rss_mb']['median']:.0f} | — |")
-        lines += ["", "| ratio (of median throughputs) | value |", "|---|---|"]
-        runs = w["raw"]
-        for fmt in ("tiff", "zarr"):
-            ours = f"service {fmt}"
-            if ours not in ws or "error" in ws[ours]:
-                continue
-            if "raw disk" in runs:
-                lines.append(f"| {ours} ÷ raw disk (its best run: the physical limit) | "
-                             f"{_ratio(runs[ours], runs['raw disk'], best_of_theirs=True):.2f} |")
-            rivals = [k for k, v in ws.items()
-                      if k.startswith("ome-writers") and _fmt(k) == fmt and "error" not in v]
-            if rivals:
-                best = max(rivals, key=lambda k: ws[k]["MBps_close"]["median"])
-                lines.append(f"| {ours} ÷ best ome-writers {fmt} ({best[12:]}) | "
-                             f"{_ratio(runs[ours], runs[best]):.2f} |")
-        for label in ("service tiff", "service zarr"):
-            s = ws.get(label)
-            if s and "error" not in s:
-                lines.append(f"| {label} append p99 ÷ memcpy p99 | "
-                             f"{s['append_p99_us']['median'] / s['memcpy_p99_us']['median']:.2f} |")
-        for label in ("service tiff", "service tiff levels=4", "service zarr",
-                      "service zarr levels=4"):
-            s = ws.get(label)
-            if s and "error" not in s and s.get("daemon_cores"):
-                lines.append(f"| {label}: daemon CPU ÷ wall (cores busy; > 1: threads in "
-                             f"parallel) | {s['daemon_cores']['median']:.2f} |")
-        s = ws.get("service zarr claim")
-        if s and "error" not in s and s.get("claim_p99_us"):
-            lines.append(f"| claim() p99 µs (getting and sending the slot, not filling it) | "
-                         f"{s['claim_p99_us']['median']:.1f} |")
-        lines.append("")
-    if res.get("camera"):
-        lines += ["## Camera simulation (fixed frame rate through the service)", "",
-                  "The producer waits for each frame's due time, then calls append(): "
-                  "lateness is how late a frame was handed over, 'stalled' whether any frame "
-                  "was later than one frame period.", "",
-                  "| case | append p50 / p99 / max µs | memcpy p99 µs | append p99 ÷ memcpy p99 "
-                  "| lateness p99 / max µs | dropped | stalled |",
-                  "|---|---|---|---|---|---|---|"]
-        for k, s in res["camera"].items():
-            if "error" in s:
-                lines.append(f"| {k} | error: {s['error'][:60]} | | | | | |")
-                continue
-            p99, mc = s["append_p99_us"]["median"], s["memcpy_p99_us"]["median"]
-            lines.append(f"| {k} | {s['append_p50_us']['median']:.1f} / {p99:.1f} / "
-                         f"{s['append_max_us']['max']:.0f} | {mc:.1f} | {p99 / mc:.2f} | "
-                         f"{s['lateness_p99_us']['median']:.0f} / "
-                         f"{s['lateness_max_us']['max']:.0f} | {s['dropped']['max']:.0f} | "
-                         f"{'yes' if s['stalled'] else 'no'} |")
-        lines.append("")
-    if res.get("memory_scaling"):
-        lines += ["## Daemon memory vs. frame count (W2, service zarr)", "",
-                  "Peak resident size sampled every 5 ms (the ring's 256 MiB included), and the "
-                  "kernel's high-water mark (VmHWM), which on these VMs sits up to ~90 MB above "
-                  "anything the sampler sees.", "",
-                  "| frames | daemon peak RSS MB (sampled; median [runs]) | VmHWM MB |",
-                  "|---|---|---|"]
-        for k, v in res["memory_scaling"].items():
-            rss, hwm = v.get("daemon_peak_rss_mb"), v.get("daemon_hwm_rss_mb")
-            each = ", ".join(f"{x:.0f}" for x in v.get("runs_mb", []) if x)
-            lines.append(f"| {v.get('frames')} | {rss:.0f} [{each}] | {hwm or float('nan'):.0f} |"
-                         if rss else f"| {k} | error | |")
-        lines.append("")
-    return "\n".join(lines)
-
-
-def plot(res: dict, path: Path) -> None:
+def measure(a: argparse.Namespace) -> dict:
+    start = time.monotonic()
+    workdir = Path(a.workdir or tempfile.mkdtemp(prefix="ows-bench-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    results: dict = {"machine": _machine(), "scale": a.scale, "repeats": a.repeats}
+    b = Bench(a, workdir)
+    chosen = a.sections.split(",")
     try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib not installed: no plot")
-        return
-    names = list(res["workloads"])
-    fig, axes = plt.subplots(2, len(names), figsize=(6 * len(names), 9), squeeze=False)
-    for i, name in enumerate(names):
-        ws = {k: v for k, v in res["workloads"][name]["writers"].items() if "error" not in v}
-        labels = list(ws)
-        mb = [ws[k]["MBps_close"]["median"] for k in labels]
-        err = [[m - ws[k]["MBps_close"]["min"] for k, m in zip(labels, mb)],
-               [ws[k]["MBps_close"]["max"] - m for k, m in zip(labels, mb)]]
-        ax = axes[0][i]
-        ax.barh(labels, mb, xerr=err, color=[_color(k) for k in labels])
-        ax.set_title(f"{name}: throughput through close (MB/s)")
-        ax.invert_yaxis()
-        ax = axes[1][i]
-        p99 = [ws[k]["append_p99_us"]["median"] for k in labels]
-        ax.barh(labels, p99, color=[_color(k) for k in labels])
-        ax.set_xscale("log")
-        ax.set_title(f"{name}: append/write call p99 (µs, log)")
-        ax.invert_yaxis()
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    print(f"plot: {path}")
-
-
-def _color(label: str) -> str:
-    return ("tab:green" if label.startswith("service") else "tab:gray" if label.startswith("raw")
-            else "tab:blue" if label.startswith("in-process") else "tab:orange")
-
-
-def _fmt(label: str) -> str:
-    return "tiff" if "tiff" in label or "tifffile" in label else "zarr"
-
-
-def _ratio(ours: list[dict], theirs: list[dict], best_of_theirs: bool = False) -> float:
-    """Our median throughput (through close) over theirs: their median, or their best run
-    (for the raw disk: the physical limit, which an unlucky run hides). Medians, not
-    per-repeat pairs: on these VMs one run in a few is several times slower for reasons
-    outside the writer (the host reclaiming memory, ext4 discarding freed blocks)."""
-    a = [1 / r["close_s"] for r in ours if "error" not in r]
-    b = [1 / r["close_s"] for r in theirs if "error" not in r]
-    if not (a and b):
-        return float("nan")
-    return statistics.median(a) / (max(b) if best_of_theirs else statistics.median(b))
-
-
-def _f(s: dict | None) -> str:
-    if s is None:
-        return "—"
-    return f"{s['median']:,.0f} [{s['min']:,.0f}–{s['max']:,.0f}]"
+        for name, fn, key in (("throughput", throughput, "workloads"), ("camera", camera, None),
+                              ("nice", nice, None), ("compression", compression, None),
+                              ("memory", memory, "memory_scaling")):
+            if name in chosen:
+                t = time.monotonic()
+                results[key or name] = fn(b)
+                print(f"{name}: {time.monotonic() - t:.0f} s", flush=True)
+    finally:
+        b.close()
+        shutil.rmtree(workdir, ignore_errors=True) if a.workdir is None else _clean(workdir)
+    results["elapsed_s"] = time.monotonic() - start
+    return results
 
 
 def _np(o):

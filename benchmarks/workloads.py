@@ -25,6 +25,7 @@ class Workload:
     title: str
     sizes: dict  # acquisition order, frame axes last
     chunks: dict  # non-frame axes with chunk > 1
+    pixels: str = "random"  # or "smooth": a smooth image with Poisson noise (compressible)
 
     @property
     def frame_shape(self) -> tuple[int, int]:
@@ -49,7 +50,23 @@ def workloads(scale: float = 1.0) -> list[Workload]:
         Workload("W2", "small fast frames 256x256",
                  {"t": max(64, n(20000)), "y": 256, "x": 256}, {"t": 64}),
         Workload("W3", "5D 1024x1024", {"t": n(10), "c": 2, "z": 20, "y": 1024, "x": 1024}, {}),
+        Workload("C", "compressible 2048x2048", {"t": n(100), "y": 2048, "x": 2048}, {},
+                 pixels="smooth"),
     ]
+
+
+def frame_pool(wl: Workload, k: int = 8) -> list[np.ndarray]:
+    """``k`` distinct frames, reused round-robin. "smooth": a few broad Gaussian blobs on a
+    background (a sample under a microscope) with Poisson noise, as a camera records it."""
+    rng = np.random.default_rng(0)
+    if wl.pixels == "random":
+        return [rng.integers(0, 4096, wl.frame_shape, dtype=np.uint16) for _ in range(k)]
+    h, w = wl.frame_shape
+    y, x = np.ogrid[:h, :w]
+    mean = np.full((h, w), 100.0)
+    for cy, cx, s, a in ((0.3, 0.4, 0.15, 1500), (0.7, 0.6, 0.1, 2500), (0.5, 0.2, 0.2, 800)):
+        mean += a * np.exp(-(((y / h - cy) ** 2) + ((x / w - cx) ** 2)) / (2 * s * s))
+    return [rng.poisson(mean).astype(np.uint16) for _ in range(k)]
 
 
 def dims(wl: Workload, module):
@@ -74,12 +91,14 @@ class Session:
 # ---- writers ----
 
 def open_service(wl: Workload, root: Path, fmt: str, endpoint: str, token: str,
-                 mode: str = "append", levels: int = 1) -> Session:
+                 mode: str = "append", levels: int = 1, compression: str | None = None,
+                 compression_level: int | None = None) -> Session:
     import ome_writers_service as ows
 
     kind = ows.OmeTiffFormat if fmt == "tiff" else ows.OmeZarrFormat
     settings = ows.AcquisitionSettings(root_path=str(root), dimensions=dims(wl, ows),
-                                       dtype="uint16", overwrite=True,
+                                       dtype="uint16", overwrite=True, compression=compression,
+                                       compression_level=compression_level,
                                        format=kind(levels=levels))
     stream = ows.create_stream(settings, endpoint=endpoint, token=token)
     claim_ns: list[int] = []  # claim() itself: getting the slot + sending it, not the fill
@@ -134,8 +153,83 @@ def open_raw(wl: Workload, root: Path, fmt: str) -> Session:
     return Session(f.write, lambda: (f.close(), {})[1], [str(root)])
 
 
+def open_tensorstore(wl: Workload, root: Path, fmt: str, in_flight: int = 8) -> Session:
+    """tensorstore alone, what the service's zarr path is built on: a zarr v3 array of one
+    chunk per frame, each frame written as it comes (zero-copy: the pool's frames do not
+    change), ``in_flight`` writes outstanding, no fsync per file. The floor of our zarr path's
+    cost; no metadata beyond the array's."""
+    import collections
+
+    import tensorstore as ts
+
+    shape = [wl.n_frames, *wl.frame_shape]
+    spec = {"driver": "zarr3", "kvstore": {"driver": "file", "path": str(root)},
+            "metadata": {"shape": shape, "data_type": "uint16",
+                         "chunk_grid": {"name": "regular",
+                                        "configuration": {"chunk_shape": [1, *wl.frame_shape]}},
+                         "codecs": [{"name": "bytes", "configuration": {"endian": "little"}}]},
+            "create": True, "delete_existing": True}
+    arr = ts.open(spec, context=ts.Context({"file_io_sync": False})).result()
+    pending: collections.deque = collections.deque()
+    n = [0]
+
+    def append(frame):
+        pending.append(arr[n[0]].write(frame, can_reference_source_data_indefinitely=True))
+        n[0] += 1
+        if len(pending) >= in_flight:
+            pending.popleft().result()
+
+    def close() -> dict:
+        while pending:
+            pending.popleft().result()
+        return {}
+    return Session(append, close, [str(root)])
+
+
+def open_acquire_zarr(wl: Workload, root: Path, fmt: str, compression: str = "none",
+                      level: int = 1) -> Session:
+    """acquire-zarr 0.10's own API (not through ome-writers): one chunk per frame, the given
+    blosc codec and level with byte shuffle, its default thread count (all cores)."""
+    import acquire_zarr as az
+
+    codec = {"blosc-zstd": az.CompressionCodec.BLOSC_ZSTD,
+             "blosc-lz4": az.CompressionCodec.BLOSC_LZ4}.get(compression)
+    comp = None if codec is None else az.CompressionSettings(
+        compressor=az.Compressor.BLOSC1, codec=codec, level=level, shuffle=1)
+    kinds = {"t": az.DimensionType.TIME, "c": az.DimensionType.CHANNEL,
+             "z": az.DimensionType.SPACE, "y": az.DimensionType.SPACE,
+             "x": az.DimensionType.SPACE}
+    dims_ = [az.Dimension(name=k, kind=kinds.get(k, az.DimensionType.OTHER),
+                          array_size_px=v if i else 0,
+                          chunk_size_px=v if k in ("y", "x") else 1, shard_size_chunks=1)
+             for i, (k, v) in enumerate(wl.sizes.items())]
+    settings = az.StreamSettings(
+        store_path=str(root), overwrite=True,
+        arrays=[az.ArraySettings(dimensions=dims_, data_type=np.uint16, compression=comp)])
+    stream = az.ZarrStream(settings)
+
+    def close() -> dict:
+        stream.close()
+        return {}
+    return Session(stream.append, close, [str(root)])
+
+
+def open_memcpy(wl: Workload, root: Path, fmt: str) -> Session:
+    """The camera-loop baseline: the same producer doing only what append() cannot avoid, a
+    copy of each frame into a ring-sized footprint of warm memory."""
+    slots = ring_slots(wl)
+    dst = [np.zeros(wl.frame_shape, np.uint16) for _ in range(slots)]
+    n = [0]
+
+    def append(frame):
+        np.copyto(dst[n[0] % slots], frame)
+        n[0] += 1
+    return Session(append, lambda: {}, [])
+
+
 OPENERS = {"service": open_service, "inprocess": open_inprocess,
-           "ome_writers": open_ome_writers, "raw": open_raw}
+           "ome_writers": open_ome_writers, "raw": open_raw, "tensorstore": open_tensorstore,
+           "acquire_zarr": open_acquire_zarr, "memcpy": open_memcpy}
 
 
 # ---- measurement ----
@@ -191,13 +285,18 @@ def paced_loop(append: Callable, frames, n: int, rate_hz: float):
 RING_BYTES = 256 * 2**20
 
 
+def ring_slots(wl: Workload) -> int:
+    """The slots of the service's default ring for this workload's frames."""
+    return max(8, min(4096, RING_BYTES // (wl.frame_shape[0] * wl.frame_shape[1] * 2)))
+
+
 def memcpy(wl: Workload, frames, rate_hz: float | None = None) -> np.ndarray:
     """A bare copy of each frame into warm memory: the floor for append(), which does this
     copy and little else. Like append(), it cycles through as many destinations as the ring
     has slots (a destination warm in the cache flatters it by ~1.5x for 8 MB frames), and in
     a camera simulation it runs at the camera's pace (a core that sleeps between frames
     copies slower than one copying back to back)."""
-    slots = max(8, min(4096, RING_BYTES // (wl.frame_shape[0] * wl.frame_shape[1] * 2)))
+    slots = ring_slots(wl)
     dst = [np.empty_like(frames[0]) for _ in range(slots)]
     for d in dst:
         np.copyto(d, frames[0])

@@ -185,7 +185,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         run(args.endpoint, rt_dir=args.runtime_dir, idle_exit=args.idle_exit,
             allow_remote=args.allow_remote, curve=args.curve,
-            memory_budget=args.memory_budget)
+            memory_budget=args.memory_budget, nice=args.nice)
     except (ValueError, OSError, zmq.ZMQError) as e:  # bad endpoint, address in use, ...
         print(f"ome-writers-service serve: {e}", file=sys.stderr)
         return 2
@@ -370,6 +370,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="memory the streams' chunk buffers may take together, worst case "
                             "(e.g. 8G, 512M; default: 40%% of the RAM); a stream that would not "
                             "fit is refused, naming the chunk size to change")
+    serve.add_argument("--nice", type=int, default=None, metavar="N",
+                       help="run the writer at CPU priority nice N (0 normal .. 19 lowest), "
+                            "below the acquisition program's, so that a busy PC's cores go to "
+                            "the camera loop first (POSIX; ignored on Windows)")
     serve.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     serve.set_defaults(func=cmd_serve)
 

@@ -53,6 +53,10 @@ SUPPORTED_DTYPES = (
 #: dtypes OME-Zarr stores besides those (OME-XML has no 64-bit integer PixelType).
 ZARR_ONLY_DTYPES = ("int64", "uint64")
 ZARR_COMPRESSIONS = ("blosc-zstd", "blosc-lz4", "zstd", "none")
+#: the level each codec gets when ``compression_level`` is None: ome-writers 0.3.2's
+DEFAULT_LEVELS = {"blosc-zstd": 3, "blosc-lz4": 5, "zstd": 3}
+#: the levels each codec accepts (blosc: 1-9; zstd: negative levels trade ratio for speed)
+LEVEL_RANGES = {"blosc-zstd": (1, 9), "blosc-lz4": (1, 9), "zstd": (-7, 22)}
 TIFF_COMPRESSIONS = ("lzw", "zstd", "none")
 
 
@@ -749,6 +753,19 @@ class AcquisitionSettings(_Model):
     ring_slots: PositiveInt | None = None
     """Slots in the shared-memory ring; None picks ~256 MiB of frames (less when /dev/shm is
     small; at least 8)."""
+    compression_level: int | None = None
+    """The codec's level: 1-9 for blosc-zstd/blosc-lz4, -7..22 for zstd (1 is the fastest
+    positive level; more compresses harder, slower). None: ome-writers 0.3.2's levels
+    (blosc-zstd 3, blosc-lz4 5, zstd 3)."""
+
+    @property
+    def codec_level(self) -> int | None:
+        """The level ``compression`` encodes at (None: a codec without levels, or none)."""
+        if self.compression not in DEFAULT_LEVELS:
+            return None
+        if self.compression_level is None:
+            return DEFAULT_LEVELS[self.compression]
+        return self.compression_level
 
     @field_validator("root_path", mode="before")
     @classmethod
@@ -897,6 +914,7 @@ class AcquisitionSettings(_Model):
             self.__dict__["format"] = _with_companion_name(self.format, self.root_path)
         if isinstance(self.format, (OmeZarrFormat, OmeTiffFormat)):
             _check_levels(self.format.levels, self.frame_shape)
+        _check_compression_level(self)
         if self.plate is not None:
             _check_plate(self.plate, self.position_dimension)
         return self
@@ -1141,6 +1159,19 @@ def _check_storage_list(order: list[str], dims: Sequence[Dimension]) -> None:
             f"permutation of the non-frame dimensions {outer} (optionally followed by the "
             f"frame axes {frame})"
         )
+
+
+def _check_compression_level(s: AcquisitionSettings) -> None:
+    level = s.compression_level
+    if level is None:
+        return
+    if s.compression not in LEVEL_RANGES:
+        raise ValueError(f"compression_level={level}: compression {s.compression!r} has no "
+                         f"levels (levels apply to {tuple(LEVEL_RANGES)})")
+    low, high = LEVEL_RANGES[s.compression]
+    if not low <= level <= high or (s.compression == "zstd" and level == 0):
+        raise ValueError(f"compression_level={level} is out of range for {s.compression!r}: "
+                         f"use {low}..{high}" + (" (not 0)" if s.compression == "zstd" else ""))
 
 
 def _check_zarr(s: AcquisitionSettings) -> None:

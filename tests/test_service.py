@@ -818,3 +818,34 @@ def test_daemon_view_in_acquisition_order_strict_and_format_metadata(daemon, tmp
     tstream.update_metadata({0: ome})
     with tifffile.TiffFile(tset.root_path) as tf:
         assert from_xml(tf.ome_metadata, validate=True).images[0].name == "renamed"
+
+
+def _thread_nice(pid: int) -> dict[int, int]:
+    """The nice value of every thread of ``pid`` (Linux keeps one per thread)."""
+    out = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        stat = (task / "stat").read_text()
+        out[int(task.name)] = int(stat[stat.rindex(")") + 2:].split()[16])
+    return out
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads /proc")
+def test_serve_nice_lowers_every_writer_thread(tmp_path):
+    """`serve --nice N`: the daemon and every thread it runs (ZeroMQ's, tensorstore's, each
+    stream's worker, started later) run at nice N, below the acquisition program."""
+    d = start_daemon(tmp_path / "rt", "--nice", "7")
+    try:
+        s = settings_5d(tmp_path / "nice.ome.zarr")
+        with create_stream(s, endpoint=d.endpoint, token=d.token) as stream:
+            for i in range(s.num_frames):
+                stream.append(frame_pixels(5, i, s.frame_shape, s.dtype))
+            threads = _thread_nice(d.pid)  # while the stream's writer threads run
+        assert len(threads) > 3 and set(threads.values()) == {7}, threads
+        assert os.getpriority(os.PRIO_PROCESS, 0) == 0  # (ours is untouched)
+        check_dataset(s, stream.paths, 5)
+    finally:
+        assert d.stop() == 0, d.log_text()
+    bad = subprocess.run([sys.executable, "-m", "ome_writers_service", "serve", "--runtime-dir",
+                          str(tmp_path / "rt2"), "--nice", "25"], capture_output=True, text=True,
+                         timeout=60)
+    assert bad.returncode == 2 and "nice 25 is out of range" in bad.stderr, bad.stderr

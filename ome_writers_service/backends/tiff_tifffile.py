@@ -233,6 +233,8 @@ class TifffileBackend(ArrayBackend):
         self._pages: list[list[tuple[int, ...]]] = [[] for _ in self._paths]
         self._page_of: list[dict[tuple[int, ...], int]] = [{} for _ in self._paths]
         self._compression = _COMPRESSION[settings.compression]
+        level = settings.codec_level
+        self._codec_args = None if level is None else {"level": level}  # zstd's level
         fmt = settings.format
         self.levels: int = fmt.levels
         self.downsampling: str = fmt.downsampling
@@ -371,11 +373,13 @@ class TifffileBackend(ArrayBackend):
             full = self.layout.holds_full_document(position)
             description = self._initial_xml(position) + b" " * (self._reserve if full else 64)
         writer.write(frame, photometric="minisblack", compression=self._compression,
+                     compressionargs=self._codec_args,
                      contiguous=False, metadata=None, description=description, software=False,
                      subifds=len(lower) or None)
         for level in lower:  # the SubIFDs follow their page at once
             writer.write(level, photometric="minisblack", compression=self._compression,
-                         contiguous=False, metadata=None, software=False, subfiletype=1)
+                         compressionargs=self._codec_args, contiguous=False,
+                         metadata=None, software=False, subfiletype=1)
         writer._fh.flush()  # nothing of an acknowledged page waits in a Python buffer
         if len(pages) == 1 and self._compression is None:  # page 1 written: the template
             self._close_writer(position)

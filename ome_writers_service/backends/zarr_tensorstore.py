@@ -192,15 +192,14 @@ class TensorstoreZarrBackend(ArrayBackend):
         kvstore = self.store.kvstore(join(image, str(level)))
         if self.layout.zarr_format == 2:
             return self._array_spec_v2(kvstore, shape, chunk, comp)
+        clevel = self.settings.codec_level
         inner: list[dict[str, Any]] = [{"name": "bytes", "configuration": {"endian": "little"}}]
         if comp in ("blosc-zstd", "blosc-lz4"):
             inner.append({"name": "blosc", "configuration": {
-                # the levels ome-writers 0.3.2 writes: zstd 3, lz4 5
-                "cname": comp.split("-")[1], "clevel": 3 if comp == "blosc-zstd" else 5,
-                "shuffle": "shuffle",
+                "cname": comp.split("-")[1], "clevel": clevel, "shuffle": "shuffle",
                 "typesize": self.dtype.itemsize, "blocksize": 0}})
         elif comp == "zstd":
-            inner.append({"name": "zstd", "configuration": {"level": 3, "checksum": False}})
+            inner.append({"name": "zstd", "configuration": {"level": clevel, "checksum": False}})
         grid = self.level_grid(level)
         if self._sharded:
             codecs = [{"name": "sharding_indexed", "configuration": {
@@ -232,12 +231,12 @@ class TensorstoreZarrBackend(ArrayBackend):
                        comp: str | None) -> dict[str, Any]:
         """A zarr v2 array (NGFF 0.4): "/" between chunk indices, as NGFF 0.4 requires."""
         compressor = None
+        level = self.settings.codec_level
         if comp in ("blosc-zstd", "blosc-lz4"):
-            compressor = {"id": "blosc", "cname": comp.split("-")[1],
-                          "clevel": 3 if comp == "blosc-zstd" else 5,
+            compressor = {"id": "blosc", "cname": comp.split("-")[1], "clevel": level,
                           "shuffle": 1, "blocksize": 0}
         elif comp == "zstd":
-            compressor = {"id": "zstd", "level": 3}
+            compressor = {"id": "zstd", "level": level}
         return {
             "driver": "zarr",
             "kvstore": kvstore,

@@ -409,6 +409,15 @@ def shm_files(daemon_pid: int, prefix: str = "ows") -> list[Path]:
     return [p for name in prefixes for p in platform.SHM_DIR.glob(f"{name}-{daemon_pid}-*")]
 
 
+def running_daemon(rt_dir: Path):
+    """A daemon for a fixture (``yield from``): at the end it must stop cleanly and leave
+    no ring of its own behind."""
+    d = start_daemon(rt_dir)
+    yield d
+    assert d.stop() == 0, d.log_text()
+    assert not shm_rings(d.pid)
+
+
 def shm_rings(daemon_pid: int) -> set[str]:
     """The rings that daemon ``daemon_pid`` created (never another program's: other daemons,
     other test runs may share /dev/shm), by the files in the shared-memory directory."""

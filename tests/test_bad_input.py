@@ -16,7 +16,7 @@ from ome_writers_service import (AcquisitionSettings, Dimension, create_stream,
 from ome_writers_service import protocol as P
 from ome_writers_service.validate import validate, validate_all
 
-from service_util import frame_pixels, read_image, shm_rings, start_daemon
+from service_util import frame_pixels, read_image, running_daemon
 
 FORMATS = [".ome.zarr", ".ome.tiff"]
 YX = [Dimension(name="y", count=16), Dimension(name="x", count=16)]
@@ -24,10 +24,7 @@ YX = [Dimension(name="y", count=16), Dimension(name="x", count=16)]
 
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory):
-    d = start_daemon(tmp_path_factory.mktemp("rt"))
-    yield d
-    assert d.stop() == 0, d.log_text()
-    assert not shm_rings(d.pid)
+    yield from running_daemon(tmp_path_factory.mktemp("rt"))
 
 
 def open_stream(settings, where, daemon):

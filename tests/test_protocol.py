@@ -23,15 +23,12 @@ from ome_writers_service.client import ServiceError, ServiceStream
 from ome_writers_service.schema import AcquisitionSettings
 
 from old_daemon import OldDaemon
-from service_util import REPO, read_image, shm_rings, start_daemon
+from service_util import REPO, read_image, running_daemon
 
 
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory):
-    d = start_daemon(tmp_path_factory.mktemp("rt"))
-    yield d
-    assert d.stop() == 0, d.log_text()
-    assert not shm_rings(d.pid)
+    yield from running_daemon(tmp_path_factory.mktemp("rt"))
 
 
 class Peer:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from types import SimpleNamespace
 from pathlib import Path
 
 import numpy as np
@@ -407,6 +410,30 @@ def shm_files(daemon_pid: int, prefix: str = "ows") -> list[Path]:
     Windows their owner locks) and chunk-buffer arenas ("owsbuf"), or the one ``prefix``."""
     prefixes = ("ows", "owsbuf") if prefix == "ows" else (prefix,)
     return [p for name in prefixes for p in platform.SHM_DIR.glob(f"{name}-{daemon_pid}-*")]
+
+
+@contextlib.contextmanager
+def daemon_with_small_shm(rt_dir: Path, size: str = "16m"):
+    """A daemon in a mount namespace of its own whose /dev/shm is a tmpfs of ``size`` (a
+    container's, say): yields its endpoint and token; once the block ends it has been
+    stopped (SIGTERM) and its output is in ``.log``. Needs root and ``unshare``."""
+    script = (f"mount -t tmpfs -o size={size} tmpfs /dev/shm && exec "
+              f"{shlex.quote(sys.executable)} -m ome_writers_service serve --runtime-dir "
+              f"{shlex.quote(str(rt_dir))}")
+    proc = subprocess.Popen(["unshare", "-m", "sh", "-c", script], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    d = SimpleNamespace(endpoint=None, token=None, log="")
+    try:
+        deadline = time.monotonic() + 30
+        while not (rt_dir / "daemon.json").exists():
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read()
+            time.sleep(0.05)
+        info = json.loads((rt_dir / "daemon.json").read_text())
+        d.endpoint, d.token = info["endpoint"], info["token"]
+        yield d
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        d.log, _ = proc.communicate(timeout=30)
 
 
 def running_daemon(rt_dir: Path):

@@ -5,14 +5,7 @@ size to change; streams together stay within it)."""
 
 from __future__ import annotations
 
-import json
-import os
-import shlex
 import shutil
-import signal
-import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
@@ -21,7 +14,8 @@ from ome_writers_service import AcquisitionSettings, Dimension, PositionDimensio
 from ome_writers_service.chunk_buffers import estimate
 from ome_writers_service.client import ServiceError
 
-from service_util import IS_ROOT, frame_pixels, read_image, start_daemon
+from service_util import (IS_ROOT, daemon_with_small_shm, frame_pixels, read_image,
+                          start_daemon)
 
 YX = [Dimension(name="y", count=16), Dimension(name="x", count=16)]
 
@@ -126,23 +120,13 @@ def test_chunk_buffers_that_shared_memory_cannot_hold_are_said_to_be_volatile(tm
     """A daemon whose /dev/shm is 16 MiB (docker's default is 64): an inline OME-Zarr stream
     whose chunk buffers need more still writes every frame, but its buffers are the daemon's
     memory, and the client is told so at open (a RuntimeWarning; status buffers_durable)."""
-    rt = tmp_path / "rt"
-    script = (f"mount -t tmpfs -o size=16m tmpfs /dev/shm && exec {shlex.quote(sys.executable)}"
-              f" -m ome_writers_service serve --runtime-dir {shlex.quote(str(rt))}")
-    proc = subprocess.Popen(["unshare", "-m", "sh", "-c", script], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    try:
-        deadline = time.monotonic() + 30
-        while not (rt / "daemon.json").exists():
-            assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read()
-            time.sleep(0.05)
-        info = json.loads((rt / "daemon.json").read_text())
+    with daemon_with_small_shm(tmp_path / "rt") as d:
         settings = AcquisitionSettings(  # 512 KiB frames, chunks of 8: ~72 MiB worst case
             root_path=str(tmp_path / "v.ome.zarr"), dtype="uint16", overwrite=True,
             ring_slots=8, dimensions=[Dimension(name="t", count=16, chunk_size=8),
                                       Dimension(name="y", count=512), Dimension(name="x", count=512)])
         with pytest.warns(RuntimeWarning, match="cannot hold this stream's chunk buffers"):
-            stream = create_stream(settings, endpoint=info["endpoint"], token=info["token"],
+            stream = create_stream(settings, endpoint=d.endpoint, token=d.token,
                                    transport="inline")
         assert stream.status()["buffers_durable"] is False
         for i in range(16):
@@ -150,7 +134,4 @@ def test_chunk_buffers_that_shared_memory_cannot_hold_are_said_to_be_volatile(tm
         assert stream.close()["frames_written"] == 16
         want = np.stack([frame_pixels(3, i, (512, 512), np.uint16) for i in range(16)])
         np.testing.assert_array_equal(read_image(settings.output_path), want)
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        out, _ = proc.communicate(timeout=30)
-    assert "chunk buffers in the daemon's memory" in out, out
+    assert "chunk buffers in the daemon's memory" in d.log, d.log

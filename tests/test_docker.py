@@ -25,7 +25,8 @@ import yaml
 from ome_writers_service import AcquisitionSettings, Dimension, create_stream
 from ome_writers_service.client import ServiceError
 
-from service_util import IS_ROOT, WINDOWS, frame_pixels, read_image, run_checker
+from service_util import (IS_ROOT, WINDOWS, daemon_with_small_shm, frame_pixels, read_image,
+                          run_checker)
 
 pytestmark = pytest.mark.skipif(WINDOWS, reason="the Linux container image (docker, compose, "
                                 "hadolint, a Linux /dev/shm): not a Windows deployment")
@@ -199,26 +200,13 @@ def test_compose_acquisition_command_streams_to_the_image_daemon(tmp_path):
                     reason="needs root and unshare to give the daemon a small /dev/shm")
 def test_small_dev_shm_is_reported_naming_shm_size(tmp_path):
     """At start-up (a warning) and when a stream's ring does not fit (error `resources`)."""
-    rt = tmp_path / "rt"
-    script = (f"mount -t tmpfs -o size=16m tmpfs /dev/shm && exec {shlex.quote(sys.executable)}"
-              f" -m ome_writers_service serve --runtime-dir {shlex.quote(str(rt))}")
-    proc = subprocess.Popen(["unshare", "-m", "sh", "-c", script], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    try:
-        deadline = time.monotonic() + 30
-        while not (rt / "daemon.json").exists():
-            assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read()
-            time.sleep(0.05)
-        info = json.loads((rt / "daemon.json").read_text())
+    with daemon_with_small_shm(tmp_path / "rt") as d:
         settings = AcquisitionSettings(
             root_path=str(tmp_path / "big.ome.zarr"), dtype="uint16", overwrite=True,
             ring_slots=16,  # 16 x 2 MiB: more than the 16 MiB of /dev/shm
             dimensions=[Dimension(name="t", count=4), Dimension(name="y", count=1024),
                         Dimension(name="x", count=1024)])
         with pytest.raises(ServiceError) as refused:
-            create_stream(settings, endpoint=info["endpoint"], token=info["token"])
+            create_stream(settings, endpoint=d.endpoint, token=d.token)
         assert refused.value.code == "resources" and "shm_size" in str(refused.value)
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        out, _ = proc.communicate(timeout=30)
-    assert "shm_size" in out and "/dev/shm has only 16 MiB free" in out, out
+    assert "shm_size" in d.log and "/dev/shm has only 16 MiB free" in d.log, d.log

@@ -83,6 +83,12 @@ OUTBOX = "inproc://ows-outbox"
 #: client decode 5,000 messages a second on its camera thread, 64 at a time (a ~150 us spike
 #: every 64th append, its p99) and the daemon flush its journal as often.
 RELEASE_DELAY = 0.002
+#: lent frames of a unit still being assembled are copied into its (shared-memory) chunk
+#: buffer, and their slots released, once no frame came for this long: a slow time-lapse
+#: must not leave frames in slots that a daemon crash would lose, for minutes
+HOLD_WHILE_IDLE = 0.05
+#: `StreamWorker._busy` values
+FRAME, HELD = 1, 2
 _WAKE = ("wake",)
 
 
@@ -123,6 +129,9 @@ class StreamStats:
     dropped: int = 0
     skipped: int = 0
     recovered: int = 0  #: written from the ring without a notice (the client died)
+    #: frames whose slots were released: on disk, or in a shared-memory chunk buffer, with
+    #: their metadata in the journal; what survives a daemon crash (status' frames_written)
+    released: int = 0
     refused: int = 0  #: frame notices refused (their slots given back unwritten)
     started: float = field(default_factory=time.monotonic)
     errors: list[str] = field(default_factory=list)
@@ -179,12 +188,14 @@ class StreamWorker(threading.Thread):
         #: slots handed back by the backend (possibly from its threads), not yet sent
         self._released: collections.deque[int] = collections.deque()
         self._lent = 0  # slots lent to the backend and not yet released
-        #: busy[slot]: a frame the worker took is in the slot, its release not yet sent
+        #: busy[slot]: the worker took the slot and its release is not yet sent; FRAME if it
+        #: holds a frame the backend accepted, HELD if not (refused, or after an error)
         self._busy = bytearray(slots)
         #: hand slots back at least this often while frames keep coming, so that a short
         #: disk stall does not become a full ring for the time the whole ring takes
         self._release_every = max(1, min(64, slots // 8))
         self._last_release = 0.0  # (monotonic) when the last `release` went out
+        self._last_frame = 0.0  # (monotonic) when the last frame came
         self._idle = False  # the worker waits for work (a finished write must wake it)
         self._ctx = ctx
         self._views: list[np.ndarray] | None = None
@@ -206,6 +217,9 @@ class StreamWorker(threading.Thread):
                     item = self.queue.get(timeout=self._release_wait())
                 except queue.Empty:
                     self._idle = False
+                    if self._lent and not self._released and self.stream is not None and \
+                            time.monotonic() - self._last_frame >= HOLD_WHILE_IDLE:
+                        self._guard(self.stream.give_back_held)
                     self._send_release(out)
                     continue
                 self._idle = False
@@ -320,14 +334,15 @@ class StreamWorker(threading.Thread):
             return
         if self.ring is not None:
             self.ring.forget(slot)  # not a frame whose notice was lost
-        self._busy[slot] = 1
+        self._busy[slot] = HELD
         self._lent += 1
         self._released.append(slot)
 
     def _write(self, seq: int, slot: int, meta: dict | None, payload: Any) -> None:
         self.stats.received += 1
+        self._last_frame = time.monotonic()
         self._lent += 1
-        self._busy[slot] = 1
+        self._busy[slot] = FRAME
         once = [slot]
         released = self._released
 
@@ -345,6 +360,7 @@ class StreamWorker(threading.Thread):
                 self.queue.put(_WAKE)
 
         if self.stats.errors:
+            self._busy[slot] = HELD
             done()  # nothing more is written after an error
             return
         if seq > self.stream._router.frames_done:
@@ -356,6 +372,7 @@ class StreamWorker(threading.Thread):
         try:
             self.stream.append_borrowed(frame, done, frame_metadata=meta)
         except Exception as e:  # noqa: BLE001 - reported to the client, never raised here
+            self._busy[slot] = HELD
             self._failed(e, seq)
             done()
             return
@@ -471,7 +488,9 @@ class StreamWorker(threading.Thread):
         released = self._released
         while released:
             slots.append(released.popleft())
+        frames = 0
         for slot in slots:
+            frames += self._busy[slot] == FRAME
             self._busy[slot] = 0
         if slots:
             # the metadata of the frames released is in the journal first: a frame the
@@ -479,6 +498,7 @@ class StreamWorker(threading.Thread):
             if journal and self.stream is not None and not self.stats.errors:
                 self._guard(self.stream.flush_journal)
             self._lent -= len(slots)
+            self.stats.released += frames
             self._send(out, {"type": P.RELEASE, "stream": self.sid, "slots": slots})
             self._last_release = time.monotonic()
         err = self._pending_error
@@ -515,7 +535,10 @@ class StreamWorker(threading.Thread):
             "frames_declared": n or 0,  # fixed-type companions of frames_expected (1.1)
             "unbounded": n is None,
             "frames_received": s.received,
-            "frames_written": s.written,
+            # while the stream runs: the frames that survive a daemon crash (released); a
+            # write that failed later takes its frames off. Finalized: the frames on disk.
+            "frames_written": s.written if self.memory_freed or self.stream is None else
+            min(s.released, self.stream.frames_written),
             "frames_dropped": s.dropped,
             "frames_skipped": s.skipped,
             "frames_recovered": s.recovered,

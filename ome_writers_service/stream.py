@@ -163,6 +163,12 @@ class OMEStream(metaclass=abc.ABCMeta):
         with self._lock:
             self._journal.flush()
 
+    def give_back_held(self) -> None:
+        """Hand back the frames lent to units still being assembled, copied (the daemon's
+        worker does when the camera pauses: a slot is no place to keep a frame for long)."""
+        with self._lock:
+            self._backend.give_back_held()
+
     def skip(self, *, frames: int = 1) -> None:
         """Advance ``frames`` frames without data; they keep the fill value (zero)."""
         self._check_open()

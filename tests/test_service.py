@@ -648,6 +648,34 @@ def test_recover_after_daemon_sigkill(tmp_path, suffix):
     remove_daemon_shm(d.pid)
 
 
+def test_status_counts_what_a_daemon_crash_spares_and_a_pause_releases_lent_frames(tmp_path):
+    # a slow time-lapse: 3 frames of a 10-frame chunk arrive, then the camera waits. The
+    # daemon writes from lent slots only once a chunk is whole, so the 3 frames sit in the
+    # client's ring; a pause copies them into the shared-memory chunk buffer and releases
+    # them. status' frames_written counts only such frames, and a daemon SIGKILL spares them.
+    d = start_daemon(tmp_path / "rt")
+    settings = settings_5d(tmp_path / "lapse.ome.zarr", dimensions=[
+        Dimension(name="t", count=20, chunk_size=10), Dimension(name="y", count=64),
+        Dimension(name="x", count=64)])  # a page each: ring slots lie back to back, lent
+    stream = create_stream(settings, endpoint=d.endpoint, token=d.token)
+    for i in range(3):
+        stream.append(frame_pixels(23, i, (64, 64), np.uint16))
+    deadline = time.monotonic() + 30
+    while stream.status()["frames_written"] < 3:
+        assert time.monotonic() < deadline, stream.status()
+        time.sleep(0.01)
+    assert stream.status()["frames_written"] == 3
+    d.stop(SIGKILL)
+    res = subprocess.run([sys.executable, "-m", "ome_writers_service", "recover",
+                          settings.root_path], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stdout + res.stderr
+    check_dataset(settings, [settings.root_path], 23, frames=3)
+    assert frames_written_in_metadata(settings.root_path) == 3
+    with pytest.raises(DaemonGoneError):
+        stream.close(timeout=5)
+    remove_daemon_shm(d.pid)
+
+
 def test_daemon_backed_stream_offers_view_and_events(daemon, tmp_path):
     settings = settings_5d(tmp_path / "v.ome.zarr", dimensions=[
         Dimension(name="t", count=None), Dimension(name="c", count=2),

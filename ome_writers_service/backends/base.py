@@ -95,6 +95,10 @@ class ArrayBackend(ABC):
         self.write(position, index, frame, metadata)
         done()
 
+    def give_back_held(self) -> None:
+        """Copy the frames still lent in units being assembled to where they survive this
+        process, and hand them back (the daemon does when no frame came for a while)."""
+
     def skip(self, position: int, index: tuple[int, ...]) -> None:
         """A frame that will never come: the slot keeps the fill value (zero)."""
         self._note_index(index)

@@ -331,6 +331,14 @@ class TensorstoreZarrBackend(ArrayBackend):
         self.frames_written += 1  # (see write)
         self._after_put(position, key, block)
 
+    def give_back_held(self) -> None:
+        if not self._held:
+            return
+        for blocks in self._blocks:
+            for block in blocks.values():
+                if block.lent:  # into its chunk buffer: in the arena, when there is one
+                    self._held -= block.copy_lent()
+
     def _admit(self, position: int, index: tuple[int, ...], metadata) -> None:
         """What every frame does before its pixels move: surface failed writes, note it."""
         self._raise_failed_writes()

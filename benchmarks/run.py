@@ -3,6 +3,9 @@ acquire-zarr, with the targets of issue 18 marked met or not.
 
     python benchmarks/run.py                 # everything at full size, 5 repeats (~12 min)
     python benchmarks/run.py --scale 0.05 --repeats 1 --out /tmp/smoke   # tiny, for a check
+    # issue 19's pyramid cost alone: W1 at levels=1 and levels=4, both formats, interleaved
+    python benchmarks/run.py --sections throughput --workloads W1 \
+        --writers "service tiff,service zarr" --repeats 6 --out /tmp/levels
 
 Sections (``--sections``): ``throughput`` (W1-W3 through close), ``camera`` (a paced producer:
 its lateness against a memcpy-only producer with the other core busy, and with producer and

@@ -98,7 +98,8 @@ def dims_tyx(t=5, y=37, x=30, **kw):
 
 
 @pytest.mark.parametrize("method", METHODS)
-@pytest.mark.parametrize("dtype", ["float32", "float64", "int64", "int8", "uint32"])
+@pytest.mark.parametrize("dtype", ["float32", "float64", "int64", "int32", "uint32", "int16",
+                                   "uint16", "int8", "uint8"])
 def test_one_level_of_odd_and_even_planes_matches_the_definition(method, dtype):
     from ome_writers_service.backends.pyramid import halve
 
@@ -109,14 +110,20 @@ def test_one_level_of_odd_and_even_planes_matches_the_definition(method, dtype):
         else:
             info = np.iinfo(dtype)
             plane = rng.integers(info.min, info.max, shape, dtype=dtype, endpoint=True)
-        out = np.empty((-(-shape[0] // 2), -(-shape[1] // 2)), dtype)
-        halve(plane, out, method)
+            extremes = np.resize(np.array([info.max, info.max, info.min], dtype), shape)
         if np.dtype(dtype).kind == "f":
+            out = np.empty((-(-shape[0] // 2), -(-shape[1] // 2)), dtype)
+            halve(plane, out, method)
             # summed in the plane's precision: a few rounding errors of its largest values
             atol = 4 * np.finfo(dtype).eps * float(np.abs(plane).max())
             np.testing.assert_allclose(out, reference_level(plane, method), rtol=0, atol=atol)
-        else:
-            np.testing.assert_array_equal(out, reference_level(plane, method))
+            continue
+        # the extremes (no overflow), and a view whose rows start at an odd pixel
+        for src in (plane, extremes, plane[:, 1:]):
+            out = np.empty((-(-src.shape[0] // 2), -(-src.shape[1] // 2)), dtype)
+            halve(src, out, method)
+            np.testing.assert_array_equal(out, reference_level(src, method),
+                                          err_msg=f"{src.shape} {dtype}")
 
 
 # ---- settings ----

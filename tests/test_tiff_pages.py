@@ -80,3 +80,45 @@ def test_the_file_is_a_valid_tiff_after_every_page(tmp_path, monkeypatch):
     appender.close()
     with tifffile.TiffFile(path) as tf:
         assert len(tf.pages) == 8
+
+
+def test_a_page_is_written_before_its_subifds_are_ready_and_linked_after(tmp_path):
+    """`append(..., ready=)`: the page's own pixels go to disk first, the SubIFDs' pixels are
+    read only once ``ready()`` returned, and until the link nothing new is reachable."""
+    from ome_writers_service.backends.pyramid import cascade, level_shapes
+
+    path = tmp_path / "pyramid.tif"
+    shape = (40, 34)
+    frames = [frame_pixels(7, i, shape, np.uint16) for i in range(4)]
+    levels = [[np.empty(s, np.uint16) for s in level_shapes(shape, 3)[1:]] for _ in frames]
+    with tifffile.TiffWriter(path, ome=False) as w:
+        for f, lower in zip(frames[:2], levels):
+            cascade(f, lower, "mean")
+            w.write(f, photometric="minisblack", contiguous=False, metadata=None,
+                    description=b"<OME/>   " if f is frames[0] else None, software=False,
+                    subifds=len(lower))
+            for level in lower:
+                w.write(level, photometric="minisblack", contiguous=False, metadata=None,
+                        software=False, subfiletype=1)
+    appender = PageAppender(path, template=1)
+    for k in range(2, len(frames)):
+        f, lower, seen = frames[k], levels[k], []
+
+        def ready(f=f, lower=lower, seen=seen):  # the levels are computed only now
+            seen.append(os.path.getsize(path))
+            with tifffile.TiffFile(path) as tf:
+                seen.append(len(tf.pages))  # the page is not linked yet
+            cascade(f, lower, "mean")
+
+        before = os.path.getsize(path)
+        appender.append(f, *lower, ready=ready)
+        assert seen[0] >= before + f.nbytes  # the page's pixels were on disk first
+        assert seen[1] == k
+    appender.close()
+    with tifffile.TiffFile(path) as tf:
+        assert len(tf.pages) == len(frames)
+        for k, (f, lower) in enumerate(zip(frames, levels)):
+            np.testing.assert_array_equal(tf.pages[k].asarray(), f)
+            subs = tf.series[0].levels
+            for j, level in enumerate(lower, 1):
+                np.testing.assert_array_equal(subs[j].asarray()[k], level)

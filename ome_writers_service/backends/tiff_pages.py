@@ -11,7 +11,8 @@ The file is a valid TIFF after every page, as with tifffile page by page.
 
 A pyramid page (``levels`` > 1) carries its lower resolutions as SubIFDs, as tifffile writes
 them: the page's IFD lists their offsets (tag 330), each a chained IFD of its own with its
-pixels. They are cloned the same way, and written with the page in the same ``writev``.
+pixels. They are cloned the same way, and written in one ``writev`` right after the page's
+own (which need not wait for the levels to be computed), before the page is linked.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from __future__ import annotations
 import os
 import struct
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import tifffile
@@ -129,10 +131,13 @@ class PageAppender:
         """Resolutions per page: the page and its SubIFDs."""
         return len(self._ifds)
 
-    def append(self, frame: np.ndarray, *lower: np.ndarray) -> None:
+    def append(self, frame: np.ndarray, *lower: np.ndarray,
+               ready: Callable[[], object] | None = None) -> None:
         """Write one page and its SubIFDs: ``frame`` (and each of ``lower``) must have its
         template's shape, dtype and byte order, and be C-contiguous (its bytes are written as
-        they are)."""
+        they are). With ``ready``, the page's own IFD and pixels are written first, then
+        ``ready()`` returns once ``lower`` holds its pixels, and the SubIFDs follow: the
+        lower levels may still be computed while the page is written."""
         if len(lower) != len(self._ifds) - 1:
             raise ValueError(f"{self._path}: a page takes {len(self._ifds) - 1} lower "
                              f"resolutions, got {len(lower)}")
@@ -140,6 +145,7 @@ class PageAppender:
         buffers: list = []
         at = self._end
         blobs = []
+        split = split_at = None  # where the page's own part ends, in buffers and in the file
         for template, pixels in zip(self._ifds, (frame, *lower)):
             pos = at + (at & 1)  # IFDs start on a word boundary
             ifd, data = template.clone(pos)
@@ -148,12 +154,21 @@ class PageAppender:
                 buffers.append(b"\0")
             buffers += [ifd, b"\0" * (data - pos - len(ifd)), memoryview(pixels).cast("B")]
             at = data + template.nbytes
+            if split is None:
+                split, split_at = len(buffers), at
         main = blobs[0][1]
         for field, (pos, _) in zip(self._ifds[0].sub_ifd_fields, blobs[1:]):
             struct.pack_into(fmt, main, field, pos)  # the SubIFDs' offsets...
         for template, (_, ifd), (pos, _) in zip(self._ifds[1:], blobs[1:], blobs[2:]):
             struct.pack_into(fmt, ifd, template.next_field, pos)  # ...chained, as tifffile
-        written = platform.pwritev(self._fd, buffers, self._end)
+        if ready is None or not lower:
+            if ready is not None:
+                ready()
+            written = platform.pwritev(self._fd, buffers, self._end)
+        else:
+            written = platform.pwritev(self._fd, buffers[:split], self._end)
+            ready()
+            written += platform.pwritev(self._fd, buffers[split:], split_at)
         if written != at - self._end:
             raise OSError(f"short write to {self._path}: {written} of {at - self._end} bytes")
         # only now is the page reachable: a crash before leaves the file as it was

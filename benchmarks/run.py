@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import probes as P  # noqa: E402
 import report as R  # noqa: E402
 import workloads as W  # noqa: E402
 
@@ -95,15 +96,18 @@ def child(spec: dict) -> None:
     session = W.OPENERS[spec["fn"]](wl, root, spec["format"], **kw)
     res: dict = {"open_s": time.perf_counter() - t_open}
     W.fault_in(int(wl.nbytes * 1.2))
+    probe = None if session.stream is None else P.ClientProbe(session.stream)
     cpu0 = _cpu_s(resource.getrusage(resource.RUSAGE_SELF))
     t0 = time.perf_counter()
     if spec.get("rate_hz"):
-        lat, late = W.paced_loop(session.append, frames, wl.n_frames, spec["rate_hz"])
+        lat, late, starts = W.paced_loop(session.append, frames, wl.n_frames, spec["rate_hz"])
         res["lateness_us"] = _pct(late)
     else:
-        lat = W.timed_loop(session.append, frames, wl.n_frames)
+        lat, starts = W.timed_loop(session.append, frames, wl.n_frames)
     res["loop_s"] = time.perf_counter() - t0
     res["backlog"] = session.backlog()
+    if probe is not None:
+        res["client_probe"] = probe.summary(starts, lat, slow_ns=1_000_000)
     res.update(session.close())
     if "claim_ns" in res:
         res["claim_us"] = _pct(res.pop("claim_ns"))
@@ -233,11 +237,13 @@ class Bench:
                 "endpoint": daemon.endpoint, "token": daemon.token, **spec}
         os.sync()  # no writeback of the previous run's data competes with this one
         service = spec["fn"] == "service"
+        system = P.SystemProbe(daemon.proc.pid if service else None)
         if service:
             daemon.reset_peak()
             cpu0 = daemon.cpu_s()
             sampler = RssSampler(daemon)
             sampler.start()
+        system.start()
         try:
             if busy:
                 with Busy():
@@ -245,9 +251,12 @@ class Bench:
             else:
                 res = self._child(spec)
         finally:
+            machine = system.stop()
             if service:
                 sampled = sampler.stop()
             _clean(self.workdir)
+        if "error" not in res:
+            res["system"] = machine
         if service and "error" not in res:
             res["daemon_peak_rss_mb"] = sampled
             res["daemon_hwm_rss_mb"] = daemon.status_mb("VmHWM")

@@ -79,8 +79,9 @@ class ClientProbe:
 
     def summary(self, starts: np.ndarray, lat: np.ndarray, slow_ns: int) -> dict:
         """Counts and times of each kind, and the appends slower than ``slow_ns`` (and the
-        slowest 1 %) by what overlapped them; "none" left: the process was descheduled
-        or the copy itself was slow (involuntary context switches say how often)."""
+        slowest 1 %) by what took most of their time (`_cause`); "none" left: the process
+        was descheduled or the copy itself was slow (involuntary context switches say how
+        often the process was descheduled)."""
         self.stop()
         out = {k: {"count": c, "total_ms": t / 1e6, "max_us": m / 1e3}
                for k, (c, t, m) in self.totals.items()}
@@ -96,9 +97,15 @@ class ClientProbe:
         return out
 
     def _cause(self, t0: int, t1: int) -> str:
-        found = {k for a, b, k in self.intervals if a < t1 and b > t0}
-        for kind in self.KINDS:  # the first that applies names it
-            if kind in found:
+        """The kind of event that covered most of [t0, t1), if it covered at least half:
+        else "none" (none of our slow paths explains the call)."""
+        cover: dict[str, int] = {}
+        for a, b, k in self.intervals:
+            if a < t1 and b > t0:
+                cover[k] = cover.get(k, 0) + min(b, t1) - max(a, t0)
+        if cover:
+            kind = max(cover, key=cover.get)
+            if cover[kind] * 2 >= t1 - t0:
                 return kind
         return "none"
 
@@ -114,12 +121,20 @@ def _cpu_fields() -> list[int]:
 
 
 class SystemProbe:
-    """The machine's CPU time split (busy, idle, iowait, steal) and the daemon's CPU by
-    thread kind, between start() and stop(). Steal is CPU time the VM's host gave to others:
+    """The machine's CPU time split (busy, idle, iowait, steal), the daemon's CPU and its
+    CPU by thread kind (threads that ended meanwhile are not in the split), between start()
+    and stop(). Steal is CPU time the VM's host gave to others:
     the VM's own noise, measured."""
 
     def __init__(self, daemon_pid: int | None = None) -> None:
         self.pid = daemon_pid
+
+    def _process(self) -> float:
+        """The daemon's CPU time (user + system) so far, every thread, ended ones too."""
+        if self.pid is None:
+            return 0.0
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def _threads(self) -> dict[str, float]:
         out: dict[str, float] = {}
@@ -139,6 +154,7 @@ class SystemProbe:
 
     def start(self) -> None:
         self._t0, self._cpu0, self._th0 = time.monotonic(), _cpu_fields(), self._threads()
+        self._proc0 = self._process()
 
     def stop(self) -> dict:
         wall = time.monotonic() - self._t0
@@ -147,4 +163,5 @@ class SystemProbe:
         th1 = self._threads()
         return {"steal": d[7] / total, "iowait": d[4] / total, "idle": d[3] / total,
                 "busy": (total - d[3] - d[4] - d[7]) / total, "wall_s": wall,
+                "daemon_cpu_s": self._process() - self._proc0,
                 "daemon_threads_cpu_s": {k: v - self._th0.get(k, 0.0) for k, v in th1.items()}}

@@ -97,6 +97,8 @@ def child(spec: dict) -> None:
     res: dict = {"open_s": time.perf_counter() - t_open}
     W.fault_in(int(wl.nbytes * 1.2))
     probe = None if session.stream is None else P.ClientProbe(session.stream)
+    system = P.SystemProbe(spec.get("daemon_pid"))  # the daemon on the clock, not its set-up
+    system.start()
     cpu0 = _cpu_s(resource.getrusage(resource.RUSAGE_SELF))
     t0 = time.perf_counter()
     if spec.get("rate_hz"):
@@ -113,6 +115,9 @@ def child(spec: dict) -> None:
         res["claim_us"] = _pct(res.pop("claim_ns"))
     res["close_s"] = time.perf_counter() - t0
     res["cpu_s"] = _cpu_s(resource.getrusage(resource.RUSAGE_SELF)) - cpu0
+    res["system"] = system.stop()
+    if spec.get("daemon_pid"):
+        res["daemon_cpu_s"] = res["system"]["daemon_cpu_s"]
     res["latency_us"] = _pct(lat)
     if spec.get("memcpy"):
         res["memcpy_us"] = _pct(W.memcpy(wl, frames, spec.get("rate_hz")))
@@ -164,11 +169,6 @@ class DaemonHandle:
             if line.startswith(key + ":"):
                 return int(line.split()[1]) / 1024
         return float("nan")
-
-    def cpu_s(self) -> float:
-        """CPU time (user + system) the daemon used so far, every thread."""
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def stop(self) -> None:
         self.proc.send_signal(signal.SIGTERM)
@@ -237,13 +237,11 @@ class Bench:
                 "endpoint": daemon.endpoint, "token": daemon.token, **spec}
         os.sync()  # no writeback of the previous run's data competes with this one
         service = spec["fn"] == "service"
-        system = P.SystemProbe(daemon.proc.pid if service else None)
         if service:
+            spec["daemon_pid"] = daemon.proc.pid
             daemon.reset_peak()
-            cpu0 = daemon.cpu_s()
             sampler = RssSampler(daemon)
             sampler.start()
-        system.start()
         try:
             if busy:
                 with Busy():
@@ -251,16 +249,12 @@ class Bench:
             else:
                 res = self._child(spec)
         finally:
-            machine = system.stop()
             if service:
                 sampled = sampler.stop()
             _clean(self.workdir)
-        if "error" not in res:
-            res["system"] = machine
         if service and "error" not in res:
             res["daemon_peak_rss_mb"] = sampled
             res["daemon_hwm_rss_mb"] = daemon.status_mb("VmHWM")
-            res["daemon_cpu_s"] = daemon.cpu_s() - cpu0  # (its set-up and finalize included)
         return res
 
     @staticmethod
@@ -332,7 +326,7 @@ def camera(b: Bench) -> dict:
                            "scale": b.a.scale * scale}, daemon, busy=busy)
                 runs.setdefault(label, []).append(r)
                 _say(f"camera {title}", rep, b.a.repeats, label, r)
-        out[title] = {"runs": runs, "about": (
+        out[title] = {"runs": runs, "rate_hz": rate, "about": (
             f"Frames due every {1e6 / rate:,.0f} µs; lateness: how late append() was called "
             "for its frame (the producer sleeps until just before each due time, then spins). "
             "baseline: the same producer doing only the memcpy into a ring-sized footprint, a "

@@ -78,7 +78,7 @@ class StreamStats:
     journal_s: float = 0.0
     idle_s: float = 0.0
     slowest_write_s: float = 0.0
-    cpu_s: float = 0.0  #: the writer thread's own CPU time, at finalize
+    cpu_s: float = 0.0  #: the writer thread's own CPU time, first frame to finalized
 
 
 class StreamWorker(threading.Thread):
@@ -286,6 +286,9 @@ class StreamWorker(threading.Thread):
         self._released.append(slot)
 
     def _write(self, seq: int, slot: int, meta: dict | None, payload: Any) -> None:
+        if not self.stats.received:  # the timings count from the first frame, not set-up
+            self.stats.idle_s = 0.0
+            self.stats.cpu_s = -time.thread_time()
         self.stats.received += 1
         self._last_frame = time.monotonic()
         self._lent += 1
@@ -392,7 +395,6 @@ class StreamWorker(threading.Thread):
             self._send(out, P.error_header(
                 P.E_SHUTDOWN, f"the daemon ended the stream ({reason}); it is finalized with "
                               f"the {self.stats.received} frames received", stream=self.sid))
-        self.stats.cpu_s = time.thread_time()
         if self.stream is not None:
             started = time.monotonic()
             try:
@@ -404,6 +406,7 @@ class StreamWorker(threading.Thread):
             self.stats.written = self.stream.frames_written
             log.info("stream %d (%s) finalized in %.3f s: %s", self.sid,
                      self.settings.root_path, time.monotonic() - started, reason)
+        self.stats.cpu_s += time.thread_time()  # from the first frame through finalize
         # every slot comes back before the final report (PROTOCOL.md 3): the client's credits
         # are whole again, also for the frames whose chunks the close just wrote
         self._send_release(out, journal=False)  # finalized: the journal is gone

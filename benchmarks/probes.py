@@ -38,6 +38,14 @@ class ClientProbe:
         for name, kind in (("_wait_for_slot", "slot wait"), ("_pump", "pump"),
                            ("_check_daemon_alive", "liveness")):
             setattr(stream, name, self._wrap(getattr(stream, name), kind))
+        other = stream._other_slot
+        self.out_of_order = 0  # frames put in another slot than their own (seq % slots)
+
+        def other_slot():
+            slot = other()
+            self.out_of_order += slot >= 0 and slot != stream._seq % stream._credits
+            return slot
+        stream._other_slot = other_slot
         gc.callbacks.append(self._on_gc)
         ru = resource.getrusage(resource.RUSAGE_SELF)
         self._ru0 = (ru.ru_nivcsw, ru.ru_minflt)
@@ -86,6 +94,7 @@ class ClientProbe:
         out = {k: {"count": c, "total_ms": t / 1e6, "max_us": m / 1e3}
                for k, (c, t, m) in self.totals.items()}
         out["ring_full_waits"] = self.ring_full
+        out["out_of_order_slots"] = self.out_of_order
         out["involuntary_switches"] = self._ru1[0] - self._ru0[0]
         out["minor_faults"] = self._ru1[1] - self._ru0[1]
         top = max(1, len(lat) // 100)

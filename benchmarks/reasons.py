@@ -177,10 +177,21 @@ def client_tail(runs: list[dict], what: str = "append", tail: str = "p99"
               f"longest pump {pump:,.0f} µs, GC pause {gc:,.0f} µs, liveness check "
               f"{live:,.0f} µs; {switches:,.0f} involuntary context switches of the producer")
     ours = by.get("pump", 0) + by.get("liveness", 0) + by.get("gc", 0)
+    copy = med(runs, lambda r: r["memcpy_us"]["p50"])
+    if copy:
+        reason += (f"; the bare memcpy of the same frame (same process, after the run): "
+                   f"median {copy:,.0f} µs, p99 {_m(runs, lambda r: r['memcpy_us']['p99']):,.0f}"
+                   f" µs")
     top = max(by, key=by.get)
     label = "none of ours" if top == "none" else top
     short = f"{label}: {by[top] / total:.0%} of {which}"
-    if by.get("none", 0) >= ours:
+    if tail == "max" and copy and copy > 500 and what == "append":
+        cores = (f"the copy alone takes {copy:,.0f} µs (median) of the 1 ms here: an append() "
+                 "that copies this frame cannot keep its maximum under 1 ms on this VM's memory "
+                 "bandwidth; the rest "
+                 "is the producer descheduled or the copy slowed beside the daemon's; more "
+                 "cores do not speed one copy, claim() (zero-copy) avoids it")
+    elif by.get("none", 0) >= ours:
         cores = ("none of our client's slow paths explains most of these calls: the producer "
                  "was descheduled on its pinned core (the others' load and the VM's vCPUs share "
                  "it) or the copy itself ran slow beside the daemon's copies; a core left to "
@@ -192,17 +203,28 @@ def client_tail(runs: list[dict], what: str = "append", tail: str = "p99"
 
 
 def nice(runs_by_label: dict[str, list[dict]]) -> str:
-    """Why one nice level did worse: who fell behind (ring-full waits, backlog)."""
-    out = []
+    """What each nice level did to the camera: did the daemon fall behind (ring-full
+    waits, backlog at the last frame), and how many appends were slow."""
+    out, behind = [], {}
     for label, runs in runs_by_label.items():
         full = _m(runs, lambda r: r["client_probe"]["ring_full_waits"])
         backlog = _m(runs, lambda r: r["backlog"])
         slow = _m(runs, lambda r: r["client_probe"]["slow_appends"]["count"])
+        behind[label] = (full, backlog)
         out.append(f"{label}: ring-full waits {full:.0f}, backlog at the last frame "
                    f"{backlog:.0f}, appends > 1 ms {slow:.0f}")
-    return "; ".join(out) + (". A daemon at a lower priority loses the core to the CPU-busy "
-                             "process, falls behind and fills the ring, which then blocks the "
-                             "camera: it helps only where a core is left for it")
+    (lo, a), (hi, b) = list(behind.items())[0], list(behind.items())[-1]
+    if b[0] > a[0]:
+        end = (f". At {hi} the daemon lost the core to the CPU-busy process, fell behind and "
+               "filled the ring, which then blocked the camera: a lower priority helps only "
+               "where a core is left for the daemon")
+    elif b[1] > a[1]:
+        end = (f". At {hi} the daemon was further behind at the last frame but the ring did "
+               "not fill: the camera loop won the CPU, as intended, and the daemon caught up "
+               "at close")
+    else:
+        end = ". Neither fell behind: the difference in lateness is the producer's own scheduling"
+    return "; ".join(out) + end
 
 
 def _spread(vals: list[float]) -> float:

@@ -19,6 +19,7 @@ The figures, all medians over the repeats of the run in question:
 
 from __future__ import annotations
 
+import math
 import statistics
 
 from report import med, values  # (report imports this module inside targets())
@@ -121,21 +122,32 @@ def lateness(runs: list[dict], base: list[dict], rate_hz: float) -> tuple[str, s
     cpu_gb = _m(runs, lambda r: r.get("daemon_cpu_s", 0) / _gb(r))
     gbs = _m(runs, lambda r: r["bytes"] / r["frames"]) * rate_hz / 1e9
     slow = _m(runs, lambda r: r["client_probe"]["slow_appends"]["count"])
+    in_write = _m(runs, _share("write_s"))
+    on_cpu = _m(runs, lambda r: r["timings"]["worker_cpu_s"] / r["timings"]["write_s"])
     base_spread = _spread(values(base, lambda r: r["lateness_us"]["p99"]))
     reason = (f"ring-full waits {full:.0f} per run (slot waits {waited:,.1f} ms in all, longest "
               f"{wmax:,.1f} ms), backlog at the last frame {backlog:.0f} frames; the daemon's "
-              f"slowest single write {slowest:,.1f} ms; appends > 1 ms {slow:.0f}; "
+              f"writer thread was in its write calls {in_write:.0%} of the wall and had a CPU "
+              f"for {min(on_cpu, 1):.0%} of that time (the rest: waiting for a CPU or in the "
+              f"kernel), slowest single write {slowest:,.1f} ms; appends > 1 ms {slow:.0f}; "
               f"{_machine(runs)}; baseline p99 spread {base_spread:.0%} (the VM's noise)")
     need = gbs * cpu_gb
     frame = _m(runs, lambda r: r["bytes"] / r["frames"])
     span = min(4096, max(8, RING_BYTES // frame)) / rate_hz * 1e3 if frame else 0.0
+    one_at_a_time = not values(runs, lambda r: r["timings"]["write_wait_s"])  # OME-TIFF
     if full > 0:
         short = f"writer behind: ring full {full:.0f}×"
         cores = (f"the writer fell behind (the ring filled): at {gbs:.2f} GB/s the daemon needs "
                  f"{need:.2f} cores ({cpu_gb:.2f} CPU s/GB), which it did not get beside the "
-                 "producer and the others' load; with a core of its own (≥ 3 cores) and a "
+                 f"producer and the others' load; with {math.ceil(need)} core(s) of its own "
+                 f"(≥ {math.ceil(need) + 1} in all, one for the producer) and a "
                  f"slowest write ({slowest:,.0f} ms here) shorter than the ring's span "
                  f"({span:,.0f} ms of frames) it would not block the camera")
+        if one_at_a_time and in_write > 0.5:
+            cores += (f". This writer writes one page at a time on its one thread ({in_write:.0%} "
+                      "of the wall in writes, mostly off the CPU): a write that waits for the "
+                      "CPU or the kernel holds up every frame behind it, where OME-Zarr keeps "
+                      "several writes in flight on tensorstore's threads")
     else:
         short = "producer descheduled (ring never full)"
         cores = ("the ring never filled: the lateness is the producer's own scheduling "

@@ -1,7 +1,7 @@
 """Benchmark: the service against the raw disk, tensorstore alone, ome-writers 0.3.2 and
 acquire-zarr, with the targets of issue 18 marked met or not.
 
-    python benchmarks/run.py                 # everything at full size, 5 repeats (~12 min)
+    python benchmarks/run.py                 # everything at full size, 5 repeats (~16 min)
     python benchmarks/run.py --scale 0.05 --repeats 1 --out /tmp/smoke   # tiny, for a check
 
 Sections (``--sections``): ``throughput`` (W1-W3 through close), ``camera`` (a paced producer:
@@ -13,7 +13,8 @@ daemon's peak at 1x and 4x the frames).
 Every writer runs in a fresh child process; the daemons run for the whole benchmark (the
 memory section starts one per run) and their resident size is sampled during each run.
 Writers are interleaved within each repeat so that drifting machine speed hits all alike.
-Results: ``results.json`` (every run), ``results.md`` (targets, tables) and ``results.png``.
+Results: ``results.json`` (every run), ``results.md`` (targets, each one not met with its
+measured reason: `probes`, `reasons`; tables) and ``results.png``.
 """
 
 from __future__ import annotations

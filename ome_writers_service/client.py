@@ -407,13 +407,14 @@ class ServiceStream:
         return slot if self._free[slot] else self._free.find(1)
 
     def _wait_for_own_slot(self, slot: int) -> None:
-        """While the ring is nearly full (the daemon about a ring behind), wait a little for
-        the frame's own slot. Frames in their own slots let the daemon write a chunk of
+        """While at least half the ring is in use (the daemon far behind), wait a little for
+        the frame's own slot (seq % slots). Frames in their own slots let the daemon write a chunk of
         several frames straight from the ring; a frame put elsewhere makes it copy the
         chunk into a buffer, which releases those slots out of order, and so on: in W2
         (20,000 frames, 64 to a chunk) 58 % of the frames went to another slot and the
-        daemon copied a third of them, falling further behind. Bounded: a slot held longer
-        (a unit still being assembled) is not waited for."""
+        daemon copied a third of them, falling further behind. Bounded by OWN_SLOT_WAIT and
+        by half the ring coming free: a slot held longer (its unit still being assembled)
+        is not waited for."""
         deadline = _monotonic() + OWN_SLOT_WAIT
         while not self._free[slot] and self._nfree < self._credits // 2:
             remaining = deadline - _monotonic()

@@ -336,8 +336,10 @@ class TensorstoreZarrBackend(ArrayBackend):
         self._after_put(position, key, block)
 
     def timings(self) -> dict[str, float]:
-        """Frames copied into chunk buffers (the lend budget was spent) and the time spent
-        waiting for tensorstore's writes in flight (the disk, or its threads, behind)."""
+        """Frames copied into a chunk buffer as they came, not lent (the lend budget spent,
+        or the frame not where a write straight from the ring needs it; lent frames copied
+        later are not counted), and the time spent waiting for tensorstore's writes in
+        flight (the disk, or its threads, behind)."""
         return {"frames_copied": self._copied, "write_wait_s": round(self._waited_s, 4)}
 
     def give_back_held(self) -> None:

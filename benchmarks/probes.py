@@ -39,11 +39,12 @@ class ClientProbe:
                            ("_check_daemon_alive", "liveness")):
             setattr(stream, name, self._wrap(getattr(stream, name), kind))
         other = stream._other_slot
-        self.out_of_order = 0  # frames put in another slot than their own (seq % slots)
+        self.out_of_order = 0  # frames put in another slot than the one they preferred
 
         def other_slot():
+            preferred = stream._next_slot
             slot = other()
-            self.out_of_order += slot >= 0 and slot != stream._seq % stream._credits
+            self.out_of_order += slot >= 0 and slot != preferred
             return slot
         stream._other_slot = other_slot
         gc.callbacks.append(self._on_gc)

@@ -79,27 +79,43 @@ def ratio(ours: list[dict], theirs: list[dict], get=mbps, best: bool = False) ->
 # ---------------------------------------------------------------- targets
 
 class Targets:
+    """The targets table; each target not met gets its measured reason (`reasons`: a few
+    words in the table, the figures and the more-cores line in the list after it)."""
+
     def __init__(self) -> None:
         self.rows: list[str] = []
+        self.why: list[str] = []
         self.met = self.missed = 0
 
-    def add(self, what: str, measured: str, ok: bool | None, note: str = "") -> None:
+    def add(self, what: str, measured: str, ok: bool | None, note: str = "",
+            why=None) -> None:
         if ok is True:
             self.met += 1
         elif ok is False:
             self.missed += 1
         mark = "reported" if ok is None else "**met**" if ok else "**NOT met**"
-        self.rows.append(f"| {what} | {measured} | {mark} | {note} |")
+        short = ""
+        if ok is not True and why is not None:
+            try:
+                short, reason, cores = why()
+            except (KeyError, TypeError, ZeroDivisionError, ValueError) as e:
+                short, reason, cores = "—", f"figures missing ({e!r})", ""
+            self.why.append(f"{len(self.why) + 1}. **{what}** — {measured}. *Measured:* "
+                            f"{reason}." + (f" *More cores:* {cores}." if cores else ""))
+            short = f"{short} ({len(self.why)})"
+        self.rows.append(f"| {what} | {measured} | {mark} | {short} | {note} |")
 
     def threshold(self, what: str, value: float | None, ok, shown: str,
-                  note: str = "") -> None:
+                  note: str = "", why=None) -> None:
         if value is None:
             self.add(what, "not measured", False, note or "no successful run")
         else:
-            self.add(what, shown, bool(ok(value)), note)
+            self.add(what, shown, bool(ok(value)), note, why)
 
 
 def targets(res: dict) -> list[str]:
+    import reasons as Y
+
     t = Targets()
     wls = res.get("workloads", {})
     for name, fmt, floor in (("W1", "zarr", 0.85), ("W1", "tiff", 0.95), ("W3", "zarr", 0.75)):
@@ -109,7 +125,8 @@ def targets(res: dict) -> list[str]:
         t.threshold(f"{name} service OME-{fmt.upper()} ≥ {floor}× raw disk (through close)",
                     v, lambda x: x >= floor,
                     f"{v or 0:.2f}× raw median ({vb or 0:.2f}× its best run)",
-                    _noise_note(raw, mbps, "raw disk"))
+                    _noise_note(raw, mbps, "raw disk"),
+                    lambda: Y.throughput(ours, raw, floor=floor))
     w1 = wls.get("W1")
     if w1:  # issue 19: resolution levels computed as frames arrive
         for fmt in ("tiff", "zarr"):
@@ -123,7 +140,9 @@ def targets(res: dict) -> list[str]:
         v = med(w2.get(f"service {fmt}", []), fps)
         t.threshold(f"W2 service OME-{fmt.upper()} ≥ 25,000 frames/s (through close)", v,
                     lambda x: x >= 25000, f"{v or 0:,.0f} frames/s",
-                    _noise_note(w2.get("raw disk", []), mbps, "raw disk"))
+                    _noise_note(w2.get("raw disk", []), mbps, "raw disk"),
+                    lambda fmt=fmt: Y.throughput(w2.get(f"service {fmt}", []),
+                                                 w2.get("raw disk", []), fps_target=25000))
     cam = res.get("camera", {})
     for case, c in cam.items():
         base = c["runs"].get("baseline", [])
@@ -135,7 +154,8 @@ def targets(res: dict) -> list[str]:
             t.threshold(f"camera {case}, OME-{fmt.upper()}: lateness p99 ≤ 1.5× the memcpy "
                         "producer's (other core busy)", x, lambda x: x <= 1.5,
                         f"{x or 0:.2f}× ({v or 0:,.0f} µs vs {b or 0:,.0f} µs)",
-                        _noise_note(base, lambda r: r["lateness_us"]["p99"], "baseline"))
+                        _noise_note(base, lambda r: r["lateness_us"]["p99"], "baseline"),
+                        lambda runs=runs: Y.lateness(runs, base, c.get("rate_hz", 0)))
         for fmt in ("tiff", "zarr"):
             runs = c["runs"].get(f"pinned {fmt}", [])
             p99 = med(runs, lambda r: r["latency_us"]["p99"])
@@ -143,15 +163,16 @@ def targets(res: dict) -> list[str]:
             x = None if p99 is None or not mc else p99 / mc
             t.threshold(f"camera {case}, OME-{fmt.upper()}, pinned: append p99 ≤ 2× memcpy p99",
                         x, lambda x: x <= 2.0, f"{x or 0:.2f}× ({p99 or 0:.1f} µs vs "
-                        f"{mc or 0:.1f} µs)")
+                        f"{mc or 0:.1f} µs)", why=lambda runs=runs: Y.client_tail(runs))
             mx = med(runs, lambda r: r["latency_us"]["max"])
             t.threshold(f"camera {case}, OME-{fmt.upper()}, pinned: append max ≤ 1 ms", mx,
                         lambda x: x <= 1000, f"{mx or 0:,.0f} µs (median of the runs' maxima; "
-                        f"worst {max(values(runs, lambda r: r['latency_us']['max']) or [0]):,.0f})")
+                        f"worst {max(values(runs, lambda r: r['latency_us']['max']) or [0]):,.0f})",
+                        why=lambda runs=runs: Y.client_tail(runs, tail="max"))
         runs = c["runs"].get("pinned zarr claim", [])
         v = med(runs, lambda r: r["claim_us"]["p99"])
         t.threshold(f"camera {case}, pinned: claim() p99 ≤ 50 µs", v, lambda x: x <= 50,
-                    f"{v or 0:.1f} µs")
+                    f"{v or 0:.1f} µs", why=lambda runs=runs: Y.client_tail(runs, "claim"))
     nice = res.get("nice")
     if nice:
         runs = nice["runs"]
@@ -160,7 +181,8 @@ def targets(res: dict) -> list[str]:
             v = med(runs[label], lambda r: r["lateness_us"]["p99"])
             lines.append(f"{label}: lateness p99 {v or 0:,.0f} µs")
         t.add(f"daemon at a lower CPU priority ({nice['case']}, a CPU-busy process on the "
-              "machine): its effect", "; ".join(lines), None)
+              "machine): its effect", "; ".join(lines), None,
+              why=lambda: ("see (measured)", Y.nice(runs), ""))
     comp = res.get("compression", {})
     for codec, c in comp.items():
         ours, theirs = c["runs"].get("service", []), c["runs"].get("acquire-zarr", [])
@@ -184,7 +206,10 @@ def targets(res: dict) -> list[str]:
     return ["## Targets (issue 18)", "",
             f"{t.met} met, {t.missed} not met. Medians of the interleaved repeats decide; a "
             f"note says when the section's baseline spread more than {NOISY:.0%} (noisy).", "",
-            "| target | measured | | note |", "|---|---|---|---|", *t.rows, ""]
+            "| target | measured | | measured reason | note |", "|---|---|---|---|---|",
+            *t.rows, "", "### Targets not met: the measured reason, and what more cores would "
+            "change", "", "Figures of the same run, medians over its repeats (`benchmarks/"
+            "reasons.py` says how each is read).", "", *t.why, ""]
 
 
 def _noise_note(runs: list[dict], get, what: str) -> str:

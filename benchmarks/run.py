@@ -1,7 +1,7 @@
 """Benchmark: the service against the raw disk, tensorstore alone, ome-writers 0.3.2 and
 acquire-zarr, with the targets of issue 18 marked met or not.
 
-    python benchmarks/run.py                 # everything at full size, 5 repeats (~12 min)
+    python benchmarks/run.py                 # everything at full size, 5 repeats (~16 min)
     python benchmarks/run.py --scale 0.05 --repeats 1 --out /tmp/smoke   # tiny, for a check
     # issue 19's pyramid cost alone: W1 at levels=1 and levels=4, both formats, interleaved
     python benchmarks/run.py --sections throughput --workloads W1 \
@@ -16,7 +16,8 @@ daemon's peak at 1x and 4x the frames).
 Every writer runs in a fresh child process; the daemons run for the whole benchmark (the
 memory section starts one per run) and their resident size is sampled during each run.
 Writers are interleaved within each repeat so that drifting machine speed hits all alike.
-Results: ``results.json`` (every run), ``results.md`` (targets, tables) and ``results.png``.
+Results: ``results.json`` (every run), ``results.md`` (targets, each one not met with its
+measured reason: `probes`, `reasons`; tables) and ``results.png``.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import probes as P  # noqa: E402
 import report as R  # noqa: E402
 import workloads as W  # noqa: E402
 
@@ -98,20 +100,28 @@ def child(spec: dict) -> None:
     session = W.OPENERS[spec["fn"]](wl, root, spec["format"], **kw)
     res: dict = {"open_s": time.perf_counter() - t_open}
     W.fault_in(int(wl.nbytes * 1.2))
+    probe = None if session.stream is None else P.ClientProbe(session.stream)
+    system = P.SystemProbe(spec.get("daemon_pid"))  # the daemon on the clock, not its set-up
+    system.start()
     cpu0 = _cpu_s(resource.getrusage(resource.RUSAGE_SELF))
     t0 = time.perf_counter()
     if spec.get("rate_hz"):
-        lat, late = W.paced_loop(session.append, frames, wl.n_frames, spec["rate_hz"])
+        lat, late, starts = W.paced_loop(session.append, frames, wl.n_frames, spec["rate_hz"])
         res["lateness_us"] = _pct(late)
     else:
-        lat = W.timed_loop(session.append, frames, wl.n_frames)
+        lat, starts = W.timed_loop(session.append, frames, wl.n_frames)
     res["loop_s"] = time.perf_counter() - t0
     res["backlog"] = session.backlog()
+    if probe is not None:
+        res["client_probe"] = probe.summary(starts, lat, slow_ns=1_000_000)
     res.update(session.close())
     if "claim_ns" in res:
         res["claim_us"] = _pct(res.pop("claim_ns"))
     res["close_s"] = time.perf_counter() - t0
     res["cpu_s"] = _cpu_s(resource.getrusage(resource.RUSAGE_SELF)) - cpu0
+    res["system"] = system.stop()
+    if spec.get("daemon_pid"):
+        res["daemon_cpu_s"] = res["system"]["daemon_cpu_s"]
     res["latency_us"] = _pct(lat)
     if spec.get("memcpy"):
         res["memcpy_us"] = _pct(W.memcpy(wl, frames, spec.get("rate_hz")))
@@ -163,11 +173,6 @@ class DaemonHandle:
             if line.startswith(key + ":"):
                 return int(line.split()[1]) / 1024
         return float("nan")
-
-    def cpu_s(self) -> float:
-        """CPU time (user + system) the daemon used so far, every thread."""
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def stop(self) -> None:
         self.proc.send_signal(signal.SIGTERM)
@@ -237,8 +242,8 @@ class Bench:
         os.sync()  # no writeback of the previous run's data competes with this one
         service = spec["fn"] == "service"
         if service:
+            spec["daemon_pid"] = daemon.proc.pid
             daemon.reset_peak()
-            cpu0 = daemon.cpu_s()
             sampler = RssSampler(daemon)
             sampler.start()
         try:
@@ -254,7 +259,6 @@ class Bench:
         if service and "error" not in res:
             res["daemon_peak_rss_mb"] = sampled
             res["daemon_hwm_rss_mb"] = daemon.status_mb("VmHWM")
-            res["daemon_cpu_s"] = daemon.cpu_s() - cpu0  # (its set-up and finalize included)
         return res
 
     @staticmethod
@@ -326,7 +330,7 @@ def camera(b: Bench) -> dict:
                            "scale": b.a.scale * scale}, daemon, busy=busy)
                 runs.setdefault(label, []).append(r)
                 _say(f"camera {title}", rep, b.a.repeats, label, r)
-        out[title] = {"runs": runs, "about": (
+        out[title] = {"runs": runs, "rate_hz": rate, "about": (
             f"Frames due every {1e6 / rate:,.0f} µs; lateness: how late append() was called "
             "for its frame (the producer sleeps until just before each due time, then spins). "
             "baseline: the same producer doing only the memcpy into a ring-sized footprint, a "

@@ -86,6 +86,7 @@ class Session:
     close: Callable[[], dict]
     paths: list[str]
     backlog: Callable[[], int] = field(default=lambda: 0)
+    stream: Any = None  #: the service stream, for `probes.ClientProbe`
 
 
 # ---- writers ----
@@ -118,13 +119,14 @@ def open_service(wl: Workload, root: Path, fmt: str, endpoint: str, token: str,
 
     def close() -> dict:
         report = stream.close()
-        out = {"dropped": report["frames_dropped"], "written": report["frames_written"]}
+        out = {"dropped": report["frames_dropped"], "written": report["frames_written"],
+               "timings": report.get("timings", {})}
         if claim_ns:
             out["claim_ns"] = np.array(claim_ns)
         return out
 
     paths = stream.paths if fmt == "tiff" else [str(root)]
-    return Session(append, close, paths, backlog=lambda: stream.lag)
+    return Session(append, close, paths, backlog=lambda: stream.lag, stream=stream)
 
 
 def open_inprocess(wl: Workload, root: Path, fmt: str) -> Session:
@@ -243,26 +245,29 @@ def fault_in(nbytes: int) -> None:
     del buf
 
 
-def timed_loop(append: Callable, frames: list[np.ndarray], n: int) -> np.ndarray:
-    """Burst: each frame as soon as the previous call returns; per-call latency in ns."""
+def timed_loop(append: Callable, frames: list[np.ndarray], n: int):
+    """Burst: each frame as soon as the previous call returns. Returns (call latency, when
+    each call started), in ns."""
     lat = np.empty(n, np.int64)
+    starts = np.empty(n, np.int64)
     clock = time.perf_counter_ns
     k = len(frames)
     for i in range(n):
-        t0 = clock()
+        t0 = starts[i] = clock()
         append(frames[i % k])
         lat[i] = clock() - t0
-    return lat
+    return lat, starts
 
 
 def paced_loop(append: Callable, frames, n: int, rate_hz: float):
     """Camera simulation: frame i is due at t0 + i/rate. The producer sleeps until shortly
     before the due time (as a camera SDK blocks waiting for its next frame: it does not hold
     a core the writer needs), spins the last 60 µs, then calls append(). Returns (call
-    latency, lateness of each call), in ns."""
+    latency, lateness of each call, when each call started), in ns."""
     period = 1e9 / rate_hz
     lat = np.empty(n, np.int64)
     late = np.empty(n, np.int64)
+    starts = np.empty(n, np.int64)
     clock = time.perf_counter_ns
     sleep = time.sleep
     k = len(frames)
@@ -276,9 +281,10 @@ def paced_loop(append: Callable, frames, n: int, rate_hz: float):
         while now < due:
             now = clock()
         late[i] = now - due
+        starts[i] = now
         append(frames[i % k])
         lat[i] = clock() - now
-    return lat, late
+    return lat, late, starts
 
 
 #: Bytes of frames the service's ring holds by default (daemon.RING_BYTES)

@@ -537,12 +537,25 @@ def pid_namespace() -> str:
 
 class ProcessWatch:
     """Whether process ``pid`` still runs. On Windows a handle opened once: it keeps the pid
-    from being reused and tells the moment the process ends. On POSIX signal 0 and /proc (a
-    zombie, dead but not reaped, counts as gone)."""
+    from being reused and tells the moment the process ends. On Linux a pidfd, polled: the
+    same, in ~1 µs (signal 0 and a read of /proc took 20 µs, and up to ~300 µs on a busy
+    VM, in the camera loop's append() every 0.25 s: its slowest calls). Elsewhere signal 0
+    and /proc (a zombie, dead but not reaped, counts as gone)."""
 
     def __init__(self, pid: int) -> None:
         self.pid = pid
         self._handle = None
+        self._poll = self._pidfd = None
+        if not WINDOWS and pid > 0 and hasattr(os, "pidfd_open"):
+            import select
+
+            try:
+                self._pidfd = os.pidfd_open(pid)
+            except OSError as e:  # ESRCH: gone already; else (ENOSYS, ...) signal 0 and /proc
+                self._gone = e.errno == errno.ESRCH
+            else:
+                self._poll = select.poll()
+                self._poll.register(self._pidfd, select.POLLIN)
         if WINDOWS and pid > 0:
             import _winapi
 
@@ -555,6 +568,10 @@ class ProcessWatch:
 
     def alive(self) -> bool:
         if not WINDOWS:
+            if self._poll is not None:
+                return not self._poll.poll(0)  # readable once the process has ended
+            if getattr(self, "_gone", False):
+                return False
             return pid_alive(self.pid)
         if self._handle is None:
             return self.pid > 0 and not getattr(self, "_gone", True)
@@ -563,6 +580,10 @@ class ProcessWatch:
         return _winapi.WaitForSingleObject(self._handle, 0) == _winapi.WAIT_TIMEOUT
 
     def close(self) -> None:
+        if self._pidfd is not None:
+            self._poll = None
+            os.close(self._pidfd)
+            self._pidfd = None
         if self._handle is not None:
             import _winapi
 

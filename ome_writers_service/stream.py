@@ -157,6 +157,10 @@ class OMEStream(metaclass=abc.ABCMeta):
         if self._events:
             self._events.emit(n, loc.index)
 
+    def backend_timings(self) -> dict[str, float]:
+        """The backend's own timings (`ArrayBackend.timings`), for the daemon's report."""
+        return self._backend.timings()
+
     def flush_journal(self) -> None:
         """Write the per-frame metadata batched so far to the journal (the daemon does, before
         it releases the frames' slots)."""

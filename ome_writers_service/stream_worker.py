@@ -70,6 +70,15 @@ class StreamStats:
     refused: int = 0  #: frame notices refused (their slots given back unwritten)
     started: float = field(default_factory=time.monotonic)
     errors: list[str] = field(default_factory=list)
+    #: where the writer thread's time went (seconds; `timings` in the report): handing
+    #: frames to the backend (for OME-TIFF the page's write into the page cache; for
+    #: OME-Zarr copies into chunk buffers and waits for writes in flight), flushing the
+    #: journal before a release, and waiting for work (idle: the thread was not the limit)
+    write_s: float = 0.0
+    journal_s: float = 0.0
+    idle_s: float = 0.0
+    slowest_write_s: float = 0.0
+    cpu_s: float = 0.0  #: the writer thread's own CPU time, first frame to finalized
 
 
 class StreamWorker(threading.Thread):
@@ -148,16 +157,19 @@ class StreamWorker(threading.Thread):
                 return
             while True:
                 self._idle = True  # a write finishing wakes us (`_write`'s done)
+                waited = time.perf_counter()
                 try:  # while lent slots are out, wake up to hand them back
                     item = self.queue.get(timeout=self._release_wait())
                 except queue.Empty:
                     self._idle = False
+                    self.stats.idle_s += time.perf_counter() - waited
                     if self._lent and not self._released and self.stream is not None and \
                             time.monotonic() - self._last_frame >= HOLD_WHILE_IDLE:
                         self._guard(self.stream.give_back_held)
                     self._send_release(out)
                     continue
                 self._idle = False
+                self.stats.idle_s += time.perf_counter() - waited
                 kind = item[0]
                 if kind == "wake":  # slots came free: hand them back (below)
                     pass
@@ -274,6 +286,9 @@ class StreamWorker(threading.Thread):
         self._released.append(slot)
 
     def _write(self, seq: int, slot: int, meta: dict | None, payload: Any) -> None:
+        if not self.stats.received:  # the timings count from the first frame, not set-up
+            self.stats.idle_s = 0.0
+            self.stats.cpu_s = -time.thread_time()
         self.stats.received += 1
         self._last_frame = time.monotonic()
         self._lent += 1
@@ -304,6 +319,7 @@ class StreamWorker(threading.Thread):
             frame = np.frombuffer(payload, dtype=self._dtype).reshape(self._shape)
         else:
             frame = self._views[slot]
+        started = time.perf_counter()
         try:
             self.stream.append_borrowed(frame, done, frame_metadata=meta)
         except Exception as e:  # noqa: BLE001 - reported to the client, never raised here
@@ -311,6 +327,10 @@ class StreamWorker(threading.Thread):
             self._failed(e, seq)
             done()
             return
+        took = time.perf_counter() - started
+        self.stats.write_s += took
+        if took > self.stats.slowest_write_s:
+            self.stats.slowest_write_s = took
         self.stats.written += 1
         if self.ring is not None:
             self.ring.set_frames_written(self.stats.written)
@@ -386,6 +406,7 @@ class StreamWorker(threading.Thread):
             self.stats.written = self.stream.frames_written
             log.info("stream %d (%s) finalized in %.3f s: %s", self.sid,
                      self.settings.root_path, time.monotonic() - started, reason)
+        self.stats.cpu_s += time.thread_time()  # from the first frame through finalize
         # every slot comes back before the final report (PROTOCOL.md 3): the client's credits
         # are whole again, also for the frames whose chunks the close just wrote
         self._send_release(out, journal=False)  # finalized: the journal is gone
@@ -431,7 +452,9 @@ class StreamWorker(threading.Thread):
             # the metadata of the frames released is in the journal first: a frame the
             # daemon released keeps its metadata even if the daemon dies
             if journal and self.stream is not None and not self.stats.errors:
+                started = time.perf_counter()
                 self._guard(self.stream.flush_journal)
+                self.stats.journal_s += time.perf_counter() - started
             self._lent -= len(slots)
             self.stats.released += frames
             self._send(out, {"type": P.RELEASE, "stream": self.sid, "slots": slots})
@@ -485,4 +508,8 @@ class StreamWorker(threading.Thread):
             "elapsed_s": round(elapsed, 3),
             "rate_fps": round(s.written / elapsed, 1) if elapsed > 0 else 0.0,
             "errors": list(s.errors),
+            "timings": {"write_s": round(s.write_s, 4), "slowest_write_s":
+                        round(s.slowest_write_s, 4), "journal_s": round(s.journal_s, 4),
+                        "idle_s": round(s.idle_s, 4), "worker_cpu_s": round(s.cpu_s, 4),
+                        **(self.stream.backend_timings() if self.stream is not None else {})},
         }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -51,4 +52,13 @@ def test_benchmark_runs_end_to_end_on_tiny_sizes(tmp_path):
                 "compression zstd level 1", "peak RSS at 4× the frames",
                 "W1 service zarr levels=4 ≥ 0.75× levels=1"):
         assert row in md, row
+    # the figures the measured reasons come from are taken in every service run
+    (zarr,) = data["workloads"]["W2"]["runs"]["service zarr"]
+    assert {"write_s", "idle_s", "worker_cpu_s", "frames_copied"} <= set(zarr["timings"])
+    assert zarr["client_probe"]["slot wait"]["count"] >= 0 and "steal" in zarr["system"]
+    assert "### Targets not met: the measured reason" in md
+    for line in md.splitlines():  # a throughput or camera target not met names its reason
+        if line.startswith(("| W1 service OME", "| W2 service", "| camera")) and \
+                "NOT met" in line and "not measured" not in line:
+            assert re.search(r"\(\d+\) \|", line), line
     assert not any((tmp_path / "work").iterdir())  # datasets are removed after each run

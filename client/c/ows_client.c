@@ -69,6 +69,7 @@ struct ows_stream {
     int credits;
     int nfree;             /* slots the client may fill */
     unsigned char *busy;   /* busy[i]: slot i is lent to the daemon (or claimed) */
+    int next_slot;         /* the slot after the previous frame's: the next frame's choice */
     int inline_mode;
     unsigned char *ring;
     size_t ring_size, header_size, slot_size;
@@ -955,10 +956,11 @@ static int check_usable(ows_stream *s) {
     return OWS_OK;
 }
 
-/* A free slot in *slot, or OWS_DROPPED / an error per the backpressure policy. Frame n
- * prefers slot n % credits (as the Python client does): consecutive frames then lie in
- * consecutive slots, and the daemon can write a chunk of several frames straight from the
- * ring. */
+/* A free slot in *slot, or OWS_DROPPED / an error per the backpressure policy. A frame
+ * prefers the slot after the previous frame's, else the first free one after that (as the
+ * Python client does): consecutive frames then lie in consecutive slots, and the daemon can
+ * write a chunk of several frames straight from the ring, also once slots came back out of
+ * order (preferring n % credits then scattered the frames, and each chunk was copied). */
 static int take_slot(ows_stream *s, int *slot) {
     if (!s->nfree) cJSON_Delete(pump(s, 0, NULL));
     if (!s->nfree) {
@@ -984,11 +986,15 @@ static int take_slot(ows_stream *s, int *slot) {
             }
         }
     }
-    int pref = (int)(s->seq % s->credits);
-    if (s->busy[pref]) /* any free one: there is one */
-        pref = (int)((unsigned char *)memchr(s->busy, 0, (size_t)s->credits) - s->busy);
+    int pref = s->next_slot;
+    if (s->busy[pref]) { /* the first free one after it, else from the start: there is one */
+        unsigned char *p = memchr(s->busy + pref, 0, (size_t)(s->credits - pref));
+        if (!p) p = memchr(s->busy, 0, (size_t)s->credits);
+        pref = (int)(p - s->busy);
+    }
     s->busy[pref] = 1;
     s->nfree--;
+    s->next_slot = pref + 1 < s->credits ? pref + 1 : 0;
     *slot = pref;
     return OWS_OK;
 }
@@ -996,6 +1002,7 @@ static int take_slot(ows_stream *s, int *slot) {
 static void give_back(ows_stream *s, int slot) {
     s->busy[slot] = 0;
     s->nfree++;
+    s->next_slot = slot; /* the next frame takes it: the run of slots stays unbroken */
 }
 
 /* The checks every frame passes (stream usable, nothing claimed, room left), then a slot. */

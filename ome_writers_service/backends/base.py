@@ -95,6 +95,10 @@ class ArrayBackend(ABC):
         self.write(position, index, frame, metadata)
         done()
 
+    def timings(self) -> dict[str, float]:
+        """Where this backend's time went so far, for the daemon's report (`timings`)."""
+        return {}
+
     def give_back_held(self) -> None:
         """Copy the frames still lent in units being assembled to where they survive this
         process, and hand them back (the daemon does when no frame came for a while)."""

@@ -16,6 +16,7 @@ are written as soon as their last plane is computed (partial ones at finalize).
 from __future__ import annotations
 
 import os
+import time
 from collections import deque
 from operator import floordiv, mul, sub
 from pathlib import Path
@@ -71,6 +72,8 @@ class TensorstoreZarrBackend(ArrayBackend):
         self._pool = BufferPool((*self._unit, *self.frame_shape), self.dtype,
                                 keep_bytes=MAX_PENDING_BYTES)
         self._held = 0  # lent frames held in units still being assembled
+        self._copied = 0  # frames copied into chunk buffers, not lent (`timings`)
+        self._waited_s = 0.0  # time spent waiting for writes in flight (`timings`)
         self._arrays: list[ts.TensorStore] = []  # level 0 of each position
         self._blocks: list[dict[tuple[int, ...], Block]] = [{} for _ in self.positions]
         self._lower = LowerLevels(self, MAX_PENDING_BYTES) if self.levels > 1 else None
@@ -327,9 +330,17 @@ class TensorstoreZarrBackend(ArrayBackend):
         if not (self._held < self.lend_limit // 2 and block.lend(local, frame, done)):
             block.put(local, frame)
             done()
+            self._copied += 1
         self._held += len(block.lent) - held
         self.frames_written += 1  # (see write)
         self._after_put(position, key, block)
+
+    def timings(self) -> dict[str, float]:
+        """Frames copied into a chunk buffer as they came, not lent (the lend budget spent,
+        or the frame not where a write straight from the ring needs it; lent frames copied
+        later are not counted), and the time spent waiting for tensorstore's writes in
+        flight (the disk, or its threads, behind)."""
+        return {"frames_copied": self._copied, "write_wait_s": round(self._waited_s, 4)}
 
     def give_back_held(self) -> None:
         if not self._held:
@@ -436,6 +447,10 @@ class TensorstoreZarrBackend(ArrayBackend):
         write = self._pending.popleft()
         self._pending_bytes -= write.nbytes
         try:
+            if not write.future.done():
+                started = time.perf_counter()
+                write.future.exception()  # waits (a failure is raised just below)
+                self._waited_s += time.perf_counter() - started
             write.future.result()
         except Exception as e:  # noqa: BLE001 - tensorstore raises ValueError/OSError variants
             for call in write.calls:

@@ -48,6 +48,7 @@ from typing import Callable
 
 WINDOWS = sys.platform == "win32"
 if WINDOWS:
+    import _winapi
     import msvcrt
 
     from . import _win32
@@ -563,9 +564,7 @@ class ProcessWatch:
         return _winapi.WaitForSingleObject(self._handle, 0) == _winapi.WAIT_TIMEOUT
 
     def close(self) -> None:
-        if self._handle is not None:
-            import _winapi
-
+        if self._handle is not None:  # (_winapi imported at the top: __del__ may run at exit)
             _winapi.CloseHandle(self._handle)
             self._handle = None
 

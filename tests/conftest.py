@@ -14,6 +14,15 @@ from ome_writers_service import platform
 from ome_writers_service.connection import ENV_RUNTIME_DIR, runtime_dir
 
 
+def pytest_configure(config):
+    if platform.WINDOWS:  # pytest-timeout's thread method would end the whole run on a hang
+        import windows_timeout
+
+        if config.pluginmanager.get_plugin("timeout") is not None:
+            config.pluginmanager.unregister(name="timeout")
+            config.pluginmanager.register(windows_timeout, "windows_timeout")
+
+
 @pytest.fixture(scope="session", autouse=True)
 def private_runtime_dir(tmp_path_factory):
     if os.environ.get(ENV_RUNTIME_DIR):  # the caller chose one

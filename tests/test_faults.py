@@ -253,6 +253,45 @@ class TrackingStream(ServiceStream):
         super()._take_release(slots)
 
 
+def test_recover_a_tiff_whose_second_position_never_got_a_page(tmp_path):
+    """The daemon killed after the first frames of position 0 and before any of position 1:
+    position 1's file is empty, nothing in it was cut off. recover keeps position 0's pages
+    with their metadata and gives position 1 zero pages (the kill points above meet this
+    moment where the daemon is slow, as under Wine)."""
+    from ome_writers_service import recover as recover_mod
+
+    d = start_daemon(tmp_path / "rt")
+    settings = AcquisitionSettings(
+        root_path=str(tmp_path / "tp.ome.tiff"), dtype="uint16", overwrite=True, dimensions=[
+            Dimension(name="t", count=3), PositionDimension(coords=["p0", "p1"]),
+            Dimension(name="c", count=2, type="channel"), *YX])
+    st = TrackingStream(settings, endpoint=d.endpoint, token=d.token, daemon_pid=d.pid)
+    for n in range(2):  # t0 p0 c0, c1
+        st.append(frame_pixels(7, n, (16, 16), np.uint16), frame_metadata=_frame_meta(n))
+    deadline = time.monotonic() + 30
+    while st.released != {0, 1} and time.monotonic() < deadline:
+        st._pump(0.05)
+    assert st.released == {0, 1}
+    d.proc.kill()
+    d.proc.wait()
+    p0, p1 = (tmp_path / "tp" / f"tp_p00{i}.ome.tiff" for i in (0, 1))
+    assert p1.stat().st_size == 0
+    summary = recover_mod.recover(settings.root_path)
+    assert summary["frames_recovered"] == 2 and summary["shape"] == [1, 2], summary
+    np.testing.assert_array_equal(read_image(str(p0)), np.stack(
+        [frame_pixels(7, n, (16, 16), np.uint16) for n in range(2)]))
+    assert not read_image(str(p1)).any()
+    meta = plane_metadata(str(p0))
+    assert [meta[(0, c, 0)]["delta_t"] for c in (0, 1)] == [0.0, 0.25], meta
+    assert frames_written_in_metadata(str(p0)) == 2
+    for path in (p0, p1):
+        for report in validate_all(str(path)):
+            assert report.ok, report
+    with pytest.raises(DaemonGoneError):
+        st.close(timeout=5)
+    remove_daemon_shm(d.pid)
+
+
 def _frame_meta(n: int) -> dict:
     return {"delta_t": 0.25 * n, "exposure_time": 0.001 * (n + 1), "note": f"frame {n}"}
 

@@ -210,8 +210,14 @@ def test_client_sigkill_at_40_points_loses_no_frame_whose_append_returned(tmp_pa
                         {"name": "t", "count": 400}, {"name": "c", "count": 2},
                         {"name": "y", "count": 16}, {"name": "x", "count": 16}]})
                 wait_finalized(settings)
-                present, got = frames_present(path, seed * 100 + k)
                 returned = int(handed[k])
+                if suffix == ".ome.tiff" and not Path(path).exists():
+                    # killed before this stream's first frame (a slow client: Wine): a TIFF
+                    # stream without a page leaves no file, as one closed before its first
+                    assert returned == 0, (path, mode, returned)
+                    points += 1
+                    continue
+                present, got = frames_present(path, seed * 100 + k)
                 # every frame whose append returned; one more if the kill fell between a
                 # return and the progress store (never in "self": the kill follows the store)
                 allowed = {returned} if mode == "self" else {returned, returned + 1}
@@ -399,7 +405,18 @@ def test_daemon_sigkill_at_24_points_every_released_frame_is_recovered_with_meta
                 st._pump(0)  # releases already delivered before the kill
             except Exception:  # noqa: BLE001
                 pass
-            summary = recover_mod.recover(settings.root_path)
+            try:
+                summary = recover_mod.recover(settings.root_path)
+            except ValueError as e:
+                # killed before this stream's first page (a slow daemon: Wine): no OME-TIFF
+                # describes zero pages, so recover refuses, naming it, and keeps the journal
+                assert not st.released and settings.format_name == "ome-tiff", e
+                name = Path(settings.root_path).name.split(".")[0]  # its file or folder
+                assert "no complete step" in str(e) and name in str(e), e
+                points += 1
+                with pytest.raises(DaemonGoneError):
+                    st.close(timeout=5)
+                continue
             buffered += summary.get("frames_from_buffers", 0)
             paths = summary["paths"]
             images = [read_image(p).reshape(-1, *([2] if "c" in [x.name for x in

@@ -262,6 +262,9 @@ def test_zarr_levels_recovered_after_daemon_sigkill(tmp_path, version):
     while (files(0), files(1), files(2)) != (36, 12, 6) and time.monotonic() < deadline:
         time.sleep(0.01)
     assert (files(0), files(1), files(2)) == (36, 12, 6)
+    while stream.status()["frames_written"] < 13 and time.monotonic() < deadline:
+        time.sleep(0.01)  # frame 12 released: copied into its unit's shared-memory buffer
+    assert stream.status()["frames_written"] == 13
     d.stop(SIGKILL)
     # as if the daemon died before the lower levels of the last unit were computed, and
     # before level 0 of t chunk 3 was written (its lower levels were)
@@ -273,10 +276,11 @@ def test_zarr_levels_recovered_after_daemon_sigkill(tmp_path, version):
         if chunk.is_file():
             chunk.unlink()
     summary = recover(settings.output_path)
-    assert summary["extent"] == 12  # t chunks 0-5 of two frames: all but 3 on disk
-    assert summary["frames_recovered"] == 10
-    # the lower levels of t chunk 5 computed again; those of t chunk 3 show no frame
-    check_zarr_levels(settings, stream.paths, 5, frames=12, missing={6, 7})
+    # t chunks 0-5 of two frames: all but 3 on disk; frame 12 from the chunk buffer
+    assert summary["extent"] == 13
+    assert summary["frames_recovered"] == 11
+    # the lower levels of t chunks 5 and 6 computed again; those of t chunk 3 show no frame
+    check_zarr_levels(settings, stream.paths, 5, frames=13, missing={6, 7})
     try:
         stream.close(timeout=1)
     except Exception:  # noqa: BLE001 - its daemon is gone

@@ -51,21 +51,22 @@ def _stop_daemon(pid: int, timeout: float = 15.0) -> None:
     """Ask the daemon this command started to stop and wait until it has exited."""
     import os
 
-    from .platform import ProcessWatch, request_stop
+    from .platform import WINDOWS, ProcessWatch, request_stop
 
     watch = ProcessWatch(pid)
-    if not request_stop(pid):
-        return
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    try:
+        if not request_stop(pid):
+            return
+        deadline = time.monotonic() + timeout
+        while watch.alive() and time.monotonic() < deadline:  # a zombie counts as gone
+            time.sleep(0.05)
+    finally:
+        watch.close()
+    if not WINDOWS:
         try:
-            done, _ = os.waitpid(pid, os.WNOHANG)  # our child (POSIX): reap it
-            if done:
-                return
-        except (ChildProcessError, OSError):  # not our child, already reaped, or Windows
-            if not watch.alive():
-                return
-        time.sleep(0.05)
+            os.waitpid(pid, os.WNOHANG)  # our child: reap it
+        except ChildProcessError:  # not our child, or already reaped
+            pass
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

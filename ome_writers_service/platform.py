@@ -48,6 +48,7 @@ from typing import Callable
 
 WINDOWS = sys.platform == "win32"
 if WINDOWS:
+    import _winapi
     import msvcrt
 
     from . import _win32
@@ -584,9 +585,7 @@ class ProcessWatch:
             self._poll = None
             os.close(self._pidfd)
             self._pidfd = None
-        if self._handle is not None:
-            import _winapi
-
+        if self._handle is not None:  # (_winapi imported at the top: __del__ may run at exit)
             _winapi.CloseHandle(self._handle)
             self._handle = None
 

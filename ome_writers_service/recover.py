@@ -102,7 +102,8 @@ def _recover_tiff(journal: JournalContents) -> dict[str, Any]:
         done = frame
     written = sum(len(p) for p in pages)
     first = _storage_axis_of_first(settings)
-    broken = any(_has_broken_tail(p, n) for p, n in zip(paths, good))
+    # a file with no readable page is written anew below: only the others' ends matter
+    broken = any(_has_broken_tail(p, n) for p, n in zip(paths, good) if n)
     extent = _first_axis_extent(settings, done, whole=broken)
     shape = _outer_shape(settings, first, extent)
     if not all(shape):

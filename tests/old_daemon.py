@@ -21,7 +21,6 @@ REFUSAL = {"type": "error", "code": "invalid_settings", "exception": None,
 
 class OldDaemon:
     def __init__(self, tmp: Path) -> None:
-        self.endpoint = f"ipc://{tmp / 'old-daemon.sock'}"
         self.token = "0" * 32
         self._ctx = zmq.Context()
         self._auth = ThreadAuthenticator(self._ctx)
@@ -30,7 +29,10 @@ class OldDaemon:
         self._sock = self._ctx.socket(zmq.ROUTER)
         self._sock.linger = 0
         self._sock.plain_server = True
-        self._sock.bind(self.endpoint)
+        # ipc where ZeroMQ has it, else (Windows) loopback TCP, as a daemon would
+        self._sock.bind(f"ipc://{tmp / 'old-daemon.sock'}" if zmq.has("ipc")
+                        else "tcp://127.0.0.1:*")
+        self.endpoint = self._sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self.opens: list[dict] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._serve, daemon=True)

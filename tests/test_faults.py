@@ -210,8 +210,14 @@ def test_client_sigkill_at_40_points_loses_no_frame_whose_append_returned(tmp_pa
                         {"name": "t", "count": 400}, {"name": "c", "count": 2},
                         {"name": "y", "count": 16}, {"name": "x", "count": 16}]})
                 wait_finalized(settings)
-                present, got = frames_present(path, seed * 100 + k)
                 returned = int(handed[k])
+                if suffix == ".ome.tiff" and not Path(path).exists():
+                    # killed before this stream's first frame (a slow client: Wine): a TIFF
+                    # stream without a page leaves no file, as one closed before its first
+                    assert returned == 0, (path, mode, returned)
+                    points += 1
+                    continue
+                present, got = frames_present(path, seed * 100 + k)
                 # every frame whose append returned; one more if the kill fell between a
                 # return and the progress store (never in "self": the kill follows the store)
                 allowed = {returned} if mode == "self" else {returned, returned + 1}
@@ -251,6 +257,45 @@ class TrackingStream(ServiceStream):
             if slot in self.in_slot:
                 self.released.add(self.in_slot.pop(slot))
         super()._take_release(slots)
+
+
+def test_recover_a_tiff_whose_second_position_never_got_a_page(tmp_path):
+    """The daemon killed after the first frames of position 0 and before any of position 1:
+    position 1's file is empty, nothing in it was cut off. recover keeps position 0's pages
+    with their metadata and gives position 1 zero pages (the kill points above meet this
+    moment where the daemon is slow, as under Wine)."""
+    from ome_writers_service import recover as recover_mod
+
+    d = start_daemon(tmp_path / "rt")
+    settings = AcquisitionSettings(
+        root_path=str(tmp_path / "tp.ome.tiff"), dtype="uint16", overwrite=True, dimensions=[
+            Dimension(name="t", count=3), PositionDimension(coords=["p0", "p1"]),
+            Dimension(name="c", count=2, type="channel"), *YX])
+    st = TrackingStream(settings, endpoint=d.endpoint, token=d.token, daemon_pid=d.pid)
+    for n in range(2):  # t0 p0 c0, c1
+        st.append(frame_pixels(7, n, (16, 16), np.uint16), frame_metadata=_frame_meta(n))
+    deadline = time.monotonic() + 30
+    while st.released != {0, 1} and time.monotonic() < deadline:
+        st._pump(0.05)
+    assert st.released == {0, 1}
+    d.proc.kill()
+    d.proc.wait()
+    p0, p1 = (tmp_path / "tp" / f"tp_p00{i}.ome.tiff" for i in (0, 1))
+    assert p1.stat().st_size == 0
+    summary = recover_mod.recover(settings.root_path)
+    assert summary["frames_recovered"] == 2 and summary["shape"] == [1, 2], summary
+    np.testing.assert_array_equal(read_image(str(p0)), np.stack(
+        [frame_pixels(7, n, (16, 16), np.uint16) for n in range(2)]))
+    assert not read_image(str(p1)).any()
+    meta = plane_metadata(str(p0))
+    assert [meta[(0, c, 0)]["delta_t"] for c in (0, 1)] == [0.0, 0.25], meta
+    assert frames_written_in_metadata(str(p0)) == 2
+    for path in (p0, p1):
+        for report in validate_all(str(path)):
+            assert report.ok, report
+    with pytest.raises(DaemonGoneError):
+        st.close(timeout=5)
+    remove_daemon_shm(d.pid)
 
 
 def _frame_meta(n: int) -> dict:
@@ -360,7 +405,18 @@ def test_daemon_sigkill_at_24_points_every_released_frame_is_recovered_with_meta
                 st._pump(0)  # releases already delivered before the kill
             except Exception:  # noqa: BLE001
                 pass
-            summary = recover_mod.recover(settings.root_path)
+            try:
+                summary = recover_mod.recover(settings.root_path)
+            except ValueError as e:
+                # killed before this stream's first page (a slow daemon: Wine): no OME-TIFF
+                # describes zero pages, so recover refuses, naming it, and keeps the journal
+                assert not st.released and settings.format_name == "ome-tiff", e
+                name = Path(settings.root_path).name.split(".")[0]  # its file or folder
+                assert "no complete step" in str(e) and name in str(e), e
+                points += 1
+                with pytest.raises(DaemonGoneError):
+                    st.close(timeout=5)
+                continue
             buffered += summary.get("frames_from_buffers", 0)
             paths = summary["paths"]
             images = [read_image(p).reshape(-1, *([2] if "c" in [x.name for x in

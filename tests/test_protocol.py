@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import time
 from pathlib import Path
 
@@ -448,12 +449,20 @@ def test_a_peer_without_plain_credentials_sees_handshake_failed_protocol(daemon,
     peer.close()
 
 
+def _endpoint_nobody_listens_on(tmp_path) -> str:
+    if zmq.has("ipc"):
+        return f"ipc://{tmp_path / 'nobody.sock'}"
+    with socket.socket() as s:  # Windows: a loopback port that was free a moment ago
+        s.bind(("127.0.0.1", 0))
+        return f"tcp://127.0.0.1:{s.getsockname()[1]}"
+
+
 def test_an_endpoint_nobody_listens_on_shows_connect_retried(tmp_path):
     """§1: a stale connection file's endpoint: CONNECT_RETRIED, and never an answer."""
     nobody = zmq.Context.instance().socket(zmq.DEALER)
     nobody.linger = 0
     monitor = nobody.get_monitor_socket()
-    nobody.connect(f"ipc://{tmp_path / 'nobody.sock'}")
+    nobody.connect(_endpoint_nobody_listens_on(tmp_path))
     nobody.send_multipart([b"OWS1", b'{"type":"ping"}'])
     events = set()
     deadline = time.monotonic() + 5

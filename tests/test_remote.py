@@ -5,7 +5,6 @@ only loopback addresses are ever connected to."""
 from __future__ import annotations
 
 import json
-import stat
 
 import numpy as np
 import pytest
@@ -14,7 +13,7 @@ from ome_writers_service import AcquisitionSettings, Dimension, create_stream
 from ome_writers_service.client import ServiceError
 from ome_writers_service.daemon import Daemon
 
-from service_util import frame_pixels, read_image, start_daemon, this_host_address
+from service_util import assert_private, frame_pixels, read_image, start_daemon, this_host_address
 
 
 @pytest.fixture
@@ -35,7 +34,7 @@ def settings_of(tmp_path, n=4):
 def test_a_curve_daemon_serves_the_client_holding_its_connection_file(curve_daemon, tmp_path,
                                                                        transport):
     conn = curve_daemon.rt / "daemon.json"
-    assert stat.S_IMODE(conn.stat().st_mode) == 0o600
+    assert_private(conn)  # it holds the client's secret key
     info = json.loads(conn.read_text())
     assert set(info["curve"]) == {"server_public", "client_public", "client_secret"}
     settings = settings_of(tmp_path)

@@ -857,7 +857,8 @@ def _thread_nice(pid: int) -> dict[int, int]:
     return out
 
 
-@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads /proc")
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="`serve --nice` is POSIX nice "
+                    "(ignored on Windows), read back per thread from /proc")
 def test_serve_nice_lowers_every_writer_thread(tmp_path):
     """`serve --nice N`: the daemon and every thread it runs (ZeroMQ's, tensorstore's, each
     stream's worker, started later) run at nice N, below the acquisition program."""

@@ -52,7 +52,8 @@ def test_appended_pages_are_read_by_tifffile_and_libtiff(tmp_path, dtype, unboun
     with tifffile.TiffFile(paths[0]) as tf:
         assert len(tf.pages) == frames and tf.is_bigtiff == unbounded
         assert_same_tags(tf.pages[1], tf.pages[2:])
-    assert libtiff_pages(paths[0]) == frames
+    if not platform.WINDOWS:  # libtiff's tools are Debian's Linux programs: the Linux run
+        assert libtiff_pages(paths[0]) == frames
 
 
 def test_the_file_is_a_valid_tiff_after_every_page(tmp_path, monkeypatch):

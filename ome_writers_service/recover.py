@@ -232,8 +232,14 @@ def _recover_zarr(journal: JournalContents) -> dict[str, Any]:
             present = key in on_disk[loc.position]
         if present:
             frames.append((n, loc.position, loc.index))
+    if not frames:  # (a daemon killed before its first unit): an array of extent 0 is valid
+        # zarr, but no OME-XML (SizeT >= 1) or multiscales reader describes it, as in OME-TIFF
+        raise ValueError(
+            f"{backend.paths[0] if len(backend.paths) == 1 else store.name}: no complete step "
+            "of the acquisition can be recovered (no frame in a stored chunk or a chunk "
+            "buffer): nothing a valid OME-Zarr can describe; the journal is kept")
     written = len(frames)
-    done = frames[-1][0] + 1 if frames else 0
+    done = frames[-1][0] + 1
     extent = None
     if first is not None:
         extent = max((idx[first] + 1 for _, _, idx in frames), default=0)

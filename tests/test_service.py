@@ -648,6 +648,27 @@ def test_recover_after_daemon_sigkill(tmp_path, suffix):
     remove_daemon_shm(d.pid)
 
 
+@pytest.mark.parametrize("suffix", FORMATS)
+def test_recover_refuses_a_dataset_killed_before_its_first_frame(tmp_path, suffix):
+    # nothing reached the disk or a chunk buffer: no valid OME metadata describes zero
+    # planes, so recover says so, naming the dataset, and keeps the journal
+    d = start_daemon(tmp_path / "rt")
+    settings = settings_5d(tmp_path / f"early{suffix}", dimensions=[
+        Dimension(name="t", count=8, chunk_size=4), PositionDimension(coords=["a", "b"]),
+        Dimension(name="y", count=16), Dimension(name="x", count=16)])
+    stream = create_stream(settings, endpoint=d.endpoint, token=d.token)
+    d.stop(SIGKILL)
+    res = subprocess.run([sys.executable, "-m", "ome_writers_service", "recover",
+                          settings.root_path], capture_output=True, text=True, timeout=120)
+    assert res.returncode != 0
+    assert "no complete step" in res.stderr and "early" in res.stderr, res.stderr
+    assert "Traceback" not in res.stderr, res.stderr
+    assert list(tmp_path.glob("early*.ows-journal")), list(tmp_path.iterdir())
+    with pytest.raises(DaemonGoneError):
+        stream.close(timeout=5)
+    remove_daemon_shm(d.pid)
+
+
 def test_status_counts_what_a_daemon_crash_spares_and_a_pause_releases_lent_frames(tmp_path):
     # a slow time-lapse: 3 frames of a 10-frame chunk arrive, then the camera waits. The
     # daemon writes from lent slots only once a chunk is whole, so the 3 frames sit in the

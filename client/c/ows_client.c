@@ -394,8 +394,10 @@ static int handshake_failed(ows_stream *s) {
         if (zmq_msg_more(&ev) == 0) continue; /* the address part of an event */
         uint16_t event = 0;
         if (zmq_msg_size(&ev) >= 2) memcpy(&event, zmq_msg_data(&ev), 2);
+        /* PLAIN meeting CURVE shows as _PROTOCOL or (more often) _NO_DETAIL */
         if (event == ZMQ_EVENT_HANDSHAKE_FAILED_AUTH ||
-            event == ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL)
+            event == ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL ||
+            event == ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL)
             s->handshake_failed = event;
     }
     zmq_msg_close(&ev);
@@ -828,7 +830,8 @@ static int open_stream(const char *ep, const char *tok, const ows_curve *keys,
             return rc;
         }
         if (zmq_socket_monitor(s->sock, monitor, ZMQ_EVENT_HANDSHAKE_FAILED_AUTH |
-                               ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL) == 0) {
+                               ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL |
+                               ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL) == 0) {
             s->auth_events = new_socket(s, ZMQ_PAIR);
             if (s->auth_events && zmq_connect(s->auth_events, monitor) < 0) {
                 zmq_close(s->auth_events);

@@ -242,7 +242,7 @@ def _recover_zarr(journal: JournalContents) -> dict[str, Any]:
     done = frames[-1][0] + 1
     extent = None
     if first is not None:
-        extent = max((idx[first] + 1 for _, _, idx in frames), default=0)
+        extent = max((idx[first] + 1 for _, _, idx in frames))
     summary = {"frames_expected": settings.num_frames, "frames_written": written,
                "frames_without_data": done - written, "complete": False, "recovered": True}
     for pos, img in enumerate(backend.image_groups):

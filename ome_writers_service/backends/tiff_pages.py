@@ -161,14 +161,14 @@ class PageAppender:
             struct.pack_into(fmt, main, field, pos)  # the SubIFDs' offsets...
         for template, (_, ifd), (pos, _) in zip(self._ifds[1:], blobs[1:], blobs[2:]):
             struct.pack_into(fmt, ifd, template.next_field, pos)  # ...chained, as tifffile
-        if ready is None or not lower:
-            if ready is not None:
-                ready()
-            written = platform.pwritev(self._fd, buffers, self._end)
-        else:
+        if ready is not None and lower:  # the page's own part while the levels are computed
             written = platform.pwritev(self._fd, buffers[:split], self._end)
             ready()
             written += platform.pwritev(self._fd, buffers[split:], split_at)
+        else:
+            if ready is not None:
+                ready()
+            written = platform.pwritev(self._fd, buffers, self._end)
         if written != at - self._end:
             raise OSError(f"short write to {self._path}: {written} of {at - self._end} bytes")
         # only now is the page reachable: a crash before leaves the file as it was

@@ -420,6 +420,10 @@ static int await_reply(ows_stream *s, const char *type, double timeout, cJSON **
             *out = h;
             return OWS_OK;
         }
+        if (!h && s->final_report) { /* the daemon closed the stream meanwhile: no reply */
+            snprintf(s->error, sizeof s->error, "%s", s->remote_msg);
+            return OWS_ERR_DAEMON_GONE;
+        }
         if (h) { /* an error answering this request */
             /* a 1.0 daemon's errors have no "seq" (every 1.1 error has): name both versions
              * when it refuses an open, so a refusal of something 1.1 added reads as such */
@@ -1158,7 +1162,8 @@ int ows_status(ows_stream *s, char *json_out, size_t len) {
     if (!s) return OWS_ERR_ARG;
     if (json_out && len) json_out[0] = 0;
     if (s->closed) return fail(s, OWS_ERR_CLOSED, "the stream is closed");
-    if (s->final_report) {
+    /* the daemon ended the stream itself (shutdown, `closed`): it answers no status now */
+    if (s->final_report || s->remote_code == OWS_ERR_DAEMON_GONE) {
         snprintf(s->error, sizeof s->error, "%s", s->remote_msg);
         return OWS_ERR_DAEMON_GONE;
     }

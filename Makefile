@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench clean
+.PHONY: demo test test-linux test-windows bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,8 +18,16 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/ome-writers-service demo --out out/demo
 
-test: $(STAMP)
+# the whole suite on Linux and, at the same time, under python.org's Windows CPython in Wine with
+# the C library's tests (README: Windows); either failing fails it
+test:
+	bash .ci/test
+
+test-linux: $(STAMP)
 	$(PY) -m pytest -q
+
+test-windows:
+	bash .ci/windows
 
 # the benchmark's own venv: its comparison writers (acquire-zarr, ...) never enter the test venv,
 # where ome-writers 0.3.2's suite would pick them up

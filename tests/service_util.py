@@ -465,10 +465,15 @@ def ensure_debian_packages(packages: list[str], present: bool) -> None:
                     "Windows CPython (the Linux run covers it)")
     if os.geteuid() != 0 or not shutil.which("apt-get"):
         pytest.skip(f"{', '.join(packages)} missing and cannot be installed here")
+    import fcntl
+
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    subprocess.run(["apt-get", "update", "-qq"], check=True, env=env, capture_output=True)
-    subprocess.run(["apt-get", "install", "-y", "-qq", *packages], check=True, env=env,
-                   capture_output=True)
+    # .ci/windows' apt-get may run at the same time (make test): take the lock it takes
+    with open("/run/lock/ows-apt.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        subprocess.run(["apt-get", "update", "-qq"], check=True, env=env, capture_output=True)
+        subprocess.run(["apt-get", "install", "-y", "-qq", *packages], check=True, env=env,
+                       capture_output=True)
 
 
 def tiff_document(path: str):

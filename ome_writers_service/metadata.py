@@ -276,7 +276,8 @@ def _zarr_info(root: Path) -> dict[str, Any]:
         shape, dtype = _array_metadata(group / ms["datasets"][0]["path"])
         scale = ms["datasets"][0]["coordinateTransformations"][0]["scale"]
         images.append({
-            "path": str(group.relative_to(root.parent)), "name": ms.get("name"),
+            # zarr's "/" on every platform (Windows takes it in paths too)
+            "path": group.relative_to(root.parent).as_posix(), "name": ms.get("name"),
             "shape": shape, "dtype": dtype,
             "axes": [f"{a['name']}" + (f" [{a['unit']}]" if a.get("unit") else "")
                      for a in ms["axes"]],

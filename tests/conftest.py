@@ -55,11 +55,6 @@ WINE_CI_LEFT_OUT = {
                        "read the files: the bytes are the same on every platform",
     "test_upstream_suite.py": "ome-writers 0.3.2's own suite: API behaviour, the same on "
                               "every platform",
-    "test_zarr_layouts.py": "OME-Zarr layouts (NGFF 0.4/0.5, plates): the same stores on every "
-                            "platform",
-    "test_pyramids.py": "resolution levels: the same arrays on every platform",
-    "test_useq.py": "settings from useq sequences: pure Python",
-    "test_scratch.py": "ScratchFormat arrays in the client's memory: no service part",
     "test_s3.py": "S3 through tensorstore's kvstore and moto: no platform part",
     "test_mda.py": "pymmcore-plus MDAs through ServiceSink: client code the Windows client "
                    "tests already run",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import os
@@ -338,6 +339,36 @@ def multi_file_role(path: str) -> str | None:
     return "full" if named - {Path(path).name} else None
 
 
+_checker: subprocess.Popen | None = None
+
+
+def _check_in_worker(args: list[str]) -> SimpleNamespace:
+    """omecheck.py ARGS in this session's checker process (tests/checker_worker.py), started on
+    first use and again if it died: returncode, stdout, stderr as from subprocess.run."""
+    global _checker
+    if _checker is None or _checker.poll() is not None:
+        _checker = subprocess.Popen(
+            [sys.executable, str(Path(__file__).with_name("checker_worker.py")), str(CHECKER)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        atexit.register(_stop_checker, _checker)
+    _checker.stdin.write(json.dumps(args) + "\n")
+    _checker.stdin.flush()
+    line = _checker.stdout.readline()
+    if not line:
+        raise AssertionError(f"the checker process died on {args[0]} "
+                             f"(exit status {_checker.wait(10)})")
+    reply = json.loads(line)
+    return SimpleNamespace(returncode=reply["code"], stdout=reply["stdout"], stderr="")
+
+
+def _stop_checker(proc: subprocess.Popen) -> None:
+    proc.stdin.close()  # its loop ends at end of input
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
 def run_checker(path: str, shape=None, dtype=None) -> str:
     """The independent conformance checker; returns its output, asserts it passed.
 
@@ -353,12 +384,12 @@ def run_checker(path: str, shape=None, dtype=None) -> str:
     role = multi_file_role(path)
     if role == "binary-only":
         shape = None
-    cmd = [sys.executable, str(CHECKER), path]
+    args = [path]
     if shape is not None:
-        cmd += ["--shape", ",".join(map(str, shape))]
+        args += ["--shape", ",".join(map(str, shape))]
     if dtype is not None:
-        cmd += ["--dtype", dtype]
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        args += ["--dtype", dtype]
+    res = _check_in_worker(args)
     if role is None:
         assert res.returncode == 0, f"omecheck failed on {path}:\n{res.stdout}\n{res.stderr}"
         return res.stdout

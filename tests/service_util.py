@@ -503,6 +503,7 @@ def ensure_debian_packages(packages: list[str], present: bool) -> None:
 
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     # .ci/windows' apt-get may run at the same time (make test): take the lock it takes
+    os.makedirs("/run/lock", exist_ok=True)
     with open("/run/lock/ows-apt.lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         subprocess.run(["apt-get", "update", "-qq"], check=True, env=env, capture_output=True)
